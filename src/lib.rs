@@ -1,0 +1,77 @@
+//! PyTorch's `load_state_dict` for Rust on libtorch, through [tch].
+//!
+//! A checkpoint trained with 100 classes, loaded into a 10-class model, fails in PyTorch with
+//! `size mismatch for linear.weight`, even with `strict=False`. tch's `VarStore::load` does
+//! worse: it stops at the first missing key, ignores unexpected ones, lets `copy_` broadcast a
+//! wrong shape, changes the model's dtype, and leaves the model half written on failure. This
+//! crate gives tch users PyTorch's semantics and words, and an all-or-nothing guarantee:
+//!
+//! * [`StateDict`]: an ordered name → tensor map with Python dict manners (`pop`, prefixes,
+//!   renames).
+//! * [`load_state_dict`]: PyTorch's rules (strict or not, shapes always checked, BatchNorm's
+//!   `num_batches_tracked`), structured reports ([`IncompatibleKeys`], [`LoadError`]) that
+//!   print as PyTorch prints them, and a model left untouched when it fails.
+//! * [`state_dict`]: a model's tensors in PyTorch's order, sharing storage with the model.
+//!
+//! # Quick start
+//!
+//! ```
+//! use tch::{nn, Device, Kind, Tensor};
+//! use tch_state_dict::{load_state_dict, state_dict, Error, StateDict};
+//!
+//! # fn main() -> Result<(), Error> {
+//! // A model built the tch way.
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let _backbone = nn::linear(vs.root() / "fc1", 32, 64, Default::default());
+//! let _head = nn::linear(vs.root() / "linear", 64, 10, Default::default());
+//!
+//! // A checkpoint whose head has 100 classes.
+//! let mut checkpoint = StateDict::new();
+//! checkpoint.insert("fc1.weight", Tensor::zeros([64, 32], (Kind::Float, Device::Cpu)));
+//! checkpoint.insert("fc1.bias", Tensor::zeros([64], (Kind::Float, Device::Cpu)));
+//! checkpoint.insert("linear.weight", Tensor::zeros([100, 64], (Kind::Float, Device::Cpu)));
+//! checkpoint.insert("linear.bias", Tensor::zeros([100], (Kind::Float, Device::Cpu)));
+//!
+//! // As in PyTorch, a shape mismatch fails even when not strict; nothing was written.
+//! let err = load_state_dict(&vs, &checkpoint, false).unwrap_err();
+//! assert!(err.to_string().contains("size mismatch for linear.weight"));
+//!
+//! // Fix: drop the head's keys and load the rest.
+//! checkpoint.pop("linear.weight");
+//! checkpoint.pop("linear.bias");
+//! let report = load_state_dict(&vs, &checkpoint, false)?;
+//! assert_eq!(report.missing_keys, ["linear.bias", "linear.weight"]); // VarStore: natural order
+//! assert_eq!(state_dict(&vs)?.len(), 4);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Targets
+//!
+//! Anything that implements [`StateDictModule`] can be loaded into: a `tch::nn::VarStore`
+//! (keys in natural order, since a VarStore records no registration order), or a
+//! [`ModuleTree`], which describes a model's modules and tensors in PyTorch's registration
+//! order and names its type for the error header. The module docs of [`ModuleTree`] and of
+//! [`load_state_dict`] explain the choices behind them.
+//!
+//! # Linking
+//!
+//! A binary that uses tch must find libtorch at run time and keep its CUDA library; see the
+//! README's "Using it in your crate" for the `build.rs` lines.
+#![deny(missing_docs)]
+
+mod error;
+mod load;
+mod module_tree;
+mod natural;
+pub mod pyfmt;
+mod report;
+mod state_dict;
+mod value;
+
+pub use error::Error;
+pub use load::{load_state_dict, load_state_dict_with, state_dict, LoadOptions};
+pub use module_tree::{ModuleKind, ModuleTree, StateDictModule};
+pub use report::{IncompatibleKeys, LoadError, ShapeMismatch};
+pub use state_dict::StateDict;
+pub use value::{Metadata, Value};

@@ -1,0 +1,391 @@
+//! [`StateDict`]: an ordered name → tensor map with the manners of PyTorch's `OrderedDict`.
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use tch::Tensor;
+
+use crate::error::Error;
+use crate::pyfmt;
+use crate::value::Metadata;
+
+/// An insertion-ordered map from name to tensor, as `model.state_dict()` returns in PyTorch.
+///
+/// It behaves like Python's `OrderedDict`: [`insert`](Self::insert) on an existing key
+/// replaces the value and keeps the key's place, [`pop`](Self::pop) keeps the order of the
+/// rest. It also carries the state dict's `_metadata` (a version per module), which
+/// `load_state_dict` consults for BatchNorm's `num_batches_tracked`.
+///
+/// Tensors are tch tensors: a `StateDict` taken from a model with
+/// [`state_dict`](crate::state_dict) shares storage with the model, as in PyTorch.
+///
+/// ```
+/// use tch::{Device, Kind, Tensor};
+/// use tch_state_dict::StateDict;
+///
+/// let mut sd: StateDict = [
+///     ("module.fc.weight", Tensor::zeros([10, 4], (Kind::Float, Device::Cpu))),
+///     ("module.fc.bias", Tensor::zeros([10], (Kind::Float, Device::Cpu))),
+/// ]
+/// .into_iter()
+/// .collect();
+/// sd.strip_prefix("module."); // consume_prefix_in_state_dict_if_present(sd, "module.")
+/// let bias = sd.pop("fc.bias"); // sd.pop("fc.bias")
+/// assert!(bias.is_some());
+/// assert_eq!(sd.keys().collect::<Vec<_>>(), ["fc.weight"]);
+/// ```
+#[derive(Default)]
+pub struct StateDict {
+    tensors: IndexMap<String, Tensor>,
+    metadata: Option<Metadata>,
+}
+
+impl StateDict {
+    /// An empty state dict without metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty state dict with room for `n` tensors.
+    pub fn with_capacity(n: usize) -> Self {
+        StateDict {
+            tensors: IndexMap::with_capacity(n),
+            metadata: None,
+        }
+    }
+
+    /// The number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether there is no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Whether `key` is present (`key in sd`).
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+
+    /// The tensor under `key` (`sd.get(key)`).
+    pub fn get(&self, key: &str) -> Option<&Tensor> {
+        self.tensors.get(key)
+    }
+
+    /// The tensor under `key`, to replace it in place.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Tensor> {
+        self.tensors.get_mut(key)
+    }
+
+    /// `sd[key] = tensor`: a new key goes last; an existing key keeps its place and its old
+    /// tensor is returned.
+    pub fn insert(&mut self, key: impl Into<String>, tensor: Tensor) -> Option<Tensor> {
+        self.tensors.insert(key.into(), tensor)
+    }
+
+    /// `sd.pop(key, None)`: removes `key` and returns its tensor; the other keys keep their
+    /// order. It takes time linear in the number of keys after `key`.
+    pub fn pop(&mut self, key: &str) -> Option<Tensor> {
+        self.tensors.shift_remove(key)
+    }
+
+    /// The keys, in order.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The tensors, in order.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &Tensor> + '_ {
+        self.tensors.values()
+    }
+
+    /// The keys and tensors, in order (`sd.items()`).
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Tensor)> + '_ {
+        self.tensors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The key and tensor at position `index`.
+    pub fn get_index(&self, index: usize) -> Option<(&str, &Tensor)> {
+        self.tensors.get_index(index).map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The position of `key`.
+    pub fn get_index_of(&self, key: &str) -> Option<usize> {
+        self.tensors.get_index_of(key)
+    }
+
+    /// The state dict's `_metadata`, when it has one (a state dict from `model.state_dict()`
+    /// or `torch.save` has; one built by hand or read from safetensors has not).
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_ref()
+    }
+
+    /// The `_metadata`, to change it.
+    pub fn metadata_mut(&mut self) -> &mut Option<Metadata> {
+        &mut self.metadata
+    }
+
+    /// Sets or removes the `_metadata`.
+    pub fn set_metadata(&mut self, metadata: Option<Metadata>) {
+        self.metadata = metadata;
+    }
+
+    /// A copy that shares the tensors' storage, as Python's `sd.copy()`.
+    pub fn shallow_clone(&self) -> StateDict {
+        StateDict {
+            tensors: self
+                .tensors
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect(),
+            metadata: self.metadata.as_ref().map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        let v = v.iter().map(|(a, b)| (a.clone(), b.shallow_clone()));
+                        (k.clone(), v.collect())
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    /// `torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, prefix)`: strips
+    /// `prefix` (`"module."` from DataParallel, `"_orig_mod."` from `torch.compile`) from the
+    /// keys that have it, and from the `_metadata` keys. Returns how many keys it changed.
+    ///
+    /// It does what Python does, order included: each stripped key is removed and inserted
+    /// again, so stripped keys move after the unprefixed ones, and a stripped key that equals
+    /// an existing one replaces that one's tensor in its place.
+    pub fn strip_prefix(&mut self, prefix: &str) -> usize {
+        let prefixed: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        for key in &prefixed {
+            if let Some(tensor) = self.tensors.shift_remove(key) {
+                self.tensors.insert(key[prefix.len()..].to_string(), tensor);
+            }
+        }
+        if let Some(metadata) = &mut self.metadata {
+            let bare = prefix.replace('.', "");
+            let keys: Vec<String> = metadata.keys().cloned().collect();
+            for key in keys {
+                // '' belongs to the wrapper (DataParallel itself); 'module' is the model's
+                // root and becomes ''.
+                if key.is_empty() {
+                    continue;
+                }
+                if key == bare || key.starts_with(prefix) {
+                    if let Some(value) = metadata.shift_remove(&key) {
+                        let new_key = key.get(prefix.len()..).unwrap_or("").to_string();
+                        metadata.insert(new_key, value);
+                    }
+                }
+            }
+        }
+        prefixed.len()
+    }
+
+    /// Puts `prefix` in front of every key, as loading into a wrapped model
+    /// (`DataParallel`'s `module.`) needs. The `_metadata` keys follow: the root's `""`
+    /// becomes the prefix without its trailing dot.
+    pub fn add_prefix(&mut self, prefix: &str) {
+        let tensors = std::mem::take(&mut self.tensors);
+        self.tensors = tensors
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .collect();
+        if let Some(metadata) = self.metadata.take() {
+            let metadata = metadata
+                .into_iter()
+                .map(|(k, v)| {
+                    let k = if k.is_empty() {
+                        prefix.strip_suffix('.').unwrap_or(prefix).to_string()
+                    } else {
+                        format!("{prefix}{k}")
+                    };
+                    (k, v)
+                })
+                .collect();
+            self.metadata = Some(metadata);
+        }
+    }
+
+    /// Renames every key with `f`, keeping the order (`{f(k): v for k, v in sd.items()}`).
+    /// The `_metadata` is left as it is: its keys are module paths, which `f` need not map.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateKey`] when two keys get the same new name; the state dict is then
+    /// unchanged.
+    pub fn rename<F: FnMut(&str) -> String>(&mut self, mut f: F) -> Result<(), Error> {
+        let mut renamed = IndexMap::with_capacity(self.tensors.len());
+        for key in self.tensors.keys() {
+            let new_key = f(key);
+            if let Some(first) = renamed.insert(new_key.clone(), key.as_str()) {
+                return Err(Error::DuplicateKey {
+                    key: new_key,
+                    sources: vec![first.to_string(), key.clone()],
+                });
+            }
+        }
+        let new_keys: Vec<String> = renamed.into_keys().collect();
+        let tensors = std::mem::take(&mut self.tensors);
+        self.tensors = new_keys.into_iter().zip(tensors.into_values()).collect();
+        Ok(())
+    }
+
+    /// Replaces the prefix `from` with `to` in every key that starts with `from`, keeping the
+    /// order: `sd.rename_prefix("fc.", "linear.")` loads a torchvision-style head into a
+    /// CIFAR-style model. `_metadata` keys for the renamed modules follow when both prefixes
+    /// end with a dot. Returns how many keys changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateKey`] when a renamed key equals another key; the state dict is then
+    /// unchanged.
+    pub fn rename_prefix(&mut self, from: &str, to: &str) -> Result<usize, Error> {
+        let mut changed = 0;
+        self.rename(|k| match k.strip_prefix(from) {
+            Some(rest) => {
+                changed += 1;
+                format!("{to}{rest}")
+            }
+            None => k.to_string(),
+        })?;
+        if let (Some(metadata), Some(from_path), Some(to_path)) = (
+            self.metadata.as_mut(),
+            from.strip_suffix('.'),
+            to.strip_suffix('.'),
+        ) {
+            let renamed: Metadata = std::mem::take(metadata)
+                .into_iter()
+                .map(|(k, v)| {
+                    let k = if k == from_path {
+                        to_path.to_string()
+                    } else if let Some(rest) = k.strip_prefix(from) {
+                        format!("{to}{rest}")
+                    } else {
+                        k
+                    };
+                    (k, v)
+                })
+                .collect();
+            *metadata = renamed;
+        }
+        Ok(changed)
+    }
+
+    /// Keeps only the entries that `f` accepts (`{k: v for k, v in sd.items() if f(k, v)}`),
+    /// in order.
+    pub fn retain<F: FnMut(&str, &Tensor) -> bool>(&mut self, mut f: F) {
+        self.tensors.retain(|k, v| f(k, v));
+    }
+
+    /// The total size of the tensors' elements in bytes.
+    pub fn nbytes(&self) -> u64 {
+        self.tensors.values().map(tensor_nbytes).sum()
+    }
+}
+
+pub(crate) fn tensor_nbytes(t: &Tensor) -> u64 {
+    let elt = t.f_kind().map(|k| k.elt_size_in_bytes()).unwrap_or(0) as u64;
+    t.numel() as u64 * elt
+}
+
+impl IntoIterator for StateDict {
+    type Item = (String, Tensor);
+    type IntoIter = indexmap::map::IntoIter<String, Tensor>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.tensors.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a StateDict {
+    type Item = (&'a String, &'a Tensor);
+    type IntoIter = indexmap::map::Iter<'a, String, Tensor>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.tensors.iter()
+    }
+}
+
+impl<K: Into<String>> FromIterator<(K, Tensor)> for StateDict {
+    /// Collects pairs in order; a repeated key keeps its first place and its last tensor,
+    /// as building a dict in Python does.
+    fn from_iter<I: IntoIterator<Item = (K, Tensor)>>(iter: I) -> Self {
+        let mut sd = StateDict::new();
+        sd.extend(iter);
+        sd
+    }
+}
+
+impl<K: Into<String>> Extend<(K, Tensor)> for StateDict {
+    /// `sd.update(pairs)`.
+    fn extend<I: IntoIterator<Item = (K, Tensor)>>(&mut self, iter: I) {
+        for (k, v) in iter {
+            self.tensors.insert(k.into(), v);
+        }
+    }
+}
+
+/// A table of key, shape, dtype and device; never the tensors' contents.
+impl fmt::Display for StateDict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows: Vec<[String; 4]> = self
+            .tensors
+            .iter()
+            .map(|(k, t)| {
+                [
+                    k.clone(),
+                    pyfmt::Shape(&t.size()).to_string(),
+                    t.f_kind()
+                        .map(pyfmt::dtype_name)
+                        .unwrap_or("undefined")
+                        .to_string(),
+                    pyfmt::device_name(t.device()),
+                ]
+            })
+            .collect();
+        write!(
+            f,
+            "StateDict: {} tensor{}, {}",
+            rows.len(),
+            if rows.len() == 1 { "" } else { "s" },
+            pyfmt::human_bytes(self.nbytes())
+        )?;
+        let mut widths = [0usize; 4];
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        for row in &rows {
+            write!(
+                f,
+                "\n  {:<w0$}  {:<w1$}  {:<w2$}  {}",
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The same table as `Display`: a state dict can hold gigabytes, so `{:?}` never prints
+/// tensor contents either.
+impl fmt::Debug for StateDict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
