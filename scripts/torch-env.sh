@@ -10,6 +10,8 @@ TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
 SAFETENSORS_VERSION=0.7.0
 NUMPY_VERSION=2.4.6
+PACKAGING_VERSION=26.4
+_tsd_requirements="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION safetensors==$SAFETENSORS_VERSION numpy==$NUMPY_VERSION packaging==$PACKAGING_VERSION"
 
 _tsd_python=${TCH_STATE_DICT_BASE_PYTHON:-python3}
 if ! command -v "$_tsd_python" >/dev/null 2>&1; then
@@ -20,21 +22,30 @@ _tsd_pyver=$("$_tsd_python" -c 'import sys; print("%d.%d" % sys.version_info[:2]
 _tsd_cache=${TCH_STATE_DICT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tch-state-dict}
 TCH_STATE_DICT_VENV="$_tsd_cache/torch-$TORCH_VERSION-torchvision-$TORCHVISION_VERSION-py$_tsd_pyver"
 
-if [ ! -f "$TCH_STATE_DICT_VENV/.complete" ]; then
+# .complete holds the requirements the environment was completed with: a missing file means
+# an interrupted or new install (start over), different contents an added package (install
+# what is missing, keep torch).
+_tsd_ready() {
+    [ -f "$TCH_STATE_DICT_VENV/.complete" ] &&
+    [ "$(cat "$TCH_STATE_DICT_VENV/.complete")" = "$_tsd_requirements" ]
+}
+if ! _tsd_ready; then
     mkdir -p "$_tsd_cache"
     # One installer at a time; a second waits, then finds the environment complete.
     exec 9>"$_tsd_cache/.lock"
     flock 9
-    if [ ! -f "$TCH_STATE_DICT_VENV/.complete" ]; then
-        echo "tch-state-dict: installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION" \
-             "into $TCH_STATE_DICT_VENV (once; a few minutes)" >&2
-        rm -rf "$TCH_STATE_DICT_VENV"
-        "$_tsd_python" -m venv "$TCH_STATE_DICT_VENV" &&
+    if ! _tsd_ready; then
+        echo "tch-state-dict: installing $_tsd_requirements into $TCH_STATE_DICT_VENV" \
+             "(once; a few minutes)" >&2
+        if [ ! -f "$TCH_STATE_DICT_VENV/.complete" ]; then
+            rm -rf "$TCH_STATE_DICT_VENV"
+            "$_tsd_python" -m venv "$TCH_STATE_DICT_VENV"
+        fi &&
+        # shellcheck disable=SC2086
         "$TCH_STATE_DICT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-            "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
-            "safetensors==$SAFETENSORS_VERSION" "numpy==$NUMPY_VERSION" &&
-        "$TCH_STATE_DICT_VENV/bin/python" -c "import torch, torchvision, safetensors" &&
-        touch "$TCH_STATE_DICT_VENV/.complete" || {
+            $_tsd_requirements &&
+        "$TCH_STATE_DICT_VENV/bin/python" -c "import torch, torchvision, safetensors.torch" &&
+        echo "$_tsd_requirements" > "$TCH_STATE_DICT_VENV/.complete" || {
             echo "tch-state-dict: installing the PyTorch environment failed" >&2
             flock -u 9
             return 1 2>/dev/null || exit 1

@@ -1,5 +1,9 @@
 //! The crate's one error type.
 
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use crate::read::PickleError;
 use crate::report::LoadError;
 
 /// Everything that can go wrong in this crate. Each variant names the key or path it is
@@ -45,6 +49,219 @@ pub enum Error {
         left_out: Vec<String>,
     },
 
+    /// A file could not be opened, read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file is empty.
+    #[error("{}: the file is empty", path.display())]
+    EmptyFile {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The file is a Git LFS pointer, not the checkpoint it points to.
+    #[error(
+        "{}: this is a Git LFS pointer, not the checkpoint itself; fetch it with `git lfs pull`",
+        path.display()
+    )]
+    LfsPointer {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The file is a TorchScript archive (`torch.jit.save`), not a `torch.save` checkpoint.
+    #[error(
+        "{}: this is a TorchScript archive (torch.jit.save), not a torch.save checkpoint; load \
+         it with tch::CModule::load, or save the model's state_dict() with torch.save",
+        path.display()
+    )]
+    TorchScript {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The bytes are in no format this crate reads.
+    #[error(
+        "{}: not a checkpoint this crate reads ({found}); it reads torch.save files (zip or \
+         legacy), safetensors and sharded *.index.json files",
+        path.display()
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// What the bytes look like instead.
+        found: String,
+    },
+
+    /// The zip container of a torch.save file is malformed or truncated.
+    #[error("{}: malformed zip archive", path.display())]
+    Zip {
+        /// The file.
+        path: PathBuf,
+        /// The zip reader's error.
+        #[source]
+        source: zip::result::ZipError,
+    },
+
+    /// A record the checkpoint needs is missing (`archive/data.pkl`, a storage).
+    #[error("{}: the checkpoint has no record {record}", path.display())]
+    MissingRecord {
+        /// The file.
+        path: PathBuf,
+        /// The record's name.
+        record: String,
+    },
+
+    /// A record is present but malformed (a storage past the end of the file, a bad
+    /// `byteorder`, a legacy header that is not torch's).
+    #[error("{}: record {record}: {reason}", path.display())]
+    InvalidRecord {
+        /// The file.
+        path: PathBuf,
+        /// The record's name.
+        record: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The pickle is malformed, or does something a checkpoint has no need for.
+    #[error("{}: {entry}, byte {offset}: {kind}", path.display())]
+    Pickle {
+        /// The file.
+        path: PathBuf,
+        /// The record holding the pickle (`archive/data.pkl`).
+        entry: String,
+        /// The offset of the failing opcode in the pickle (0 when the failure is found after
+        /// parsing, while building values).
+        offset: u64,
+        /// What went wrong.
+        kind: PickleError,
+    },
+
+    /// The pickle names a global outside the allowlist (`os.system`, `builtins.eval`):
+    /// executing it is how a hostile pickle runs code, so the file is refused.
+    #[error(
+        "{}: {entry}, byte {offset}: the global {module}.{name} is not allowed; a checkpoint \
+         may only rebuild tensors, storages and plain containers",
+        path.display()
+    )]
+    DisallowedGlobal {
+        /// The file.
+        path: PathBuf,
+        /// The record holding the pickle.
+        entry: String,
+        /// The offset of the opcode in the pickle.
+        offset: u64,
+        /// The global's module.
+        module: String,
+        /// The global's name.
+        name: String,
+    },
+
+    /// A dtype this crate cannot hold (quantized, unsigned 16-bit and wider, ...).
+    #[error("{}: unsupported dtype {dtype}", path.display())]
+    UnsupportedDtype {
+        /// The file.
+        path: PathBuf,
+        /// The dtype or storage type, as the file names it.
+        dtype: String,
+    },
+
+    /// A tensor that does not fit its storage: negative or overflowing sizes, strides or
+    /// offsets, or an extent past the storage's end.
+    #[error("{}: storage {storage}: {reason}", path.display())]
+    InvalidTensor {
+        /// The file.
+        path: PathBuf,
+        /// The storage's key.
+        storage: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The file exceeds one of [`ReadLimits`](crate::ReadLimits).
+    #[error("{}: exceeds the limit {limit} = {max}", path.display())]
+    LimitExceeded {
+        /// The file.
+        path: PathBuf,
+        /// The limit's name.
+        limit: &'static str,
+        /// Its value.
+        max: u64,
+    },
+
+    /// A malformed safetensors file (header too large, overlapping or trailing data, ...).
+    #[error("{}: invalid safetensors file", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The safetensors crate's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    /// A state dict was asked for, and the object is something else: usually a checkpoint
+    /// dict that holds the state dict under a key such as `model`.
+    #[error("{}", not_a_state_dict(path, at.as_deref(), found, entries))]
+    NotAStateDict {
+        /// The file.
+        path: PathBuf,
+        /// The top-level key looked under, if any.
+        at: Option<String>,
+        /// What the object is.
+        found: String,
+        /// For a dict, each key (as Python prints it) and what it holds.
+        entries: Vec<(String, String)>,
+    },
+
+    /// The top-level dict has no such key.
+    #[error("{}: no key {key:?} at the top level; its keys are {available:?}", path.display())]
+    KeyNotFound {
+        /// The file.
+        path: PathBuf,
+        /// The key asked for.
+        key: String,
+        /// The keys it has.
+        available: Vec<String>,
+    },
+
+    /// A sharded checkpoint's index is malformed or does not match its shards.
+    #[error("{}: sharded checkpoint: {reason}", path.display())]
+    ShardIndex {
+        /// The index or shard file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A value cannot be written in the format asked for.
+    #[error("{}: cannot write {what}: {reason}", path.display())]
+    Unwritable {
+        /// The file.
+        path: PathBuf,
+        /// The key or value.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// libtorch failed on an operation the crate had checked (out of memory, say).
+    #[error("{context}")]
+    Torch {
+        /// What was being done.
+        context: String,
+        /// libtorch's error.
+        #[source]
+        source: tch::TchError,
+    },
+
     /// libtorch failed while copying a checked value into the model (a device fault, say).
     /// Tensors copied before this one hold their new values.
     #[error("copying {key:?} into the model failed")]
@@ -61,4 +278,53 @@ impl From<LoadError> for Error {
     fn from(e: LoadError) -> Self {
         Error::Load(Box::new(e))
     }
+}
+
+fn not_a_state_dict(
+    path: &std::path::Path,
+    at: Option<&str>,
+    found: &str,
+    entries: &[(String, String)],
+) -> String {
+    const SHOWN: usize = 20;
+    let mut out = format!("{}: ", path.display());
+    match at {
+        Some(key) => {
+            let _ = write!(
+                out,
+                "the value under {key:?} is not a state dict: it is {found}"
+            );
+        }
+        None => {
+            let _ = write!(
+                out,
+                "the top-level object is not a state dict: it is {found}"
+            );
+        }
+    }
+    if !entries.is_empty() {
+        out.push_str(", holding ");
+        let shown: Vec<String> = entries
+            .iter()
+            .take(SHOWN)
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        out.push_str(&shown.join(", "));
+        if entries.len() > SHOWN {
+            let _ = write!(out, " and {} more", entries.len() - SHOWN);
+        }
+        let nested: Vec<&str> = entries
+            .iter()
+            .filter(|(_, v)| v.starts_with("a state dict of"))
+            .filter_map(|(k, _)| k.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
+            .collect();
+        if let Some(key) = nested.first() {
+            let _ = write!(
+                out,
+                "; load that state dict with StateDict::load_key(path, {key:?}) \
+                 (torch.load(path)[{key:?}])"
+            );
+        }
+    }
+    out
 }

@@ -65,13 +65,16 @@ mod load;
 mod module_tree;
 mod natural;
 pub mod pyfmt;
+mod read;
 mod report;
 mod state_dict;
 mod value;
+mod write;
 
 pub use error::Error;
 pub use load::{load_state_dict, load_state_dict_with, state_dict, LoadOptions};
 pub use module_tree::{ModuleKind, ModuleTree, StateDictModule};
+pub use read::{Checkpoint, Format, PickleError, ReadLimits, ReadOptions};
 pub use report::{IncompatibleKeys, LoadError, ShapeMismatch};
 pub use state_dict::StateDict;
-pub use value::{Metadata, Value};
+pub use value::{Dict, Metadata, Value};

@@ -7,7 +7,7 @@ use tch::Tensor;
 
 use crate::error::Error;
 use crate::pyfmt;
-use crate::value::Metadata;
+use crate::value::{shallow_clone_metadata, Metadata};
 
 /// An insertion-ordered map from name to tensor, as `model.state_dict()` returns in PyTorch.
 ///
@@ -38,6 +38,7 @@ use crate::value::Metadata;
 pub struct StateDict {
     tensors: IndexMap<String, Tensor>,
     metadata: Option<Metadata>,
+    safetensors_metadata: Option<IndexMap<String, String>>,
 }
 
 impl StateDict {
@@ -51,6 +52,7 @@ impl StateDict {
         StateDict {
             tensors: IndexMap::with_capacity(n),
             metadata: None,
+            safetensors_metadata: None,
         }
     }
 
@@ -132,6 +134,16 @@ impl StateDict {
         self.metadata = metadata;
     }
 
+    /// A safetensors file's `__metadata__` (string to string), kept from reading to writing.
+    pub fn safetensors_metadata(&self) -> Option<&IndexMap<String, String>> {
+        self.safetensors_metadata.as_ref()
+    }
+
+    /// Sets or removes the `__metadata__` that saving as safetensors writes.
+    pub fn set_safetensors_metadata(&mut self, metadata: Option<IndexMap<String, String>>) {
+        self.safetensors_metadata = metadata;
+    }
+
     /// A copy that shares the tensors' storage, as Python's `sd.copy()`.
     pub fn shallow_clone(&self) -> StateDict {
         StateDict {
@@ -140,14 +152,8 @@ impl StateDict {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.shallow_clone()))
                 .collect(),
-            metadata: self.metadata.as_ref().map(|m| {
-                m.iter()
-                    .map(|(k, v)| {
-                        let v = v.iter().map(|(a, b)| (a.clone(), b.shallow_clone()));
-                        (k.clone(), v.collect())
-                    })
-                    .collect()
-            }),
+            metadata: self.metadata.as_ref().map(shallow_clone_metadata),
+            safetensors_metadata: self.safetensors_metadata.clone(),
         }
     }
 

@@ -1,11 +1,28 @@
 //! Python values as a checkpoint holds them: the tree `torch.load` returns.
 
 use indexmap::IndexMap;
-use tch::Tensor;
+use tch::{Kind, Tensor};
+
+use crate::error::Error;
+use crate::state_dict::StateDict;
 
 /// A Python value from (or for) a checkpoint: what `torch.load(path)` returns, with tensors as
-/// tch tensors. Dicts keep their order and may have keys of any hashable kind (optimizer
-/// state is keyed by integers), so they are lists of pairs.
+/// tch tensors.
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_state_dict::{StateDict, Value};
+///
+/// let mut model = StateDict::new();
+/// model.insert("fc.weight", Tensor::zeros([10, 4], (tch::Kind::Float, tch::Device::Cpu)));
+/// // {'model': model.state_dict(), 'epoch': 240, 'acc': 0.9}
+/// let ckpt = Value::dict([
+///     ("model", Value::from(model)),
+///     ("epoch", Value::from(240)),
+///     ("acc", Value::from(0.9)),
+/// ]);
+/// assert_eq!(ckpt.get("epoch").and_then(Value::as_int), Some(240));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Value {
@@ -15,6 +32,8 @@ pub enum Value {
     Bool(bool),
     /// An `int` that fits in 64 bits.
     Int(i64),
+    /// A larger `int`, as pickle stores it: little-endian two's complement bytes.
+    BigInt(Vec<u8>),
     /// A `float`.
     Float(f64),
     /// A `str`.
@@ -23,15 +42,45 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// A `list`.
     List(Vec<Value>),
-    /// A `tuple`.
+    /// A `tuple` (or `torch.Size`).
     Tuple(Vec<Value>),
-    /// A `dict` or `OrderedDict`, in order.
-    Dict(Vec<(Value, Value)>),
+    /// A `set` or `frozenset`.
+    Set(Vec<Value>),
+    /// A `dict` or `OrderedDict`.
+    Dict(Dict),
     /// A tensor or `nn.Parameter`.
     Tensor(Tensor),
+    /// A `torch.device`, as PyTorch prints it (`cpu`, `cuda:0`).
+    Device(String),
+    /// A `torch.dtype`.
+    Dtype(Kind),
+}
+
+/// A Python `dict` or `OrderedDict`, in order. Keys may be of any hashable kind (optimizer
+/// state is keyed by integers), so items are pairs.
+#[derive(Debug, Default)]
+pub struct Dict {
+    /// The items, in order.
+    pub items: Vec<(Value, Value)>,
+    /// Whether it is an `OrderedDict` (as `state_dict()` returns) rather than a `dict`.
+    pub ordered: bool,
+    /// A state dict's `_metadata` attribute.
+    pub metadata: Option<Metadata>,
 }
 
 impl Value {
+    /// A plain `dict` with string keys, in order.
+    pub fn dict<K: Into<String>>(items: impl IntoIterator<Item = (K, Value)>) -> Value {
+        Value::Dict(Dict {
+            items: items
+                .into_iter()
+                .map(|(k, v)| (Value::Str(k.into()), v))
+                .collect(),
+            ordered: false,
+            metadata: None,
+        })
+    }
+
     /// The string, if this is a `str`.
     pub fn as_str(&self) -> Option<&str> {
         match self {
@@ -40,7 +89,7 @@ impl Value {
         }
     }
 
-    /// The integer, if this is an `int` (a `bool` is not one here).
+    /// The integer, if this is an `int` that fits in 64 bits (a `bool` is not one here).
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
@@ -56,6 +105,14 @@ impl Value {
         }
     }
 
+    /// The bool, if this is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
     /// The tensor, if this is one.
     pub fn as_tensor(&self) -> Option<&Tensor> {
         match self {
@@ -64,51 +121,195 @@ impl Value {
         }
     }
 
-    /// The value under the string key `key`, if this is a dict that has it.
-    pub fn get(&self, key: &str) -> Option<&Value> {
+    /// The dict, if this is one.
+    pub fn as_dict(&self) -> Option<&Dict> {
         match self {
-            Value::Dict(items) => items
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v),
+            Value::Dict(d) => Some(d),
             _ => None,
         }
     }
 
+    /// The items, if this is a list or a tuple.
+    pub fn as_list(&self) -> Option<&[Value]> {
+        match self {
+            Value::List(v) | Value::Tuple(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The value under the string key `key`, if this is a dict that has it (`value[key]`).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.as_dict()?
+            .items
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
     /// A shallow copy: tensors are shallow clones that share storage.
     pub fn shallow_clone(&self) -> Value {
+        let all = |v: &[Value]| v.iter().map(Value::shallow_clone).collect();
         match self {
             Value::None => Value::None,
             Value::Bool(b) => Value::Bool(*b),
             Value::Int(i) => Value::Int(*i),
+            Value::BigInt(b) => Value::BigInt(b.clone()),
             Value::Float(f) => Value::Float(*f),
             Value::Str(s) => Value::Str(s.clone()),
             Value::Bytes(b) => Value::Bytes(b.clone()),
-            Value::List(v) => Value::List(v.iter().map(Value::shallow_clone).collect()),
-            Value::Tuple(v) => Value::Tuple(v.iter().map(Value::shallow_clone).collect()),
-            Value::Dict(v) => Value::Dict(
-                v.iter()
+            Value::List(v) => Value::List(all(v)),
+            Value::Tuple(v) => Value::Tuple(all(v)),
+            Value::Set(v) => Value::Set(all(v)),
+            Value::Dict(d) => Value::Dict(Dict {
+                items: d
+                    .items
+                    .iter()
                     .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()))
                     .collect(),
-            ),
+                ordered: d.ordered,
+                metadata: d.metadata.as_ref().map(shallow_clone_metadata),
+            }),
             Value::Tensor(t) => Value::Tensor(t.shallow_clone()),
+            Value::Device(d) => Value::Device(d.clone()),
+            Value::Dtype(k) => Value::Dtype(*k),
         }
     }
 
-    /// A short name of the value's Python type, for messages: `dict`, `int`, `Tensor`.
+    /// The name of the value's Python type, for messages: `dict`, `int`, `Tensor`.
     pub fn type_name(&self) -> &'static str {
         match self {
             Value::None => "NoneType",
             Value::Bool(_) => "bool",
-            Value::Int(_) => "int",
+            Value::Int(_) | Value::BigInt(_) => "int",
             Value::Float(_) => "float",
             Value::Str(_) => "str",
             Value::Bytes(_) => "bytes",
             Value::List(_) => "list",
             Value::Tuple(_) => "tuple",
+            Value::Set(_) => "set",
+            Value::Dict(d) if d.ordered => "OrderedDict",
             Value::Dict(_) => "dict",
             Value::Tensor(_) => "Tensor",
+            Value::Device(_) => "torch.device",
+            Value::Dtype(_) => "torch.dtype",
         }
+    }
+}
+
+pub(crate) fn shallow_clone_metadata(m: &Metadata) -> Metadata {
+    m.iter()
+        .map(|(k, v)| {
+            let v = v.iter().map(|(a, b)| (a.clone(), b.shallow_clone()));
+            (k.clone(), v.collect())
+        })
+        .collect()
+}
+
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Bool(v)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<i32> for Value {
+    fn from(v: i32) -> Self {
+        Value::Int(v.into())
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Float(v)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Str(v.to_string())
+    }
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Str(v)
+    }
+}
+
+impl From<Tensor> for Value {
+    fn from(v: Tensor) -> Self {
+        Value::Tensor(v)
+    }
+}
+
+impl From<Vec<Value>> for Value {
+    fn from(v: Vec<Value>) -> Self {
+        Value::List(v)
+    }
+}
+
+impl From<StateDict> for Value {
+    /// An `OrderedDict` of the tensors, with the state dict's `_metadata`, as
+    /// `model.state_dict()` is pickled.
+    fn from(sd: StateDict) -> Self {
+        let metadata = sd.metadata().map(shallow_clone_metadata);
+        Value::Dict(Dict {
+            items: sd
+                .into_iter()
+                .map(|(k, t)| (Value::Str(k), Value::Tensor(t)))
+                .collect(),
+            ordered: true,
+            metadata,
+        })
+    }
+}
+
+impl TryFrom<Value> for StateDict {
+    type Error = Error;
+
+    /// A dict whose keys are all strings and values all tensors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAStateDict`] otherwise; [`Error::DuplicateKey`] for a key seen twice.
+    fn try_from(value: Value) -> Result<Self, Error> {
+        let not = |found: String| Error::NotAStateDict {
+            path: "<value>".into(),
+            at: None,
+            found,
+            entries: Vec::new(),
+        };
+        let Value::Dict(d) = value else {
+            return Err(not(format!("a {}", value.type_name())));
+        };
+        let mut sd = StateDict::with_capacity(d.items.len());
+        for (k, v) in d.items {
+            match (k, v) {
+                (Value::Str(k), Value::Tensor(t)) => {
+                    if sd.contains_key(&k) {
+                        return Err(Error::DuplicateKey {
+                            sources: vec![k.clone(), k.clone()],
+                            key: k,
+                        });
+                    }
+                    sd.insert(k, t);
+                }
+                (k, v) => {
+                    return Err(not(format!(
+                        "a dict holding a {} under a {} key",
+                        v.type_name(),
+                        k.type_name()
+                    )))
+                }
+            }
+        }
+        sd.set_metadata(d.metadata);
+        Ok(sd)
     }
 }
 

@@ -1,0 +1,156 @@
+//! torch.save's legacy format (PyTorch 0.4 to 1.5, or `_use_new_zipfile_serialization=False`):
+//! five pickles back to back (the magic number, the protocol version 1001, `sys_info`, the
+//! object, the list of storage keys) and then, for each key in that order, the storage's
+//! element count as a little-endian int64 followed by its bytes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::Kind;
+
+use super::pickle::{self, Arena, Flavor, Obj};
+use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
+use crate::error::Error;
+
+const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+const PROTOCOL_VERSION: i64 = 1001;
+
+pub(crate) fn parse<'a>(
+    path: &Path,
+    source: Source<'a>,
+    limits: &ReadLimits,
+) -> Result<Parsed<'a>, Error> {
+    let bytes = source.bytes();
+    let invalid = |record: &str, reason: String| Error::InvalidRecord {
+        path: path.to_path_buf(),
+        record: record.to_string(),
+        reason,
+    };
+    let mut pos = 0usize;
+    let mut next = |name: &str, flavor: Flavor| -> Result<Arena, Error> {
+        let (arena, used) = pickle::run(&bytes[pos..], flavor, limits)
+            .map_err(|f| pickle_error(path, name, shift(f, pos)))?;
+        pos += used;
+        Ok(arena)
+    };
+
+    let magic = next("magic number", Flavor::Plain)?;
+    match magic.get(magic.root) {
+        Obj::BigInt(b) if b.as_slice() == MAGIC => {}
+        _ => return Err(invalid("magic number", "not torch's magic number".into())),
+    }
+    let version = next("protocol version", Flavor::Plain)?;
+    match version.get(version.root) {
+        Obj::Int(PROTOCOL_VERSION) => {}
+        Obj::Int(v) => {
+            return Err(invalid(
+                "protocol version",
+                format!("{v}, expected {PROTOCOL_VERSION}"),
+            ))
+        }
+        other => {
+            return Err(invalid(
+                "protocol version",
+                format!("a {}", other.type_name()),
+            ))
+        }
+    }
+    let sys_info = next("sys_info", Flavor::Plain)?;
+    if !matches!(sys_info.get(sys_info.root), Obj::Dict(_)) {
+        return Err(invalid("sys_info", "not a dict".into()));
+    }
+    let arena = next("object", Flavor::Legacy)?;
+    let keys_arena = next("storage keys", Flavor::Plain)?;
+    let keys: Vec<String> = match keys_arena.get(keys_arena.root) {
+        Obj::List(items) => items
+            .iter()
+            .map(|&i| match keys_arena.get(i) {
+                Obj::Str(s) => Ok(s.clone()),
+                other => Err(invalid(
+                    "storage keys",
+                    format!("a {} key", other.type_name()),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(invalid(
+                "storage keys",
+                format!("a {}, not a list", other.type_name()),
+            ))
+        }
+    };
+
+    // Each storage's element type, from the persistent ids that named it.
+    let mut dtypes: HashMap<&str, Kind> = HashMap::new();
+    for obj in &arena.objs {
+        if let Obj::Storage(s) = obj {
+            if let Some(kind) = s.dtype {
+                dtypes.insert(&s.key, kind);
+            }
+        }
+    }
+    for t in &arena.tensors {
+        dtypes.entry(&t.storage.key).or_insert(t.dtype);
+    }
+
+    let mut storages = HashMap::new();
+    for key in &keys {
+        let record = format!("storage {key}");
+        let kind = *dtypes
+            .get(key.as_str())
+            .ok_or_else(|| invalid(&record, "no persistent id names it".into()))?;
+        let header_end = pos
+            .checked_add(8)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| invalid(&record, "the file ends before its size".into()))?;
+        let numel = i64::from_le_bytes(bytes[pos..header_end].try_into().expect("8 bytes"));
+        let len = u64::try_from(numel)
+            .ok()
+            .and_then(|n| n.checked_mul(kind.elt_size_in_bytes() as u64))
+            .ok_or_else(|| invalid(&record, format!("a size of {numel} elements")))?;
+        let end = (header_end as u64)
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len() as u64)
+            .ok_or_else(|| {
+                invalid(
+                    &record,
+                    format!(
+                        "{len} bytes from byte {header_end}, past the end of the file ({} bytes)",
+                        bytes.len()
+                    ),
+                )
+            })?;
+        if storages
+            .insert(
+                key.clone(),
+                StorageLoc::Range {
+                    start: header_end as u64,
+                    len,
+                },
+            )
+            .is_some()
+        {
+            return Err(invalid(&record, "listed twice".into()));
+        }
+        pos = end as usize;
+    }
+    check_tensors(path, &arena, &storages, "storage ")?;
+    Ok(Parsed {
+        source,
+        format: Format::TorchLegacy,
+        arena,
+        storages,
+        big_endian: false,
+        entry: "object".to_string(),
+        safetensors_metadata: None,
+    })
+}
+
+/// Makes a failure's offset relative to the file rather than to the pickle.
+fn shift(failure: pickle::Failure, by: usize) -> pickle::Failure {
+    match failure {
+        pickle::Failure::Pickle(o, k) => pickle::Failure::Pickle(o + by as u64, k),
+        pickle::Failure::Disallowed(o, m, n) => pickle::Failure::Disallowed(o + by as u64, m, n),
+        other => other,
+    }
+}

@@ -1,0 +1,402 @@
+//! From a parsed file to values: tensors are read here, each storage once.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::pickle::{Id, Obj, PickleError, StorageRef};
+use super::torch_zip::inflate_into;
+use super::{Parsed, ReadOptions, Source, StorageLoc};
+use crate::error::Error;
+use crate::pyfmt;
+use crate::state_dict::StateDict;
+use crate::value::{Dict, Metadata, Value};
+
+pub(crate) struct Materializer<'c, 'a> {
+    path: &'c Path,
+    parsed: &'c Parsed<'a>,
+    options: &'c ReadOptions,
+    /// Each storage's bytes, read once, as a 1-D uint8 tensor.
+    storages: HashMap<String, (Tensor, u64)>,
+    /// The whole file mapped by libtorch, for `ReadOptions::mmap`.
+    mapped: Option<Option<Tensor>>,
+    values: u64,
+    max_values: u64,
+}
+
+impl<'c, 'a> Materializer<'c, 'a> {
+    pub(crate) fn new(path: &'c Path, parsed: &'c Parsed<'a>, options: &'c ReadOptions) -> Self {
+        let limits = &options.limits;
+        let proportional = (parsed.arena.objs.len() as u64).saturating_mul(16) + 65_536;
+        Materializer {
+            path,
+            parsed,
+            options,
+            storages: HashMap::new(),
+            mapped: None,
+            values: 0,
+            max_values: limits.max_values.min(proportional),
+        }
+    }
+
+    fn pickle_error(&self, kind: PickleError) -> Error {
+        Error::Pickle {
+            path: self.path.to_path_buf(),
+            entry: self.parsed.entry.clone(),
+            offset: 0,
+            kind,
+        }
+    }
+
+    fn torch_error(&self, what: String) -> impl FnOnce(tch::TchError) -> Error + '_ {
+        move |source| Error::Torch {
+            context: format!("{}: {what}", self.path.display()),
+            source,
+        }
+    }
+
+    /// Counts `n` values against the budget.
+    fn spend(&mut self, n: u64) -> Result<(), Error> {
+        self.values = self.values.saturating_add(n);
+        if self.values > self.max_values {
+            return Err(Error::LimitExceeded {
+                path: self.path.to_path_buf(),
+                limit: "max_values",
+                max: self.max_values,
+            });
+        }
+        Ok(())
+    }
+
+    /// The object `id` as a value, with its tensors read.
+    pub(crate) fn value(&mut self, id: Id) -> Result<Value, Error> {
+        self.convert(id, 0)
+    }
+
+    fn convert(&mut self, id: Id, depth: usize) -> Result<Value, Error> {
+        let max_depth = self.options.limits.max_depth;
+        if depth > max_depth {
+            return Err(self.pickle_error(PickleError::TooDeep(max_depth)));
+        }
+        let arena = &self.parsed.arena;
+        let obj = arena.get(id);
+        // Strings and bytes count by length too, so that a memo reference to a large string
+        // repeated many times is bounded as well.
+        let weight = match obj {
+            Obj::Str(s) => 1 + s.len() as u64 / 64,
+            Obj::Bytes(b) | Obj::BigInt(b) => 1 + b.len() as u64 / 64,
+            _ => 1,
+        };
+        self.spend(weight)?;
+        let list = |this: &mut Self, ids: &[Id]| -> Result<Vec<Value>, Error> {
+            ids.iter().map(|&i| this.convert(i, depth + 1)).collect()
+        };
+        Ok(match obj {
+            Obj::None => Value::None,
+            Obj::Bool(b) => Value::Bool(*b),
+            Obj::Int(i) => Value::Int(*i),
+            Obj::BigInt(b) => Value::BigInt(b.clone()),
+            Obj::Float(f) => Value::Float(*f),
+            Obj::Str(s) => Value::Str(s.clone()),
+            Obj::Bytes(b) => Value::Bytes(b.clone()),
+            Obj::List(ids) => Value::List(list(self, ids)?),
+            Obj::Tuple(ids) => Value::Tuple(list(self, ids)?),
+            Obj::Set(ids) => Value::Set(list(self, ids)?),
+            Obj::Dict(d) => {
+                let mut items = Vec::with_capacity(d.items.len());
+                let mut seen_str: HashSet<&str> = HashSet::new();
+                let mut seen_int: HashSet<i64> = HashSet::new();
+                for &(k, v) in &d.items {
+                    let fresh = match arena.get(k) {
+                        Obj::Str(s) => seen_str.insert(s),
+                        Obj::Int(i) => seen_int.insert(*i),
+                        _ => true,
+                    };
+                    if !fresh {
+                        let key = match arena.get(k) {
+                            Obj::Str(s) => s.clone(),
+                            Obj::Int(i) => i.to_string(),
+                            _ => String::new(),
+                        };
+                        return Err(self.pickle_error(PickleError::DuplicateKey(key)));
+                    }
+                    items.push((self.convert(k, depth + 1)?, self.convert(v, depth + 1)?));
+                }
+                let metadata = match d.metadata {
+                    Some(m) => Some(self.metadata(m)?),
+                    None => None,
+                };
+                Value::Dict(Dict {
+                    items,
+                    ordered: d.ordered,
+                    metadata,
+                })
+            }
+            Obj::Tensor(i) => Value::Tensor(self.tensor(*i)?),
+            Obj::Device(d) => Value::Device(d.clone()),
+            Obj::Dtype(k) => Value::Dtype(*k),
+            Obj::Global(_) => {
+                return Err(
+                    self.pickle_error(PickleError::Unsupported("a class or function as a value"))
+                )
+            }
+            Obj::Storage(_) => {
+                return Err(self.pickle_error(PickleError::Unsupported("a bare storage as a value")))
+            }
+        })
+    }
+
+    /// A state dict's `_metadata`: a dict of module prefix to a dict of attributes.
+    fn metadata(&mut self, id: Id) -> Result<Metadata, Error> {
+        let malformed = || PickleError::Malformed("_metadata is not a dict of dicts keyed by str");
+        let arena = &self.parsed.arena;
+        let Obj::Dict(d) = arena.get(id) else {
+            return Err(self.pickle_error(malformed()));
+        };
+        let mut out = Metadata::with_capacity(d.items.len());
+        for &(k, v) in &d.items {
+            let (Obj::Str(prefix), Obj::Dict(attrs)) = (arena.get(k), arena.get(v)) else {
+                return Err(self.pickle_error(malformed()));
+            };
+            let mut entry = indexmap::IndexMap::with_capacity(attrs.items.len());
+            for &(a, b) in &attrs.items {
+                let Obj::Str(name) = arena.get(a) else {
+                    return Err(self.pickle_error(malformed()));
+                };
+                entry.insert(name.clone(), self.convert(b, 2)?);
+            }
+            out.insert(prefix.clone(), entry);
+        }
+        Ok(out)
+    }
+
+    /// The object `id` as a state dict: a dict of string keys to tensors, or an error that
+    /// says what it is instead.
+    pub(crate) fn state_dict(&mut self, id: Id, at: Option<&str>) -> Result<StateDict, Error> {
+        let arena = &self.parsed.arena;
+        let entries = match arena.get(id) {
+            Obj::Dict(d) => {
+                let tensors: Option<Vec<(&str, usize)>> = d
+                    .items
+                    .iter()
+                    .map(|&(k, v)| match (arena.get(k), arena.get(v)) {
+                        (Obj::Str(k), Obj::Tensor(t)) => Some((k.as_str(), *t)),
+                        _ => None,
+                    })
+                    .collect();
+                tensors
+            }
+            _ => None,
+        };
+        let Some(entries) = entries else {
+            return Err(self.not_a_state_dict(id, at));
+        };
+        let mut sd = StateDict::with_capacity(entries.len());
+        for (key, index) in entries {
+            if sd.contains_key(key) {
+                return Err(self.pickle_error(PickleError::DuplicateKey(key.to_string())));
+            }
+            let tensor = self.tensor(index)?;
+            sd.insert(key, tensor);
+        }
+        if let Obj::Dict(d) = arena.get(id) {
+            if let Some(m) = d.metadata {
+                let metadata = self.metadata(m)?;
+                sd.set_metadata(Some(metadata));
+            }
+        }
+        if let Some(m) = &self.parsed.safetensors_metadata {
+            sd.set_safetensors_metadata(Some(m.clone()));
+        }
+        Ok(sd)
+    }
+
+    fn not_a_state_dict(&self, id: Id, at: Option<&str>) -> Error {
+        let arena = &self.parsed.arena;
+        let entries = match arena.get(id) {
+            Obj::Dict(d) => d
+                .items
+                .iter()
+                .map(|&(k, v)| {
+                    let key = match arena.get(k) {
+                        Obj::Str(s) => pyfmt::repr_str(s),
+                        Obj::Int(i) => i.to_string(),
+                        other => format!("<{}>", other.type_name()),
+                    };
+                    (key, self.describe(v))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Error::NotAStateDict {
+            path: self.path.to_path_buf(),
+            at: at.map(str::to_string),
+            found: self.describe(id),
+            entries,
+        }
+    }
+
+    /// A short description of what an object is, for errors: `a state dict of 161 tensors`,
+    /// `the int 240`.
+    fn describe(&self, id: Id) -> String {
+        let arena = &self.parsed.arena;
+        match arena.get(id) {
+            Obj::Dict(d) => {
+                let all_tensors = !d.items.is_empty()
+                    && d.items.iter().all(|&(k, v)| {
+                        matches!((arena.get(k), arena.get(v)), (Obj::Str(_), Obj::Tensor(_)))
+                    });
+                if all_tensors {
+                    format!("a state dict of {} tensors", d.items.len())
+                } else {
+                    format!(
+                        "a {} of {} items",
+                        if d.ordered { "OrderedDict" } else { "dict" },
+                        d.items.len()
+                    )
+                }
+            }
+            Obj::List(v) => format!("a list of {} items", v.len()),
+            Obj::Tuple(v) => format!("a tuple of {} items", v.len()),
+            Obj::Set(v) => format!("a set of {} items", v.len()),
+            Obj::Tensor(i) => {
+                let t = &arena.tensors[*i];
+                format!(
+                    "a tensor of shape {} ({})",
+                    pyfmt::Shape(&t.size),
+                    pyfmt::dtype_name(t.dtype)
+                )
+            }
+            Obj::Int(i) => format!("the int {i}"),
+            Obj::BigInt(_) => "a large int".to_string(),
+            Obj::Float(f) => format!("the float {f}"),
+            Obj::Bool(b) => format!("the bool {}", if *b { "True" } else { "False" }),
+            Obj::None => "None".to_string(),
+            Obj::Str(s) => {
+                let short: String = s.chars().take(40).collect();
+                format!("the str {}", pyfmt::repr_str(&short))
+            }
+            Obj::Bytes(b) => format!("{} bytes", b.len()),
+            Obj::Device(d) => format!("torch.device({})", pyfmt::repr_str(d)),
+            Obj::Dtype(k) => format!("torch.{}", pyfmt::dtype_name(*k)),
+            Obj::Global(_) => "a class or function".to_string(),
+            Obj::Storage(_) => "a storage".to_string(),
+        }
+    }
+
+    /// Tensor `index` of the arena: a view of its storage, placed and cast as asked.
+    pub(crate) fn tensor(&mut self, index: usize) -> Result<Tensor, Error> {
+        let t = &self.parsed.arena.tensors[index];
+        let (buffer, start) = self.storage(&t.storage, t.dtype)?;
+        let what = format!("tensor of storage {}", t.storage.key);
+        let elem = t.dtype.elt_size_in_bytes() as i64;
+        let bytes = buffer.size()[0];
+        let typed = buffer
+            .f_narrow(0, 0, bytes / elem * elem)
+            .and_then(|s| s.f_view_dtype(t.dtype))
+            .map_err(self.torch_error(what.clone()))?;
+        // `start` (a multiple of 16 where non-zero) is where the storage begins in `buffer`.
+        let base = start as i64 / elem + t.storage.view.map_or(0, |(offset, _)| offset);
+        let mut out = typed
+            .f_as_strided(&t.size, &t.stride, Some(base + t.offset))
+            .map_err(self.torch_error(what.clone()))?;
+        if let Some(kind) = self.options.kind {
+            if out.is_floating_point() && out.kind() != kind {
+                out = out
+                    .f_to_kind(kind)
+                    .map_err(self.torch_error(what.clone()))?;
+            }
+        }
+        if self.options.device != Device::Cpu {
+            out = out
+                .f_to_device(self.options.device)
+                .map_err(self.torch_error(what))?;
+        }
+        if t.requires_grad && out.is_floating_point() {
+            if let Ok(with_grad) = out.f_set_requires_grad(true) {
+                out = with_grad;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bytes of a storage, read once: a 1-D uint8 tensor and the offset at which the
+    /// storage starts in it (0 for a copy, the file offset for a view of the mapped file).
+    fn storage(&mut self, storage: &StorageRef, dtype: Kind) -> Result<(Tensor, u64), Error> {
+        if let Some((t, start)) = self.storages.get(&storage.key) {
+            return Ok((t.shallow_clone(), *start));
+        }
+        let loc = self.parsed.storages[&storage.key].clone();
+        let what = format!("storage {}", storage.key);
+        let elem = storage.dtype.unwrap_or(dtype).elt_size_in_bytes();
+        let (tensor, offset) = match loc {
+            StorageLoc::Range { start, len } => match self.mapped_file(start) {
+                Some(file) => (file, start),
+                None => {
+                    let bytes = &self.parsed.source.bytes()[start as usize..(start + len) as usize];
+                    let tensor = if self.parsed.big_endian && elem > 1 {
+                        let mut owned = bytes.to_vec();
+                        swap_bytes(&mut owned, elem);
+                        from_bytes(&owned).map_err(self.torch_error(what))?
+                    } else {
+                        from_bytes(bytes).map_err(self.torch_error(what))?
+                    };
+                    (tensor, 0)
+                }
+            },
+            StorageLoc::Deflated {
+                start,
+                compressed,
+                len,
+            } => {
+                let mut out = vec![0u8; len as usize];
+                let src =
+                    &self.parsed.source.bytes()[start as usize..(start + compressed) as usize];
+                inflate_into(self.path, src, &mut out)?;
+                if self.parsed.big_endian && elem > 1 {
+                    swap_bytes(&mut out, elem);
+                }
+                (from_bytes(&out).map_err(self.torch_error(what))?, 0)
+            }
+        };
+        self.storages
+            .insert(storage.key.clone(), (tensor.shallow_clone(), offset));
+        Ok((tensor, offset))
+    }
+
+    /// The whole file as a uint8 tensor over a private memory map that libtorch owns, when
+    /// `mmap` was asked for and a storage at `start` can be viewed in it as it is.
+    fn mapped_file(&mut self, start: u64) -> Option<Tensor> {
+        // Misaligned starts would make dtype views fail; big-endian data must be swapped.
+        if !self.options.mmap || self.parsed.big_endian || start % 16 != 0 {
+            return None;
+        }
+        if self.mapped.is_none() {
+            let file = match (&self.parsed.source, self.path.to_str()) {
+                (Source::Mapped(map), Some(path)) => Tensor::f_from_file(
+                    path,
+                    false,
+                    Some(map.len() as i64),
+                    (Kind::Uint8, Device::Cpu),
+                )
+                .ok(),
+                _ => None,
+            };
+            self.mapped = Some(file);
+        }
+        self.mapped.as_ref()?.as_ref().map(Tensor::shallow_clone)
+    }
+}
+
+/// A 1-D uint8 tensor holding a copy of `bytes`.
+fn from_bytes(bytes: &[u8]) -> Result<Tensor, tch::TchError> {
+    Tensor::f_from_data_size(bytes, &[bytes.len() as i64], Kind::Uint8)
+}
+
+/// Reverses the byte order of each `elem`-byte element.
+fn swap_bytes(bytes: &mut [u8], elem: usize) {
+    for chunk in bytes.chunks_exact_mut(elem) {
+        chunk.reverse();
+    }
+}

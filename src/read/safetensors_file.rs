@@ -1,0 +1,141 @@
+//! safetensors, through the `safetensors` crate, which checks the header: its size (100 MB at
+//! most), that offsets are in order, contiguous, without overlap, match each tensor's shape,
+//! and cover the data exactly (no trailing bytes).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use indexmap::IndexMap;
+use safetensors::tensor::{Dtype, SafeTensors};
+use tch::Kind;
+
+use super::pickle::{Arena, DictObj, Obj, StorageRef, TensorRef};
+use super::{Format, Parsed, ReadLimits, Source, StorageLoc};
+use crate::error::Error;
+
+/// The tch kind of a safetensors dtype.
+pub(crate) fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::BOOL => Kind::Bool,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::I8 => Kind::Int8,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I32 => Kind::Int,
+        Dtype::I64 => Kind::Int64,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F8_E5M2 => Kind::Float8e5m2,
+        Dtype::F8_E4M3 => Kind::Float8e4m3fn,
+        _ => return None,
+    })
+}
+
+/// The safetensors dtype of a tch kind.
+pub(crate) fn dtype_of(kind: Kind) -> Option<Dtype> {
+    Some(match kind {
+        Kind::Bool => Dtype::BOOL,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Int8 => Dtype::I8,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int => Dtype::I32,
+        Kind::Int64 => Dtype::I64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::Float8e5m2 => Dtype::F8_E5M2,
+        Kind::Float8e4m3fn => Dtype::F8_E4M3,
+        _ => return None,
+    })
+}
+
+pub(crate) fn parse<'a>(
+    path: &Path,
+    source: Source<'a>,
+    limits: &ReadLimits,
+) -> Result<Parsed<'a>, Error> {
+    let bytes = source.bytes();
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(bytes).map_err(|source| Error::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let data_start = 8 + header_len as u64;
+    let names = metadata.offset_keys();
+    if names.len() as u64 > limits.max_tensors {
+        return Err(Error::LimitExceeded {
+            path: path.to_path_buf(),
+            limit: "max_tensors",
+            max: limits.max_tensors,
+        });
+    }
+    let mut arena = Arena {
+        objs: Vec::with_capacity(2 * names.len() + 1),
+        root: 0,
+        tensors: Vec::with_capacity(names.len()),
+    };
+    arena.objs.push(Obj::None);
+    let mut storages = HashMap::with_capacity(names.len());
+    let mut items = Vec::with_capacity(names.len());
+    for name in names {
+        let info = metadata.info(&name).expect("offset_keys lists known names");
+        let kind = kind_of(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+            path: path.to_path_buf(),
+            dtype: format!("{:?} (tensor {name:?})", info.dtype),
+        })?;
+        let (start, end) = info.data_offsets;
+        storages.insert(
+            name.clone(),
+            StorageLoc::Range {
+                start: data_start + start as u64,
+                len: (end - start) as u64,
+            },
+        );
+        let size: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let mut stride = vec![1i64; size.len()];
+        for i in (0..size.len().saturating_sub(1)).rev() {
+            stride[i] = stride[i + 1] * size[i + 1].max(1);
+        }
+        let index = arena.tensors.len();
+        arena.tensors.push(TensorRef {
+            storage: StorageRef {
+                key: name.clone(),
+                dtype: Some(kind),
+                location: "cpu".to_string(),
+                view: None,
+            },
+            dtype: kind,
+            offset: 0,
+            size,
+            stride,
+            requires_grad: false,
+        });
+        let key = arena.objs.len() as u32;
+        arena.objs.push(Obj::Str(name));
+        let value = arena.objs.len() as u32;
+        arena.objs.push(Obj::Tensor(index));
+        items.push((key, value));
+    }
+    arena.objs[0] = Obj::Dict(DictObj {
+        items,
+        ordered: true,
+        metadata: None,
+    });
+    let safetensors_metadata = metadata.metadata().as_ref().map(|m| {
+        let mut sorted: Vec<(String, String)> =
+            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        sorted.sort();
+        sorted.into_iter().collect::<IndexMap<_, _>>()
+    });
+    Ok(Parsed {
+        source,
+        format: Format::Safetensors,
+        arena,
+        storages,
+        big_endian: false,
+        entry: "header".to_string(),
+        safetensors_metadata,
+    })
+}

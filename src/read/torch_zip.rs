@@ -1,0 +1,214 @@
+//! torch.save's zip format: `<root>/data.pkl`, `<root>/data/<key>` for each storage, and
+//! `<root>/byteorder`. Any root name; storages aligned or not; CRCs are not checked (PyTorch
+//! writes them, other writers leave them zero), since the pickle's checks and the storages'
+//! lengths are what keep a read safe.
+
+use std::collections::HashMap;
+use std::io::{Cursor, Read};
+use std::path::Path;
+
+use zip::{CompressionMethod, ZipArchive};
+
+use super::pickle::{self, Flavor};
+use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
+use crate::error::Error;
+
+/// Parses the archive, runs its pickle and checks every tensor against its storage.
+pub(crate) fn parse<'a>(
+    path: &Path,
+    source: Source<'a>,
+    limits: &ReadLimits,
+) -> Result<Parsed<'a>, Error> {
+    let bytes = source.bytes();
+    let zip_error = |source| Error::Zip {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(zip_error)?;
+    let names: Vec<String> = archive
+        .file_names()
+        .map(|n| n.map(|n| n.into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(zip_error)?;
+    // PyTorch takes the archive's root from its first record.
+    let root = names
+        .first()
+        .and_then(|n| n.split('/').next())
+        .unwrap_or("")
+        .to_string();
+    let record = |name: &str| format!("{root}/{name}");
+    if names.contains(&record("constants.pkl"))
+        || names.iter().any(|n| n.starts_with(&record("code/")))
+    {
+        return Err(Error::TorchScript {
+            path: path.to_path_buf(),
+        });
+    }
+    let data_pkl = record("data.pkl");
+    let mut storages = HashMap::new();
+    let mut pickle_loc = None;
+    let mut byteorder_loc = None;
+    let data_prefix = record("data/");
+    for (index, name) in names.iter().enumerate() {
+        let is_storage = name.starts_with(&data_prefix) && name.len() > data_prefix.len();
+        let is_pickle = *name == data_pkl;
+        let is_byteorder = *name == record("byteorder");
+        if !(is_storage || is_pickle || is_byteorder) {
+            continue;
+        }
+        let loc = locate(path, &mut archive, index, bytes.len() as u64, limits)?;
+        if is_storage {
+            storages.insert(name[data_prefix.len()..].to_string(), loc);
+        } else if is_pickle {
+            pickle_loc = Some(loc);
+        } else {
+            byteorder_loc = Some(loc);
+        }
+    }
+    let pickle_loc = pickle_loc.ok_or_else(|| Error::MissingRecord {
+        path: path.to_path_buf(),
+        record: data_pkl.clone(),
+    })?;
+    if pickle_loc.len() > limits.max_pickle_bytes {
+        return Err(Error::LimitExceeded {
+            path: path.to_path_buf(),
+            limit: "max_pickle_bytes",
+            max: limits.max_pickle_bytes,
+        });
+    }
+    let big_endian = match byteorder_loc {
+        None => false,
+        Some(loc) => match read_record(path, bytes, &loc)?.as_slice() {
+            b"little" => false,
+            b"big" => true,
+            other => {
+                return Err(Error::InvalidRecord {
+                    path: path.to_path_buf(),
+                    record: record("byteorder"),
+                    reason: format!(
+                        "expected 'little' or 'big', found {:?}",
+                        String::from_utf8_lossy(&other[..other.len().min(16)])
+                    ),
+                })
+            }
+        },
+    };
+    let pickle_bytes = read_record(path, bytes, &pickle_loc)?;
+    let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, limits)
+        .map_err(|f| pickle_error(path, &data_pkl, f))?;
+    check_tensors(path, &arena, &storages, &data_prefix)?;
+    Ok(Parsed {
+        source,
+        format: Format::TorchZip,
+        arena,
+        storages,
+        big_endian,
+        entry: data_pkl,
+        safetensors_metadata: None,
+    })
+}
+
+/// Where record `index`'s bytes are, checked against the file's length.
+fn locate(
+    path: &Path,
+    archive: &mut ZipArchive<Cursor<&[u8]>>,
+    index: usize,
+    file_len: u64,
+    limits: &ReadLimits,
+) -> Result<StorageLoc, Error> {
+    let zip_error = |source| Error::Zip {
+        path: path.to_path_buf(),
+        source,
+    };
+    let entry = archive.by_index_raw(index).map_err(zip_error)?;
+    let name = entry.name().map(|n| n.into_owned()).unwrap_or_default();
+    let invalid = |reason: String| Error::InvalidRecord {
+        path: path.to_path_buf(),
+        record: name.clone(),
+        reason,
+    };
+    let start = entry
+        .data_start()
+        .ok_or_else(|| invalid("no data offset".into()))?;
+    let compressed = entry.compressed_size();
+    let len = entry.size();
+    let end = start
+        .checked_add(compressed)
+        .ok_or_else(|| invalid("its end overflows".into()))?;
+    if end > file_len {
+        return Err(invalid(format!(
+            "its data ends at byte {end}, past the end of the file ({file_len} bytes)"
+        )));
+    }
+    match entry.compression() {
+        CompressionMethod::Stored => {
+            if len != compressed {
+                return Err(invalid(format!(
+                    "stored with {compressed} bytes but declares {len}"
+                )));
+            }
+            Ok(StorageLoc::Range { start, len })
+        }
+        CompressionMethod::Deflated => {
+            let bound = compressed
+                .saturating_mul(limits.max_compression_ratio)
+                .saturating_add(1024);
+            if len > bound {
+                return Err(Error::LimitExceeded {
+                    path: path.to_path_buf(),
+                    limit: "max_compression_ratio",
+                    max: limits.max_compression_ratio,
+                });
+            }
+            Ok(StorageLoc::Deflated {
+                start,
+                compressed,
+                len,
+            })
+        }
+        other => Err(invalid(format!("unsupported compression {other:?}"))),
+    }
+}
+
+/// A record's bytes, inflated if needed.
+pub(crate) fn read_record(path: &Path, bytes: &[u8], loc: &StorageLoc) -> Result<Vec<u8>, Error> {
+    match *loc {
+        StorageLoc::Range { start, len } => {
+            Ok(bytes[start as usize..(start + len) as usize].to_vec())
+        }
+        StorageLoc::Deflated {
+            start,
+            compressed,
+            len,
+        } => {
+            let mut out = vec![0u8; len as usize];
+            inflate_into(
+                path,
+                &bytes[start as usize..(start + compressed) as usize],
+                &mut out,
+            )?;
+            Ok(out)
+        }
+    }
+}
+
+/// Inflates `compressed` into exactly `out.len()` bytes.
+pub(crate) fn inflate_into(path: &Path, compressed: &[u8], out: &mut [u8]) -> Result<(), Error> {
+    let mut decoder = flate2::read::DeflateDecoder::new(compressed);
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    decoder.read_exact(out).map_err(io)?;
+    let mut extra = [0u8; 1];
+    if decoder.read(&mut extra).map_err(io)? != 0 {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a deflated record is longer than it declares",
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! Writing checkpoints that Python reads: torch.save's zip format and safetensors.
+//!
+//! Files are written to a temporary file beside the target and renamed into place, so a
+//! failed write never leaves a half-written checkpoint, and tensors memory-mapped from the
+//! old file stay valid.
+
+mod pickler;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Cursor, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, View};
+use tch::Tensor;
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+use crate::error::Error;
+use crate::read::dtype_of;
+use crate::read::Format;
+use crate::state_dict::StateDict;
+use crate::value::Value;
+
+/// torch.save's storage alignment: each `data/<key>` record starts at a multiple of 64.
+const ALIGNMENT: u16 = 64;
+
+impl StateDict {
+    /// `torch.save(state_dict, path)`, or `safetensors.torch.save_file` for a path ending in
+    /// `.safetensors`. The torch format is the zip of PyTorch 1.6 and later, protocol 2, an
+    /// `OrderedDict` with `_metadata` when known, storages aligned to 64 bytes: what
+    /// `torch.load(path, weights_only=True)` accepts. Tensors on other devices are copied to
+    /// the CPU; a tensor that appears twice (tied weights) is stored once.
+    ///
+    /// safetensors keeps no order (the crate sorts tensors by dtype, then name) and no
+    /// `_metadata`; it keeps [`safetensors_metadata`](Self::safetensors_metadata).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the file cannot be written; [`Error::Unwritable`] for an
+    /// undefined tensor or a dtype the format cannot hold.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("safetensors") => Format::Safetensors,
+            _ => Format::TorchZip,
+        };
+        self.save_as(path, format)
+    }
+
+    /// Saves in the given format ([`Format::TorchZip`] or [`Format::Safetensors`]),
+    /// whatever the path's extension.
+    ///
+    /// # Errors
+    ///
+    /// As [`save`](Self::save); [`Error::Unwritable`] for a format that cannot be written.
+    pub fn save_as(&self, path: impl AsRef<Path>, format: Format) -> Result<(), Error> {
+        let path = path.as_ref();
+        match format {
+            Format::TorchZip => {
+                let value = Value::from(self.shallow_clone());
+                write_atomically(path, |file| write_torch(path, &value, file))
+            }
+            Format::Safetensors => write_atomically(path, |file| {
+                let bytes = self.to_safetensors(path)?;
+                file.write_all(&bytes).map_err(|source| Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }),
+            other => Err(Error::Unwritable {
+                path: path.to_path_buf(),
+                what: "a state dict".into(),
+                reason: format!("{other:?} cannot be written"),
+            }),
+        }
+    }
+
+    /// The bytes [`save_as`](Self::save_as) would write.
+    ///
+    /// # Errors
+    ///
+    /// As [`save_as`](Self::save_as).
+    pub fn to_bytes(&self, format: Format) -> Result<Vec<u8>, Error> {
+        let path = Path::new("<bytes>");
+        match format {
+            Format::TorchZip => {
+                let mut out = Cursor::new(Vec::new());
+                write_torch(path, &Value::from(self.shallow_clone()), &mut out)?;
+                Ok(out.into_inner())
+            }
+            Format::Safetensors => self.to_safetensors(path),
+            other => Err(Error::Unwritable {
+                path: path.to_path_buf(),
+                what: "a state dict".into(),
+                reason: format!("{other:?} cannot be written"),
+            }),
+        }
+    }
+
+    fn to_safetensors(&self, path: &Path) -> Result<Vec<u8>, Error> {
+        let mut views = Vec::with_capacity(self.len());
+        for (key, t) in self.iter() {
+            views.push((key.to_string(), SafetensorsView::new(path, key, t)?));
+        }
+        let metadata: Option<HashMap<String, String>> = self
+            .safetensors_metadata()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        safetensors::serialize(views, metadata).map_err(|source| Error::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+impl Value {
+    /// `torch.save(value, path)`: a whole checkpoint, such as `{'model': state_dict,
+    /// 'epoch': 240, 'acc': 0.9}`, in torch.save's zip format.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the file cannot be written; [`Error::Unwritable`] for a value the
+    /// format cannot hold (an undefined tensor, nesting deeper than 1000).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        write_atomically(path, |file| write_torch(path, self, file))
+    }
+
+    /// The bytes [`save`](Self::save) would write.
+    ///
+    /// # Errors
+    ///
+    /// As [`save`](Self::save).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+        let mut out = Cursor::new(Vec::new());
+        write_torch(Path::new("<bytes>"), self, &mut out)?;
+        Ok(out.into_inner())
+    }
+}
+
+/// Writes through `write` into a temporary file beside `path`, then renames it into place.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp: PathBuf = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = BufWriter::new(File::create(&tmp).map_err(io)?);
+        write(&mut file)?;
+        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The archive's root directory, as torch.save names it: the file's stem, or `archive` when
+/// writing to memory.
+fn archive_name(path: &Path) -> String {
+    if path == Path::new("<bytes>") {
+        return "archive".to_string();
+    }
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("archive");
+    let clean: String = stem
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        .collect();
+    if clean.is_empty() || clean.starts_with('.') {
+        "archive".to_string()
+    } else {
+        clean
+    }
+}
+
+fn write_torch<W: Write + Seek>(path: &Path, value: &Value, out: W) -> Result<(), Error> {
+    let (pickle, storages) =
+        pickler::Pickler::new()
+            .finish(value)
+            .map_err(|u| Error::Unwritable {
+                path: path.to_path_buf(),
+                what: u.what,
+                reason: u.reason,
+            })?;
+    let zip_error = |source| Error::Zip {
+        path: path.to_path_buf(),
+        source,
+    };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let root = archive_name(path);
+    let mut zip = ZipWriter::new(out);
+    let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+    let record = |zip: &mut ZipWriter<W>, name: &str, bytes: &[u8], align: bool| {
+        let options = stored.large_file(bytes.len() as u64 >= u32::MAX as u64);
+        let options = if align {
+            options.with_alignment(ALIGNMENT)
+        } else {
+            options
+        };
+        zip.start_file(format!("{root}/{name}"), options)
+            .map_err(zip_error)?;
+        zip.write_all(bytes).map_err(io)
+    };
+    record(&mut zip, "data.pkl", &pickle, false)?;
+    record(&mut zip, ".format_version", b"1", false)?;
+    record(&mut zip, ".storage_alignment", b"64", false)?;
+    record(&mut zip, "byteorder", b"little", false)?;
+    for storage in &storages {
+        let bytes = tensor_bytes(&storage.tensor).map_err(|e| Error::Torch {
+            context: format!("{}: reading storage {}", path.display(), storage.key),
+            source: e,
+        })?;
+        record(&mut zip, &format!("data/{}", storage.key), &bytes, true)?;
+    }
+    record(&mut zip, "version", b"3\n", false)?;
+    zip.finish().map_err(zip_error)?;
+    Ok(())
+}
+
+/// The bytes of a contiguous CPU tensor.
+fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>, tch::TchError> {
+    let numel = t.numel();
+    let mut bytes = vec![0u8; numel * t.f_kind()?.elt_size_in_bytes()];
+    if numel > 0 {
+        t.f_copy_data_u8(&mut bytes, numel)?;
+    }
+    Ok(bytes)
+}
+
+/// A tensor as the safetensors crate sees it: dtype, shape and contiguous bytes.
+struct SafetensorsView {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl SafetensorsView {
+    fn new(path: &Path, key: &str, t: &Tensor) -> Result<Self, Error> {
+        let fail = |reason: String| Error::Unwritable {
+            path: path.to_path_buf(),
+            what: key.to_string(),
+            reason,
+        };
+        if !t.defined() {
+            return Err(fail("the tensor is undefined".into()));
+        }
+        let kind = t.f_kind().map_err(|e| fail(e.to_string()))?;
+        let dtype =
+            dtype_of(kind).ok_or_else(|| fail(format!("safetensors has no dtype for {kind:?}")))?;
+        let contiguous = t
+            .f_to_device(tch::Device::Cpu)
+            .and_then(|c| c.f_contiguous())
+            .map_err(|e| fail(e.to_string()))?;
+        let bytes = tensor_bytes(&contiguous).map_err(|e| fail(e.to_string()))?;
+        Ok(SafetensorsView {
+            dtype,
+            shape: t.size().iter().map(|&d| d as usize).collect(),
+            bytes,
+        })
+    }
+}
+
+impl View for SafetensorsView {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}

@@ -1,0 +1,421 @@
+//! A pickle writer for protocol 2, as `torch.save` writes: tensors become
+//! `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
+//! OrderedDict())` calls whose storage is a persistent id `('storage', torch.FloatStorage,
+//! key, 'cpu', numel)`, state dicts are `collections.OrderedDict` with their `_metadata`.
+//! Only globals that `torch.load(weights_only=True)` accepts are written.
+
+use std::collections::HashMap;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::value::{Dict, Metadata, Value};
+
+/// A storage to write as `data/<key>`: a contiguous CPU tensor.
+pub(crate) struct StorageOut {
+    pub key: String,
+    pub tensor: Tensor,
+}
+
+/// Why a value cannot be written.
+pub(crate) struct Unwritable {
+    pub what: String,
+    pub reason: String,
+}
+
+/// Identifies a tensor that is written twice (tied weights), so that its storage is too.
+#[derive(Hash, PartialEq, Eq)]
+struct Identity {
+    ptr: usize,
+    size: Vec<i64>,
+    stride: Vec<i64>,
+    kind: Kind,
+    device: Device,
+}
+
+pub(crate) struct Pickler {
+    out: Vec<u8>,
+    globals: HashMap<&'static str, u32>,
+    next_memo: u32,
+    pub storages: Vec<StorageOut>,
+    seen: HashMap<Identity, usize>,
+}
+
+const MAX_DEPTH: usize = 1000;
+
+/// The typed storage class torch.save names for a dtype; `None` for dtypes saved through
+/// `_rebuild_tensor_v3` with an untyped storage.
+fn storage_class(kind: Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::Float => "torch\nFloatStorage\n",
+        Kind::Double => "torch\nDoubleStorage\n",
+        Kind::Half => "torch\nHalfStorage\n",
+        Kind::BFloat16 => "torch\nBFloat16Storage\n",
+        Kind::Int64 => "torch\nLongStorage\n",
+        Kind::Int => "torch\nIntStorage\n",
+        Kind::Int16 => "torch\nShortStorage\n",
+        Kind::Int8 => "torch\nCharStorage\n",
+        Kind::Uint8 => "torch\nByteStorage\n",
+        Kind::Bool => "torch\nBoolStorage\n",
+        Kind::ComplexFloat => "torch\nComplexFloatStorage\n",
+        Kind::ComplexDouble => "torch\nComplexDoubleStorage\n",
+        _ => return None,
+    })
+}
+
+/// The `torch.<dtype>` global of a kind.
+fn dtype_global(kind: Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::Float => "torch\nfloat32\n",
+        Kind::Double => "torch\nfloat64\n",
+        Kind::Half => "torch\nfloat16\n",
+        Kind::BFloat16 => "torch\nbfloat16\n",
+        Kind::Int64 => "torch\nint64\n",
+        Kind::Int => "torch\nint32\n",
+        Kind::Int16 => "torch\nint16\n",
+        Kind::Int8 => "torch\nint8\n",
+        Kind::Uint8 => "torch\nuint8\n",
+        Kind::Bool => "torch\nbool\n",
+        Kind::ComplexFloat => "torch\ncomplex64\n",
+        Kind::ComplexDouble => "torch\ncomplex128\n",
+        Kind::Float8e5m2 => "torch\nfloat8_e5m2\n",
+        Kind::Float8e4m3fn => "torch\nfloat8_e4m3fn\n",
+        Kind::Float8e5m2fnuz => "torch\nfloat8_e5m2fnuz\n",
+        Kind::Float8e4m3fnuz => "torch\nfloat8_e4m3fnuz\n",
+        _ => return None,
+    })
+}
+
+impl Pickler {
+    pub(crate) fn new() -> Self {
+        Pickler {
+            out: vec![0x80, 2],
+            globals: HashMap::new(),
+            next_memo: 0,
+            storages: Vec::new(),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The pickle of `value`, ending with STOP.
+    pub(crate) fn finish(
+        mut self,
+        value: &Value,
+    ) -> Result<(Vec<u8>, Vec<StorageOut>), Unwritable> {
+        self.value(value, "the object", 0)?;
+        self.out.push(b'.');
+        Ok((self.out, self.storages))
+    }
+
+    fn op(&mut self, op: u8) {
+        self.out.push(op);
+    }
+
+    /// `GLOBAL module\nname\n`, memoized so that each global is written once.
+    fn global(&mut self, global: &'static str) {
+        if let Some(&i) = self.globals.get(global) {
+            self.get(i);
+            return;
+        }
+        self.op(b'c');
+        self.out.extend_from_slice(global.as_bytes());
+        let i = self.next_memo;
+        self.next_memo += 1;
+        self.put(i);
+        self.globals.insert(global, i);
+    }
+
+    fn put(&mut self, i: u32) {
+        if i < 256 {
+            self.out.extend_from_slice(&[b'q', i as u8]);
+        } else {
+            self.op(b'r');
+            self.out.extend_from_slice(&i.to_le_bytes());
+        }
+    }
+
+    fn get(&mut self, i: u32) {
+        if i < 256 {
+            self.out.extend_from_slice(&[b'h', i as u8]);
+        } else {
+            self.op(b'j');
+            self.out.extend_from_slice(&i.to_le_bytes());
+        }
+    }
+
+    fn int(&mut self, v: i64) {
+        if (0..256).contains(&v) {
+            self.out.extend_from_slice(&[b'K', v as u8]);
+        } else if (0..65536).contains(&v) {
+            self.op(b'M');
+            self.out.extend_from_slice(&(v as u16).to_le_bytes());
+        } else if i32::try_from(v).is_ok() {
+            self.op(b'J');
+            self.out.extend_from_slice(&(v as i32).to_le_bytes());
+        } else {
+            // LONG1 with the fewest two's complement bytes.
+            let bytes = v.to_le_bytes();
+            let mut n = 8;
+            while n > 1 {
+                let top = bytes[n - 1];
+                let next_sign = bytes[n - 2] & 0x80;
+                if (top == 0 && next_sign == 0) || (top == 0xff && next_sign != 0) {
+                    n -= 1;
+                } else {
+                    break;
+                }
+            }
+            self.long(&bytes[..n]);
+        }
+    }
+
+    fn long(&mut self, bytes: &[u8]) {
+        if bytes.len() < 256 {
+            self.out.extend_from_slice(&[0x8a, bytes.len() as u8]);
+        } else {
+            self.op(0x8b);
+            self.out
+                .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        }
+        self.out.extend_from_slice(bytes);
+    }
+
+    fn str(&mut self, s: &str) {
+        self.op(b'X');
+        self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    fn ints_tuple(&mut self, v: &[i64]) {
+        match v.len() {
+            0 => self.op(b')'),
+            1..=3 => {
+                for &x in v {
+                    self.int(x);
+                }
+                self.op(0x84 + v.len() as u8);
+            }
+            _ => {
+                self.op(b'(');
+                for &x in v {
+                    self.int(x);
+                }
+                self.op(b't');
+            }
+        }
+    }
+
+    fn value(&mut self, value: &Value, what: &str, depth: usize) -> Result<(), Unwritable> {
+        if depth > MAX_DEPTH {
+            return Err(Unwritable {
+                what: what.to_string(),
+                reason: format!("values nested deeper than {MAX_DEPTH}"),
+            });
+        }
+        match value {
+            Value::None => self.op(b'N'),
+            Value::Bool(true) => self.op(0x88),
+            Value::Bool(false) => self.op(0x89),
+            Value::Int(i) => self.int(*i),
+            Value::BigInt(b) => self.long(b),
+            Value::Float(f) => {
+                self.op(b'G');
+                self.out.extend_from_slice(&f.to_be_bytes());
+            }
+            Value::Str(s) => self.str(s),
+            Value::Bytes(b) => {
+                // Protocol 2 has no bytes opcode; Python writes _codecs.encode(text, 'latin1').
+                self.global("_codecs\nencode\n");
+                let text: String = b.iter().map(|&c| char::from(c)).collect();
+                self.str(&text);
+                self.str("latin1");
+                self.op(0x86);
+                self.op(b'R');
+            }
+            Value::List(items) => {
+                self.op(b']');
+                self.batch(items, b'e', what, depth)?;
+            }
+            Value::Tuple(items) => {
+                self.op(b'(');
+                for item in items {
+                    self.value(item, what, depth + 1)?;
+                }
+                self.op(b't');
+            }
+            Value::Set(items) => {
+                self.global("builtins\nset\n");
+                self.op(b']');
+                self.batch(items, b'e', what, depth)?;
+                self.op(0x85);
+                self.op(b'R');
+            }
+            Value::Dict(d) => self.dict(d, what, depth)?,
+            Value::Tensor(t) => self.tensor(t, what)?,
+            Value::Device(d) => {
+                self.global("torch\ndevice\n");
+                self.str(d);
+                self.op(0x85);
+                self.op(b'R');
+            }
+            Value::Dtype(k) => {
+                let g = dtype_global(*k).ok_or_else(|| Unwritable {
+                    what: what.to_string(),
+                    reason: format!("the dtype {k:?} has no torch name"),
+                })?;
+                self.global(g);
+            }
+        }
+        Ok(())
+    }
+
+    /// Items appended in batches of 1000, as Python's pickler does.
+    fn batch(
+        &mut self,
+        items: &[Value],
+        op: u8,
+        what: &str,
+        depth: usize,
+    ) -> Result<(), Unwritable> {
+        for chunk in items.chunks(1000) {
+            self.op(b'(');
+            for item in chunk {
+                self.value(item, what, depth + 1)?;
+            }
+            self.op(op);
+        }
+        Ok(())
+    }
+
+    fn dict(&mut self, d: &Dict, what: &str, depth: usize) -> Result<(), Unwritable> {
+        if d.ordered {
+            self.global("collections\nOrderedDict\n");
+            self.op(b')');
+            self.op(b'R');
+        } else {
+            self.op(b'}');
+        }
+        for chunk in d.items.chunks(1000) {
+            self.op(b'(');
+            for (k, v) in chunk {
+                self.value(k, what, depth + 1)?;
+                let inner = match k {
+                    Value::Str(s) => s.as_str(),
+                    _ => what,
+                };
+                self.value(v, inner, depth + 1)?;
+            }
+            self.op(b'u');
+        }
+        if let Some(metadata) = &d.metadata {
+            // The OrderedDict's instance attributes: {'_metadata': OrderedDict(...)}.
+            self.op(b'}');
+            self.str("_metadata");
+            self.metadata(metadata, depth)?;
+            self.op(b's');
+            self.op(b'b');
+        }
+        Ok(())
+    }
+
+    fn metadata(&mut self, metadata: &Metadata, depth: usize) -> Result<(), Unwritable> {
+        self.global("collections\nOrderedDict\n");
+        self.op(b')');
+        self.op(b'R');
+        for chunk in metadata.iter().collect::<Vec<_>>().chunks(1000) {
+            self.op(b'(');
+            for (prefix, attrs) in chunk {
+                self.str(prefix);
+                self.op(b'}');
+                if !attrs.is_empty() {
+                    self.op(b'(');
+                    for (name, value) in attrs.iter() {
+                        self.str(name);
+                        self.value(value, "_metadata", depth + 2)?;
+                    }
+                    self.op(b'u');
+                }
+            }
+            self.op(b'u');
+        }
+        Ok(())
+    }
+
+    fn tensor(&mut self, t: &Tensor, what: &str) -> Result<(), Unwritable> {
+        let fail = |reason: String| Unwritable {
+            what: what.to_string(),
+            reason,
+        };
+        if !t.defined() {
+            return Err(fail("the tensor is undefined".into()));
+        }
+        let kind = t.f_kind().map_err(|e| fail(e.to_string()))?;
+        let dtype_name = dtype_global(kind)
+            .ok_or_else(|| fail(format!("the dtype {kind:?} cannot be saved")))?;
+        let identity = Identity {
+            ptr: t.data_ptr() as usize,
+            size: t.size(),
+            stride: t.stride(),
+            kind,
+            device: t.device(),
+        };
+        let numel = t.numel() as i64;
+        let index = match self.seen.get(&identity) {
+            Some(&i) if numel > 0 => i,
+            _ => {
+                let contiguous = t
+                    .f_to_device(Device::Cpu)
+                    .and_then(|c| c.f_contiguous())
+                    .map_err(|e| fail(e.to_string()))?;
+                let index = self.storages.len();
+                self.storages.push(StorageOut {
+                    key: index.to_string(),
+                    tensor: contiguous,
+                });
+                self.seen.insert(identity, index);
+                index
+            }
+        };
+        let size = t.size();
+        let mut stride = vec![1i64; size.len()];
+        for i in (0..size.len().saturating_sub(1)).rev() {
+            stride[i] = stride[i + 1] * size[i + 1].max(1);
+        }
+        let typed = storage_class(kind);
+        self.global(if typed.is_some() {
+            "torch._utils\n_rebuild_tensor_v2\n"
+        } else {
+            "torch._utils\n_rebuild_tensor_v3\n"
+        });
+        self.op(b'(');
+        // The persistent id: ('storage', storage type, key, location, numel).
+        self.op(b'(');
+        self.str("storage");
+        match typed {
+            Some(class) => self.global(class),
+            None => self.global("torch.storage\nUntypedStorage\n"),
+        }
+        self.str(&index.to_string());
+        self.str("cpu");
+        let storage_numel = if typed.is_some() {
+            numel
+        } else {
+            numel * kind.elt_size_in_bytes() as i64
+        };
+        self.int(storage_numel);
+        self.op(b't');
+        self.op(b'Q');
+        self.int(0);
+        self.ints_tuple(&size);
+        self.ints_tuple(&stride);
+        self.op(if t.requires_grad() { 0x88 } else { 0x89 });
+        self.global("collections\nOrderedDict\n");
+        self.op(b')');
+        self.op(b'R');
+        if typed.is_none() {
+            self.global(dtype_name);
+        }
+        self.op(b't');
+        self.op(b'R');
+        Ok(())
+    }
+}

@@ -1,0 +1,432 @@
+//! Reading what Python writes: every fixture of tests/fixtures/make_fixtures.py (torch 2.11),
+//! every value compared exactly with the bytes Python recorded in expected.json.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::Value as Json;
+use tch::{Device, Kind, Tensor};
+use tch_state_dict::{Checkpoint, Error, Format, ReadOptions, StateDict, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    common::test_file(&format!("fixtures/pytorch/{name}"))
+}
+
+fn expected(name: &str) -> BTreeMap<String, Json> {
+    let text = std::fs::read_to_string(common::test_file("fixtures/expected.json")).unwrap();
+    let all: Json = serde_json::from_str(&text).unwrap();
+    all[name]
+        .as_object()
+        .unwrap_or_else(|| panic!("no expectations for {name}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The dtype name, shape and contiguous bytes (hex) of a tensor, as expected.json has them.
+fn record(t: &Tensor) -> (String, Vec<i64>, String) {
+    let c = t.to_device(Device::Cpu).contiguous();
+    let numel = c.numel();
+    let mut bytes = vec![0u8; numel * c.kind().elt_size_in_bytes()];
+    if numel > 0 {
+        c.copy_data_u8(&mut bytes, numel);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    (
+        tch_state_dict::pyfmt::dtype_name(c.kind()).to_string(),
+        c.size(),
+        hex,
+    )
+}
+
+fn assert_matches_python(name: &str, got: &[(String, &Tensor)]) {
+    let want = expected(name);
+    assert_eq!(
+        got.iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .len(),
+        want.len(),
+        "{name}: number of tensors"
+    );
+    for (key, t) in got {
+        let w = want
+            .get(key)
+            .unwrap_or_else(|| panic!("{name}: unexpected key {key}"));
+        let (dtype, shape, hex) = record(t);
+        assert_eq!(dtype, w["dtype"].as_str().unwrap(), "{name}/{key} dtype");
+        let wshape: Vec<i64> = w["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_i64().unwrap())
+            .collect();
+        assert_eq!(shape, wshape, "{name}/{key} shape");
+        assert_eq!(hex, w["hex"].as_str().unwrap(), "{name}/{key} values");
+    }
+}
+
+fn check_state_dict_file(name: &str) -> StateDict {
+    let sd = StateDict::load(fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let got: Vec<(String, &Tensor)> = sd.iter().map(|(k, t)| (k.to_string(), t)).collect();
+    assert_matches_python(name, &got);
+    // The state dict's order is the file's.
+    let keys: Vec<&str> = sd.keys().collect();
+    let want: Vec<String> = Checkpoint::open(fixture(name)).unwrap().keys();
+    assert_eq!(keys, want);
+    sd
+}
+
+#[test]
+fn every_dtype_reads_as_its_tch_kind() {
+    let sd = check_state_dict_file("dtypes.pth");
+    let kinds: Vec<Kind> = sd.values().map(Tensor::kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            Kind::Double,
+            Kind::Float,
+            Kind::Half,
+            Kind::BFloat16,
+            Kind::Int64,
+            Kind::Int,
+            Kind::Int16,
+            Kind::Int8,
+            Kind::Uint8,
+            Kind::Bool
+        ]
+    );
+}
+
+#[test]
+fn views_offsets_strides_scalars_and_empty_tensors() {
+    let sd = check_state_dict_file("views.pth");
+    let t = |k: &str| sd.get(k).unwrap();
+    assert_eq!(t("matrix_t").stride(), [1, 4]);
+    assert!(!t("matrix_t").is_contiguous());
+    assert_eq!(t("strided").stride(), [5]);
+    assert_eq!(t("scalar").size(), Vec::<i64>::new());
+    assert_eq!(t("empty_2d").size(), [2, 0, 3]);
+    assert_eq!(t("other").stride(), [3, 1]);
+    // Tensors that shared a storage in Python share one here.
+    let _ = t("base").shallow_clone().fill_(1.5);
+    assert_eq!(t("slice").double_value(&[0]), 1.5);
+    assert_eq!(t("matrix_t").double_value(&[3, 2]), 1.5);
+}
+
+#[test]
+fn legacy_format() {
+    check_state_dict_file("legacy.pth");
+    check_state_dict_file("legacy_dtypes.pth");
+    assert_eq!(
+        Checkpoint::open(fixture("legacy.pth")).unwrap().format(),
+        Format::TorchLegacy
+    );
+    // Legacy views share their storage too.
+    let sd = StateDict::load(fixture("legacy.pth")).unwrap();
+    let _ = sd.get("base").unwrap().shallow_clone().fill_(-2.0);
+    assert_eq!(sd.get("slice").unwrap().double_value(&[1]), -2.0);
+}
+
+#[test]
+fn pickle_protocols_4_and_5() {
+    check_state_dict_file("protocol4.pth");
+    check_state_dict_file("protocol5.pth");
+}
+
+#[test]
+fn float8_through_rebuild_tensor_v3() {
+    let sd = check_state_dict_file("float8.pth");
+    assert_eq!(sd.get("e4m3").unwrap().kind(), Kind::Float8e4m3fn);
+}
+
+#[test]
+fn archives_that_other_tools_write() {
+    for name in [
+        "unaligned.pth",
+        "deflated.pth",
+        "other_root.pth",
+        "zero_crc.pth",
+        "big_endian.pth",
+    ] {
+        check_state_dict_file(name);
+    }
+}
+
+#[test]
+fn parameters_keep_requires_grad() {
+    let sd = check_state_dict_file("parameters.pth");
+    assert!(sd.values().all(Tensor::requires_grad));
+}
+
+#[test]
+fn dataparallel_prefix_strips() {
+    let mut sd = check_state_dict_file("dataparallel.pth");
+    assert!(sd.keys().all(|k| k.starts_with("module.")));
+    sd.strip_prefix("module.");
+    assert_eq!(sd.keys().next(), Some("conv1.weight"));
+    let meta = sd.metadata().unwrap();
+    assert_eq!(meta["bn1"]["version"].as_int(), Some(2));
+    assert_eq!(meta[""]["version"].as_int(), Some(1));
+}
+
+#[test]
+fn safetensors_with_metadata() {
+    let sd = check_state_dict_file("model.safetensors");
+    let meta = sd.safetensors_metadata().unwrap();
+    assert_eq!(meta["format"], "pt");
+    assert_eq!(meta["source"], "fixtures");
+    assert!(sd.metadata().is_none());
+}
+
+#[test]
+fn sharded_checkpoints_read_as_one_state_dict() {
+    for name in [
+        "sharded/model.safetensors.index.json",
+        "sharded_bin/pytorch_model.bin.index.json",
+    ] {
+        let sd = StateDict::load(fixture(name)).unwrap();
+        let got: Vec<(String, &Tensor)> = sd.iter().map(|(k, t)| (k.to_string(), t)).collect();
+        assert_matches_python(name, &got);
+        let ckpt = Checkpoint::open(fixture(name)).unwrap();
+        assert_eq!(ckpt.format(), Format::ShardedIndex);
+        assert_eq!(sd.keys().collect::<Vec<_>>(), ckpt.keys());
+    }
+}
+
+#[test]
+fn a_nested_checkpoint_is_a_value_tree() {
+    let ckpt = Checkpoint::open(fixture("checkpoint.pth")).unwrap();
+    assert_eq!(
+        ckpt.keys(),
+        [
+            "model",
+            "epoch",
+            "acc",
+            "name",
+            "flags",
+            "big",
+            "blob",
+            "optimizer",
+            "device",
+            "dtype"
+        ]
+    );
+    let v = ckpt.value().unwrap();
+    assert_eq!(v.get("epoch").unwrap().as_int(), Some(240));
+    assert_eq!(v.get("acc").unwrap().as_float(), Some(0.9));
+    assert_eq!(v.get("name").unwrap().as_str(), Some("resnet50"));
+    match v.get("flags").unwrap() {
+        Value::Tuple(items) => {
+            assert!(matches!(
+                items.as_slice(),
+                [Value::Bool(true), Value::None, Value::Int(-3)]
+            ))
+        }
+        other => panic!("{other:?}"),
+    }
+    // 2**70, as pickle's little-endian two's complement.
+    match v.get("big").unwrap() {
+        Value::BigInt(b) => assert_eq!(b.as_slice(), [0, 0, 0, 0, 0, 0, 0, 0, 0x40]),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(v.get("blob").unwrap(), Value::Bytes(b) if b == b"\x00\xffabc"));
+    assert!(matches!(v.get("device").unwrap(), Value::Device(d) if d == "cuda:0"));
+    assert!(matches!(v.get("dtype").unwrap(), Value::Dtype(Kind::Half)));
+    // Optimizer state is keyed by ints.
+    let state = v.get("optimizer").unwrap().get("state").unwrap();
+    let (k, buffer) = &state.as_dict().unwrap().items[0];
+    assert!(matches!(k, Value::Int(0)));
+    assert!(buffer.get("momentum_buffer").unwrap().as_tensor().is_some());
+    let groups = v.get("optimizer").unwrap().get("param_groups").unwrap();
+    assert_eq!(
+        groups.as_list().unwrap()[0].get("lr").unwrap().as_float(),
+        Some(0.1)
+    );
+    // The model's state dict keeps its _metadata, and converts.
+    let model = v.get("model").unwrap();
+    assert!(model.as_dict().unwrap().ordered);
+    assert!(model.as_dict().unwrap().metadata.is_some());
+    // Every tensor against Python's bytes.
+    let mut tensors = Vec::new();
+    collect_tensors(&v, String::new(), &mut tensors);
+    let got: Vec<(String, &Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), *t)).collect();
+    assert_matches_python("checkpoint.pth", &got);
+}
+
+fn collect_tensors<'v>(v: &'v Value, prefix: String, out: &mut Vec<(String, &'v Tensor)>) {
+    let join = |k: String| {
+        if prefix.is_empty() {
+            k
+        } else {
+            format!("{prefix}/{k}")
+        }
+    };
+    match v {
+        Value::Tensor(t) => out.push((prefix, t)),
+        Value::Dict(d) => {
+            for (k, v) in &d.items {
+                let key = match k {
+                    Value::Str(s) => s.clone(),
+                    Value::Int(i) => i.to_string(),
+                    other => panic!("{other:?}"),
+                };
+                collect_tensors(v, join(key), out);
+            }
+        }
+        Value::List(items) | Value::Tuple(items) => {
+            for (i, v) in items.iter().enumerate() {
+                collect_tensors(v, join(i.to_string()), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn load_key_reads_the_model_of_a_checkpoint() {
+    let sd = StateDict::load_key(fixture("checkpoint.pth"), "model").unwrap();
+    assert_eq!(sd.len(), 8);
+    assert_eq!(
+        sd.get("bn1.num_batches_tracked").unwrap().int64_value(&[]),
+        240
+    );
+    assert_eq!(sd.metadata().unwrap()["bn1"]["version"].as_int(), Some(2));
+    let via_value = StateDict::try_from(Value::load(fixture("checkpoint.pth")).unwrap())
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(via_value, Error::NotAStateDict { .. }));
+}
+
+#[test]
+fn a_wrapped_state_dict_error_lists_the_top_level_and_suggests_load_key() {
+    let err = StateDict::load(fixture("checkpoint.pth")).unwrap_err();
+    let text = err.to_string();
+    match &err {
+        Error::NotAStateDict {
+            at, found, entries, ..
+        } => {
+            assert!(at.is_none());
+            assert_eq!(found, "a dict of 10 items");
+            assert_eq!(
+                entries[0],
+                ("'model'".into(), "a state dict of 8 tensors".into())
+            );
+            assert_eq!(entries[1], ("'epoch'".into(), "the int 240".into()));
+            assert_eq!(entries[2], ("'acc'".into(), "the float 0.9".into()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        text.contains("StateDict::load_key(path, \"model\")"),
+        "{text}"
+    );
+    match StateDict::load_key(fixture("checkpoint.pth"), "modle").unwrap_err() {
+        Error::KeyNotFound { key, available, .. } => {
+            assert_eq!(key, "modle");
+            assert_eq!(available[0], "model");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        StateDict::load_key(fixture("checkpoint.pth"), "epoch").unwrap_err(),
+        Error::NotAStateDict { at: Some(k), .. } if k == "epoch"
+    ));
+}
+
+#[test]
+fn bytes_and_readers_read_the_same() {
+    let bytes = std::fs::read(fixture("views.pth")).unwrap();
+    let from_file = StateDict::load(fixture("views.pth")).unwrap();
+    let from_bytes = StateDict::from_bytes(&bytes).unwrap();
+    let from_reader = StateDict::from_reader(std::io::Cursor::new(&bytes)).unwrap();
+    for (k, t) in from_file.iter() {
+        assert!(from_bytes.get(k).unwrap().equal(t));
+        assert!(from_reader.get(k).unwrap().equal(t));
+    }
+    let legacy = std::fs::read(fixture("legacy.pth")).unwrap();
+    assert_eq!(StateDict::from_bytes(&legacy).unwrap().len(), 9);
+}
+
+#[test]
+fn the_format_comes_from_the_bytes_not_the_name() {
+    let dir = tempdir();
+    let disguised = dir.join("model.safetensors");
+    std::fs::copy(fixture("dtypes.pth"), &disguised).unwrap();
+    let ckpt = Checkpoint::open(&disguised).unwrap();
+    assert_eq!(ckpt.format(), Format::TorchZip);
+    let disguised = dir.join("weights.pth");
+    std::fs::copy(fixture("model.safetensors"), &disguised).unwrap();
+    assert_eq!(
+        Checkpoint::open(&disguised).unwrap().format(),
+        Format::Safetensors
+    );
+}
+
+#[test]
+fn placement_casts_floating_tensors_only() {
+    let options = ReadOptions::new().kind(Some(Kind::Half));
+    let sd = StateDict::load_with(fixture("dtypes.pth"), &options).unwrap();
+    let original = StateDict::load(fixture("dtypes.pth")).unwrap();
+    for (k, t) in sd.iter() {
+        let before = original.get(k).unwrap();
+        if before.is_floating_point() {
+            assert_eq!(t.kind(), Kind::Half, "{k}");
+            assert!(t.equal(&before.to_kind(Kind::Half)), "{k}");
+        } else {
+            assert_eq!(t.kind(), before.kind(), "{k}");
+        }
+    }
+}
+
+#[test]
+fn mmap_gives_the_same_values_and_never_writes_the_file() {
+    let dir = tempdir();
+    let copy = dir.join("views.pth");
+    std::fs::copy(fixture("views.pth"), &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    let options = ReadOptions::new().mmap(true);
+    let sd = StateDict::load_with(&copy, &options).unwrap();
+    let got: Vec<(String, &Tensor)> = sd.iter().map(|(k, t)| (k.to_string(), t)).collect();
+    assert_matches_python("views.pth", &got);
+    let _ = sd.get("base").unwrap().shallow_clone().fill_(9.0);
+    assert_eq!(sd.get("slice").unwrap().double_value(&[0]), 9.0);
+    drop(sd);
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn placement_on_cuda() {
+    let options = ReadOptions::new().device(Device::Cuda(0));
+    let sd = StateDict::load_with(fixture("views.pth"), &options).unwrap();
+    assert!(sd.values().all(|t| t.device() == Device::Cuda(0)));
+    let got: Vec<(String, &Tensor)> = sd.iter().map(|(k, t)| (k.to_string(), t)).collect();
+    assert_matches_python("views.pth", &got);
+}
+
+#[test]
+fn a_checkpoint_is_parsed_without_reading_tensors() {
+    let ckpt = Checkpoint::open(fixture("checkpoint.pth")).unwrap();
+    assert_eq!(ckpt.num_tensors(), 9);
+    assert_eq!(ckpt.format(), Format::TorchZip);
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tch-state-dict-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}

@@ -1,0 +1,268 @@
+//! Round trips with Python torch, both ways, compared exactly: what Rust writes,
+//! `torch.load(weights_only=True)` reads and `load_state_dict` accepts; what Python writes,
+//! Rust reads and writes back unchanged.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use tch::{Device, Kind, Tensor};
+use tch_state_dict::{Checkpoint, Error, Format, Metadata, StateDict, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    common::test_file(&format!("fixtures/pytorch/{name}"))
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tch-state-dict-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn oracle(args: &[&str]) -> String {
+    common::run_python("oracle/roundtrip.py", args, "")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A state dict with every dtype, views, a non-contiguous tensor, scalars, empty tensors,
+/// a tensor under two keys (tied weights) and `_metadata`.
+fn rich_state_dict() -> StateDict {
+    let opts = |k| (k, Device::Cpu);
+    let base = Tensor::randn([6, 4], opts(Kind::Float));
+    let mut sd = StateDict::new();
+    sd.insert("f64", Tensor::randn([3, 2], opts(Kind::Double)));
+    sd.insert("f32", base.shallow_clone());
+    sd.insert(
+        "f16",
+        Tensor::randn([5], opts(Kind::Float)).to_kind(Kind::Half),
+    );
+    sd.insert(
+        "bf16",
+        Tensor::randn([5], opts(Kind::Float)).to_kind(Kind::BFloat16),
+    );
+    sd.insert("i64", Tensor::from_slice(&[i64::MIN, -1, 0, i64::MAX]));
+    sd.insert("i32", Tensor::from_slice(&[i32::MIN, 7, i32::MAX]));
+    sd.insert("i16", Tensor::from_slice(&[-3i16, 300]));
+    sd.insert("i8", Tensor::from_slice(&[-128i8, 127]));
+    sd.insert("u8", Tensor::from_slice(&[0u8, 255]));
+    sd.insert("bool", Tensor::from_slice(&[true, false, true]));
+    sd.insert("transposed", base.tr());
+    sd.insert("slice", base.narrow(0, 2, 3));
+    sd.insert("scalar", Tensor::from(1.25f64).to_kind(Kind::Float));
+    sd.insert("empty", Tensor::zeros([0, 3], opts(Kind::Float)));
+    sd.insert("tied", base.shallow_clone());
+    sd.insert("nan", Tensor::from_slice(&[f32::NAN, -0.0, f32::INFINITY]));
+    let mut metadata = Metadata::new();
+    for (prefix, version) in [("", 1), ("bn", 2)] {
+        let mut entry = IndexMap::new();
+        entry.insert("version".to_string(), Value::Int(version));
+        metadata.insert(prefix.to_string(), entry);
+    }
+    sd.set_metadata(Some(metadata));
+    sd
+}
+
+fn assert_same(a: &StateDict, b: &StateDict) {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, x) in a.iter() {
+        let y = b.get(k).unwrap();
+        assert_eq!(x.kind(), y.kind(), "{k}");
+        assert_eq!(x.size(), y.size(), "{k}");
+        assert_eq!(common::hash_tensor(x), common::hash_tensor(y), "{k}");
+    }
+}
+
+#[test]
+fn rust_to_python_to_rust() {
+    let dir = tempdir("r2p2r");
+    let original = rich_state_dict();
+    let ours = dir.join("ours.pth");
+    let theirs = dir.join("theirs.pth");
+    original.save(&ours).unwrap();
+    oracle(&["resave", s(&ours), s(&theirs)]);
+    let back = StateDict::load(&theirs).unwrap();
+    assert_same(&original, &back);
+    let metadata = back.metadata().unwrap();
+    assert_eq!(metadata["bn"]["version"].as_int(), Some(2));
+    // Tied weights were written as one storage: Python kept them shared, and so do we.
+    let _ = back.get("tied").unwrap().shallow_clone().fill_(3.0);
+    assert_eq!(back.get("f32").unwrap().double_value(&[0, 0]), 3.0);
+}
+
+#[test]
+fn python_to_rust_to_python() {
+    let dir = tempdir("p2r2p");
+    // protocol4.pth and protocol5.pth are left out: torch.load(weights_only=True) itself
+    // refuses their opcodes (FRAME, MEMOIZE). read_pytorch.rs checks that Rust reads them.
+    for name in [
+        "dtypes.pth",
+        "views.pth",
+        "checkpoint.pth",
+        "dataparallel.pth",
+        "parameters.pth",
+        "legacy.pth",
+        "legacy_dtypes.pth",
+        "float8.pth",
+        "big_endian.pth",
+        "deflated.pth",
+    ] {
+        let value = Value::load(fixture(name)).unwrap();
+        let ours = dir.join(name);
+        value.save(&ours).unwrap();
+        let out = oracle(&["compare", s(&fixture(name)), s(&ours)]);
+        assert_eq!(out.trim(), "equal", "{name}");
+    }
+}
+
+#[test]
+fn python_loads_a_rust_state_dict_into_its_model() {
+    let dir = tempdir("model");
+    let mut sd = StateDict::load(fixture("dataparallel.pth")).unwrap();
+    sd.strip_prefix("module.");
+    let path = dir.join("small.pth");
+    sd.save(&path).unwrap();
+    let out = oracle(&["load_small", s(&path)]);
+    assert_eq!(out.trim(), "<All keys matched successfully>");
+}
+
+#[test]
+fn safetensors_both_ways() {
+    let dir = tempdir("st");
+    // Python's file, through Rust, back to Python.
+    let sd = StateDict::load(fixture("model.safetensors")).unwrap();
+    let ours = dir.join("ours.safetensors");
+    sd.save(&ours).unwrap();
+    let out = oracle(&["st_compare", s(&fixture("model.safetensors")), s(&ours)]);
+    assert_eq!(out.trim(), "equal");
+    assert_eq!(
+        StateDict::load(&ours).unwrap().safetensors_metadata(),
+        sd.safetensors_metadata()
+    );
+    // Rust's file, through Python, back to Rust (safetensors keeps no order).
+    let mut original = rich_state_dict();
+    original.retain(|k, _| k != "tied");
+    let ours = dir.join("rich.safetensors");
+    let theirs = dir.join("rich_python.safetensors");
+    original.save(&ours).unwrap();
+    oracle(&["st_resave", s(&ours), s(&theirs)]);
+    let back = StateDict::load(&theirs).unwrap();
+    assert_eq!(back.len(), original.len());
+    for (k, t) in original.iter() {
+        let b = back.get(k).unwrap();
+        assert_eq!((t.kind(), t.size()), (b.kind(), b.size()), "{k}");
+        assert_eq!(common::hash_tensor(t), common::hash_tensor(b), "{k}");
+    }
+}
+
+#[test]
+fn a_training_checkpoint_saves_as_python_writes_it() {
+    let dir = tempdir("ckpt");
+    let model = StateDict::load_key(fixture("checkpoint.pth"), "model").unwrap();
+    let ckpt = Value::dict([
+        ("model", Value::from(model)),
+        ("epoch", Value::from(240)),
+        ("acc", Value::from(0.9)),
+    ]);
+    let path = dir.join("ckpt_epoch_240.pth");
+    ckpt.save(&path).unwrap();
+    let back = Checkpoint::open(&path).unwrap();
+    assert_eq!(back.keys(), ["model", "epoch", "acc"]);
+    let model = back.state_dict_at("model").unwrap();
+    assert_eq!(
+        model.metadata().unwrap()["bn1"]["version"].as_int(),
+        Some(2)
+    );
+    assert_eq!(
+        back.value().unwrap().get("acc").unwrap().as_float(),
+        Some(0.9)
+    );
+    // Python reads it as the same checkpoint that Python wrote, minus the other entries.
+    let again = dir.join("again.pth");
+    Value::dict([
+        (
+            "model",
+            Value::from(StateDict::load_key(fixture("checkpoint.pth"), "model").unwrap()),
+        ),
+        ("epoch", Value::from(240)),
+        ("acc", Value::from(0.9)),
+    ])
+    .save(&again)
+    .unwrap();
+    assert_eq!(oracle(&["compare", s(&path), s(&again)]).trim(), "equal");
+}
+
+#[test]
+fn storages_are_aligned_to_64_bytes_like_torch_save() {
+    let bytes = rich_state_dict().to_bytes(Format::TorchZip).unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes)).unwrap();
+    let names: Vec<String> = zip.file_names().map(|n| n.unwrap().into_owned()).collect();
+    assert_eq!(names[0], "archive/data.pkl");
+    assert!(names.contains(&"archive/version".to_string()));
+    assert!(names.contains(&"archive/byteorder".to_string()));
+    let mut storages = 0;
+    for i in 0..zip.len() {
+        let entry = zip.by_index_raw(i).unwrap();
+        if entry.name().unwrap().starts_with("archive/data/") {
+            storages += 1;
+            assert_eq!(
+                entry.data_start().unwrap() % 64,
+                0,
+                "{}",
+                entry.name().unwrap()
+            );
+            assert_eq!(entry.compression(), zip::CompressionMethod::Stored);
+        }
+    }
+    // "tied" shares f32's storage.
+    assert_eq!(storages, rich_state_dict().len() - 1);
+    assert_same(
+        &rich_state_dict_from(&bytes),
+        &StateDict::from_bytes(&bytes).unwrap(),
+    );
+}
+
+fn rich_state_dict_from(bytes: &[u8]) -> StateDict {
+    StateDict::from_bytes(bytes).unwrap()
+}
+
+#[test]
+fn what_cannot_be_written_is_refused_by_key() {
+    let mut sd = StateDict::new();
+    sd.insert("ok", Tensor::zeros([1], (Kind::Float, Device::Cpu)));
+    sd.insert("hole", Tensor::new());
+    for format in [Format::TorchZip, Format::Safetensors] {
+        match sd.to_bytes(format) {
+            Err(Error::Unwritable { what, .. }) => assert_eq!(what, "hole"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(
+        sd.to_bytes(Format::TorchLegacy),
+        Err(Error::Unwritable { .. })
+    ));
+    // A failed save leaves no file behind.
+    let dir = tempdir("unwritable");
+    let path = dir.join("x.pth");
+    assert!(sd.save(&path).is_err());
+    assert!(!path.exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+#[test]
+fn saving_over_a_mapped_checkpoint_keeps_its_tensors_valid() {
+    let dir = tempdir("overwrite");
+    let path = dir.join("views.pth");
+    std::fs::copy(fixture("views.pth"), &path).unwrap();
+    let options = tch_state_dict::ReadOptions::new().mmap(true);
+    let sd = StateDict::load_with(&path, &options).unwrap();
+    let before = common::hashes(&sd);
+    let mut other = StateDict::new();
+    other.insert("x", Tensor::ones([1000], (Kind::Float, Device::Cpu)));
+    other.save(&path).unwrap();
+    assert_eq!(common::hashes(&sd), before);
+    assert_eq!(StateDict::load(&path).unwrap().len(), 1);
+}
