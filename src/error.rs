@@ -101,7 +101,7 @@ pub enum Error {
     },
 
     /// The zip container of a torch.save file is malformed or truncated.
-    #[error("{}: malformed zip archive", path.display())]
+    #[error("{}: malformed zip archive: {source}", path.display())]
     Zip {
         /// The file.
         path: PathBuf,
@@ -132,15 +132,15 @@ pub enum Error {
     },
 
     /// The pickle is malformed, or does something a checkpoint has no need for.
-    #[error("{}: {entry}, byte {offset}: {kind}", path.display())]
+    #[error("{}: {entry}{}: {kind}", path.display(), at_byte(*offset))]
     Pickle {
         /// The file.
         path: PathBuf,
         /// The record holding the pickle (`archive/data.pkl`).
         entry: String,
-        /// The offset of the failing opcode in the pickle (0 when the failure is found after
-        /// parsing, while building values).
-        offset: u64,
+        /// The offset of the failing opcode in the pickle; `None` when the failure is found
+        /// after parsing, while building values.
+        offset: Option<u64>,
         /// What went wrong.
         kind: PickleError,
     },
@@ -198,7 +198,7 @@ pub enum Error {
     },
 
     /// A malformed safetensors file (header too large, overlapping or trailing data, ...).
-    #[error("{}: invalid safetensors file", path.display())]
+    #[error("{}: invalid safetensors file: {source}", path.display())]
     Safetensors {
         /// The file.
         path: PathBuf,
@@ -327,4 +327,8 @@ fn not_a_state_dict(
         }
     }
     out
+}
+
+fn at_byte(offset: Option<u64>) -> String {
+    offset.map(|o| format!(", byte {o}")).unwrap_or_default()
 }

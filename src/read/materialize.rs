@@ -44,7 +44,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
         Error::Pickle {
             path: self.path.to_path_buf(),
             entry: self.parsed.entry.clone(),
-            offset: 0,
+            offset: None,
             kind,
         }
     }

@@ -474,11 +474,10 @@ pub(crate) fn detect(path: &Path, bytes: &[u8]) -> Result<Format, Error> {
     if bytes.starts_with(&LEGACY_MAGIC) {
         return Ok(Format::TorchLegacy);
     }
-    if bytes.len() >= 10 && bytes[8] == b'{' {
-        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        if n <= bytes.len() as u64 - 8 {
-            return Ok(Format::Safetensors);
-        }
+    // safetensors: a little-endian u64 header length, then the JSON header. A real length
+    // has zero high bytes, which JSON text (a sharded index) never has.
+    if bytes.len() >= 10 && bytes[8] == b'{' && bytes[6] == 0 && bytes[7] == 0 {
+        return Ok(Format::Safetensors);
     }
     let text = bytes.trim_ascii_start();
     if text.starts_with(b"{") {
@@ -511,7 +510,7 @@ pub(crate) fn pickle_error(path: &Path, entry: &str, failure: Failure) -> Error 
         Failure::Pickle(offset, kind) => Error::Pickle {
             path,
             entry,
-            offset,
+            offset: Some(offset),
             kind,
         },
         Failure::Disallowed(offset, module, name) => Error::DisallowedGlobal {

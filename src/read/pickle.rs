@@ -70,7 +70,7 @@ pub enum PickleError {
     #[error("{0} is not callable")]
     NotCallable(&'static str),
     /// `BUILD` on an object that takes no state.
-    #[error("BUILD on a {0}")]
+    #[error("BUILD on a value of type {0}")]
     BadBuild(&'static str),
     /// The same key twice in one dict.
     #[error("duplicate key {0:?} in a dict")]
@@ -297,7 +297,8 @@ impl Obj {
         match self {
             Obj::None => "NoneType",
             Obj::Bool(_) => "bool",
-            Obj::Int(_) | Obj::BigInt(_) => "int",
+            Obj::Int(_) => "int",
+            Obj::BigInt(_) => "int beyond 64 bits",
             Obj::Float(_) => "float",
             Obj::Str(_) => "str",
             Obj::Bytes(_) => "bytes",
@@ -967,7 +968,7 @@ impl Machine<'_> {
             Obj::Bool(b) => Ok(i64::from(*b)),
             other => Err(self.bad(
                 callable,
-                format!("{what} is a {}, not an int", other.type_name()),
+                format!("{what} has type {}, not int", other.type_name()),
             )),
         }
     }
@@ -978,7 +979,7 @@ impl Machine<'_> {
             other => {
                 return Err(self.bad(
                     callable,
-                    format!("{what} is a {}, not a tuple", other.type_name()),
+                    format!("{what} has type {}, not tuple", other.type_name()),
                 ))
             }
         };
@@ -991,7 +992,7 @@ impl Machine<'_> {
             Obj::Int(i) => Ok(*i != 0),
             other => Err(self.bad(
                 callable,
-                format!("{what} is a {}, not a bool", other.type_name()),
+                format!("{what} has type {}, not bool", other.type_name()),
             )),
         }
     }
@@ -1001,7 +1002,7 @@ impl Machine<'_> {
             Obj::Str(s) => Ok(s.clone()),
             other => Err(self.bad(
                 callable,
-                format!("{what} is a {}, not a str", other.type_name()),
+                format!("{what} has type {}, not str", other.type_name()),
             )),
         }
     }
@@ -1046,7 +1047,7 @@ impl Machine<'_> {
                     }
                     other => Err(self.bad(
                         name,
-                        format!("data is a {}, not a tensor", other.type_name()),
+                        format!("data has type {}, not Tensor", other.type_name()),
                     )),
                 }
             }
@@ -1169,7 +1170,7 @@ impl Machine<'_> {
         }
         let storage = match self.get(args[0]) {
             Obj::Storage(s) => s.clone(),
-            other => return Err(self.bad(name, format!("storage is a {}", other.type_name()))),
+            other => return Err(self.bad(name, format!("storage has type {}", other.type_name()))),
         };
         let offset = self.int(args[1], name, "storage_offset")?;
         let size = self.ints(args[2], name, "size")?;
@@ -1182,7 +1183,9 @@ impl Machine<'_> {
         let dtype = if g == Global::RebuildTensorV3 {
             match self.get(args[6]) {
                 Obj::Dtype(k) => *k,
-                other => return Err(self.bad(name, format!("dtype is a {}", other.type_name()))),
+                other => {
+                    return Err(self.bad(name, format!("dtype has type {}", other.type_name())))
+                }
             }
         } else {
             storage.dtype.ok_or_else(|| {
@@ -1211,7 +1214,12 @@ impl Machine<'_> {
         let bad = |reason: &str| self.err(PickleError::PersistentId(reason.to_string()));
         let items = match self.get(pid) {
             Obj::Tuple(items) => items,
-            other => return Err(bad(&format!("a {}, not a tuple", other.type_name()))),
+            other => {
+                return Err(bad(&format!(
+                    "a value of type {}, not a tuple",
+                    other.type_name()
+                )))
+            }
         };
         let expected = match self.flavor {
             Flavor::Zip => 5,

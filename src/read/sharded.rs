@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::state_dict::StateDict;
 
 pub(crate) struct Shards {
+    index: PathBuf,
     /// Each key and the index of the shard that holds it, in `weight_map` order.
     entries: Vec<(String, usize)>,
     shards: Vec<(PathBuf, Checkpoint<'static>)>,
@@ -66,7 +67,11 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &ReadOptions) -> Result<
         }
         shards.push((shard_path, shard));
     }
-    Ok(Shards { entries, shards })
+    Ok(Shards {
+        index: path.to_path_buf(),
+        entries,
+        shards,
+    })
 }
 
 impl Shards {
@@ -89,8 +94,11 @@ impl Shards {
         let mut sd = StateDict::with_capacity(self.entries.len());
         for (key, shard) in &self.entries {
             let tensor = parts[*shard].remove(key).ok_or_else(|| Error::ShardIndex {
-                path: self.shards[*shard].0.clone(),
-                reason: format!("the weight_map puts {key:?} in this shard, which lacks it"),
+                path: self.index.clone(),
+                reason: format!(
+                    "the weight_map puts {key:?} in {}, which lacks it",
+                    self.shards[*shard].0.display()
+                ),
             })?;
             sd.insert(key.clone(), tensor);
         }

@@ -1,0 +1,357 @@
+//! The hostile corpus (tests/fixtures/make_hostile.py): every malformed or malicious file is
+//! refused with the typed error that names its defect, never a panic, abort, hang, stack
+//! overflow or outsized allocation.
+
+mod common;
+
+use std::path::PathBuf;
+
+use tch_state_dict::{Checkpoint, Error, PickleError};
+
+fn hostile(name: &str) -> PathBuf {
+    common::test_file(&format!("fixtures/hostile/{name}"))
+}
+
+/// The first error reading `name` gives: opening, then reading the state dict, then the
+/// whole value. A file that reads without error fails the test.
+fn refusal(name: &str) -> Error {
+    let ckpt = match Checkpoint::open(hostile(name)) {
+        Err(e) => return e,
+        Ok(c) => c,
+    };
+    if let Err(e) = ckpt.state_dict() {
+        if !matches!(e, Error::NotAStateDict { .. }) {
+            return e;
+        }
+    }
+    match ckpt.value() {
+        Err(e) => e,
+        Ok(v) => panic!("{name} was read: {v:?}"),
+    }
+}
+
+macro_rules! refused {
+    ($name:ident, $file:expr, $pattern:pat $(if $guard:expr)?) => {
+        #[test]
+        fn $name() {
+            let e = refusal($file);
+            assert!(matches!(&e, $pattern $(if $guard)?), "{}: {e:?}", $file);
+            // Every error names the file.
+            let text = e.to_string();
+            assert!(text.contains($file), "{}: {text}", $file);
+        }
+    };
+}
+
+// Containers.
+refused!(truncated_zip, "truncated_zip.pth", Error::Zip { .. });
+refused!(missing_data_pkl, "missing_data_pkl.pth", Error::MissingRecord { record, .. } if record == "archive/data.pkl");
+refused!(missing_storage, "missing_storage.pth", Error::MissingRecord { record, .. } if record == "archive/data/0");
+refused!(storage_shorter_than_its_tensor, "storage_too_short.pth", Error::InvalidTensor { storage, .. } if storage == "0");
+refused!(bad_byteorder, "bad_byteorder.pth", Error::InvalidRecord { record, .. } if record == "archive/byteorder");
+refused!(
+    entry_past_the_end_of_the_file,
+    "entry_past_end.pth",
+    Error::InvalidRecord { .. } | Error::Zip { .. }
+);
+refused!(
+    deflate_bomb,
+    "deflate_bomb.pth",
+    Error::LimitExceeded {
+        limit: "max_compression_ratio",
+        ..
+    }
+);
+
+// Tensor geometry.
+refused!(negative_size, "negative_size.pth", Error::InvalidTensor { reason, .. } if reason.contains("negative size"));
+refused!(negative_stride, "negative_stride.pth", Error::InvalidTensor { reason, .. } if reason.contains("negative stride"));
+refused!(negative_offset, "negative_offset.pth", Error::InvalidTensor { reason, .. } if reason.contains("negative storage offset"));
+refused!(overflowing_size, "overflow_size.pth", Error::InvalidTensor { reason, .. } if reason.contains("overflow"));
+refused!(
+    overflowing_stride,
+    "overflow_stride.pth",
+    Error::InvalidTensor { .. }
+);
+refused!(
+    overflowing_offset,
+    "overflow_offset.pth",
+    Error::InvalidTensor { .. }
+);
+refused!(
+    size_beyond_64_bits,
+    "huge_int_size.pth",
+    Error::Pickle {
+        kind: PickleError::BadArguments {
+            callable: "torch._utils._rebuild_tensor_v2",
+            ..
+        },
+        ..
+    }
+);
+refused!(
+    size_and_stride_lengths_differ,
+    "size_stride_lengths.pth",
+    Error::Pickle {
+        kind: PickleError::BadArguments { .. },
+        ..
+    }
+);
+
+// The pickle machine.
+refused!(
+    unknown_opcode,
+    "unknown_opcode.pth",
+    Error::Pickle {
+        kind: PickleError::UnknownOpcode(0xff),
+        offset: Some(2),
+        ..
+    }
+);
+refused!(
+    truncated_pickle,
+    "truncated_pickle.pth",
+    Error::Pickle {
+        kind: PickleError::Truncated,
+        ..
+    }
+);
+refused!(
+    stack_underflow,
+    "stack_underflow.pth",
+    Error::Pickle {
+        kind: PickleError::StackUnderflow,
+        ..
+    }
+);
+refused!(
+    memo_index_never_stored,
+    "memo_missing.pth",
+    Error::Pickle {
+        kind: PickleError::MemoNotFound(7),
+        ..
+    }
+);
+refused!(
+    string_longer_than_the_pickle,
+    "huge_string_length.pth",
+    Error::Pickle {
+        kind: PickleError::Truncated,
+        ..
+    }
+);
+refused!(
+    out_of_band_buffer,
+    "out_of_band_buffer.pth",
+    Error::Pickle {
+        kind: PickleError::Unsupported(_),
+        ..
+    }
+);
+refused!(
+    extension_registry,
+    "extension_registry.pth",
+    Error::Pickle {
+        kind: PickleError::Unsupported(_),
+        ..
+    }
+);
+refused!(
+    reduce_on_a_string,
+    "reduce_non_callable.pth",
+    Error::Pickle {
+        kind: PickleError::NotCallable("str"),
+        ..
+    }
+);
+refused!(
+    build_on_an_int,
+    "build_on_int.pth",
+    Error::Pickle {
+        kind: PickleError::BadBuild("int"),
+        ..
+    }
+);
+refused!(
+    setitem_on_a_list,
+    "setitem_on_list.pth",
+    Error::Pickle {
+        kind: PickleError::Malformed(_),
+        ..
+    }
+);
+refused!(
+    unsupported_protocol,
+    "unsupported_protocol.pth",
+    Error::Pickle {
+        kind: PickleError::UnsupportedProtocol(7),
+        ..
+    }
+);
+refused!(
+    memo_bomb,
+    "memo_bomb.pth",
+    Error::LimitExceeded {
+        limit: "max_values",
+        ..
+    }
+);
+refused!(
+    deep_nesting,
+    "deep_nesting.pth",
+    Error::Pickle {
+        kind: PickleError::TooDeep(100),
+        ..
+    }
+);
+refused!(
+    list_that_contains_itself,
+    "self_reference.pth",
+    Error::Pickle {
+        kind: PickleError::TooDeep(_),
+        ..
+    }
+);
+
+// Globals.
+refused!(os_system, "os_system.pth", Error::DisallowedGlobal { module, name, .. } if module == "os" && name == "system");
+refused!(builtins_eval, "builtins_eval.pth", Error::DisallowedGlobal { module, name, .. } if module == "builtins" && name == "eval");
+refused!(posix_system_through_stack_global, "posix_system_stack_global.pth", Error::DisallowedGlobal { module, name, .. } if module == "posix" && name == "system");
+refused!(torch_functions_are_not_allowed, "torch_load_global.pth", Error::DisallowedGlobal { module, name, .. } if module == "torch" && name == "load");
+refused!(inst_opcode_goes_through_the_allowlist, "inst_opcode.pth", Error::DisallowedGlobal { module, name, .. } if module == "os" && name == "system");
+
+// Persistent ids and keys.
+refused!(
+    persistent_id_of_the_wrong_shape,
+    "pid_wrong_shape.pth",
+    Error::Pickle {
+        kind: PickleError::PersistentId(_),
+        ..
+    }
+);
+refused!(
+    persistent_id_not_a_tuple,
+    "pid_not_tuple.pth",
+    Error::Pickle {
+        kind: PickleError::PersistentId(_),
+        ..
+    }
+);
+refused!(
+    text_persistent_id,
+    "pid_text.pth",
+    Error::Pickle {
+        kind: PickleError::PersistentId(_),
+        ..
+    }
+);
+refused!(duplicate_keys, "duplicate_keys.pth", Error::Pickle { kind: PickleError::DuplicateKey(k), .. } if k == "w");
+refused!(quantized_storage, "qint8_storage.pth", Error::UnsupportedDtype { dtype, .. } if dtype == "torch.QInt8Storage");
+
+// Legacy format.
+refused!(
+    legacy_truncated,
+    "legacy_truncated.pth",
+    Error::InvalidRecord { .. }
+);
+refused!(legacy_view_out_of_bounds, "legacy_view_out_of_bounds.pth", Error::InvalidTensor { storage, .. } if storage == "k");
+
+// Not checkpoints.
+refused!(empty_file, "empty.pth", Error::EmptyFile { .. });
+refused!(git_lfs_pointer, "lfs_pointer.pth", Error::LfsPointer { .. });
+refused!(plain_pickle, "plain_pickle.pkl", Error::UnknownFormat { found, .. } if found.contains("pickle"));
+refused!(html_page, "html_page.pth", Error::UnknownFormat { found, .. } if found.contains("HTML"));
+refused!(
+    torchscript_archive,
+    "torchscript.pt",
+    Error::TorchScript { .. }
+);
+
+// safetensors.
+refused!(
+    safetensors_overlapping_offsets,
+    "st_overlap.safetensors",
+    Error::Safetensors { .. }
+);
+refused!(
+    safetensors_header_too_large,
+    "st_header_too_large.safetensors",
+    Error::Safetensors { .. }
+);
+refused!(
+    safetensors_trailing_bytes,
+    "st_trailing.safetensors",
+    Error::Safetensors { .. }
+);
+refused!(
+    safetensors_bad_json,
+    "st_bad_json.safetensors",
+    Error::Safetensors { .. }
+);
+refused!(
+    safetensors_shape_and_offsets_disagree,
+    "st_shape_mismatch.safetensors",
+    Error::Safetensors { .. }
+);
+
+// Sharded indexes.
+refused!(sharded_path_traversal, "sharded_traversal/model.safetensors.index.json", Error::ShardIndex { reason, .. } if reason.contains("plain relative path"));
+refused!(sharded_key_missing_from_its_shard, "sharded_missing_key/model.safetensors.index.json", Error::ShardIndex { reason, .. } if reason.contains("\"b\""));
+refused!(
+    sharded_without_weight_map,
+    "sharded_no_weight_map.index.json",
+    Error::ShardIndex { .. }
+);
+
+#[test]
+fn the_corpus_has_at_least_30_files_and_every_one_is_tested() {
+    let dir = common::test_file("fixtures/hostile");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            for inner in std::fs::read_dir(entry.path()).unwrap() {
+                let inner = inner.unwrap().path();
+                if inner.to_string_lossy().ends_with(".index.json") {
+                    files.push(inner);
+                }
+            }
+        } else {
+            files.push(entry.path());
+        }
+    }
+    assert!(files.len() >= 30, "{} files", files.len());
+    let source = std::fs::read_to_string(common::test_file("hostile.rs")).unwrap();
+    for f in &files {
+        let rel = f.strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
+        assert!(source.contains(&format!("\"{rel}\"")), "{rel} has no test");
+        // And every file is refused, whatever its test expects.
+        let _ = refusal(&rel);
+    }
+}
+
+#[test]
+fn limits_are_configurable() {
+    use tch_state_dict::{ReadLimits, ReadOptions};
+    let mut limits = ReadLimits::default();
+    limits.max_tensors = 1;
+    let options = ReadOptions::new().limits(limits);
+    let path = common::test_file("fixtures/pytorch/dtypes.pth");
+    assert!(matches!(
+        Checkpoint::open_with(&path, &options).map(|_| ()),
+        Err(Error::LimitExceeded {
+            limit: "max_tensors",
+            max: 1,
+            ..
+        })
+    ));
+    let mut limits = ReadLimits::default();
+    limits.max_pickle_bytes = 16;
+    assert!(matches!(
+        Checkpoint::open_with(&path, &ReadOptions::new().limits(limits)).map(|_| ()),
+        Err(Error::LimitExceeded {
+            limit: "max_pickle_bytes",
+            ..
+        })
+    ));
+}
