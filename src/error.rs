@@ -252,6 +252,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// An argument out of its range (`num_classes` below 1).
+    #[error("invalid {name}: {reason}")]
+    InvalidArgument {
+        /// The argument.
+        name: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+
+    /// There is no `Linear` to replace at this path of the `VarStore`.
+    #[error("no Linear layer at {path:?} to replace: {reason}")]
+    NotALinear {
+        /// The dotted path.
+        path: String,
+        /// What is there instead.
+        reason: String,
+    },
+
     /// libtorch failed on an operation the crate had checked (out of memory, say).
     #[error("{context}")]
     Torch {

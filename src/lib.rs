@@ -12,6 +12,12 @@
 //!   `num_batches_tracked`), structured reports ([`IncompatibleKeys`], [`LoadError`]) that
 //!   print as PyTorch prints them, and a model left untouched when it fails.
 //! * [`state_dict`]: a model's tensors in PyTorch's order, sharing storage with the model.
+//! * [`Checkpoint`], [`StateDict::load`], [`StateDict::load_key`], [`StateDict::save`]:
+//!   `torch.save` files (zip and legacy), nested checkpoints, safetensors and sharded
+//!   checkpoints, read by a pickle machine that never executes anything, and written so that
+//!   `torch.load(weights_only=True)` accepts them.
+//! * [`models`]: ResNets with PyTorch-identical state dicts, and
+//!   [`models::replace_head`].
 //!
 //! # Quick start
 //!
@@ -62,6 +68,7 @@
 
 mod error;
 mod load;
+pub mod models;
 mod module_tree;
 mod natural;
 pub mod pyfmt;
