@@ -134,7 +134,7 @@ pub fn load_state_dict_with<M: StateDictModule + ?Sized>(
     if let Some(error) = plan.error {
         return Err(error.into());
     }
-    commit(&plan.copies)?;
+    commit(&plan.copies, state_dict)?;
     Ok(plan.report)
 }
 
@@ -147,6 +147,25 @@ pub fn load_state_dict_with<M: StateDictModule + ?Sized>(
 pub fn state_dict<M: StateDictModule + ?Sized>(module: &M) -> Result<StateDict, Error> {
     let tree = module.module_tree()?;
     Ok(tree_state_dict(&tree))
+}
+
+/// What [`load_state_dict_with`] would report, without copying anything: a dry run that
+/// checks a state dict against a model.
+///
+/// # Errors
+///
+/// As [`load_state_dict`], [`Error::Copy`] excepted.
+pub fn check_state_dict<M: StateDictModule + ?Sized>(
+    module: &M,
+    state_dict: &StateDict,
+    options: &LoadOptions,
+) -> Result<IncompatibleKeys, Error> {
+    let tree = module.module_tree()?;
+    let plan = plan(&tree, state_dict, options);
+    match plan.error {
+        Some(error) => Err(error.into()),
+        None => Ok(plan.report),
+    }
 }
 
 pub(crate) fn tree_state_dict(tree: &ModuleTree) -> StateDict {
@@ -166,24 +185,64 @@ pub(crate) fn tree_state_dict(tree: &ModuleTree) -> StateDict {
     sd
 }
 
-/// A checked copy: the model's tensor and the value to copy into it.
-struct Copy<'a> {
-    key: &'a str,
-    dst: &'a Tensor,
-    src: &'a Tensor,
-    /// PyTorch 0.3 saved scalars as `[1]` tensors; they load into 0-dim tensors.
-    squeeze: bool,
+/// What `load_state_dict` needs of a state dict: keys in order, shapes, `_metadata`. A
+/// [`StateDict`] is one; so is a checkpoint file's state dict before its tensors are read,
+/// which lets a file be checked against a model without reading it.
+pub(crate) trait SourceDict {
+    fn entry_count(&self) -> usize;
+    fn key_at(&self, index: usize) -> &str;
+    fn position(&self, key: &str) -> Option<usize>;
+    /// The entry's shape, or `None` for a value that is not a tensor.
+    fn shape_at(&self, index: usize) -> Option<Vec<i64>>;
+    fn metadata(&self) -> Option<&Metadata>;
 }
 
-struct Plan<'a> {
-    copies: Vec<Copy<'a>>,
-    report: IncompatibleKeys,
-    error: Option<LoadError>,
+impl SourceDict for StateDict {
+    fn entry_count(&self) -> usize {
+        self.len()
+    }
+
+    fn key_at(&self, index: usize) -> &str {
+        self.get_index(index).map_or("", |(k, _)| k)
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.get_index_of(key)
+    }
+
+    fn shape_at(&self, index: usize) -> Option<Vec<i64>> {
+        let (_, t) = self.get_index(index)?;
+        t.defined().then(|| t.size())
+    }
+
+    fn metadata(&self) -> Option<&Metadata> {
+        StateDict::metadata(self)
+    }
+}
+
+/// A checked copy: the model's tensor and the source entry to copy into it.
+pub(crate) struct PlannedCopy<'a> {
+    pub key: &'a str,
+    pub dst: &'a Tensor,
+    /// The entry's position in the source.
+    pub src: usize,
+    /// PyTorch 0.3 saved scalars as `[1]` tensors; they load into 0-dim tensors.
+    pub squeeze: bool,
+}
+
+pub(crate) struct Plan<'a> {
+    pub copies: Vec<PlannedCopy<'a>>,
+    pub report: IncompatibleKeys,
+    pub error: Option<LoadError>,
 }
 
 /// Builds the report and the list of copies without touching the model.
-fn plan<'a>(tree: &'a ModuleTree, sd: &'a StateDict, options: &LoadOptions) -> Plan<'a> {
-    let mut copies = Vec::with_capacity(tree.len().min(sd.len()));
+pub(crate) fn plan<'a>(
+    tree: &'a ModuleTree,
+    sd: &impl SourceDict,
+    options: &LoadOptions,
+) -> Plan<'a> {
+    let mut copies = Vec::with_capacity(tree.len().min(sd.entry_count()));
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
     let mut undefined = Vec::new();
@@ -191,13 +250,13 @@ fn plan<'a>(tree: &'a ModuleTree, sd: &'a StateDict, options: &LoadOptions) -> P
     let mut messages = Vec::new();
 
     for slot in tree.slots() {
-        let Some(src) = sd.get(slot.key) else {
-            if !keeps_num_batches_tracked(&slot, sd) {
+        let Some(src) = sd.position(slot.key) else {
+            if !keeps_num_batches_tracked(&slot, sd.metadata()) {
                 missing.push(slot.key.to_string());
             }
             continue;
         };
-        if !src.defined() {
+        let Some(checkpoint_shape) = sd.shape_at(src) else {
             messages.push(format!(
                 "While copying the parameter named \"{}\", expected torch.Tensor or \
                  Tensor-like object from checkpoint but received <class 'NoneType'>",
@@ -205,9 +264,8 @@ fn plan<'a>(tree: &'a ModuleTree, sd: &'a StateDict, options: &LoadOptions) -> P
             ));
             undefined.push(slot.key.to_string());
             continue;
-        }
+        };
         let model_shape = slot.tensor.size();
-        let checkpoint_shape = src.size();
         let squeeze = model_shape.is_empty() && checkpoint_shape == [1];
         if !squeeze && checkpoint_shape != model_shape {
             let mismatch = ShapeMismatch {
@@ -221,7 +279,7 @@ fn plan<'a>(tree: &'a ModuleTree, sd: &'a StateDict, options: &LoadOptions) -> P
             mismatched.push(mismatch);
             continue;
         }
-        copies.push(Copy {
+        copies.push(PlannedCopy {
             key: slot.key,
             dst: slot.tensor,
             src,
@@ -265,12 +323,11 @@ fn plan<'a>(tree: &'a ModuleTree, sd: &'a StateDict, options: &LoadOptions) -> P
 /// BatchNorm's rule (`_NormBase._load_from_state_dict` in PyTorch 2.11): a checkpoint that
 /// predates `num_batches_tracked` (no version for the module, or one below 2) leaves the
 /// buffer as it is.
-fn keeps_num_batches_tracked(slot: &Slot<'_>, sd: &StateDict) -> bool {
+fn keeps_num_batches_tracked(slot: &Slot<'_>, metadata: Option<&Metadata>) -> bool {
     if slot.module_kind != ModuleKind::BatchNorm || slot.local_name != "num_batches_tracked" {
         return false;
     }
-    let version = sd
-        .metadata()
+    let version = metadata
         .and_then(|m| m.get(slot.module_path))
         .and_then(|m| m.get("version"))
         .and_then(|v| match v {
@@ -287,10 +344,11 @@ fn keeps_num_batches_tracked(slot: &Slot<'_>, sd: &StateDict) -> bool {
 /// tensors nor continue into one of its children, so each key is reported by the deepest
 /// module its name reaches. Within a module, `<prefix>_extra_state` comes first (none of
 /// these modules has extra state), then the others in the state dict's order.
-fn unexpected_keys(tree: &ModuleTree, sd: &StateDict) -> Vec<String> {
+fn unexpected_keys(tree: &ModuleTree, sd: &impl SourceDict) -> Vec<String> {
     const EXTRA_STATE: &str = "_extra_state";
     let mut found: Vec<(&str, bool, usize)> = Vec::new();
-    for (position, key) in sd.keys().enumerate() {
+    for position in 0..sd.entry_count() {
+        let key = sd.key_at(position);
         let mut module = "";
         let mut start = 0;
         loop {
@@ -328,9 +386,8 @@ fn unexpected_keys(tree: &ModuleTree, sd: &StateDict) -> Vec<String> {
     ranked.sort_unstable();
     ranked
         .into_iter()
-        .map(|(_, _, position)| sd.get_index(position).map(|(k, _)| k.to_string()))
-        .collect::<Option<Vec<_>>>()
-        .unwrap_or_default()
+        .map(|(_, _, position)| sd.key_at(position).to_string())
+        .collect()
 }
 
 /// Modules that look like a classifier head, for hints: the last module holding a 2-D
@@ -356,22 +413,25 @@ fn head_modules(tree: &ModuleTree) -> Vec<&str> {
     heads
 }
 
-/// Copies every checked value into the model, without autograd.
-fn commit(copies: &[Copy<'_>]) -> Result<(), Error> {
+/// Copies every checked value of a state dict into the model, without autograd.
+fn commit(copies: &[PlannedCopy<'_>], sd: &StateDict) -> Result<(), Error> {
     let _no_grad = tch::no_grad_guard();
     for c in copies {
-        let copy = |c: &Copy<'_>| -> Result<(), tch::TchError> {
-            let mut dst = c.dst.shallow_clone();
-            if c.squeeze {
-                dst.f_copy_(&c.src.f_reshape([])?)
-            } else {
-                dst.f_copy_(c.src)
-            }
-        };
-        copy(c).map_err(|source| Error::Copy {
+        let (_, src) = sd.get_index(c.src).expect("planned from this state dict");
+        copy_into(c.dst, src, c.squeeze).map_err(|source| Error::Copy {
             key: c.key.to_string(),
             source,
         })?;
     }
     Ok(())
+}
+
+/// `dst.copy_(src)`, converting dtype and device; `squeeze` loads a `[1]` into a 0-dim.
+pub(crate) fn copy_into(dst: &Tensor, src: &Tensor, squeeze: bool) -> Result<(), tch::TchError> {
+    let mut dst = dst.shallow_clone();
+    if squeeze {
+        dst.f_copy_(&src.f_reshape([])?)
+    } else {
+        dst.f_copy_(src)
+    }
 }

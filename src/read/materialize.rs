@@ -5,10 +5,11 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::pickle::{Id, Obj, PickleError, StorageRef};
+use super::pickle::{DictObj, Id, Obj, PickleError, StorageRef};
 use super::torch_zip::inflate_into;
 use super::{Parsed, ReadOptions, Source, StorageLoc};
 use crate::error::Error;
+use crate::load::SourceDict;
 use crate::pyfmt;
 use crate::state_dict::StateDict;
 use crate::value::{Dict, Metadata, Value};
@@ -171,41 +172,58 @@ impl<'c, 'a> Materializer<'c, 'a> {
         Ok(out)
     }
 
-    /// The object `id` as a state dict: a dict of string keys to tensors, or an error that
-    /// says what it is instead.
-    pub(crate) fn state_dict(&mut self, id: Id, at: Option<&str>) -> Result<StateDict, Error> {
-        let arena = &self.parsed.arena;
+    /// The object `id` as a state dict whose tensors are not read yet: a dict of string keys
+    /// to tensors, or an error that says what it is instead.
+    pub(crate) fn file_state_dict(
+        &mut self,
+        id: Id,
+        at: Option<&str>,
+    ) -> Result<FileStateDict<'c>, Error> {
+        let parsed: &'c Parsed<'a> = self.parsed;
+        let arena = &parsed.arena;
         let entries = match arena.get(id) {
-            Obj::Dict(d) => {
-                let tensors: Option<Vec<(&str, usize)>> = d
-                    .items
-                    .iter()
-                    .map(|&(k, v)| match (arena.get(k), arena.get(v)) {
-                        (Obj::Str(k), Obj::Tensor(t)) => Some((k.as_str(), *t)),
-                        _ => None,
-                    })
-                    .collect();
-                tensors
-            }
+            Obj::Dict(d) => d
+                .items
+                .iter()
+                .map(|&(k, v)| match (arena.get(k), arena.get(v)) {
+                    (Obj::Str(k), Obj::Tensor(t)) => Some((k.as_str(), *t)),
+                    _ => None,
+                })
+                .collect::<Option<Vec<(&str, usize)>>>(),
             _ => None,
         };
         let Some(entries) = entries else {
             return Err(self.not_a_state_dict(id, at));
         };
-        let mut sd = StateDict::with_capacity(entries.len());
-        for (key, index) in entries {
-            if sd.contains_key(key) {
+        let mut index = HashMap::with_capacity(entries.len());
+        for (position, (key, _)) in entries.iter().enumerate() {
+            if index.insert(*key, position).is_some() {
                 return Err(self.pickle_error(PickleError::DuplicateKey(key.to_string())));
             }
+        }
+        let metadata = match arena.get(id) {
+            Obj::Dict(DictObj {
+                metadata: Some(m), ..
+            }) => Some(self.metadata(*m)?),
+            _ => None,
+        };
+        Ok(FileStateDict {
+            entries,
+            index,
+            metadata,
+            parsed,
+        })
+    }
+
+    /// The object `id` as a state dict, its tensors read.
+    pub(crate) fn state_dict(&mut self, id: Id, at: Option<&str>) -> Result<StateDict, Error> {
+        let source = self.file_state_dict(id, at)?;
+        let mut sd = StateDict::with_capacity(source.entries.len());
+        for &(key, index) in &source.entries {
             let tensor = self.tensor(index)?;
             sd.insert(key, tensor);
         }
-        if let Obj::Dict(d) = arena.get(id) {
-            if let Some(m) = d.metadata {
-                let metadata = self.metadata(m)?;
-                sd.set_metadata(Some(metadata));
-            }
-        }
+        sd.set_metadata(source.metadata);
         if let Some(m) = &self.parsed.safetensors_metadata {
             sd.set_safetensors_metadata(Some(m.clone()));
         }
@@ -374,7 +392,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
         }
         if self.mapped.is_none() {
             let file = match (&self.parsed.source, self.path.to_str()) {
-                (Source::Mapped(map), Some(path)) => Tensor::f_from_file(
+                (Source::Mapped(map, _), Some(path)) => Tensor::f_from_file(
                     path,
                     false,
                     Some(map.len() as i64),
@@ -398,5 +416,46 @@ fn from_bytes(bytes: &[u8]) -> Result<Tensor, tch::TchError> {
 fn swap_bytes(bytes: &mut [u8], elem: usize) {
     for chunk in bytes.chunks_exact_mut(elem) {
         chunk.reverse();
+    }
+}
+
+/// A checkpoint's state dict before its tensors are read: what `load_state_dict` plans with.
+pub(crate) struct FileStateDict<'c> {
+    entries: Vec<(&'c str, usize)>,
+    index: HashMap<&'c str, usize>,
+    metadata: Option<Metadata>,
+    parsed: &'c Parsed<'c>,
+}
+
+impl FileStateDict<'_> {
+    /// The arena index of entry `position`'s tensor.
+    pub(crate) fn tensor_index(&self, position: usize) -> usize {
+        self.entries[position].1
+    }
+}
+
+impl SourceDict for FileStateDict<'_> {
+    fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn key_at(&self, index: usize) -> &str {
+        self.entries[index].0
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
+    fn shape_at(&self, index: usize) -> Option<Vec<i64>> {
+        Some(
+            self.parsed.arena.tensors[self.entries[index].1]
+                .size
+                .clone(),
+        )
+    }
+
+    fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_ref()
     }
 }

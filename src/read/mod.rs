@@ -19,6 +19,7 @@
 //! `torch.load` copies. With [`ReadOptions::mmap`] they are views of a private mapping that
 //! libtorch owns, as `torch.load(mmap=True)` gives.
 
+mod direct;
 mod legacy;
 mod materialize;
 pub(crate) mod pickle;
@@ -35,6 +36,9 @@ use indexmap::IndexMap;
 use tch::{Device, Kind};
 
 use crate::error::Error;
+use crate::load::{self, LoadOptions, PlannedCopy};
+use crate::module_tree::StateDictModule;
+use crate::report::IncompatibleKeys;
 use crate::state_dict::StateDict;
 use crate::value::Value;
 
@@ -165,7 +169,8 @@ impl ReadOptions {
 
 /// The bytes of a checkpoint.
 pub(crate) enum Source<'a> {
-    Mapped(memmap2::Mmap),
+    /// A file, mapped for parsing and kept open for reading tensors into a model.
+    Mapped(memmap2::Mmap, File),
     Owned(Vec<u8>),
     Borrowed(&'a [u8]),
 }
@@ -173,7 +178,7 @@ pub(crate) enum Source<'a> {
 impl Source<'_> {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
-            Source::Mapped(m) => m,
+            Source::Mapped(m, _) => m,
             Source::Owned(v) => v,
             Source::Borrowed(b) => b,
         }
@@ -291,7 +296,7 @@ impl Checkpoint<'static> {
         // SAFETY: see `map_file`; the map lives in the Checkpoint and its tensors are copies
         // unless the caller asked for `mmap`, whose docs state the same caveat.
         let map = unsafe { map_file(&file) }.map_err(io)?;
-        Self::parse(path.to_path_buf(), Source::Mapped(map), options)
+        Self::parse(path.to_path_buf(), Source::Mapped(map, file), options)
     }
 
     /// Reads a whole checkpoint from `reader` into memory and parses it.
@@ -440,6 +445,131 @@ impl<'a> Checkpoint<'a> {
             Inner::Sharded(_) => Err(not_found()),
         }
     }
+}
+
+impl Checkpoint<'_> {
+    /// `model.load_state_dict(torch.load(path))` in one step, at memory speed: the state
+    /// dict at the top of the file is checked against the model with `load_state_dict`'s
+    /// rules and words, then each tensor's bytes are read from the file straight into the
+    /// model's tensor (or, where dtype, device or layout differ, through a converting copy).
+    /// Nothing is read when the check fails, and the model is then unchanged.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_state_dict`](crate::load_state_dict) and [`state_dict`](Self::state_dict).
+    /// An I/O error while reading ([`Error::Io`]: the file truncated underneath) can leave
+    /// the model partly written.
+    pub fn load_into<M: StateDictModule + ?Sized>(
+        &self,
+        module: &M,
+        options: &LoadOptions,
+    ) -> Result<IncompatibleKeys, Error> {
+        self.load_into_from(None, module, options)
+    }
+
+    /// [`load_into`](Self::load_into) of the state dict under `key` of the top-level dict:
+    /// `model.load_state_dict(torch.load(path)[key])`.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_into`](Self::load_into) and [`state_dict_at`](Self::state_dict_at).
+    pub fn load_into_at<M: StateDictModule + ?Sized>(
+        &self,
+        key: &str,
+        module: &M,
+        options: &LoadOptions,
+    ) -> Result<IncompatibleKeys, Error> {
+        self.load_into_from(Some(key), module, options)
+    }
+
+    fn load_into_from<M: StateDictModule + ?Sized>(
+        &self,
+        at: Option<&str>,
+        module: &M,
+        options: &LoadOptions,
+    ) -> Result<IncompatibleKeys, Error> {
+        let p = match (&self.inner, at) {
+            (Inner::Single(p), _) => p,
+            (Inner::Sharded(s), None) => {
+                return load::load_state_dict_with(module, &s.state_dict()?, options)
+            }
+            (Inner::Sharded(_), Some(key)) => {
+                return Err(Error::KeyNotFound {
+                    path: self.path.clone(),
+                    key: key.to_string(),
+                    available: self.keys(),
+                })
+            }
+        };
+        let id = match at {
+            None => p.arena.root,
+            Some(key) => top_level_entry(&p.arena, key).ok_or_else(|| Error::KeyNotFound {
+                path: self.path.clone(),
+                key: key.to_string(),
+                available: self.keys(),
+            })?,
+        };
+        let mut mat = materialize::Materializer::new(&self.path, p, &self.options);
+        let source = mat.file_state_dict(id, at)?;
+        let tree = module.module_tree()?;
+        let plan = load::plan(&tree, &source, options);
+        if let Some(error) = plan.error {
+            return Err(error.into());
+        }
+        self.commit(&plan.copies, &source, p, &mut mat)?;
+        Ok(plan.report)
+    }
+
+    fn commit(
+        &self,
+        copies: &[PlannedCopy<'_>],
+        source: &materialize::FileStateDict<'_>,
+        p: &Parsed<'_>,
+        mat: &mut materialize::Materializer<'_, '_>,
+    ) -> Result<(), Error> {
+        let _no_grad = tch::no_grad_guard();
+        for c in copies {
+            let index = source.tensor_index(c.src);
+            let t = &p.arena.tensors[index];
+            let loc = &p.storages[&t.storage.key];
+            match direct::direct_range(t, loc, p.big_endian, c.dst) {
+                Some((offset, len)) => match &p.source {
+                    Source::Mapped(_, file) => direct::read_into(c.dst, file, offset, len)
+                        .map_err(|source| Error::Io {
+                            path: self.path.clone(),
+                            source,
+                        })?,
+                    other => {
+                        let start = offset as usize;
+                        direct::copy_into(c.dst, &other.bytes()[start..start + len]);
+                    }
+                },
+                None => {
+                    let src = mat.tensor(index)?;
+                    load::copy_into(c.dst, &src, c.squeeze).map_err(|source| Error::Copy {
+                        key: c.key.to_string(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `model.load_state_dict(torch.load(path))`: opens the checkpoint at `path` and loads the
+/// state dict at its top into `module`, reading each tensor straight into the model (see
+/// [`Checkpoint::load_into`]).
+///
+/// # Errors
+///
+/// As [`Checkpoint::open`] and [`Checkpoint::load_into`].
+pub fn load_checkpoint<M: StateDictModule + ?Sized>(
+    module: &M,
+    path: impl AsRef<Path>,
+    strict: bool,
+) -> Result<IncompatibleKeys, Error> {
+    Checkpoint::open(path)?.load_into(module, &LoadOptions::new().strict(strict))
 }
 
 /// The value under a string key of the top-level dict.
