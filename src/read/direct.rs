@@ -66,16 +66,16 @@ fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
     true
 }
 
-/// The memory of a contiguous CPU tensor, as bytes to write.
+/// `len` bytes at `data`, to write: the memory of a contiguous CPU tensor.
 ///
 /// # Safety
 ///
-/// `t` must be defined, on the CPU and contiguous, with exactly `len` bytes of elements, and
-/// nothing may read or write that memory while the slice lives. Within a load this holds as
-/// it does for `copy_`: the model is borrowed, and using its tensors from another thread
-/// during a load is a data race either way.
-unsafe fn bytes_mut(t: &Tensor, len: usize) -> &mut [u8] {
-    std::slice::from_raw_parts_mut(t.data_ptr().cast::<u8>(), len)
+/// `data` must point to `len` writable bytes (a defined, contiguous CPU tensor's elements)
+/// that stay allocated, and that nothing else reads or writes, while the slice lives. Within
+/// a load this holds as it does for `copy_`: the model is borrowed, and using its tensors from
+/// another thread during a load is a data race either way.
+unsafe fn bytes_mut<'a>(data: *mut u8, len: usize) -> &'a mut [u8] {
+    std::slice::from_raw_parts_mut(data, len)
 }
 
 /// Reads `len` bytes at `offset` of `file` into `dst`, whose layout [`direct_range`]
@@ -85,8 +85,8 @@ pub(crate) fn read_into(dst: &Tensor, file: &File, offset: u64, len: usize) -> i
         return Ok(());
     }
     // SAFETY: `direct_range` checked that `dst` is a contiguous CPU tensor of `len` bytes;
-    // the load holds the only handle that writes it.
-    let bytes = unsafe { bytes_mut(dst, len) };
+    // `dst` outlives the slice, and the load holds the only handle that writes it.
+    let bytes = unsafe { bytes_mut(dst.data_ptr().cast(), len) };
     read_exact_at(file, bytes, offset)
 }
 
@@ -96,7 +96,7 @@ pub(crate) fn copy_into(dst: &Tensor, src: &[u8]) {
         return;
     }
     // SAFETY: as in `read_into`; `src.len()` is the length `direct_range` gave.
-    let bytes = unsafe { bytes_mut(dst, src.len()) };
+    let bytes = unsafe { bytes_mut(dst.data_ptr().cast(), src.len()) };
     bytes.copy_from_slice(src);
 }
 
