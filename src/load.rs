@@ -194,6 +194,10 @@ pub(crate) trait SourceDict {
     fn position(&self, key: &str) -> Option<usize>;
     /// The entry's shape, or `None` for a value that is not a tensor.
     fn shape_at(&self, index: usize) -> Option<Vec<i64>>;
+    /// Whether the entry has `dst`'s shape; the default asks [`shape_at`](Self::shape_at).
+    fn same_shape(&self, index: usize, dst: &Tensor) -> bool {
+        self.shape_at(index).is_some_and(|s| s == dst.size())
+    }
     fn metadata(&self) -> Option<&Metadata>;
 }
 
@@ -213,6 +217,12 @@ impl SourceDict for StateDict {
     fn shape_at(&self, index: usize) -> Option<Vec<i64>> {
         let (_, t) = self.get_index(index)?;
         t.defined().then(|| t.size())
+    }
+
+    /// One call into libtorch and no allocation: matching a million keys is mostly this.
+    fn same_shape(&self, index: usize, dst: &Tensor) -> bool {
+        self.get_index(index)
+            .is_some_and(|(_, t)| t.defined() && t.f_is_same_size(dst).unwrap_or(false))
     }
 
     fn metadata(&self) -> Option<&Metadata> {
@@ -249,6 +259,7 @@ pub(crate) fn plan<'a>(
     // PyTorch's error lines for the keys it found, in its traversal order.
     let mut messages = Vec::new();
 
+    let mut found = 0;
     for slot in tree.slots() {
         let Some(src) = sd.position(slot.key) else {
             if !keeps_num_batches_tracked(&slot, sd.metadata()) {
@@ -256,6 +267,16 @@ pub(crate) fn plan<'a>(
             }
             continue;
         };
+        found += 1;
+        if sd.same_shape(src, slot.tensor) {
+            copies.push(PlannedCopy {
+                key: slot.key,
+                dst: slot.tensor,
+                src,
+                squeeze: false,
+            });
+            continue;
+        }
         let Some(checkpoint_shape) = sd.shape_at(src) else {
             messages.push(format!(
                 "While copying the parameter named \"{}\", expected torch.Tensor or \
@@ -287,7 +308,12 @@ pub(crate) fn plan<'a>(
         });
     }
 
-    let unexpected = unexpected_keys(tree, sd);
+    // Every key of the state dict matched one of the model's: nothing is unexpected.
+    let unexpected = if found == sd.entry_count() {
+        Vec::new()
+    } else {
+        unexpected_keys(tree, sd)
+    };
     let refused =
         !messages.is_empty() || (options.strict && (!missing.is_empty() || !unexpected.is_empty()));
     if refused {
@@ -349,6 +375,10 @@ fn unexpected_keys(tree: &ModuleTree, sd: &impl SourceDict) -> Vec<String> {
     let mut found: Vec<(&str, bool, usize)> = Vec::new();
     for position in 0..sd.entry_count() {
         let key = sd.key_at(position);
+        // A key of the model's is never unexpected (its modules all exist).
+        if tree.contains_key(key) {
+            continue;
+        }
         let mut module = "";
         let mut start = 0;
         loop {

@@ -25,6 +25,9 @@ use tch::Tensor;
 use crate::error::Error;
 use crate::natural;
 
+/// A `HashMap` with a fast hasher, for maps of keys.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The kind of PyTorch module a node of a [`ModuleTree`] stands for. It decides the module's
 /// version in a state dict's `_metadata`, and the rules that apply when it is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,8 +93,8 @@ pub struct ModuleTree {
     type_name: String,
     nodes: Vec<Node>,
     entries: Vec<Entry>,
-    module_index: HashMap<String, usize>,
-    key_index: HashMap<String, usize>,
+    module_index: FastMap<String, usize>,
+    key_index: FastMap<String, usize>,
     /// Entry ids in state_dict order; computed on first use after a change.
     order: OnceCell<Vec<usize>>,
 }
@@ -137,14 +140,14 @@ impl ModuleTree {
             children: Vec::new(),
             locals: Vec::new(),
         };
-        let mut module_index = HashMap::new();
+        let mut module_index = FastMap::default();
         module_index.insert(String::new(), 0);
         ModuleTree {
             type_name: type_name.into(),
             nodes: vec![root],
             entries: Vec::new(),
             module_index,
-            key_index: HashMap::new(),
+            key_index: FastMap::default(),
             order: OnceCell::new(),
         }
     }

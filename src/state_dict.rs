@@ -36,7 +36,7 @@ use crate::value::{shallow_clone_metadata, Metadata};
 /// ```
 #[derive(Default)]
 pub struct StateDict {
-    tensors: IndexMap<String, Tensor>,
+    tensors: IndexMap<String, Tensor, foldhash::fast::RandomState>,
     metadata: Option<Metadata>,
     safetensors_metadata: Option<IndexMap<String, String>>,
 }
@@ -50,7 +50,7 @@ impl StateDict {
     /// An empty state dict with room for `n` tensors.
     pub fn with_capacity(n: usize) -> Self {
         StateDict {
-            tensors: IndexMap::with_capacity(n),
+            tensors: IndexMap::with_capacity_and_hasher(n, Default::default()),
             metadata: None,
             safetensors_metadata: None,
         }
@@ -229,7 +229,8 @@ impl StateDict {
     /// [`Error::DuplicateKey`] when two keys get the same new name; the state dict is then
     /// unchanged.
     pub fn rename<F: FnMut(&str) -> String>(&mut self, mut f: F) -> Result<(), Error> {
-        let mut renamed = IndexMap::with_capacity(self.tensors.len());
+        let mut renamed: IndexMap<String, &str, foldhash::fast::RandomState> =
+            IndexMap::with_capacity_and_hasher(self.tensors.len(), Default::default());
         for key in self.tensors.keys() {
             let new_key = f(key);
             if let Some(first) = renamed.insert(new_key.clone(), key.as_str()) {

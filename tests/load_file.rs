@@ -18,7 +18,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tch-state-dict-file-{tag}-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("tch-state-dict-file-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -105,7 +106,10 @@ fn a_checkpoint_dict_loads_from_its_key() {
             .unwrap();
     }
     let ckpt = Checkpoint::open(fixture("checkpoint.pth")).unwrap();
-    assert!(ckpt.load_into_at("model", &model, &LoadOptions::new()).unwrap().is_empty());
+    assert!(ckpt
+        .load_into_at("model", &model, &LoadOptions::new())
+        .unwrap()
+        .is_empty());
     assert_loaded(&model, &sd);
     assert!(matches!(
         ckpt.load_into(&model, &LoadOptions::new()),
@@ -142,7 +146,9 @@ fn refusals_are_load_state_dicts_and_leave_the_model_untouched() {
 fn a_one_element_tensor_loads_into_a_scalar_from_a_file() {
     let dir = tempdir("scalar");
     let path = dir.join("scalar.pth");
-    let sd: StateDict = [("scale", Tensor::from_slice(&[2.5f32]))].into_iter().collect();
+    let sd: StateDict = [("scale", Tensor::from_slice(&[2.5f32]))]
+        .into_iter()
+        .collect();
     sd.save(&path).unwrap();
     let mut model = ModuleTree::new("Net");
     let scale = Tensor::zeros([], (Kind::Float, Device::Cpu));
@@ -185,4 +191,63 @@ fn a_cuda_model_loads_from_a_file() {
     let a = state_dict(&trained).unwrap();
     let b = state_dict(&model).unwrap();
     assert_eq!(common::hashes(&a), common::hashes(&b));
+}
+
+#[test]
+fn large_loads_split_across_threads_land_byte_for_byte() {
+    let dir = tempdir("threads");
+    let path = dir.join("big.pth");
+    // 24 MiB in tensors of uneven sizes, so that tensors straddle the threads' runs.
+    let sizes = [3_000_001i64, 1_500_000, 7, 1_800_000, 0, 13, 4_000_000];
+    let sd: StateDict = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (
+                format!("t{i}"),
+                Tensor::randn([n], (Kind::Float, Device::Cpu)),
+            )
+        })
+        .collect();
+    sd.save(&path).unwrap();
+    for threads in [Some(1), Some(2), Some(3), Some(8), None] {
+        let model = blank_model(&sd, None);
+        let options = ReadOptions::new().threads(threads);
+        Checkpoint::open_with(&path, &options)
+            .unwrap()
+            .load_into(&model, &LoadOptions::new())
+            .unwrap();
+        assert_eq!(
+            common::hashes(&state_dict(&model).unwrap()),
+            common::hashes(&sd),
+            "{threads:?} threads"
+        );
+    }
+}
+
+#[test]
+fn tensors_that_share_memory_take_the_last_value_as_with_copy() {
+    let dir = tempdir("tied");
+    let path = dir.join("tied.pth");
+    let first = Tensor::full([3_000_000], 1.0, (Kind::Float, Device::Cpu));
+    let second = Tensor::full([3_000_000], 2.0, (Kind::Float, Device::Cpu));
+    let sd: StateDict = [("embed.weight", first), ("head.weight", second)]
+        .into_iter()
+        .collect();
+    sd.save(&path).unwrap();
+    let shared = Tensor::zeros([3_000_000], (Kind::Float, Device::Cpu));
+    let mut model = ModuleTree::new("Tied");
+    model
+        .add_tensor("embed.weight", shared.shallow_clone())
+        .unwrap();
+    model
+        .add_tensor("head.weight", shared.shallow_clone())
+        .unwrap();
+    let options = ReadOptions::new().threads(Some(2));
+    Checkpoint::open_with(&path, &options)
+        .unwrap()
+        .load_into(&model, &LoadOptions::new())
+        .unwrap();
+    assert_eq!(shared.min().double_value(&[]), 2.0);
+    assert_eq!(shared.max().double_value(&[]), 2.0);
 }

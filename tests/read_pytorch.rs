@@ -430,3 +430,14 @@ fn rand_suffix() -> u64 {
     h.write_u64(0);
     h.finish()
 }
+
+#[test]
+fn a_sharded_index_in_memory_has_no_shards_to_open() {
+    let bytes = std::fs::read(fixture("sharded/model.safetensors.index.json")).unwrap();
+    match Checkpoint::from_bytes(&bytes, &ReadOptions::new()).map(|_| ()) {
+        Err(Error::ShardIndex { reason, .. }) => {
+            assert!(reason.contains("by its path"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -78,26 +78,111 @@ unsafe fn bytes_mut<'a>(data: *mut u8, len: usize) -> &'a mut [u8] {
     std::slice::from_raw_parts_mut(data, len)
 }
 
-/// Reads `len` bytes at `offset` of `file` into `dst`, whose layout [`direct_range`]
-/// checked.
-pub(crate) fn read_into(dst: &Tensor, file: &File, offset: u64, len: usize) -> io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    // SAFETY: `direct_range` checked that `dst` is a contiguous CPU tensor of `len` bytes;
-    // `dst` outlives the slice, and the load holds the only handle that writes it.
-    let bytes = unsafe { bytes_mut(dst.data_ptr().cast(), len) };
-    read_exact_at(file, bytes, offset)
+/// A read of `len` bytes at `offset` of the checkpoint into `dst`, whose layout
+/// [`direct_range`] checked.
+pub(crate) struct Read<'t> {
+    pub dst: &'t Tensor,
+    pub offset: u64,
+    pub len: usize,
 }
 
-/// Copies `src` (the file's bytes, from memory) into `dst`, as [`read_into`] does.
-pub(crate) fn copy_into(dst: &Tensor, src: &[u8]) {
-    if src.is_empty() {
-        return;
+/// Where the checkpoint's bytes come from.
+#[derive(Clone, Copy)]
+pub(crate) enum From<'a> {
+    /// The file, read with `pread`.
+    File(&'a File),
+    /// The bytes, in memory.
+    Bytes(&'a [u8]),
+}
+
+/// A piece of a read, as plain numbers that can go to another thread.
+#[derive(Clone, Copy)]
+struct Piece {
+    ptr: usize,
+    offset: u64,
+    len: usize,
+}
+
+/// Below this, splitting reads across threads costs more than it gains.
+const PARALLEL_BYTES: usize = 8 << 20;
+
+/// Does every read, on `threads` threads when there is enough to read: the bytes are cut in
+/// file order into `threads` runs of about equal length (a tensor can span two runs), so
+/// that each thread reads sequentially.
+pub(crate) fn read_all(reads: &[Read<'_>], from: From<'_>, threads: usize) -> io::Result<()> {
+    let pieces: Vec<Piece> = reads
+        .iter()
+        .filter(|r| r.len > 0)
+        .map(|r| Piece {
+            ptr: r.dst.data_ptr() as usize,
+            offset: r.offset,
+            len: r.len,
+        })
+        .collect();
+    let total: usize = pieces.iter().map(|p| p.len).sum();
+    // Tensors that share memory (tied weights) are written in order, on one thread, so that
+    // the last write wins as with `copy_`.
+    if threads <= 1 || total < PARALLEL_BYTES || overlapping(&pieces) {
+        return pieces.iter().try_for_each(|p| read_piece(*p, from));
     }
-    // SAFETY: as in `read_into`; `src.len()` is the length `direct_range` gave.
-    let bytes = unsafe { bytes_mut(dst.data_ptr().cast(), src.len()) };
-    bytes.copy_from_slice(src);
+    let mut sorted = pieces;
+    sorted.sort_by_key(|p| p.offset);
+    let share = total.div_ceil(threads);
+    let mut runs: Vec<Vec<Piece>> = vec![Vec::new()];
+    let mut filled = 0;
+    for mut p in sorted {
+        while p.len > 0 {
+            let room = share - filled;
+            let take = p.len.min(room);
+            runs.last_mut()
+                .expect("one run")
+                .push(Piece { len: take, ..p });
+            p = Piece {
+                ptr: p.ptr + take,
+                offset: p.offset + take as u64,
+                len: p.len - take,
+            };
+            filled += take;
+            if filled == share {
+                runs.push(Vec::new());
+                filled = 0;
+            }
+        }
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .map(|run| scope.spawn(move || run.into_iter().try_for_each(|p| read_piece(p, from))))
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a read thread panicked")))
+        })
+    })
+}
+
+/// Whether two pieces write the same memory.
+fn overlapping(pieces: &[Piece]) -> bool {
+    let mut spans: Vec<(usize, usize)> = pieces.iter().map(|p| (p.ptr, p.ptr + p.len)).collect();
+    spans.sort_unstable();
+    spans.windows(2).any(|w| w[1].0 < w[0].1)
+}
+
+fn read_piece(p: Piece, from: From<'_>) -> io::Result<()> {
+    // SAFETY: `p` is a part of a `Read` whose `dst` `direct_range` checked to be a contiguous
+    // CPU tensor of at least `offset - start + len` bytes from `ptr`'s tensor start; the
+    // tensors outlive `read_all`, and the pieces of all reads are disjoint, so each byte is
+    // written by one thread only.
+    let bytes = unsafe { bytes_mut(p.ptr as *mut u8, p.len) };
+    match from {
+        From::File(file) => read_exact_at(file, bytes, p.offset),
+        From::Bytes(src) => {
+            let start = p.offset as usize;
+            bytes.copy_from_slice(&src[start..start + p.len]);
+            Ok(())
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -124,6 +209,18 @@ fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_pieces_are_found() {
+        let piece = |ptr, len| Piece {
+            ptr,
+            offset: 0,
+            len,
+        };
+        assert!(!overlapping(&[piece(0, 10), piece(10, 5), piece(100, 1)]));
+        assert!(overlapping(&[piece(100, 10), piece(0, 10), piece(105, 1)]));
+        assert!(overlapping(&[piece(0, 10), piece(0, 10)]));
+    }
 
     #[test]
     fn contiguity_ignores_unit_dimensions() {

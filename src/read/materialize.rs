@@ -195,7 +195,8 @@ impl<'c, 'a> Materializer<'c, 'a> {
         let Some(entries) = entries else {
             return Err(self.not_a_state_dict(id, at));
         };
-        let mut index = HashMap::with_capacity(entries.len());
+        let mut index = crate::module_tree::FastMap::default();
+        index.reserve(entries.len());
         for (position, (key, _)) in entries.iter().enumerate() {
             if index.insert(*key, position).is_some() {
                 return Err(self.pickle_error(PickleError::DuplicateKey(key.to_string())));
@@ -422,7 +423,7 @@ fn swap_bytes(bytes: &mut [u8], elem: usize) {
 /// A checkpoint's state dict before its tensors are read: what `load_state_dict` plans with.
 pub(crate) struct FileStateDict<'c> {
     entries: Vec<(&'c str, usize)>,
-    index: HashMap<&'c str, usize>,
+    index: crate::module_tree::FastMap<&'c str, usize>,
     metadata: Option<Metadata>,
     parsed: &'c Parsed<'c>,
 }

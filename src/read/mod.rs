@@ -115,6 +115,7 @@ pub struct ReadOptions {
     device: Device,
     kind: Option<Kind>,
     mmap: bool,
+    threads: Option<usize>,
     limits: ReadLimits,
 }
 
@@ -124,6 +125,7 @@ impl Default for ReadOptions {
             device: Device::Cpu,
             kind: None,
             mmap: false,
+            threads: None,
             limits: ReadLimits::default(),
         }
     }
@@ -157,6 +159,14 @@ impl ReadOptions {
     /// path that is not UTF-8) are copied.
     pub fn mmap(mut self, mmap: bool) -> Self {
         self.mmap = mmap;
+        self
+    }
+
+    /// How many threads [`Checkpoint::load_into`] reads with (default: `None`, libtorch's
+    /// intra-op thread count, `tch::get_num_threads()`). Reads are split across threads only
+    /// when there are at least 8 MiB to read.
+    pub fn threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
         self
     }
 
@@ -335,7 +345,12 @@ impl<'a> Checkpoint<'a> {
             Format::Safetensors => {
                 Inner::Single(Box::new(safetensors_file::parse(&path, source, limits)?))
             }
-            Format::ShardedIndex => Inner::Sharded(sharded::parse(&path, source.bytes(), options)?),
+            Format::ShardedIndex => {
+                // Shards are found next to the index, so only an index opened by its path
+                // has any.
+                let from_path = matches!(source, Source::Mapped(..));
+                Inner::Sharded(sharded::parse(&path, source.bytes(), from_path, options)?)
+            }
         };
         Ok(Checkpoint {
             path,
@@ -528,22 +543,17 @@ impl Checkpoint<'_> {
         mat: &mut materialize::Materializer<'_, '_>,
     ) -> Result<(), Error> {
         let _no_grad = tch::no_grad_guard();
+        let mut reads = Vec::new();
         for c in copies {
             let index = source.tensor_index(c.src);
             let t = &p.arena.tensors[index];
             let loc = &p.storages[&t.storage.key];
             match direct::direct_range(t, loc, p.big_endian, c.dst) {
-                Some((offset, len)) => match &p.source {
-                    Source::Mapped(_, file) => direct::read_into(c.dst, file, offset, len)
-                        .map_err(|source| Error::Io {
-                            path: self.path.clone(),
-                            source,
-                        })?,
-                    other => {
-                        let start = offset as usize;
-                        direct::copy_into(c.dst, &other.bytes()[start..start + len]);
-                    }
-                },
+                Some((offset, len)) => reads.push(direct::Read {
+                    dst: c.dst,
+                    offset,
+                    len,
+                }),
                 None => {
                     let src = mat.tensor(index)?;
                     load::copy_into(c.dst, &src, c.squeeze).map_err(|source| Error::Copy {
@@ -553,7 +563,18 @@ impl Checkpoint<'_> {
                 }
             }
         }
-        Ok(())
+        let threads = self
+            .options
+            .threads
+            .unwrap_or_else(|| tch::get_num_threads().max(1) as usize);
+        let from = match &p.source {
+            Source::Mapped(_, file) => direct::From::File(file),
+            other => direct::From::Bytes(other.bytes()),
+        };
+        direct::read_all(&reads, from, threads).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 

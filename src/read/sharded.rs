@@ -16,7 +16,12 @@ pub(crate) struct Shards {
     shards: Vec<(PathBuf, Checkpoint<'static>)>,
 }
 
-pub(crate) fn parse(path: &Path, bytes: &[u8], options: &ReadOptions) -> Result<Shards, Error> {
+pub(crate) fn parse(
+    path: &Path,
+    bytes: &[u8],
+    from_path: bool,
+    options: &ReadOptions,
+) -> Result<Shards, Error> {
     let invalid = |reason: String| Error::ShardIndex {
         path: path.to_path_buf(),
         reason,
@@ -28,7 +33,7 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &ReadOptions) -> Result<
         .and_then(|m| m.as_object())
         .ok_or_else(|| invalid("no \"weight_map\" object".into()))?;
     let dir = match path.parent() {
-        Some(dir) if path.is_file() => dir.to_path_buf(),
+        Some(dir) if from_path => dir.to_path_buf(),
         _ => {
             return Err(invalid(
                 "a sharded index must be opened by its path, next to its shards".into(),

@@ -1,0 +1,376 @@
+//! Side-by-side load benchmarks: this crate, tch's `VarStore::load` and PyTorch, on the same
+//! files and models in the same run, against the floor of copying the same bytes from memory.
+//!
+//! ```text
+//! scripts/cargo bench --bench compare            # everything (a few minutes)
+//! scripts/cargo bench --bench compare -- --quick # resnet18 and the scale checks
+//! ```
+//!
+//! It writes its checkpoints (torchvision resnet18, resnet50 and resnet152 in fp32, and a
+//! synthetic 1 GiB one of 2048 tensors) under `target/bench-data`, as `.pth` and
+//! `.safetensors`, once. Each time is the median of 7 runs after a warm-up, with the file in
+//! the page cache; Python runs in a subprocess with the same thread count.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tch::{nn, Device, Kind, Tensor};
+use tch_state_dict::models::{Arch, ResNet};
+use tch_state_dict::{
+    check_state_dict, load_checkpoint, load_state_dict, state_dict, Checkpoint, LoadOptions,
+    ModuleTree, StateDict, StateDictModule,
+};
+
+const RUNS: usize = 7;
+
+fn median(f: &mut dyn FnMut()) -> f64 {
+    f();
+    let mut times: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[RUNS / 2].as_secs_f64() * 1e3
+}
+
+fn data_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("TCH_STATE_DICT_PYTHON")
+        .map(PathBuf::from)
+        .expect("run through scripts/cargo, which sets TCH_STATE_DICT_PYTHON")
+}
+
+/// A model to load into: its module tree, its VarStore (for tch's own loader), and what
+/// Python builds for the same keys.
+struct Subject {
+    name: String,
+    python_spec: String,
+    vs: nn::VarStore,
+    model: Box<dyn StateDictModule>,
+}
+
+fn resnet(arch: Arch) -> Subject {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ResNet::new(&vs, arch, 1000).unwrap();
+    Subject {
+        name: arch.name().to_string(),
+        python_spec: arch.name().to_string(),
+        vs,
+        model: Box::new(model),
+    }
+}
+
+const SYNTH: (usize, i64, i64) = (2048, 128, 1024); // 2048 × 512 KiB = 1 GiB of fp32
+
+fn synthetic() -> Subject {
+    let (n, rows, cols) = SYNTH;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let layers = vs.root() / "layers";
+    let mut keys = Vec::with_capacity(n);
+    for i in 0..n {
+        let _ = (&layers / i).zeros("weight", &[rows, cols]);
+        keys.push(format!("layers.{i}.weight"));
+    }
+    let tree = ModuleTree::from_var_store_ordered(&vs, &keys)
+        .unwrap()
+        .with_type_name("Synthetic");
+    Subject {
+        name: "synthetic-1GiB".to_string(),
+        python_spec: format!("synthetic:{n}:{rows}:{cols}"),
+        vs,
+        model: Box::new(tree),
+    }
+}
+
+/// Writes the subject's checkpoint (random values) as .pth and .safetensors, once.
+fn files(subject: &Subject) -> (PathBuf, PathBuf) {
+    let dir = data_dir();
+    let pth = dir.join(format!("{}.pth", subject.name));
+    let st = dir.join(format!("{}.safetensors", subject.name));
+    if !pth.exists() || !st.exists() {
+        tch::manual_seed(0);
+        let sd = state_dict(subject.model.as_ref()).unwrap();
+        tch::no_grad(|| {
+            for (_, t) in sd.iter() {
+                if t.is_floating_point() {
+                    let _ = t.shallow_clone().normal_(0.0, 0.02);
+                }
+            }
+        });
+        sd.save(&pth).unwrap();
+        sd.save(&st).unwrap();
+    }
+    (pth, st)
+}
+
+fn nbytes(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+struct Row {
+    name: String,
+    mb: f64,
+    floor: f64,
+    copy_: f64,
+    ours_pth: f64,
+    ours_st: f64,
+    ours_two_step: f64,
+    tch: f64,
+    torch_default: f64,
+    torch_mmap: f64,
+    torch_st: f64,
+}
+
+fn measure(subject: &mut Subject) -> Row {
+    let (pth, st) = files(subject);
+    let model = &subject.model;
+    // The floor: the same bytes, already in memory, copied into the model's tensors with
+    // memcpy on as many threads as the loaders use; and libtorch's copy_ of the same.
+    let in_memory = StateDict::load(&pth).unwrap();
+    let tree = model.module_tree().unwrap();
+    let pairs: Vec<(Tensor, Tensor)> = tree
+        .iter()
+        .map(|(k, t)| (t.shallow_clone(), in_memory.get(k).unwrap().contiguous()))
+        .collect();
+    let threads = tch::get_num_threads().max(1) as usize;
+    let floor = median(&mut || memcpy_all(&pairs, threads));
+    let copy_ = median(&mut || {
+        tch::no_grad(|| {
+            for (dst, src) in &pairs {
+                dst.shallow_clone().copy_(src);
+            }
+        })
+    });
+    drop(pairs);
+    drop(in_memory);
+    let ours_pth = median(&mut || {
+        load_checkpoint(model.as_ref(), &pth, true).unwrap();
+    });
+    let ours_st = median(&mut || {
+        load_checkpoint(model.as_ref(), &st, true).unwrap();
+    });
+    let ours_two_step = median(&mut || {
+        load_state_dict(model.as_ref(), &StateDict::load(&pth).unwrap(), true).unwrap();
+    });
+    let vs = &mut subject.vs;
+    let tch = median(&mut || {
+        vs.load(&st).unwrap();
+    });
+    let threads = tch::get_num_threads();
+    let out = Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_load.py"))
+        .args([
+            &subject.python_spec,
+            pth.to_str().unwrap(),
+            st.to_str().unwrap(),
+        ])
+        .args([threads.to_string(), RUNS.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(py["threads"].as_i64(), Some(threads as i64));
+    Row {
+        name: subject.name.clone(),
+        mb: nbytes(&pth) as f64 / 1e6,
+        floor,
+        copy_,
+        ours_pth,
+        ours_st,
+        ours_two_step,
+        tch,
+        torch_default: py["default"].as_f64().unwrap(),
+        torch_mmap: py["mmap"].as_f64().unwrap(),
+        torch_st: py["safetensors"].as_f64().unwrap(),
+    }
+}
+
+/// Copies each source's bytes into its destination with memcpy, the tensors split across
+/// `threads` threads by size: the floor of a load from memory.
+fn memcpy_all(pairs: &[(Tensor, Tensor)], threads: usize) {
+    /// Destination address, source address, length.
+    type Job = (usize, usize, usize);
+    let mut jobs: Vec<Job> = pairs
+        .iter()
+        .map(|(dst, src)| {
+            let len = src.numel() * src.kind().elt_size_in_bytes();
+            (dst.data_ptr() as usize, src.data_ptr() as usize, len)
+        })
+        .filter(|j| j.2 > 0)
+        .collect();
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
+    let mut buckets: Vec<(usize, Vec<Job>)> = vec![(0, Vec::new()); threads];
+    for job in jobs {
+        let b = buckets.iter_mut().min_by_key(|b| b.0).unwrap();
+        b.0 += job.2;
+        b.1.push(job);
+    }
+    std::thread::scope(|scope| {
+        for (_, bucket) in buckets {
+            scope.spawn(move || {
+                for (dst, src, len) in bucket {
+                    // SAFETY: both are contiguous CPU tensors of `len` bytes that outlive the
+                    // scope; each destination is written by one thread.
+                    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+                }
+            });
+        }
+    });
+}
+
+/// Peak resident memory (VmHWM) of this process, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Run in a child process: peak memory of loading the synthetic checkpoint, above the model.
+fn rss_child(path: &Path) {
+    let subject = synthetic();
+    let before = peak_rss();
+    load_checkpoint(subject.model.as_ref(), path, true).unwrap();
+    let after = peak_rss();
+    println!("{before} {after}");
+}
+
+fn peak_memory_growth() -> (u64, u64, u64) {
+    let subject = synthetic();
+    let (pth, _) = files(&subject);
+    drop(subject);
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--rss-child", pth.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut it = text.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap(), nbytes(&pth))
+}
+
+fn scale() {
+    println!("\nload_state_dict's matching and report (check_state_dict, strict), tiny tensors:");
+    println!("{:>10}  {:>10}  {:>12}", "keys", "ms", "ns per key");
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let mut tree = ModuleTree::new("Net");
+        let mut sd = StateDict::with_capacity(n);
+        for i in 0..n {
+            let key = format!("blocks.{}.layer{}.weight", i / 100, i % 100);
+            tree.add_tensor(&key, Tensor::zeros([2], (Kind::Float, Device::Cpu)))
+                .unwrap();
+            sd.insert(key, Tensor::zeros([2], (Kind::Float, Device::Cpu)));
+        }
+        let options = LoadOptions::new();
+        let ms = median(&mut || {
+            check_state_dict(&tree, &sd, &options).unwrap();
+        });
+        println!("{n:>10}  {ms:>10.1}  {:>12.0}", ms * 1e6 / n as f64);
+    }
+
+    let path = data_dir().join("10k-tensors.pth");
+    if !path.exists() {
+        let sd: StateDict = (0..10_000)
+            .map(|i| {
+                (
+                    format!("t{i}"),
+                    Tensor::zeros([4], (Kind::Float, Device::Cpu)),
+                )
+            })
+            .collect();
+        sd.save(&path).unwrap();
+    }
+    let ms = median(&mut || {
+        let ckpt = Checkpoint::open(&path).unwrap();
+        assert_eq!(ckpt.num_tensors(), 10_000);
+    });
+    println!("\nreading the metadata of a 10,000-tensor .pth (Checkpoint::open): {ms:.1} ms");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--rss-child") {
+        rss_child(Path::new(&args[i + 1]));
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    println!(
+        "tch-state-dict load benchmarks: {} intra-op threads, median of {RUNS} runs, times in ms",
+        tch::get_num_threads()
+    );
+    let mut subjects = vec![resnet(Arch::ResNet18)];
+    if !quick {
+        subjects.push(resnet(Arch::ResNet50));
+        subjects.push(resnet(Arch::ResNet152));
+        subjects.push(synthetic());
+    }
+    let mut rows = Vec::new();
+    for s in &mut subjects {
+        rows.push(measure(s));
+    }
+    drop(subjects);
+    println!(
+        "\n| checkpoint | MB | floor (memcpy) | libtorch copy_ | .pth → model | .safetensors → model | StateDict::load + load_state_dict | tch VarStore::load | torch.load + load_state_dict | same, mmap=True | safetensors load_file + load_state_dict |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.name,
+            r.mb,
+            r.floor,
+            r.copy_,
+            r.ours_pth,
+            r.ours_st,
+            r.ours_two_step,
+            r.tch,
+            r.torch_default,
+            r.torch_mmap,
+            r.torch_st
+        );
+    }
+    println!("\n| checkpoint | .pth / floor | PyTorch default / .pth | PyTorch mmap / .pth | tch / .pth | PyTorch safetensors / .safetensors |");
+    println!("|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.name,
+            r.ours_pth / r.floor,
+            r.torch_default / r.ours_pth,
+            r.torch_mmap / r.ours_pth,
+            r.tch / r.ours_pth,
+            r.torch_st / r.ours_st
+        );
+    }
+    if !quick {
+        let (before, after, size) = peak_memory_growth();
+        println!(
+            "\npeak memory loading the {:.0} MB synthetic .pth: {:.0} MB after building the model, {:.0} MB after loading: +{:.1} MB ({:.1}% of the checkpoint)",
+            size as f64 / 1e6,
+            before as f64 / 1e6,
+            after as f64 / 1e6,
+            (after - before) as f64 / 1e6,
+            100.0 * (after - before) as f64 / size as f64
+        );
+    }
+    scale();
+}
