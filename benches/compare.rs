@@ -8,7 +8,7 @@
 //!
 //! It writes its checkpoints (torchvision resnet18, resnet50 and resnet152 in fp32, and a
 //! synthetic 1 GiB one of 2048 tensors) under `target/bench-data`, as `.pth` and
-//! `.safetensors`, once. Each time is the median of 7 runs after a warm-up, with the file in
+//! `.safetensors`, once. Each time is the median of 15 runs after a warm-up, with the file in
 //! the page cache; Python runs in a subprocess with the same thread count.
 
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use tch_state_dict::{
     ModuleTree, StateDict, StateDictModule,
 };
 
-const RUNS: usize = 7;
+const RUNS: usize = 15;
 
 fn median(f: &mut dyn FnMut()) -> f64 {
     f();

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use super::direct::{read_all, From, Read};
 use super::pickle::{DictObj, Id, Obj, PickleError, StorageRef};
 use super::torch_zip::inflate_into;
 use super::{Parsed, ReadOptions, Source, StorageLoc};
@@ -352,17 +353,12 @@ impl<'c, 'a> Materializer<'c, 'a> {
         let (tensor, offset) = match loc {
             StorageLoc::Range { start, len } => match self.mapped_file(start) {
                 Some(file) => (file, start),
-                None => {
-                    let bytes = &self.parsed.source.bytes()[start as usize..(start + len) as usize];
-                    let tensor = if self.parsed.big_endian && elem > 1 {
-                        let mut owned = bytes.to_vec();
-                        swap_bytes(&mut owned, elem);
-                        from_bytes(&owned).map_err(self.torch_error(what))?
-                    } else {
-                        from_bytes(bytes).map_err(self.torch_error(what))?
-                    };
-                    (tensor, 0)
+                None if self.parsed.big_endian && elem > 1 => {
+                    let mut owned = self.read_at(start, len as usize)?;
+                    swap_bytes(&mut owned, elem);
+                    (from_bytes(&owned).map_err(self.torch_error(what))?, 0)
                 }
+                None => (self.read_storage(start, len as usize, &what)?, 0),
             },
             StorageLoc::Deflated {
                 start,
@@ -370,9 +366,8 @@ impl<'c, 'a> Materializer<'c, 'a> {
                 len,
             } => {
                 let mut out = vec![0u8; len as usize];
-                let src =
-                    &self.parsed.source.bytes()[start as usize..(start + compressed) as usize];
-                inflate_into(self.path, src, &mut out)?;
+                let src = self.read_at(start, compressed as usize)?;
+                inflate_into(self.path, &src, &mut out)?;
                 if self.parsed.big_endian && elem > 1 {
                     swap_bytes(&mut out, elem);
                 }
@@ -382,6 +377,41 @@ impl<'c, 'a> Materializer<'c, 'a> {
         self.storages
             .insert(storage.key.clone(), (tensor.shallow_clone(), offset));
         Ok((tensor, offset))
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+        self.parsed
+            .source
+            .read_at(offset, len)
+            .map_err(|source| Error::Io {
+                path: self.path.to_path_buf(),
+                source,
+            })
+    }
+
+    /// A new uint8 tensor holding the file's bytes `start..start + len`: read from the file
+    /// straight into the tensor, or copied from memory, one copy either way.
+    fn read_storage(&self, start: u64, len: usize, what: &str) -> Result<Tensor, Error> {
+        let tensor = Tensor::f_empty([len as i64], (Kind::Uint8, Device::Cpu))
+            .map_err(self.torch_error(what.to_string()))?;
+        let read = [Read {
+            dst: &tensor,
+            offset: start,
+            len,
+        }];
+        let from = match &self.parsed.source {
+            Source::Mapped(_, file) => From::File(file),
+            other => From::Bytes(other.bytes()),
+        };
+        let threads = self
+            .options
+            .threads
+            .unwrap_or_else(|| tch::get_num_threads().max(1) as usize);
+        read_all(&read, from, threads).map_err(|source| Error::Io {
+            path: self.path.to_path_buf(),
+            source,
+        })?;
+        Ok(tensor)
     }
 
     /// The whole file as a uint8 tensor over a private memory map that libtorch owns, when

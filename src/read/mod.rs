@@ -186,6 +186,23 @@ pub(crate) enum Source<'a> {
 }
 
 impl Source<'_> {
+    pub(crate) fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+
+    /// `len` bytes at `offset`: read from the file (not through the map) when there is one.
+    /// The caller has checked the range against the length.
+    pub(crate) fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        match self {
+            Source::Mapped(_, file) => {
+                let mut buf = vec![0u8; len];
+                direct::read_exact_at(file, &mut buf, offset)?;
+                Ok(buf)
+            }
+            other => Ok(other.bytes()[offset as usize..offset as usize + len].to_vec()),
+        }
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Source::Mapped(m, _) => m,

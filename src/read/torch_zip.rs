@@ -4,7 +4,7 @@
 //! lengths are what keep a read safe.
 
 use std::collections::HashMap;
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Seek};
 use std::path::Path;
 
 use zip::{CompressionMethod, ZipArchive};
@@ -13,18 +13,89 @@ use super::pickle::{self, Flavor};
 use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
 use crate::error::Error;
 
+/// The records the reader needs, located.
+struct Records {
+    root: String,
+    storages: HashMap<String, StorageLoc>,
+    pickle: Option<StorageLoc>,
+    byteorder: Option<StorageLoc>,
+}
+
 /// Parses the archive, runs its pickle and checks every tensor against its storage.
+///
+/// A file is parsed through small reads, not through the memory map: finding each record's
+/// data means reading its local header, and through a map each such read would make the
+/// kernel map (and count as resident) the 64 KiB around it, which for a checkpoint of many
+/// tensors is a sizeable part of the file.
 pub(crate) fn parse<'a>(
     path: &Path,
     source: Source<'a>,
     limits: &ReadLimits,
 ) -> Result<Parsed<'a>, Error> {
-    let bytes = source.bytes();
+    let records = match &source {
+        Source::Mapped(_, file) => {
+            let reader = std::io::BufReader::with_capacity(1024, file);
+            records(path, reader, source.len(), limits)?
+        }
+        other => records(path, Cursor::new(other.bytes()), source.len(), limits)?,
+    };
+    let record = |name: &str| format!("{}/{name}", records.root);
+    let data_pkl = record("data.pkl");
+    let pickle_loc = records.pickle.ok_or_else(|| Error::MissingRecord {
+        path: path.to_path_buf(),
+        record: data_pkl.clone(),
+    })?;
+    if pickle_loc.len() > limits.max_pickle_bytes {
+        return Err(Error::LimitExceeded {
+            path: path.to_path_buf(),
+            limit: "max_pickle_bytes",
+            max: limits.max_pickle_bytes,
+        });
+    }
+    let big_endian = match records.byteorder {
+        None => false,
+        Some(loc) => match read_record(path, &source, &loc)?.as_slice() {
+            b"little" => false,
+            b"big" => true,
+            other => {
+                return Err(Error::InvalidRecord {
+                    path: path.to_path_buf(),
+                    record: record("byteorder"),
+                    reason: format!(
+                        "expected 'little' or 'big', found {:?}",
+                        String::from_utf8_lossy(&other[..other.len().min(16)])
+                    ),
+                })
+            }
+        },
+    };
+    let pickle_bytes = read_record(path, &source, &pickle_loc)?;
+    let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, limits)
+        .map_err(|f| pickle_error(path, &data_pkl, f))?;
+    check_tensors(path, &arena, &records.storages, &record("data/"))?;
+    Ok(Parsed {
+        source,
+        format: Format::TorchZip,
+        arena,
+        storages: records.storages,
+        big_endian,
+        entry: data_pkl,
+        safetensors_metadata: None,
+    })
+}
+
+/// Reads the zip's directory and locates `data.pkl`, `byteorder` and the storages.
+fn records<R: Read + Seek>(
+    path: &Path,
+    reader: R,
+    file_len: u64,
+    limits: &ReadLimits,
+) -> Result<Records, Error> {
     let zip_error = |source| Error::Zip {
         path: path.to_path_buf(),
         source,
     };
-    let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(zip_error)?;
+    let mut archive = ZipArchive::new(reader).map_err(zip_error)?;
     let names: Vec<String> = archive
         .file_names()
         .map(|n| n.map(|n| n.into_owned()))
@@ -45,73 +116,37 @@ pub(crate) fn parse<'a>(
         });
     }
     let data_pkl = record("data.pkl");
-    let mut storages = HashMap::new();
-    let mut pickle_loc = None;
-    let mut byteorder_loc = None;
+    let byteorder = record("byteorder");
     let data_prefix = record("data/");
+    let mut found = Records {
+        root: root.clone(),
+        storages: HashMap::new(),
+        pickle: None,
+        byteorder: None,
+    };
     for (index, name) in names.iter().enumerate() {
         let is_storage = name.starts_with(&data_prefix) && name.len() > data_prefix.len();
-        let is_pickle = *name == data_pkl;
-        let is_byteorder = *name == record("byteorder");
-        if !(is_storage || is_pickle || is_byteorder) {
+        if !(is_storage || *name == data_pkl || *name == byteorder) {
             continue;
         }
-        let loc = locate(path, &mut archive, index, bytes.len() as u64, limits)?;
+        let loc = locate(path, &mut archive, index, file_len, limits)?;
         if is_storage {
-            storages.insert(name[data_prefix.len()..].to_string(), loc);
-        } else if is_pickle {
-            pickle_loc = Some(loc);
+            found
+                .storages
+                .insert(name[data_prefix.len()..].to_string(), loc);
+        } else if *name == data_pkl {
+            found.pickle = Some(loc);
         } else {
-            byteorder_loc = Some(loc);
+            found.byteorder = Some(loc);
         }
     }
-    let pickle_loc = pickle_loc.ok_or_else(|| Error::MissingRecord {
-        path: path.to_path_buf(),
-        record: data_pkl.clone(),
-    })?;
-    if pickle_loc.len() > limits.max_pickle_bytes {
-        return Err(Error::LimitExceeded {
-            path: path.to_path_buf(),
-            limit: "max_pickle_bytes",
-            max: limits.max_pickle_bytes,
-        });
-    }
-    let big_endian = match byteorder_loc {
-        None => false,
-        Some(loc) => match read_record(path, bytes, &loc)?.as_slice() {
-            b"little" => false,
-            b"big" => true,
-            other => {
-                return Err(Error::InvalidRecord {
-                    path: path.to_path_buf(),
-                    record: record("byteorder"),
-                    reason: format!(
-                        "expected 'little' or 'big', found {:?}",
-                        String::from_utf8_lossy(&other[..other.len().min(16)])
-                    ),
-                })
-            }
-        },
-    };
-    let pickle_bytes = read_record(path, bytes, &pickle_loc)?;
-    let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, limits)
-        .map_err(|f| pickle_error(path, &data_pkl, f))?;
-    check_tensors(path, &arena, &storages, &data_prefix)?;
-    Ok(Parsed {
-        source,
-        format: Format::TorchZip,
-        arena,
-        storages,
-        big_endian,
-        entry: data_pkl,
-        safetensors_metadata: None,
-    })
+    Ok(found)
 }
 
 /// Where record `index`'s bytes are, checked against the file's length.
-fn locate(
+fn locate<R: Read + Seek>(
     path: &Path,
-    archive: &mut ZipArchive<Cursor<&[u8]>>,
+    archive: &mut ZipArchive<R>,
     index: usize,
     file_len: u64,
     limits: &ReadLimits,
@@ -171,22 +206,25 @@ fn locate(
 }
 
 /// A record's bytes, inflated if needed.
-pub(crate) fn read_record(path: &Path, bytes: &[u8], loc: &StorageLoc) -> Result<Vec<u8>, Error> {
+pub(crate) fn read_record(
+    path: &Path,
+    source: &Source<'_>,
+    loc: &StorageLoc,
+) -> Result<Vec<u8>, Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     match *loc {
-        StorageLoc::Range { start, len } => {
-            Ok(bytes[start as usize..(start + len) as usize].to_vec())
-        }
+        StorageLoc::Range { start, len } => source.read_at(start, len as usize).map_err(io),
         StorageLoc::Deflated {
             start,
             compressed,
             len,
         } => {
+            let compressed = source.read_at(start, compressed as usize).map_err(io)?;
             let mut out = vec![0u8; len as usize];
-            inflate_into(
-                path,
-                &bytes[start as usize..(start + compressed) as usize],
-                &mut out,
-            )?;
+            inflate_into(path, &compressed, &mut out)?;
             Ok(out)
         }
     }
