@@ -52,6 +52,25 @@
 //! # }
 //! ```
 //!
+//! # A ResNet from a training checkpoint
+//!
+//! ```no_run
+//! # fn main() -> Result<(), tch_state_dict::Error> {
+//! use tch::nn;
+//! use tch_state_dict::models::{self, replace_head};
+//! use tch_state_dict::{Checkpoint, LoadOptions};
+//!
+//! let vs = nn::VarStore::new(tch::Device::cuda_if_available());
+//! let mut model = models::cifar_resnet50(&vs, 100)?;
+//! // model.load_state_dict(torch.load("ckpt_epoch_240.pth")["model"]), read straight into
+//! // the model's tensors.
+//! Checkpoint::open("ckpt_epoch_240.pth")?.load_into_at("model", &model, &LoadOptions::new())?;
+//! replace_head(&mut model, 10)?; // model.linear = nn.Linear(2048, 10)
+//! model.freeze_backbone();
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Targets
 //!
 //! Anything that implements [`StateDictModule`] can be loaded into: a `tch::nn::VarStore`
