@@ -9,11 +9,12 @@
 //! It writes its checkpoints (torchvision resnet18, resnet50 and resnet152 in fp32, and a
 //! synthetic 1 GiB one of 2048 tensors) under `target/bench-data`, as `.pth` and
 //! `.safetensors`, once. Each time is the median of 15 runs after a warm-up, with the file in
-//! the page cache; Python runs in a subprocess with the same thread count.
+//! the page cache; the floor's, of 30 runs in two blocks around this crate's loads. Python
+//! runs in a subprocess with the same thread count.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
@@ -24,17 +25,21 @@ use tch_state_dict::{
 
 const RUNS: usize = 15;
 
-fn median(f: &mut dyn FnMut()) -> f64 {
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The times of `RUNS` runs of `f` after a warm-up, in ms.
+fn runs(f: &mut dyn FnMut()) -> Vec<f64> {
     f();
-    let mut times: Vec<Duration> = (0..RUNS)
+    (0..RUNS)
         .map(|_| {
             let start = Instant::now();
             f();
-            start.elapsed()
+            start.elapsed().as_secs_f64() * 1e3
         })
-        .collect();
-    times.sort();
-    times[RUNS / 2].as_secs_f64() * 1e3
+        .collect()
 }
 
 fn data_dir() -> PathBuf {
@@ -142,29 +147,36 @@ fn measure(subject: &mut Subject) -> Row {
         .map(|(k, t)| (t.shallow_clone(), in_memory.get(k).unwrap().contiguous()))
         .collect();
     let threads = tch::get_num_threads().max(1) as usize;
-    let floor = median(&mut || memcpy_all(&pairs, threads));
-    let copy_ = median(&mut || {
+    let vs = &mut subject.vs;
+    // Each contestant runs its rounds in a block. The floor runs before and after this
+    // crate's loads, and its time is the median of both blocks, so that a machine whose
+    // speed drifts (a shared VM) drifts for both alike. (Interleaving contestants round by
+    // round was tried and is worse here: the ones that free a gigabyte, or leave libtorch's
+    // OpenMP workers spinning, slow down whoever runs next.)
+    let mut floor_runs = runs(&mut || memcpy_all(&pairs, threads));
+    let ours_pth = median_of(runs(&mut || {
+        load_checkpoint(model.as_ref(), &pth, true).unwrap();
+    }));
+    let ours_st = median_of(runs(&mut || {
+        load_checkpoint(model.as_ref(), &st, true).unwrap();
+    }));
+    floor_runs.extend(runs(&mut || memcpy_all(&pairs, threads)));
+    let floor = median_of(floor_runs);
+    let copy_ = median_of(runs(&mut || {
         tch::no_grad(|| {
             for (dst, src) in &pairs {
                 dst.shallow_clone().copy_(src);
             }
         })
-    });
+    }));
     drop(pairs);
     drop(in_memory);
-    let ours_pth = median(&mut || {
-        load_checkpoint(model.as_ref(), &pth, true).unwrap();
-    });
-    let ours_st = median(&mut || {
-        load_checkpoint(model.as_ref(), &st, true).unwrap();
-    });
-    let ours_two_step = median(&mut || {
+    let ours_two_step = median_of(runs(&mut || {
         load_state_dict(model.as_ref(), &StateDict::load(&pth).unwrap(), true).unwrap();
-    });
-    let vs = &mut subject.vs;
-    let tch = median(&mut || {
+    }));
+    let tch = median_of(runs(&mut || {
         vs.load(&st).unwrap();
-    });
+    }));
     let threads = tch::get_num_threads();
     let out = Command::new(python())
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_load.py"))
@@ -281,9 +293,9 @@ fn scale() {
             sd.insert(key, Tensor::zeros([2], (Kind::Float, Device::Cpu)));
         }
         let options = LoadOptions::new();
-        let ms = median(&mut || {
+        let ms = median_of(runs(&mut || {
             check_state_dict(&tree, &sd, &options).unwrap();
-        });
+        }));
         println!("{n:>10}  {ms:>10.1}  {:>12.0}", ms * 1e6 / n as f64);
     }
 
@@ -299,10 +311,10 @@ fn scale() {
             .collect();
         sd.save(&path).unwrap();
     }
-    let ms = median(&mut || {
+    let ms = median_of(runs(&mut || {
         let ckpt = Checkpoint::open(&path).unwrap();
         assert_eq!(ckpt.num_tensors(), 10_000);
-    });
+    }));
     println!("\nreading the metadata of a 10,000-tensor .pth (Checkpoint::open): {ms:.1} ms");
 }
 
