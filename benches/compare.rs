@@ -280,6 +280,40 @@ fn peak_memory_growth() -> (u64, u64, u64) {
     (it.next().unwrap(), it.next().unwrap(), nbytes(&pth))
 }
 
+/// Where a load's time goes, for one file: parsing it, and the bare copies it is made of:
+/// the whole file read with `pread` into memory, and `memcpy`'d from memory, on `threads`
+/// threads each.
+fn profile(path: &Path, threads: usize) {
+    use std::os::unix::fs::FileExt;
+    let parse = median_of(runs(&mut || {
+        Checkpoint::open(path).unwrap();
+    }));
+    let file = std::fs::File::open(path).unwrap();
+    let src = std::fs::read(path).unwrap();
+    let mut dst = vec![1u8; src.len()];
+    let share = src.len().div_ceil(threads);
+    let pread = median_of(runs(&mut || {
+        std::thread::scope(|scope| {
+            for (i, chunk) in dst.chunks_mut(share).enumerate() {
+                let file = &file;
+                scope.spawn(move || file.read_exact_at(chunk, (i * share) as u64).unwrap());
+            }
+        })
+    }));
+    let memcpy = median_of(runs(&mut || {
+        std::thread::scope(|scope| {
+            for (chunk, from) in dst.chunks_mut(share).zip(src.chunks(share)) {
+                scope.spawn(move || chunk.copy_from_slice(from));
+            }
+        })
+    }));
+    println!(
+        "| {} | {parse:.2} | {pread:.1} | {memcpy:.1} | {:.2} |",
+        path.file_name().unwrap().to_string_lossy(),
+        pread / memcpy
+    );
+}
+
 fn scale() {
     println!("\nload_state_dict's matching and report (check_state_dict, strict), tiny tensors:");
     println!("{:>10}  {:>10}  {:>12}", "keys", "ms", "ns per key");
@@ -372,6 +406,16 @@ fn main() {
             r.tch / r.ours_pth,
             r.torch_st / r.ours_st
         );
+    }
+    let threads = tch::get_num_threads().max(1) as usize;
+    println!("\nwhere the time goes: parsing (Checkpoint::open), and the whole file copied by pread and by memcpy on {threads} threads (ms)");
+    println!("\n| file | parse | pread | memcpy | pread / memcpy |");
+    println!("|---|---|---|---|---|");
+    for name in ["resnet18", "resnet50", "resnet152", "synthetic-1GiB"] {
+        let path = data_dir().join(format!("{name}.pth"));
+        if path.exists() && (!quick || name == "resnet18") {
+            profile(&path, threads);
+        }
     }
     if !quick {
         let (before, after, size) = peak_memory_growth();
