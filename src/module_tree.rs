@@ -163,7 +163,7 @@ impl ModuleTree {
     /// segment, or a name that is also a module's path).
     pub fn from_var_store(vs: &VarStore) -> Result<Self, Error> {
         let mut vars: Vec<(String, Tensor)> = {
-            let variables = lock(vs);
+            let variables = lock(&vs.variables_);
             variables
                 .named_variables
                 .iter()
@@ -192,7 +192,7 @@ impl ModuleTree {
         S: AsRef<str>,
     {
         let mut vars: HashMap<String, Tensor> = {
-            let variables = lock(vs);
+            let variables = lock(&vs.variables_);
             variables
                 .named_variables
                 .iter()
@@ -428,10 +428,12 @@ fn invalid(key: &str, reason: &'static str) -> Error {
     }
 }
 
-/// Locks a VarStore's variables. A poisoned lock only means another thread panicked while
+/// Locks a VarStore's variables (`&vs.variables_`). A poisoned lock only means another thread panicked while
 /// holding it; the map itself is still whole, so it is used as it is.
-pub(crate) fn lock(vs: &VarStore) -> std::sync::MutexGuard<'_, tch::nn::Variables> {
-    vs.variables_
+pub(crate) fn lock(
+    variables: &std::sync::Mutex<tch::nn::Variables>,
+) -> std::sync::MutexGuard<'_, tch::nn::Variables> {
+    variables
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -22,6 +22,7 @@ use tch::Tensor;
 pub use resnet::{Arch, ResNet};
 
 use crate::error::Error;
+use crate::module_tree::lock;
 
 macro_rules! constructors {
     ($($(#[$doc:meta])* $name:ident => $arch:ident,)*) => {
@@ -149,9 +150,7 @@ fn replace_linear_in(
     };
     let weight_key = format!("{path}.weight");
     let bias_key = format!("{path}.bias");
-    let mut v = vars
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut v = lock(vars);
     let old_weight = v
         .named_variables
         .get(&weight_key)
@@ -222,9 +221,7 @@ pub fn unfreeze(vs: &nn::VarStore) {
 /// Sets `requires_grad` on each parameter (a variable on the trainable list) to what
 /// `trainable` says for its name; `None` leaves it.
 fn set_trainable(vars: &Arc<Mutex<nn::Variables>>, trainable: impl Fn(&str) -> Option<bool>) {
-    let v = vars
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let v = lock(vars);
     for (name, t) in &v.named_variables {
         let Some(flag) = trainable(name) else {
             continue;

@@ -163,8 +163,9 @@ impl Arch {
         const TV: &[i64] = &[64, 128, 256, 512];
         const SMALL: &[i64] = &[16, 32, 64];
         const SMALL_X4: &[i64] = &[64, 128, 256];
-        let tv = |bottleneck, blocks| Spec {
-            family: Torchvision,
+        // The four-stage families share widths; they differ in stem, names and head.
+        let four = |family, bottleneck, blocks| Spec {
+            family,
             bottleneck,
             blocks,
             stem: 64,
@@ -172,15 +173,8 @@ impl Arch {
             groups: 1,
             width_per_group: 64,
         };
-        let cifar = |bottleneck, blocks| Spec {
-            family: Cifar,
-            bottleneck,
-            blocks,
-            stem: 64,
-            planes: TV,
-            groups: 1,
-            width_per_group: 64,
-        };
+        let tv = |bottleneck, blocks| four(Torchvision, bottleneck, blocks);
+        let cifar = |bottleneck, blocks| four(Cifar, bottleneck, blocks);
         let small = |n: usize, stem, planes| Spec {
             family: CifarSmall,
             bottleneck: false,
