@@ -463,18 +463,29 @@ impl<'a> Checkpoint<'a> {
     /// [`Error::KeyNotFound`] when the top level has no such key, listing the keys it has;
     /// [`Error::NotAStateDict`] when the value under `key` is not a state dict.
     pub fn state_dict_at(&self, key: &str) -> Result<StateDict, Error> {
-        let not_found = || Error::KeyNotFound {
-            path: self.path.clone(),
-            key: key.to_string(),
-            available: self.keys(),
-        };
         match &self.inner {
             Inner::Single(p) => {
-                let id = top_level_entry(&p.arena, key).ok_or_else(not_found)?;
+                let id = self.object_at(p, Some(key))?;
                 materialize::Materializer::new(&self.path, p, &self.options)
                     .state_dict(id, Some(key))
             }
-            Inner::Sharded(_) => Err(not_found()),
+            Inner::Sharded(_) => Err(self.key_not_found(key)),
+        }
+    }
+
+    /// The top-level object, or the value under `key` of the top-level dict.
+    fn object_at(&self, p: &Parsed<'_>, at: Option<&str>) -> Result<Id, Error> {
+        match at {
+            None => Ok(p.arena.root),
+            Some(key) => top_level_entry(&p.arena, key).ok_or_else(|| self.key_not_found(key)),
+        }
+    }
+
+    fn key_not_found(&self, key: &str) -> Error {
+        Error::KeyNotFound {
+            path: self.path.clone(),
+            key: key.to_string(),
+            available: self.keys(),
         }
     }
 }
@@ -525,22 +536,9 @@ impl Checkpoint<'_> {
             (Inner::Sharded(s), None) => {
                 return load::load_state_dict_with(module, &s.state_dict()?, options)
             }
-            (Inner::Sharded(_), Some(key)) => {
-                return Err(Error::KeyNotFound {
-                    path: self.path.clone(),
-                    key: key.to_string(),
-                    available: self.keys(),
-                })
-            }
+            (Inner::Sharded(_), Some(key)) => return Err(self.key_not_found(key)),
         };
-        let id = match at {
-            None => p.arena.root,
-            Some(key) => top_level_entry(&p.arena, key).ok_or_else(|| Error::KeyNotFound {
-                path: self.path.clone(),
-                key: key.to_string(),
-                available: self.keys(),
-            })?,
-        };
+        let id = self.object_at(p, at)?;
         let mut mat = materialize::Materializer::new(&self.path, p, &self.options);
         let source = mat.file_state_dict(id, at)?;
         let tree = module.module_tree()?;
