@@ -403,10 +403,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
             Source::Mapped(_, file) => From::File(file),
             other => From::Bytes(other.bytes()),
         };
-        let threads = self
-            .options
-            .threads
-            .unwrap_or_else(|| tch::get_num_threads().max(1) as usize);
+        let threads = self.options.read_threads();
         read_all(&read, from, threads).map_err(|source| Error::Io {
             path: self.path.to_path_buf(),
             source,

@@ -19,21 +19,23 @@
 //! `torch.load` copies. With [`ReadOptions::mmap`] they are views of a private mapping that
 //! libtorch owns, as `torch.load(mmap=True)` gives.
 
+mod detect;
 mod direct;
+mod index;
 mod legacy;
 mod materialize;
+mod options;
 pub(crate) mod pickle;
 mod safetensors_file;
 mod sharded;
+mod source;
 mod torch_zip;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use tch::{Device, Kind};
 
 use crate::error::Error;
 use crate::load::{self, LoadOptions, PlannedCopy};
@@ -42,220 +44,14 @@ use crate::report::IncompatibleKeys;
 use crate::state_dict::StateDict;
 use crate::value::Value;
 
+pub(crate) use detect::detect;
+pub use detect::Format;
+pub(crate) use index::{check_tensors, pickle_error, top_level_entry, Parsed, StorageLoc};
+pub use options::{ReadLimits, ReadOptions};
 pub use pickle::PickleError;
-use pickle::{Arena, Failure, Id, Obj};
+use pickle::{Id, Obj};
 pub(crate) use safetensors_file::dtype_of;
-
-/// The formats this crate reads, detected from a file's bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Format {
-    /// `torch.save`'s zip format (PyTorch 1.6 and later).
-    TorchZip,
-    /// `torch.save`'s legacy format (PyTorch 0.4 to 1.5, or
-    /// `_use_new_zipfile_serialization=False`).
-    TorchLegacy,
-    /// safetensors.
-    Safetensors,
-    /// A sharded checkpoint's `*.index.json` with its `weight_map`.
-    ShardedIndex,
-}
-
-/// Bounds on what a checkpoint may make this crate do. A file that would pass one gets
-/// [`Error::LimitExceeded`]. The defaults admit checkpoints of millions of tensors; lower
-/// them for files from strangers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ReadLimits {
-    /// The largest pickle (`data.pkl`) in bytes. Default: 1 GiB.
-    pub max_pickle_bytes: u64,
-    /// The most objects a pickle may create. Default: 256 M.
-    pub max_objects: u64,
-    /// The most memo entries a pickle may store. Default: 64 M.
-    pub max_memo_entries: u64,
-    /// The deepest nesting of containers. Default: 100.
-    pub max_depth: usize,
-    /// The most tensors a checkpoint may describe. Default: 16 M.
-    pub max_tensors: u64,
-    /// The most values a pickle may expand into, counting every copy a memo reference
-    /// makes; the limit applied is also at most 16 values per object of the pickle, so a
-    /// memo bomb fails in proportion to its size. Default: 256 M.
-    pub max_values: u64,
-    /// The largest a compressed storage may decompress to, as a multiple of its compressed
-    /// size. Default: 1100 (deflate's own bound is about 1032).
-    pub max_compression_ratio: u64,
-}
-
-impl Default for ReadLimits {
-    fn default() -> Self {
-        ReadLimits {
-            max_pickle_bytes: 1 << 30,
-            max_objects: 256 << 20,
-            max_memo_entries: 64 << 20,
-            max_depth: 100,
-            max_tensors: 16 << 20,
-            max_values: 256 << 20,
-            max_compression_ratio: 1100,
-        }
-    }
-}
-
-/// How a checkpoint is read. Setters cannot fail and name their default.
-///
-/// ```
-/// use tch::{Device, Kind};
-/// use tch_state_dict::ReadOptions;
-///
-/// // torch.load(p, map_location="cuda:0"), then .half() on floating-point tensors.
-/// let options = ReadOptions::new().device(Device::Cuda(0)).kind(Some(Kind::Half));
-/// # let _ = options;
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReadOptions {
-    device: Device,
-    kind: Option<Kind>,
-    mmap: bool,
-    threads: Option<usize>,
-    limits: ReadLimits,
-}
-
-impl Default for ReadOptions {
-    fn default() -> Self {
-        ReadOptions {
-            device: Device::Cpu,
-            kind: None,
-            mmap: false,
-            threads: None,
-            limits: ReadLimits::default(),
-        }
-    }
-}
-
-impl ReadOptions {
-    /// Tensors on the CPU, in their saved dtypes, copied out of the file.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Where tensors are placed, like `map_location` (default: `Device::Cpu`). The saved
-    /// location (`cuda:0`) is ignored, so a checkpoint saved on a GPU loads on a CPU machine.
-    pub fn device(mut self, device: Device) -> Self {
-        self.device = device;
-        self
-    }
-
-    /// Casts floating-point tensors to `kind` as they are read (default: `None`, keep each
-    /// tensor's dtype). Integer and boolean tensors keep theirs, as `model.half()` does.
-    pub fn kind(mut self, kind: Option<Kind>) -> Self {
-        self.kind = kind;
-        self
-    }
-
-    /// Makes CPU tensors views of a private memory map of the file instead of copies, as
-    /// `torch.load(mmap=True)` (default: `false`). Nothing is read until used; writing to a
-    /// tensor never changes the file. Replacing the file while its tensors live is unsafe
-    /// in the way every memory map is: do not overwrite a checkpoint in place while you hold
-    /// its tensors. Storages that cannot be mapped (compressed, big-endian, misaligned, or a
-    /// path that is not UTF-8) are copied.
-    pub fn mmap(mut self, mmap: bool) -> Self {
-        self.mmap = mmap;
-        self
-    }
-
-    /// How many threads [`Checkpoint::load_into`] reads with (default: `None`, libtorch's
-    /// intra-op thread count, `tch::get_num_threads()`). Reads are split across threads only
-    /// when there are at least 8 MiB to read.
-    pub fn threads(mut self, threads: Option<usize>) -> Self {
-        self.threads = threads;
-        self
-    }
-
-    /// The bounds on what a file may make the reader do (default: [`ReadLimits::default`]).
-    pub fn limits(mut self, limits: ReadLimits) -> Self {
-        self.limits = limits;
-        self
-    }
-}
-
-/// The bytes of a checkpoint.
-pub(crate) enum Source<'a> {
-    /// A file, mapped for parsing and kept open for reading tensors into a model.
-    Mapped(memmap2::Mmap, File),
-    Owned(Vec<u8>),
-    Borrowed(&'a [u8]),
-}
-
-impl Source<'_> {
-    pub(crate) fn len(&self) -> u64 {
-        self.bytes().len() as u64
-    }
-
-    /// `len` bytes at `offset`: read from the file (not through the map) when there is one.
-    /// The caller has checked the range against the length.
-    pub(crate) fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        match self {
-            Source::Mapped(_, file) => {
-                let mut buf = vec![0u8; len];
-                direct::read_exact_at(file, &mut buf, offset)?;
-                Ok(buf)
-            }
-            other => Ok(other.bytes()[offset as usize..offset as usize + len].to_vec()),
-        }
-    }
-
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Source::Mapped(m, _) => m,
-            Source::Owned(v) => v,
-            Source::Borrowed(b) => b,
-        }
-    }
-}
-
-/// Maps `file` read-only.
-///
-/// # Safety
-///
-/// The map is only sound while no one truncates or writes the file; every memory map carries
-/// this caveat, and this crate never writes a file it has open. Readers that must not trust
-/// the file system's other users can read the file into memory and use
-/// [`Checkpoint::from_bytes`] instead.
-unsafe fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
-    memmap2::Mmap::map(file)
-}
-
-/// Where a storage's bytes are in the source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StorageLoc {
-    /// Stored bytes, `start..start + len`.
-    Range { start: u64, len: u64 },
-    /// Deflated bytes at `start..start + compressed`, `len` bytes once inflated.
-    Deflated {
-        start: u64,
-        compressed: u64,
-        len: u64,
-    },
-}
-
-impl StorageLoc {
-    pub(crate) fn len(&self) -> u64 {
-        match self {
-            StorageLoc::Range { len, .. } | StorageLoc::Deflated { len, .. } => *len,
-        }
-    }
-}
-
-/// A parsed file: its object tree (tensors as descriptions) and where its storages are.
-pub(crate) struct Parsed<'a> {
-    pub source: Source<'a>,
-    pub format: Format,
-    pub arena: Arena,
-    pub storages: HashMap<String, StorageLoc>,
-    pub big_endian: bool,
-    /// The record that held the pickle (`archive/data.pkl`), for errors.
-    pub entry: String,
-    pub safetensors_metadata: Option<IndexMap<String, String>>,
-}
+pub(crate) use source::{map_file, Source};
 
 /// A checkpoint file, parsed and checked but not yet read: `torch.load` in two steps.
 ///
@@ -578,10 +374,7 @@ impl Checkpoint<'_> {
                 }
             }
         }
-        let threads = self
-            .options
-            .threads
-            .unwrap_or_else(|| tch::get_num_threads().max(1) as usize);
+        let threads = self.options.read_threads();
         let from = match &p.source {
             Source::Mapped(_, file) => direct::From::File(file),
             other => direct::From::Bytes(other.bytes()),
@@ -606,180 +399,6 @@ pub fn load_checkpoint<M: StateDictModule + ?Sized>(
     strict: bool,
 ) -> Result<IncompatibleKeys, Error> {
     Checkpoint::open(path)?.load_into(module, &LoadOptions::new().strict(strict))
-}
-
-/// The value under a string key of the top-level dict.
-fn top_level_entry(arena: &Arena, key: &str) -> Option<Id> {
-    match arena.get(arena.root) {
-        Obj::Dict(d) => d.items.iter().find_map(|&(k, v)| match arena.get(k) {
-            Obj::Str(s) if s == key => Some(v),
-            _ => None,
-        }),
-        _ => None,
-    }
-}
-
-/// The pickle protocol 2 header and LONG1 of torch's legacy magic number
-/// 0x1950a86a20f9469cfc6c.
-const LEGACY_MAGIC: [u8; 14] = [
-    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
-];
-
-/// Tells a checkpoint's format from its first bytes.
-pub(crate) fn detect(path: &Path, bytes: &[u8]) -> Result<Format, Error> {
-    let path = path.to_path_buf();
-    if bytes.is_empty() {
-        return Err(Error::EmptyFile { path });
-    }
-    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
-        return Ok(Format::TorchZip);
-    }
-    if bytes.starts_with(b"version https://git-lfs.github.com/spec") {
-        return Err(Error::LfsPointer { path });
-    }
-    if bytes.starts_with(&LEGACY_MAGIC) {
-        return Ok(Format::TorchLegacy);
-    }
-    // safetensors: a little-endian u64 header length, then the JSON header. A real length
-    // has zero high bytes, which JSON text (a sharded index) never has.
-    if bytes.len() >= 10 && bytes[8] == b'{' && bytes[6] == 0 && bytes[7] == 0 {
-        return Ok(Format::Safetensors);
-    }
-    let text = bytes.trim_ascii_start();
-    if text.starts_with(b"{") {
-        return Ok(Format::ShardedIndex);
-    }
-    let found = if bytes[0] == 0x80 && bytes.len() > 1 && bytes[1] <= 5 {
-        "a pickle without torch.save's magic number (pickle.dump?)".to_string()
-    } else if text.len() >= 5
-        && (text[..5].eq_ignore_ascii_case(b"<!doc") || text[..5].eq_ignore_ascii_case(b"<html"))
-    {
-        "an HTML page (a download that failed?)".to_string()
-    } else if bytes.starts_with(b"\x93NUMPY") {
-        "a NumPy .npy file".to_string()
-    } else if bytes.starts_with(&[0x1f, 0x8b]) {
-        "a gzip file".to_string()
-    } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
-        "a tar archive (torch.save before PyTorch 0.4 is not supported)".to_string()
-    } else {
-        let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        format!("it starts with {}", head.join(" "))
-    };
-    Err(Error::UnknownFormat { path, found })
-}
-
-/// Turns a pickle machine failure into the crate's error, naming the file and record.
-pub(crate) fn pickle_error(path: &Path, entry: &str, failure: Failure) -> Error {
-    let path = path.to_path_buf();
-    let entry = entry.to_string();
-    match failure {
-        Failure::Pickle(offset, kind) => Error::Pickle {
-            path,
-            entry,
-            offset: Some(offset),
-            kind,
-        },
-        Failure::Disallowed(offset, module, name) => Error::DisallowedGlobal {
-            path,
-            entry,
-            offset,
-            module,
-            name,
-        },
-        Failure::UnsupportedDtype(dtype) => Error::UnsupportedDtype { path, dtype },
-        Failure::Limit(limit, max) => Error::LimitExceeded { path, limit, max },
-    }
-}
-
-/// Checks every tensor of `arena` against the storages it views, with checked arithmetic:
-/// the storage exists, sizes, strides and offset are non-negative, and the furthest element
-/// lies inside the storage (or legacy view).
-pub(crate) fn check_tensors(
-    path: &Path,
-    arena: &Arena,
-    storages: &HashMap<String, StorageLoc>,
-    record_prefix: &str,
-) -> Result<(), Error> {
-    for t in &arena.tensors {
-        let invalid = |reason: String| Error::InvalidTensor {
-            path: path.to_path_buf(),
-            storage: t.storage.key.clone(),
-            reason,
-        };
-        let loc = storages
-            .get(&t.storage.key)
-            .ok_or_else(|| Error::MissingRecord {
-                path: path.to_path_buf(),
-                record: format!("{record_prefix}{}", t.storage.key),
-            })?;
-        let elem = t.dtype.elt_size_in_bytes() as u64;
-        let storage_elems = loc.len() / elem;
-        let available = match t.storage.view {
-            None => storage_elems,
-            Some((offset, size)) => {
-                let (offset, size) = (offset as u64, size as u64);
-                let end = offset
-                    .checked_add(size)
-                    .ok_or_else(|| invalid("the view's end overflows".into()))?;
-                if end > storage_elems {
-                    return Err(invalid(format!(
-                        "a view of elements {offset}..{end} of a storage of {storage_elems}"
-                    )));
-                }
-                size
-            }
-        };
-        if t.offset < 0 {
-            return Err(invalid(format!("negative storage offset {}", t.offset)));
-        }
-        if let Some(d) = t.size.iter().find(|&&d| d < 0) {
-            return Err(invalid(format!("negative size {d} in {:?}", t.size)));
-        }
-        if let Some(s) = t.stride.iter().find(|&&s| s < 0) {
-            return Err(invalid(format!("negative stride {s} in {:?}", t.stride)));
-        }
-        let overflow = || {
-            invalid(format!(
-                "size {:?} and stride {:?} overflow",
-                t.size, t.stride
-            ))
-        };
-        let numel = t
-            .size
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-            .ok_or_else(overflow)?;
-        numel.checked_mul(elem).ok_or_else(overflow)?;
-        let offset = t.offset as u64;
-        // One past the furthest element the view reaches.
-        let end = if numel == 0 {
-            offset
-        } else {
-            t.size
-                .iter()
-                .zip(&t.stride)
-                .try_fold(offset, |acc, (&d, &s)| {
-                    (d as u64 - 1)
-                        .checked_mul(s as u64)
-                        .and_then(|x| acc.checked_add(x))
-                })
-                .and_then(|x| x.checked_add(1))
-                .ok_or_else(overflow)?
-        };
-        if end > available {
-            return Err(invalid(format!(
-                "a {} tensor of size {:?}, stride {:?} and offset {} needs {} elements; the \
-                 storage holds {}",
-                crate::pyfmt::dtype_name(t.dtype),
-                t.size,
-                t.stride,
-                t.offset,
-                end,
-                available
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Reads a checkpoint's state dict; see [`Checkpoint`].

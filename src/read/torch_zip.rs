@@ -261,7 +261,7 @@ struct PreadReader<'f> {
 
 impl Read for PreadReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = super::direct::read_at(self.file, buf, self.pos)?;
+        let n = super::source::read_at(self.file, buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }

@@ -1,0 +1,69 @@
+//! Telling a checkpoint's format from its first bytes, never from its name.
+
+use std::path::Path;
+
+use crate::error::Error;
+
+/// The formats this crate reads, detected from a file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// `torch.save`'s zip format (PyTorch 1.6 and later).
+    TorchZip,
+    /// `torch.save`'s legacy format (PyTorch 0.4 to 1.5, or
+    /// `_use_new_zipfile_serialization=False`).
+    TorchLegacy,
+    /// safetensors.
+    Safetensors,
+    /// A sharded checkpoint's `*.index.json` with its `weight_map`.
+    ShardedIndex,
+}
+
+/// The pickle protocol 2 header and LONG1 of torch's legacy magic number
+/// 0x1950a86a20f9469cfc6c.
+const LEGACY_MAGIC: [u8; 14] = [
+    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+];
+
+/// Tells a checkpoint's format from its first bytes.
+pub(crate) fn detect(path: &Path, bytes: &[u8]) -> Result<Format, Error> {
+    let path = path.to_path_buf();
+    if bytes.is_empty() {
+        return Err(Error::EmptyFile { path });
+    }
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        return Ok(Format::TorchZip);
+    }
+    if bytes.starts_with(b"version https://git-lfs.github.com/spec") {
+        return Err(Error::LfsPointer { path });
+    }
+    if bytes.starts_with(&LEGACY_MAGIC) {
+        return Ok(Format::TorchLegacy);
+    }
+    // safetensors: a little-endian u64 header length, then the JSON header. A real length
+    // has zero high bytes, which JSON text (a sharded index) never has.
+    if bytes.len() >= 10 && bytes[8] == b'{' && bytes[6] == 0 && bytes[7] == 0 {
+        return Ok(Format::Safetensors);
+    }
+    let text = bytes.trim_ascii_start();
+    if text.starts_with(b"{") {
+        return Ok(Format::ShardedIndex);
+    }
+    let found = if bytes[0] == 0x80 && bytes.len() > 1 && bytes[1] <= 5 {
+        "a pickle without torch.save's magic number (pickle.dump?)".to_string()
+    } else if text.len() >= 5
+        && (text[..5].eq_ignore_ascii_case(b"<!doc") || text[..5].eq_ignore_ascii_case(b"<html"))
+    {
+        "an HTML page (a download that failed?)".to_string()
+    } else if bytes.starts_with(b"\x93NUMPY") {
+        "a NumPy .npy file".to_string()
+    } else if bytes.starts_with(&[0x1f, 0x8b]) {
+        "a gzip file".to_string()
+    } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
+        "a tar archive (torch.save before PyTorch 0.4 is not supported)".to_string()
+    } else {
+        let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("it starts with {}", head.join(" "))
+    };
+    Err(Error::UnknownFormat { path, found })
+}

@@ -1,0 +1,172 @@
+//! The parsed, format-neutral index of a checkpoint file: its object tree, whose tensors are
+//! descriptions (storage, dtype, offset, size, stride), and where each storage's bytes lie.
+//! Every format fills it: the torch zip and legacy readers through the pickle machine,
+//! safetensors from its header. Nothing here reads tensor data.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use indexmap::IndexMap;
+
+use super::detect::Format;
+use super::pickle::{Arena, Failure, Id, Obj};
+use super::source::Source;
+use crate::error::Error;
+
+/// Where a storage's bytes are in the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StorageLoc {
+    /// Stored bytes, `start..start + len`.
+    Range { start: u64, len: u64 },
+    /// Deflated bytes at `start..start + compressed`, `len` bytes once inflated.
+    Deflated {
+        start: u64,
+        compressed: u64,
+        len: u64,
+    },
+}
+
+impl StorageLoc {
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            StorageLoc::Range { len, .. } | StorageLoc::Deflated { len, .. } => *len,
+        }
+    }
+}
+
+/// A parsed file: its object tree (tensors as descriptions) and where its storages are.
+pub(crate) struct Parsed<'a> {
+    pub source: Source<'a>,
+    pub format: Format,
+    pub arena: Arena,
+    pub storages: HashMap<String, StorageLoc>,
+    pub big_endian: bool,
+    /// The record that held the pickle (`archive/data.pkl`), for errors.
+    pub entry: String,
+    pub safetensors_metadata: Option<IndexMap<String, String>>,
+}
+
+/// The value under a string key of the top-level dict.
+pub(crate) fn top_level_entry(arena: &Arena, key: &str) -> Option<Id> {
+    match arena.get(arena.root) {
+        Obj::Dict(d) => d.items.iter().find_map(|&(k, v)| match arena.get(k) {
+            Obj::Str(s) if s == key => Some(v),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+/// Turns a pickle machine failure into the crate's error, naming the file and record.
+pub(crate) fn pickle_error(path: &Path, entry: &str, failure: Failure) -> Error {
+    let path = path.to_path_buf();
+    let entry = entry.to_string();
+    match failure {
+        Failure::Pickle(offset, kind) => Error::Pickle {
+            path,
+            entry,
+            offset: Some(offset),
+            kind,
+        },
+        Failure::Disallowed(offset, module, name) => Error::DisallowedGlobal {
+            path,
+            entry,
+            offset,
+            module,
+            name,
+        },
+        Failure::UnsupportedDtype(dtype) => Error::UnsupportedDtype { path, dtype },
+        Failure::Limit(limit, max) => Error::LimitExceeded { path, limit, max },
+    }
+}
+
+/// Checks every tensor of `arena` against the storages it views, with checked arithmetic:
+/// the storage exists, sizes, strides and offset are non-negative, and the furthest element
+/// lies inside the storage (or legacy view).
+pub(crate) fn check_tensors(
+    path: &Path,
+    arena: &Arena,
+    storages: &HashMap<String, StorageLoc>,
+    record_prefix: &str,
+) -> Result<(), Error> {
+    for t in &arena.tensors {
+        let invalid = |reason: String| Error::InvalidTensor {
+            path: path.to_path_buf(),
+            storage: t.storage.key.clone(),
+            reason,
+        };
+        let loc = storages
+            .get(&t.storage.key)
+            .ok_or_else(|| Error::MissingRecord {
+                path: path.to_path_buf(),
+                record: format!("{record_prefix}{}", t.storage.key),
+            })?;
+        let elem = t.dtype.elt_size_in_bytes() as u64;
+        let storage_elems = loc.len() / elem;
+        let available = match t.storage.view {
+            None => storage_elems,
+            Some((offset, size)) => {
+                let (offset, size) = (offset as u64, size as u64);
+                let end = offset
+                    .checked_add(size)
+                    .ok_or_else(|| invalid("the view's end overflows".into()))?;
+                if end > storage_elems {
+                    return Err(invalid(format!(
+                        "a view of elements {offset}..{end} of a storage of {storage_elems}"
+                    )));
+                }
+                size
+            }
+        };
+        if t.offset < 0 {
+            return Err(invalid(format!("negative storage offset {}", t.offset)));
+        }
+        if let Some(d) = t.size.iter().find(|&&d| d < 0) {
+            return Err(invalid(format!("negative size {d} in {:?}", t.size)));
+        }
+        if let Some(s) = t.stride.iter().find(|&&s| s < 0) {
+            return Err(invalid(format!("negative stride {s} in {:?}", t.stride)));
+        }
+        let overflow = || {
+            invalid(format!(
+                "size {:?} and stride {:?} overflow",
+                t.size, t.stride
+            ))
+        };
+        let numel = t
+            .size
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(overflow)?;
+        numel.checked_mul(elem).ok_or_else(overflow)?;
+        let offset = t.offset as u64;
+        // One past the furthest element the view reaches.
+        let end = if numel == 0 {
+            offset
+        } else {
+            t.size
+                .iter()
+                .zip(&t.stride)
+                .try_fold(offset, |acc, (&d, &s)| {
+                    (d as u64 - 1)
+                        .checked_mul(s as u64)
+                        .and_then(|x| acc.checked_add(x))
+                })
+                .and_then(|x| x.checked_add(1))
+                .ok_or_else(overflow)?
+        };
+        if end > available {
+            return Err(invalid(format!(
+                "a {} tensor of size {:?}, stride {:?} and offset {} needs {} elements; the \
+                 storage holds {}",
+                crate::pyfmt::dtype_name(t.dtype),
+                t.size,
+                t.stride,
+                t.offset,
+                end,
+                available
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! How a checkpoint is read: [`ReadOptions`] and the bounds of [`ReadLimits`].
+
+use tch::{Device, Kind};
+
+#[allow(unused_imports)] // for docs
+use crate::error::Error;
+
+/// Bounds on what a checkpoint may make this crate do. A file that would pass one gets
+/// [`Error::LimitExceeded`]. The defaults admit checkpoints of millions of tensors; lower
+/// them for files from strangers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadLimits {
+    /// The largest pickle (`data.pkl`) in bytes. Default: 1 GiB.
+    pub max_pickle_bytes: u64,
+    /// The most objects a pickle may create. Default: 256 M.
+    pub max_objects: u64,
+    /// The most memo entries a pickle may store. Default: 64 M.
+    pub max_memo_entries: u64,
+    /// The deepest nesting of containers. Default: 100.
+    pub max_depth: usize,
+    /// The most tensors a checkpoint may describe. Default: 16 M.
+    pub max_tensors: u64,
+    /// The most values a pickle may expand into, counting every copy a memo reference
+    /// makes; the limit applied is also at most 16 values per object of the pickle, so a
+    /// memo bomb fails in proportion to its size. Default: 256 M.
+    pub max_values: u64,
+    /// The largest a compressed storage may decompress to, as a multiple of its compressed
+    /// size. Default: 1100 (deflate's own bound is about 1032).
+    pub max_compression_ratio: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            max_pickle_bytes: 1 << 30,
+            max_objects: 256 << 20,
+            max_memo_entries: 64 << 20,
+            max_depth: 100,
+            max_tensors: 16 << 20,
+            max_values: 256 << 20,
+            max_compression_ratio: 1100,
+        }
+    }
+}
+
+/// How a checkpoint is read. Setters cannot fail and name their default.
+///
+/// ```
+/// use tch::{Device, Kind};
+/// use tch_state_dict::ReadOptions;
+///
+/// // torch.load(p, map_location="cuda:0"), then .half() on floating-point tensors.
+/// let options = ReadOptions::new().device(Device::Cuda(0)).kind(Some(Kind::Half));
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadOptions {
+    pub(crate) device: Device,
+    pub(crate) kind: Option<Kind>,
+    pub(crate) mmap: bool,
+    pub(crate) threads: Option<usize>,
+    pub(crate) limits: ReadLimits,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            device: Device::Cpu,
+            kind: None,
+            mmap: false,
+            threads: None,
+            limits: ReadLimits::default(),
+        }
+    }
+}
+
+impl ReadOptions {
+    /// Tensors on the CPU, in their saved dtypes, copied out of the file.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where tensors are placed, like `map_location` (default: `Device::Cpu`). The saved
+    /// location (`cuda:0`) is ignored, so a checkpoint saved on a GPU loads on a CPU machine.
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Casts floating-point tensors to `kind` as they are read (default: `None`, keep each
+    /// tensor's dtype). Integer and boolean tensors keep theirs, as `model.half()` does.
+    pub fn kind(mut self, kind: Option<Kind>) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Makes CPU tensors views of a private memory map of the file instead of copies, as
+    /// `torch.load(mmap=True)` (default: `false`). Nothing is read until used; writing to a
+    /// tensor never changes the file. Replacing the file while its tensors live is unsafe
+    /// in the way every memory map is: do not overwrite a checkpoint in place while you hold
+    /// its tensors. Storages that cannot be mapped (compressed, big-endian, misaligned, or a
+    /// path that is not UTF-8) are copied.
+    pub fn mmap(mut self, mmap: bool) -> Self {
+        self.mmap = mmap;
+        self
+    }
+
+    /// How many threads [`Checkpoint::load_into`] reads with (default: `None`, libtorch's
+    /// intra-op thread count, `tch::get_num_threads()`). Reads are split across threads only
+    /// when there are at least 8 MiB to read.
+    pub fn threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// The bounds on what a file may make the reader do (default: [`ReadLimits::default`]).
+    pub fn limits(mut self, limits: ReadLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+impl ReadOptions {
+    /// The threads reads are split across.
+    pub(crate) fn read_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| tch::get_num_threads().max(1) as usize)
+            .max(1)
+    }
+}

@@ -1,0 +1,89 @@
+//! The bytes of a checkpoint: a file read with positional reads (and mapped for parsing), or
+//! bytes in memory.
+
+use std::fs::File;
+use std::io;
+
+/// The bytes of a checkpoint.
+pub(crate) enum Source<'a> {
+    /// A file, mapped for parsing and kept open for reading tensors into a model.
+    Mapped(memmap2::Mmap, File),
+    Owned(Vec<u8>),
+    Borrowed(&'a [u8]),
+}
+
+impl Source<'_> {
+    pub(crate) fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+
+    /// `len` bytes at `offset`: read from the file (not through the map) when there is one.
+    /// The caller has checked the range against the length.
+    pub(crate) fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        match self {
+            Source::Mapped(_, file) => {
+                let mut buf = vec![0u8; len];
+                read_exact_at(file, &mut buf, offset)?;
+                Ok(buf)
+            }
+            other => Ok(other.bytes()[offset as usize..offset as usize + len].to_vec()),
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Source::Mapped(m, _) => m,
+            Source::Owned(v) => v,
+            Source::Borrowed(b) => b,
+        }
+    }
+}
+
+/// Maps `file` read-only.
+///
+/// # Safety
+///
+/// The map is only sound while no one truncates or writes the file; every memory map carries
+/// this caveat, and this crate never writes a file it has open. Readers that must not trust
+/// the file system's other users can read the file into memory and use
+/// [`Checkpoint::from_bytes`] instead.
+pub(crate) unsafe fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
+    memmap2::Mmap::map(file)
+}
+
+/// One positional read: the number of bytes read.
+#[cfg(unix)]
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    file.read_at(buf, offset)
+}
+
+/// One positional read: the number of bytes read.
+#[cfg(windows)]
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::windows::fs::FileExt;
+    file.seek_read(buf, offset)
+}
+
+/// Fills `buf` from `offset`, or fails with `UnexpectedEof` where the file ends first.
+#[cfg(unix)]
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+}
+
+/// Fills `buf` from `offset`, or fails with `UnexpectedEof` where the file ends first.
+#[cfg(windows)]
+pub(crate) fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
