@@ -232,6 +232,22 @@ pub enum Error {
         available: Vec<String>,
     },
 
+    /// The file is shorter than the storages it was opened with: it was truncated or
+    /// replaced after it was opened. Found before anything was written into the model.
+    #[error(
+        "{}: the file is {found} bytes, but its tensors need {needed}: it was truncated or \
+         replaced after it was opened",
+        path.display()
+    )]
+    FileChanged {
+        /// The file.
+        path: PathBuf,
+        /// The bytes its storages reach.
+        needed: u64,
+        /// The bytes it has now.
+        found: u64,
+    },
+
     /// A sharded checkpoint's index is malformed or does not match its shards.
     #[error("{}: sharded checkpoint: {reason}", path.display())]
     ShardIndex {

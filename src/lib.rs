@@ -85,6 +85,7 @@
 //! README's "Using it in your crate" for the `build.rs` lines.
 #![deny(missing_docs)]
 
+mod checkpoint;
 mod error;
 mod load;
 pub mod models;
@@ -97,10 +98,14 @@ mod state_dict;
 mod value;
 mod write;
 
+pub use checkpoint::Checkpoint;
 pub use error::Error;
-pub use load::{check_state_dict, load_state_dict, load_state_dict_with, state_dict, LoadOptions};
+pub use load::{
+    check_state_dict, load_checkpoint, load_state_dict, load_state_dict_with, state_dict,
+    LoadOptions, StateDictSource,
+};
 pub use module_tree::{ModuleKind, ModuleTree, StateDictModule};
-pub use read::{load_checkpoint, Checkpoint, Format, PickleError, ReadLimits, ReadOptions};
+pub use read::{Format, PickleError, ReadLimits, ReadOptions};
 pub use report::{IncompatibleKeys, LoadError, ShapeMismatch};
-pub use state_dict::StateDict;
+pub use state_dict::{LazyStateDict, LazyTensor, StateDict};
 pub use value::{Dict, Metadata, Value};

@@ -3,9 +3,6 @@
 use indexmap::IndexMap;
 use tch::{Kind, Tensor};
 
-use crate::error::Error;
-use crate::state_dict::StateDict;
-
 /// A Python value from (or for) a checkpoint: what `torch.load(path)` returns, with tensors as
 /// tch tensors.
 ///
@@ -250,66 +247,6 @@ impl From<Tensor> for Value {
 impl From<Vec<Value>> for Value {
     fn from(v: Vec<Value>) -> Self {
         Value::List(v)
-    }
-}
-
-impl From<StateDict> for Value {
-    /// An `OrderedDict` of the tensors, with the state dict's `_metadata`, as
-    /// `model.state_dict()` is pickled.
-    fn from(sd: StateDict) -> Self {
-        let metadata = sd.metadata().map(shallow_clone_metadata);
-        Value::Dict(Dict {
-            items: sd
-                .into_iter()
-                .map(|(k, t)| (Value::Str(k), Value::Tensor(t)))
-                .collect(),
-            ordered: true,
-            metadata,
-        })
-    }
-}
-
-impl TryFrom<Value> for StateDict {
-    type Error = Error;
-
-    /// A dict whose keys are all strings and values all tensors.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotAStateDict`] otherwise; [`Error::DuplicateKey`] for a key seen twice.
-    fn try_from(value: Value) -> Result<Self, Error> {
-        let not = |found: String| Error::NotAStateDict {
-            path: "<value>".into(),
-            at: None,
-            found,
-            entries: Vec::new(),
-        };
-        let Value::Dict(d) = value else {
-            return Err(not(format!("a {}", value.type_name())));
-        };
-        let mut sd = StateDict::with_capacity(d.items.len());
-        for (k, v) in d.items {
-            match (k, v) {
-                (Value::Str(k), Value::Tensor(t)) => {
-                    if sd.contains_key(&k) {
-                        return Err(Error::DuplicateKey {
-                            sources: vec![k.clone(), k.clone()],
-                            key: k,
-                        });
-                    }
-                    sd.insert(k, t);
-                }
-                (k, v) => {
-                    return Err(not(format!(
-                        "a dict holding a {} under a {} key",
-                        v.type_name(),
-                        k.type_name()
-                    )))
-                }
-            }
-        }
-        sd.set_metadata(d.metadata);
-        Ok(sd)
     }
 }
 

@@ -4,11 +4,12 @@
 //! safetensors from its header. Nothing here reads tensor data.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
 use super::detect::Format;
+use super::options::ReadOptions;
 use super::pickle::{Arena, Failure, Id, Obj};
 use super::source::Source;
 use crate::error::Error;
@@ -44,6 +45,63 @@ pub(crate) struct Parsed<'a> {
     /// The record that held the pickle (`archive/data.pkl`), for errors.
     pub entry: String,
     pub safetensors_metadata: Option<IndexMap<String, String>>,
+}
+
+/// A parsed file with what reading its tensors needs: its path (for errors) and the options
+/// it was opened with. Lazy state dicts share it, so it outlives the `Checkpoint` it came from.
+pub(crate) struct OpenFile<'a> {
+    pub path: PathBuf,
+    pub options: ReadOptions,
+    pub parsed: Parsed<'a>,
+    /// One past the last byte any storage occupies: the least length the file must still
+    /// have when its tensors are read.
+    pub extent: u64,
+}
+
+impl<'a> OpenFile<'a> {
+    pub(crate) fn new(path: PathBuf, options: ReadOptions, parsed: Parsed<'a>) -> Self {
+        let extent = parsed
+            .storages
+            .values()
+            .map(|loc| match *loc {
+                StorageLoc::Range { start, len } => start.saturating_add(len),
+                StorageLoc::Deflated {
+                    start, compressed, ..
+                } => start.saturating_add(compressed),
+            })
+            .max()
+            .unwrap_or(0);
+        OpenFile {
+            path,
+            options,
+            parsed,
+            extent,
+        }
+    }
+
+    /// Fails with [`Error::FileChanged`] when the file is now shorter than the storages it
+    /// was parsed with: truncated or replaced since it was opened. A file in memory cannot
+    /// change.
+    pub(crate) fn check_unchanged(&self) -> Result<(), Error> {
+        let Source::Mapped(_, file) = &self.parsed.source else {
+            return Ok(());
+        };
+        let len = file
+            .metadata()
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })?
+            .len();
+        if len < self.extent {
+            return Err(Error::FileChanged {
+                path: self.path.clone(),
+                needed: self.extent,
+                found: len,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The value under a string key of the top-level dict.

@@ -5,16 +5,17 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::direct::{read_all, From, Read};
+use super::index::OpenFile;
 use super::pickle::{DictObj, Id, Obj, PickleError, StorageRef};
+use super::pread::{read_all, From, Read};
 use super::torch_zip::inflate_into;
 use super::{Parsed, ReadOptions, Source, StorageLoc};
 use crate::error::Error;
-use crate::load::SourceDict;
 use crate::pyfmt;
-use crate::state_dict::StateDict;
 use crate::value::{Dict, Metadata, Value};
 
+/// Reads the tensors and values of one opened file. Each storage is read once and cached, so
+/// tensors that shared a storage in Python share one here.
 pub(crate) struct Materializer<'c, 'a> {
     path: &'c Path,
     parsed: &'c Parsed<'a>,
@@ -28,7 +29,8 @@ pub(crate) struct Materializer<'c, 'a> {
 }
 
 impl<'c, 'a> Materializer<'c, 'a> {
-    pub(crate) fn new(path: &'c Path, parsed: &'c Parsed<'a>, options: &'c ReadOptions) -> Self {
+    pub(crate) fn new(file: &'c OpenFile<'a>) -> Self {
+        let (path, parsed, options) = (file.path.as_path(), &file.parsed, &file.options);
         let limits = &options.limits;
         let proportional = (parsed.arena.objs.len() as u64).saturating_mul(16) + 65_536;
         Materializer {
@@ -173,13 +175,13 @@ impl<'c, 'a> Materializer<'c, 'a> {
         Ok(out)
     }
 
-    /// The object `id` as a state dict whose tensors are not read yet: a dict of string keys
-    /// to tensors, or an error that says what it is instead.
-    pub(crate) fn file_state_dict(
+    /// The object `id` as a state dict whose tensors are not read yet: its keys in order
+    /// with each tensor's index in the arena, or an error that says what it is instead.
+    pub(crate) fn state_dict_entries(
         &mut self,
         id: Id,
         at: Option<&str>,
-    ) -> Result<FileStateDict<'c>, Error> {
+    ) -> Result<SdEntries<'c>, Error> {
         let parsed: &'c Parsed<'a> = self.parsed;
         let arena = &parsed.arena;
         let entries = match arena.get(id) {
@@ -196,10 +198,10 @@ impl<'c, 'a> Materializer<'c, 'a> {
         let Some(entries) = entries else {
             return Err(self.not_a_state_dict(id, at));
         };
-        let mut index = crate::module_tree::FastMap::default();
-        index.reserve(entries.len());
-        for (position, (key, _)) in entries.iter().enumerate() {
-            if index.insert(*key, position).is_some() {
+        let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+        seen.reserve(entries.len());
+        for (key, _) in &entries {
+            if !seen.insert(key) {
                 return Err(self.pickle_error(PickleError::DuplicateKey(key.to_string())));
             }
         }
@@ -209,27 +211,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
             }) => Some(self.metadata(*m)?),
             _ => None,
         };
-        Ok(FileStateDict {
-            entries,
-            index,
-            metadata,
-            parsed,
-        })
-    }
-
-    /// The object `id` as a state dict, its tensors read.
-    pub(crate) fn state_dict(&mut self, id: Id, at: Option<&str>) -> Result<StateDict, Error> {
-        let source = self.file_state_dict(id, at)?;
-        let mut sd = StateDict::with_capacity(source.entries.len());
-        for &(key, index) in &source.entries {
-            let tensor = self.tensor(index)?;
-            sd.insert(key, tensor);
-        }
-        sd.set_metadata(source.metadata);
-        if let Some(m) = &self.parsed.safetensors_metadata {
-            sd.set_safetensors_metadata(Some(m.clone()));
-        }
-        Ok(sd)
+        Ok(SdEntries { entries, metadata })
     }
 
     fn not_a_state_dict(&self, id: Id, at: Option<&str>) -> Error {
@@ -305,6 +287,64 @@ impl<'c, 'a> Materializer<'c, 'a> {
         }
     }
 
+    /// The tensors `indices` of the arena, as [`tensor`](Self::tensor) makes them, with the
+    /// storages they need read first in one parallel pass.
+    pub(crate) fn tensors(&mut self, indices: &[usize]) -> Result<Vec<Tensor>, Error> {
+        self.prefetch(indices)?;
+        indices.iter().map(|&i| self.tensor(i)).collect()
+    }
+
+    /// Reads the stored, little-endian storages of `indices` that are not read yet, all in
+    /// one call of `read_all`, so that small storages too are read across threads.
+    fn prefetch(&mut self, indices: &[usize]) -> Result<(), Error> {
+        if self.options.mmap || self.parsed.big_endian {
+            return Ok(());
+        }
+        let mut wanted: Vec<(String, u64, usize)> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for &i in indices {
+            let key = self.parsed.arena.tensors[i].storage.key.as_str();
+            if self.storages.contains_key(key) || !seen.insert(key) {
+                continue;
+            }
+            if let StorageLoc::Range { start, len } = self.parsed.storages[key] {
+                wanted.push((key.to_string(), start, len as usize));
+            }
+        }
+        let mut buffers = Vec::with_capacity(wanted.len());
+        for (key, _, len) in &wanted {
+            let buffer = Tensor::f_empty([*len as i64], (Kind::Uint8, Device::Cpu))
+                .map_err(self.torch_error(format!("storage {key}")))?;
+            buffers.push(buffer);
+        }
+        let from = self.from();
+        let reads: Vec<Read<'_>> = wanted
+            .iter()
+            .zip(&buffers)
+            .map(|((_, start, len), dst)| Read {
+                dst,
+                offset: *start,
+                len: *len,
+                from,
+            })
+            .collect();
+        read_all(&reads, self.options.read_threads()).map_err(|source| Error::Io {
+            path: self.path.to_path_buf(),
+            source,
+        })?;
+        for ((key, _, _), buffer) in wanted.into_iter().zip(buffers) {
+            self.storages.insert(key, (buffer, 0));
+        }
+        Ok(())
+    }
+
+    fn from(&self) -> From<'c> {
+        match &self.parsed.source {
+            Source::Mapped(_, file) => From::File(file),
+            other => From::Bytes(other.bytes()),
+        }
+    }
+
     /// Tensor `index` of the arena: a view of its storage, placed and cast as asked.
     pub(crate) fn tensor(&mut self, index: usize) -> Result<Tensor, Error> {
         let t = &self.parsed.arena.tensors[index];
@@ -349,7 +389,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
         }
         let loc = self.parsed.storages[&storage.key].clone();
         let what = format!("storage {}", storage.key);
-        let elem = storage.dtype.unwrap_or(dtype).elt_size_in_bytes();
+        let elem = swap_unit(storage.dtype.unwrap_or(dtype));
         let (tensor, offset) = match loc {
             StorageLoc::Range { start, len } => match self.mapped_file(start) {
                 Some(file) => (file, start),
@@ -398,13 +438,9 @@ impl<'c, 'a> Materializer<'c, 'a> {
             dst: &tensor,
             offset: start,
             len,
+            from: self.from(),
         }];
-        let from = match &self.parsed.source {
-            Source::Mapped(_, file) => From::File(file),
-            other => From::Bytes(other.bytes()),
-        };
-        let threads = self.options.read_threads();
-        read_all(&read, from, threads).map_err(|source| Error::Io {
+        read_all(&read, self.options.read_threads()).map_err(|source| Error::Io {
             path: self.path.to_path_buf(),
             source,
         })?;
@@ -440,6 +476,32 @@ fn from_bytes(bytes: &[u8]) -> Result<Tensor, tch::TchError> {
     Tensor::f_from_data_size(bytes, &[bytes.len() as i64], Kind::Uint8)
 }
 
+/// Whether `kind` is a floating-point dtype (what `ReadOptions::kind` casts).
+pub(crate) fn is_floating(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Half
+            | Kind::Float
+            | Kind::Double
+            | Kind::BFloat16
+            | Kind::Float8e5m2
+            | Kind::Float8e4m3fn
+            | Kind::Float8e5m2fnuz
+            | Kind::Float8e4m3fnuz
+    )
+}
+
+/// The unit whose bytes a big-endian file reverses: the element, or each half of a complex
+/// element (its real and imaginary parts), as PyTorch swaps them.
+pub(crate) fn swap_unit(kind: Kind) -> usize {
+    match kind {
+        Kind::ComplexHalf | Kind::ComplexFloat | Kind::ComplexDouble => {
+            kind.elt_size_in_bytes() / 2
+        }
+        _ => kind.elt_size_in_bytes(),
+    }
+}
+
 /// Reverses the byte order of each `elem`-byte element.
 fn swap_bytes(bytes: &mut [u8], elem: usize) {
     for chunk in bytes.chunks_exact_mut(elem) {
@@ -447,43 +509,9 @@ fn swap_bytes(bytes: &mut [u8], elem: usize) {
     }
 }
 
-/// A checkpoint's state dict before its tensors are read: what `load_state_dict` plans with.
-pub(crate) struct FileStateDict<'c> {
-    entries: Vec<(&'c str, usize)>,
-    index: crate::module_tree::FastMap<&'c str, usize>,
-    metadata: Option<Metadata>,
-    parsed: &'c Parsed<'c>,
-}
-
-impl FileStateDict<'_> {
-    /// The arena index of entry `position`'s tensor.
-    pub(crate) fn tensor_index(&self, position: usize) -> usize {
-        self.entries[position].1
-    }
-}
-
-impl SourceDict for FileStateDict<'_> {
-    fn entry_count(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn key_at(&self, index: usize) -> &str {
-        self.entries[index].0
-    }
-
-    fn position(&self, key: &str) -> Option<usize> {
-        self.index.get(key).copied()
-    }
-
-    fn shape_at(&self, index: usize) -> Option<Vec<i64>> {
-        Some(
-            self.parsed.arena.tensors[self.entries[index].1]
-                .size
-                .clone(),
-        )
-    }
-
-    fn metadata(&self) -> Option<&Metadata> {
-        self.metadata.as_ref()
-    }
+/// A state dict of a parsed file, its tensors not read: keys in order with each tensor's
+/// index in the arena, and the `_metadata`.
+pub(crate) struct SdEntries<'c> {
+    pub entries: Vec<(&'c str, usize)>,
+    pub metadata: Option<Metadata>,
 }

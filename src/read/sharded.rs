@@ -1,19 +1,23 @@
 //! Sharded checkpoints: `model.safetensors.index.json` or `pytorch_model.bin.index.json`,
-//! whose `weight_map` names, for each key, the shard file that holds it. The shards are read
-//! as one state dict in the `weight_map`'s order.
+//! whose `weight_map` names, for each key, the shard file that holds it. The shards are
+//! opened (parsed, nothing read) with the index, and read as one state dict in the
+//! `weight_map`'s order: each entry points into its shard, so a load reads tensor by tensor
+//! from the shards straight into the model, as for a single file.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
-use super::{Checkpoint, Format, ReadOptions};
+use super::index::OpenFile;
+use super::materialize::Materializer;
+use super::{open_single, Format, ReadOptions};
 use crate::error::Error;
-use crate::state_dict::StateDict;
 
 pub(crate) struct Shards {
-    index: PathBuf,
+    pub(crate) index: PathBuf,
     /// Each key and the index of the shard that holds it, in `weight_map` order.
     entries: Vec<(String, usize)>,
-    shards: Vec<(PathBuf, Checkpoint<'static>)>,
+    pub(crate) shards: Vec<Arc<OpenFile<'static>>>,
 }
 
 pub(crate) fn parse(
@@ -66,11 +70,13 @@ pub(crate) fn parse(
     let mut shards = Vec::with_capacity(names.len());
     for name in names {
         let shard_path = dir.join(&name);
-        let shard = Checkpoint::open_with(&shard_path, options)?;
-        if shard.format() == Format::ShardedIndex {
-            return Err(invalid(format!("the shard {name:?} is itself an index")));
-        }
-        shards.push((shard_path, shard));
+        // A shard that is itself an index is refused before it is parsed, so that indexes
+        // naming each other cannot recurse.
+        let shard = open_single(&shard_path, options, |format| {
+            (format == Format::ShardedIndex)
+                .then(|| invalid(format!("the shard {name:?} is itself an index")))
+        })?;
+        shards.push(Arc::new(shard));
     }
     Ok(Shards {
         index: path.to_path_buf(),
@@ -85,38 +91,45 @@ impl Shards {
     }
 
     pub(crate) fn num_tensors(&self) -> usize {
-        self.shards.iter().map(|(_, s)| s.num_tensors()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.parsed.arena.tensors.len())
+            .sum()
     }
 
-    /// Every shard's state dict, merged in `weight_map` order. A key missing from its shard,
-    /// or a tensor no entry of the map names, is an error.
-    pub(crate) fn state_dict(&self) -> Result<StateDict, Error> {
-        let mut parts: Vec<HashMap<String, tch::Tensor>> = self
-            .shards
-            .iter()
-            .map(|(_, s)| s.state_dict().map(|sd| sd.into_iter().collect()))
-            .collect::<Result<_, _>>()?;
-        let mut sd = StateDict::with_capacity(self.entries.len());
-        for (key, shard) in &self.entries {
-            let tensor = parts[*shard].remove(key).ok_or_else(|| Error::ShardIndex {
-                path: self.index.clone(),
-                reason: format!(
-                    "the weight_map puts {key:?} in {}, which lacks it",
-                    self.shards[*shard].0.display()
-                ),
-            })?;
-            sd.insert(key.clone(), tensor);
+    /// Each key of the `weight_map`, in order, with its shard and the tensor's index in that
+    /// shard. A key missing from its shard, or a tensor that no entry of the map names, is an
+    /// error. Nothing is read.
+    pub(crate) fn resolve(&self) -> Result<Vec<(&str, usize, usize)>, Error> {
+        let mut parts: Vec<HashMap<&str, usize>> = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let mut m = Materializer::new(shard);
+            let sd = m.state_dict_entries(shard.parsed.arena.root, None)?;
+            parts.push(sd.entries.into_iter().collect());
         }
-        for (part, (path, _)) in parts.iter().zip(&self.shards) {
+        let mut out = Vec::with_capacity(self.entries.len());
+        for (key, shard) in &self.entries {
+            let index = parts[*shard]
+                .remove(key.as_str())
+                .ok_or_else(|| Error::ShardIndex {
+                    path: self.index.clone(),
+                    reason: format!(
+                        "the weight_map puts {key:?} in {}, which lacks it",
+                        self.shards[*shard].path.display()
+                    ),
+                })?;
+            out.push((key.as_str(), *shard, index));
+        }
+        for (part, shard) in parts.iter().zip(&self.shards) {
             if let Some(extra) = part.keys().min() {
                 return Err(Error::ShardIndex {
-                    path: path.clone(),
+                    path: shard.path.clone(),
                     reason: format!(
                         "the shard holds {extra:?}, which the weight_map does not name"
                     ),
                 });
             }
         }
-        Ok(sd)
+        Ok(out)
     }
 }

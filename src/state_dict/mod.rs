@@ -5,9 +5,16 @@ use std::fmt;
 use indexmap::IndexMap;
 use tch::Tensor;
 
+mod keyed;
+mod lazy;
+
 use crate::error::Error;
 use crate::pyfmt;
-use crate::value::{shallow_clone_metadata, Metadata};
+use crate::value::{shallow_clone_metadata, Dict, Metadata, Value};
+
+pub(crate) use keyed::Map;
+pub(crate) use lazy::LazyEntry;
+pub use lazy::{LazyStateDict, LazyTensor};
 
 /// An insertion-ordered map from name to tensor, as `model.state_dict()` returns in PyTorch.
 ///
@@ -36,7 +43,7 @@ use crate::value::{shallow_clone_metadata, Metadata};
 /// ```
 #[derive(Default)]
 pub struct StateDict {
-    tensors: IndexMap<String, Tensor, foldhash::fast::RandomState>,
+    tensors: Map<Tensor>,
     metadata: Option<Metadata>,
     safetensors_metadata: Option<IndexMap<String, String>>,
 }
@@ -165,60 +172,14 @@ impl StateDict {
     /// again, so stripped keys move after the unprefixed ones, and a stripped key that equals
     /// an existing one replaces that one's tensor in its place.
     pub fn strip_prefix(&mut self, prefix: &str) -> usize {
-        let prefixed: Vec<String> = self
-            .tensors
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect();
-        for key in &prefixed {
-            if let Some(tensor) = self.tensors.shift_remove(key) {
-                self.tensors.insert(key[prefix.len()..].to_string(), tensor);
-            }
-        }
-        if let Some(metadata) = &mut self.metadata {
-            let bare = prefix.replace('.', "");
-            let keys: Vec<String> = metadata.keys().cloned().collect();
-            for key in keys {
-                // '' belongs to the wrapper (DataParallel itself); 'module' is the model's
-                // root and becomes ''.
-                if key.is_empty() {
-                    continue;
-                }
-                if key == bare || key.starts_with(prefix) {
-                    if let Some(value) = metadata.shift_remove(&key) {
-                        let new_key = key.get(prefix.len()..).unwrap_or("").to_string();
-                        metadata.insert(new_key, value);
-                    }
-                }
-            }
-        }
-        prefixed.len()
+        keyed::strip_prefix(&mut self.tensors, &mut self.metadata, prefix)
     }
 
     /// Puts `prefix` in front of every key, as loading into a wrapped model
     /// (`DataParallel`'s `module.`) needs. The `_metadata` keys follow: the root's `""`
     /// becomes the prefix without its trailing dot.
     pub fn add_prefix(&mut self, prefix: &str) {
-        let tensors = std::mem::take(&mut self.tensors);
-        self.tensors = tensors
-            .into_iter()
-            .map(|(k, v)| (format!("{prefix}{k}"), v))
-            .collect();
-        if let Some(metadata) = self.metadata.take() {
-            let metadata = metadata
-                .into_iter()
-                .map(|(k, v)| {
-                    let k = if k.is_empty() {
-                        prefix.strip_suffix('.').unwrap_or(prefix).to_string()
-                    } else {
-                        format!("{prefix}{k}")
-                    };
-                    (k, v)
-                })
-                .collect();
-            self.metadata = Some(metadata);
-        }
+        keyed::add_prefix(&mut self.tensors, &mut self.metadata, prefix)
     }
 
     /// Renames every key with `f`, keeping the order (`{f(k): v for k, v in sd.items()}`).
@@ -228,22 +189,8 @@ impl StateDict {
     ///
     /// [`Error::DuplicateKey`] when two keys get the same new name; the state dict is then
     /// unchanged.
-    pub fn rename<F: FnMut(&str) -> String>(&mut self, mut f: F) -> Result<(), Error> {
-        let mut renamed: IndexMap<String, &str, foldhash::fast::RandomState> =
-            IndexMap::with_capacity_and_hasher(self.tensors.len(), Default::default());
-        for key in self.tensors.keys() {
-            let new_key = f(key);
-            if let Some(first) = renamed.insert(new_key.clone(), key.as_str()) {
-                return Err(Error::DuplicateKey {
-                    key: new_key,
-                    sources: vec![first.to_string(), key.clone()],
-                });
-            }
-        }
-        let new_keys: Vec<String> = renamed.into_keys().collect();
-        let tensors = std::mem::take(&mut self.tensors);
-        self.tensors = new_keys.into_iter().zip(tensors.into_values()).collect();
-        Ok(())
+    pub fn rename<F: FnMut(&str) -> String>(&mut self, f: F) -> Result<(), Error> {
+        keyed::rename(&mut self.tensors, f)
     }
 
     /// Replaces the prefix `from` with `to` in every key that starts with `from`, keeping the
@@ -256,35 +203,7 @@ impl StateDict {
     /// [`Error::DuplicateKey`] when a renamed key equals another key; the state dict is then
     /// unchanged.
     pub fn rename_prefix(&mut self, from: &str, to: &str) -> Result<usize, Error> {
-        let mut changed = 0;
-        self.rename(|k| match k.strip_prefix(from) {
-            Some(rest) => {
-                changed += 1;
-                format!("{to}{rest}")
-            }
-            None => k.to_string(),
-        })?;
-        if let (Some(metadata), Some(from_path), Some(to_path)) = (
-            self.metadata.as_mut(),
-            from.strip_suffix('.'),
-            to.strip_suffix('.'),
-        ) {
-            let renamed: Metadata = std::mem::take(metadata)
-                .into_iter()
-                .map(|(k, v)| {
-                    let k = if k == from_path {
-                        to_path.to_string()
-                    } else if let Some(rest) = k.strip_prefix(from) {
-                        format!("{to}{rest}")
-                    } else {
-                        k
-                    };
-                    (k, v)
-                })
-                .collect();
-            *metadata = renamed;
-        }
-        Ok(changed)
+        keyed::rename_prefix(&mut self.tensors, &mut self.metadata, from, to)
     }
 
     /// Keeps only the entries that `f` accepts (`{k: v for k, v in sd.items() if f(k, v)}`),
@@ -344,11 +263,11 @@ impl<K: Into<String>> Extend<(K, Tensor)> for StateDict {
 /// A table of key, shape, dtype and device; never the tensors' contents.
 impl fmt::Display for StateDict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: Vec<[String; 4]> = self
+        let rows: Vec<Vec<String>> = self
             .tensors
             .iter()
             .map(|(k, t)| {
-                [
+                vec![
                     k.clone(),
                     pyfmt::Shape(&t.size()).to_string(),
                     t.f_kind()
@@ -359,33 +278,13 @@ impl fmt::Display for StateDict {
                 ]
             })
             .collect();
-        write!(
-            f,
+        let title = format!(
             "StateDict: {} tensor{}, {}",
             rows.len(),
             if rows.len() == 1 { "" } else { "s" },
             pyfmt::human_bytes(self.nbytes())
-        )?;
-        let mut widths = [0usize; 4];
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        for row in &rows {
-            write!(
-                f,
-                "\n  {:<w0$}  {:<w1$}  {:<w2$}  {}",
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                w0 = widths[0],
-                w1 = widths[1],
-                w2 = widths[2]
-            )?;
-        }
-        Ok(())
+        );
+        keyed::write_table(f, &title, &rows)
     }
 }
 
@@ -394,5 +293,65 @@ impl fmt::Display for StateDict {
 impl fmt::Debug for StateDict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<StateDict> for Value {
+    /// An `OrderedDict` of the tensors, with the state dict's `_metadata`, as
+    /// `model.state_dict()` is pickled.
+    fn from(sd: StateDict) -> Self {
+        let metadata = sd.metadata().map(shallow_clone_metadata);
+        Value::Dict(Dict {
+            items: sd
+                .into_iter()
+                .map(|(k, t)| (Value::Str(k), Value::Tensor(t)))
+                .collect(),
+            ordered: true,
+            metadata,
+        })
+    }
+}
+
+impl TryFrom<Value> for StateDict {
+    type Error = Error;
+
+    /// A dict whose keys are all strings and values all tensors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAStateDict`] otherwise; [`Error::DuplicateKey`] for a key seen twice.
+    fn try_from(value: Value) -> Result<Self, Error> {
+        let not = |found: String| Error::NotAStateDict {
+            path: "<value>".into(),
+            at: None,
+            found,
+            entries: Vec::new(),
+        };
+        let Value::Dict(d) = value else {
+            return Err(not(format!("a {}", value.type_name())));
+        };
+        let mut sd = StateDict::with_capacity(d.items.len());
+        for (k, v) in d.items {
+            match (k, v) {
+                (Value::Str(k), Value::Tensor(t)) => {
+                    if sd.contains_key(&k) {
+                        return Err(Error::DuplicateKey {
+                            sources: vec![k.clone(), k.clone()],
+                            key: k,
+                        });
+                    }
+                    sd.insert(k, t);
+                }
+                (k, v) => {
+                    return Err(not(format!(
+                        "a dict holding a {} under a {} key",
+                        v.type_name(),
+                        k.type_name()
+                    )))
+                }
+            }
+        }
+        sd.set_metadata(d.metadata);
+        Ok(sd)
     }
 }

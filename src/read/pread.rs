@@ -1,61 +1,16 @@
-//! Loading a checkpoint file straight into a model: bytes go from the file into the model's
-//! tensors with one copy, no intermediate tensor.
-//!
-//! # Design note
-//!
-//! The floor of a CPU load is one pass over the bytes: from the page cache into the model's
-//! parameters. `pread` into the parameter's memory does exactly that; reading into a buffer
-//! and then `copy_` does it twice. Copying out of the file's memory map instead was measured
-//! and lost: for resnet18 (47 MB) 4.4 ms with the map's pages kept, 6.3 ms with them dropped
-//! in 32 MiB windows so that they do not count against the process (a 1 GiB load would
-//! otherwise add 1 GiB to its peak RSS), against 2.4 ms with `pread` (release build, 2
-//! threads). `pread` also turns a file truncated during the load into an error, where a map
-//! would raise SIGBUS. So where a tensor's bytes lie in the file as the model's tensor lays them out
-//! (stored, little-endian, contiguous, same dtype, CPU), they are read into the parameter
-//! directly; anything else (another dtype or device, strides, compression) goes through a
-//! materialized tensor and `copy_`, which converts.
+//! Positional reads of byte ranges into tensors' memory, split across threads: how bytes go
+//! from a file into a model's tensors (or a storage's buffer) with one copy. Why `pread` and
+//! not a memory map is argued in `load/direct.rs`.
 
 use std::fs::File;
 use std::io;
 
-use tch::{Device, Tensor};
+use tch::Tensor;
 
-use super::pickle::TensorRef;
 use super::source::read_exact_at;
-use super::StorageLoc;
-
-/// Where the bytes of `t` are in the file when they can be read straight into `dst`:
-/// `(offset, length)`.
-pub(crate) fn direct_range(
-    t: &TensorRef,
-    loc: &StorageLoc,
-    big_endian: bool,
-    dst: &Tensor,
-) -> Option<(u64, usize)> {
-    let StorageLoc::Range { start, .. } = loc else {
-        return None;
-    };
-    if big_endian
-        || dst.device() != Device::Cpu
-        || dst.kind() != t.dtype
-        || !dst.is_contiguous()
-        || !is_contiguous(&t.size, &t.stride)
-    {
-        return None;
-    }
-    let numel: i64 = t.size.iter().product();
-    if dst.numel() as i64 != numel {
-        return None;
-    }
-    let elem = t.dtype.elt_size_in_bytes() as u64;
-    // Checked when the checkpoint was opened: the whole extent lies inside the storage.
-    let base = t.storage.view.map_or(0, |(offset, _)| offset) as u64;
-    let offset = start + (base + t.offset as u64) * elem;
-    Some((offset, numel as usize * elem as usize))
-}
 
 /// PyTorch's contiguity: strides of a row-major layout, ignoring dimensions of size 1.
-fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
+pub(crate) fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
     if size.contains(&0) {
         return true;
     }
@@ -79,7 +34,7 @@ fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
 /// that stay allocated, and that nothing else reads or writes, while the slice lives. Within
 /// a load this holds as it does for `copy_`: the model is borrowed, and using its tensors from
 /// another thread during a load is a data race either way.
-unsafe fn bytes_mut<'a>(data: *mut u8, len: usize) -> &'a mut [u8] {
+pub(crate) unsafe fn bytes_mut<'a>(data: *mut u8, len: usize) -> &'a mut [u8] {
     std::slice::from_raw_parts_mut(data, len)
 }
 
@@ -89,6 +44,7 @@ pub(crate) struct Read<'t> {
     pub dst: &'t Tensor,
     pub offset: u64,
     pub len: usize,
+    pub from: From<'t>,
 }
 
 /// Where the checkpoint's bytes come from.
@@ -102,10 +58,11 @@ pub(crate) enum From<'a> {
 
 /// A piece of a read, as plain numbers that can go to another thread.
 #[derive(Clone, Copy)]
-struct Piece {
+struct Piece<'a> {
     ptr: usize,
     offset: u64,
     len: usize,
+    from: From<'a>,
 }
 
 /// Below this, splitting reads across threads costs more than it gains.
@@ -114,26 +71,27 @@ const PARALLEL_BYTES: usize = 8 << 20;
 /// Does every read, on `threads` threads when there is enough to read: the bytes are cut in
 /// file order into `threads` runs of about equal length (a tensor can span two runs), so
 /// that each thread reads sequentially.
-pub(crate) fn read_all(reads: &[Read<'_>], from: From<'_>, threads: usize) -> io::Result<()> {
-    let pieces: Vec<Piece> = reads
+pub(crate) fn read_all(reads: &[Read<'_>], threads: usize) -> io::Result<()> {
+    let pieces: Vec<Piece<'_>> = reads
         .iter()
         .filter(|r| r.len > 0)
         .map(|r| Piece {
             ptr: r.dst.data_ptr() as usize,
             offset: r.offset,
             len: r.len,
+            from: r.from,
         })
         .collect();
     let total: usize = pieces.iter().map(|p| p.len).sum();
     // Tensors that share memory (tied weights) are written in order, on one thread, so that
     // the last write wins as with `copy_`.
     if threads <= 1 || total < PARALLEL_BYTES || overlapping(&pieces) {
-        return pieces.iter().try_for_each(|p| read_piece(*p, from));
+        return pieces.iter().try_for_each(|p| read_piece(*p));
     }
     let mut sorted = pieces;
     sorted.sort_by_key(|p| p.offset);
     let share = total.div_ceil(threads);
-    let mut runs: Vec<Vec<Piece>> = vec![Vec::new()];
+    let mut runs: Vec<Vec<Piece<'_>>> = vec![Vec::new()];
     let mut filled = 0;
     for mut p in sorted {
         while p.len > 0 {
@@ -146,6 +104,7 @@ pub(crate) fn read_all(reads: &[Read<'_>], from: From<'_>, threads: usize) -> io
                 ptr: p.ptr + take,
                 offset: p.offset + take as u64,
                 len: p.len - take,
+                from: p.from,
             };
             filled += take;
             if filled == share {
@@ -158,7 +117,7 @@ pub(crate) fn read_all(reads: &[Read<'_>], from: From<'_>, threads: usize) -> io
         let handles: Vec<_> = runs
             .into_iter()
             .filter(|r| !r.is_empty())
-            .map(|run| scope.spawn(move || run.into_iter().try_for_each(|p| read_piece(p, from))))
+            .map(|run| scope.spawn(move || run.into_iter().try_for_each(|p| read_piece(p))))
             .collect();
         handles.into_iter().try_for_each(|h| {
             h.join()
@@ -168,19 +127,19 @@ pub(crate) fn read_all(reads: &[Read<'_>], from: From<'_>, threads: usize) -> io
 }
 
 /// Whether two pieces write the same memory.
-fn overlapping(pieces: &[Piece]) -> bool {
+fn overlapping(pieces: &[Piece<'_>]) -> bool {
     let mut spans: Vec<(usize, usize)> = pieces.iter().map(|p| (p.ptr, p.ptr + p.len)).collect();
     spans.sort_unstable();
     spans.windows(2).any(|w| w[1].0 < w[0].1)
 }
 
-fn read_piece(p: Piece, from: From<'_>) -> io::Result<()> {
+fn read_piece(p: Piece<'_>) -> io::Result<()> {
     // SAFETY: `p` is a part of a `Read` whose `dst` `direct_range` checked to be a contiguous
     // CPU tensor of at least `offset - start + len` bytes from `ptr`'s tensor start; the
     // tensors outlive `read_all`, and the pieces of all reads are disjoint, so each byte is
     // written by one thread only.
     let bytes = unsafe { bytes_mut(p.ptr as *mut u8, p.len) };
-    match from {
+    match p.from {
         From::File(file) => read_exact_at(file, bytes, p.offset),
         From::Bytes(src) => {
             let start = p.offset as usize;
@@ -200,6 +159,7 @@ mod tests {
             ptr,
             offset: 0,
             len,
+            from: From::Bytes(&[]),
         };
         assert!(!overlapping(&[piece(0, 10), piece(10, 5), piece(100, 1)]));
         assert!(overlapping(&[piece(100, 10), piece(0, 10), piece(105, 1)]));

@@ -1,0 +1,228 @@
+//! Plan: match a state dict's keys against the model and build the whole report with
+//! PyTorch's rules, touching nothing. The plan is the same for every source (a [`StateDict`]
+//! in memory, or a [`LazyStateDict`] whose tensors are still in the file): it needs only keys,
+//! shapes and `_metadata`.
+//!
+//! [`StateDict`]: crate::StateDict
+//! [`LazyStateDict`]: crate::LazyStateDict
+
+use tch::Tensor;
+
+use super::source::SourceDict;
+use super::LoadOptions;
+use crate::module_tree::{ModuleKind, ModuleTree, Slot};
+use crate::report::{self, IncompatibleKeys, LoadError, ShapeMismatch};
+use crate::value::{Metadata, Value};
+
+/// A checked copy: the model's tensor and the source entry to copy into it.
+pub(crate) struct PlannedCopy<'a> {
+    pub key: &'a str,
+    pub dst: &'a Tensor,
+    /// The entry's position in the source.
+    pub src: usize,
+    /// PyTorch 0.3 saved scalars as `[1]` tensors; they load into 0-dim tensors.
+    pub squeeze: bool,
+}
+
+pub(crate) struct Plan<'a> {
+    pub copies: Vec<PlannedCopy<'a>>,
+    pub report: IncompatibleKeys,
+    pub error: Option<LoadError>,
+}
+
+/// Builds the report and the list of copies without touching the model.
+pub(crate) fn plan<'a, D: SourceDict + ?Sized>(
+    tree: &'a ModuleTree,
+    sd: &D,
+    options: &LoadOptions,
+) -> Plan<'a> {
+    let mut copies = Vec::with_capacity(tree.len().min(sd.entry_count()));
+    let mut missing = Vec::new();
+    let mut mismatched = Vec::new();
+    let mut undefined = Vec::new();
+    // PyTorch's error lines for the keys it found, in its traversal order.
+    let mut messages = Vec::new();
+
+    let mut found = 0;
+    for slot in tree.slots() {
+        let Some(src) = sd.position(slot.key) else {
+            if !keeps_num_batches_tracked(&slot, sd.metadata()) {
+                missing.push(slot.key.to_string());
+            }
+            continue;
+        };
+        found += 1;
+        if sd.same_shape(src, slot.tensor) {
+            copies.push(PlannedCopy {
+                key: slot.key,
+                dst: slot.tensor,
+                src,
+                squeeze: false,
+            });
+            continue;
+        }
+        let Some(checkpoint_shape) = sd.shape_at(src) else {
+            messages.push(format!(
+                "While copying the parameter named \"{}\", expected torch.Tensor or \
+                 Tensor-like object from checkpoint but received <class 'NoneType'>",
+                slot.key
+            ));
+            undefined.push(slot.key.to_string());
+            continue;
+        };
+        let model_shape = slot.tensor.size();
+        let squeeze = model_shape.is_empty() && checkpoint_shape == [1];
+        if !squeeze && checkpoint_shape != model_shape {
+            let mismatch = ShapeMismatch {
+                key: slot.key.to_string(),
+                checkpoint_shape,
+                model_shape,
+            };
+            if !options.skip_mismatched {
+                messages.push(mismatch.to_string());
+            }
+            mismatched.push(mismatch);
+            continue;
+        }
+        copies.push(PlannedCopy {
+            key: slot.key,
+            dst: slot.tensor,
+            src,
+            squeeze,
+        });
+    }
+
+    // Every key of the state dict matched one of the model's: nothing is unexpected.
+    let unexpected = if found == sd.entry_count() {
+        Vec::new()
+    } else {
+        unexpected_keys(tree, sd)
+    };
+    let refused =
+        !messages.is_empty() || (options.strict && (!missing.is_empty() || !unexpected.is_empty()));
+    if refused {
+        let heads = head_modules(tree);
+        let hints = report::hints(&missing, &unexpected, &mismatched, &heads);
+        let error = LoadError {
+            type_name: tree.type_name().to_string(),
+            strict: options.strict,
+            missing_keys: missing,
+            unexpected_keys: unexpected,
+            mismatched_keys: mismatched,
+            undefined_keys: undefined,
+            messages,
+            hints,
+        };
+        return Plan {
+            copies: Vec::new(),
+            report: IncompatibleKeys::default(),
+            error: Some(error),
+        };
+    }
+    Plan {
+        copies,
+        report: IncompatibleKeys {
+            missing_keys: missing,
+            unexpected_keys: unexpected,
+            mismatched_keys: mismatched,
+        },
+        error: None,
+    }
+}
+
+/// BatchNorm's rule (`_NormBase._load_from_state_dict` in PyTorch 2.11): a checkpoint that
+/// predates `num_batches_tracked` (no version for the module, or one below 2) leaves the
+/// buffer as it is.
+fn keeps_num_batches_tracked(slot: &Slot<'_>, metadata: Option<&Metadata>) -> bool {
+    if slot.module_kind != ModuleKind::BatchNorm || slot.local_name != "num_batches_tracked" {
+        return false;
+    }
+    let version = metadata
+        .and_then(|m| m.get(slot.module_path))
+        .and_then(|m| m.get("version"))
+        .and_then(|v| match v {
+            Value::Int(i) => Some(*i as f64),
+            Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        });
+    version.is_none_or(|v| v < 2.0)
+}
+
+/// PyTorch's unexpected keys, in PyTorch's order. `load_state_dict` visits modules in
+/// pre-order; each module reports the keys under its prefix that neither name one of its own
+/// tensors nor continue into one of its children, so each key is reported by the deepest
+/// module its name reaches. Within a module, `<prefix>_extra_state` comes first (none of
+/// these modules has extra state), then the others in the state dict's order.
+fn unexpected_keys<D: SourceDict + ?Sized>(tree: &ModuleTree, sd: &D) -> Vec<String> {
+    const EXTRA_STATE: &str = "_extra_state";
+    let mut found: Vec<(&str, bool, usize)> = Vec::new();
+    for position in 0..sd.entry_count() {
+        let key = sd.key_at(position);
+        // A key of the model's is never unexpected (its modules all exist).
+        if tree.contains_key(key) {
+            continue;
+        }
+        let mut module = "";
+        let mut start = 0;
+        loop {
+            let rest = &key[start..];
+            match rest.find('.') {
+                None => {
+                    if rest == EXTRA_STATE {
+                        found.push((module, true, position));
+                    } else if !tree.contains_key(key) {
+                        found.push((module, false, position));
+                    }
+                    break;
+                }
+                Some(dot) => {
+                    let child = &key[..start + dot];
+                    if tree.has_module(child) {
+                        module = child;
+                        start += dot + 1;
+                    } else {
+                        found.push((module, false, position));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return Vec::new();
+    }
+    let ranks = tree.module_ranks();
+    let mut ranked: Vec<(usize, bool, usize)> = found
+        .into_iter()
+        .map(|(module, extra, position)| (ranks[module], !extra, position))
+        .collect();
+    ranked.sort_unstable();
+    ranked
+        .into_iter()
+        .map(|(_, _, position)| sd.key_at(position).to_string())
+        .collect()
+}
+
+/// Modules that look like a classifier head, for hints: the last module holding a 2-D
+/// `weight`, and any module named `fc`, `linear`, `head` or `classifier`.
+fn head_modules(tree: &ModuleTree) -> Vec<&str> {
+    const HEAD_NAMES: [&str; 4] = ["fc", "linear", "head", "classifier"];
+    let mut heads: Vec<&str> = Vec::new();
+    let mut last_linear = None;
+    for slot in tree.slots() {
+        if slot.local_name == "weight" && slot.tensor.dim() == 2 {
+            last_linear = Some(slot.module_path);
+        }
+        let name = slot.module_path.rsplit('.').next().unwrap_or("");
+        if HEAD_NAMES.contains(&name) && !heads.contains(&slot.module_path) {
+            heads.push(slot.module_path);
+        }
+    }
+    if let Some(last) = last_linear {
+        if !heads.contains(&last) {
+            heads.push(last);
+        }
+    }
+    heads
+}
