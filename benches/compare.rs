@@ -8,7 +8,8 @@
 //!
 //! It writes its checkpoints (torchvision resnet18, resnet50 and resnet152 in fp32, and a
 //! synthetic 1 GiB one of 2048 tensors) under `target/bench-data`, as `.pth` and
-//! `.safetensors`, once. Each time is the median of 15 runs after a warm-up, with the file in
+//! `.safetensors`, as a DataParallel `.pth` (keys under `module.`), as an fp16 `.pth`, and
+//! the synthetic one also as four safetensors shards with an index, once. Each time is the median of 15 runs after a warm-up, with the file in
 //! the page cache; the floor's, of 30 runs in two blocks around this crate's loads. Python
 //! runs in a subprocess with the same thread count.
 
@@ -19,8 +20,8 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
 use tch_state_dict::{
-    check_state_dict, load_checkpoint, load_state_dict, state_dict, Checkpoint, LoadOptions,
-    ModuleTree, StateDict, StateDictModule,
+    check_state_dict, load_checkpoint, load_state_dict, state_dict, Checkpoint, LazyStateDict,
+    LoadOptions, ModuleTree, StateDict, StateDictModule,
 };
 
 const RUNS: usize = 15;
@@ -61,6 +62,8 @@ struct Subject {
     python_spec: String,
     vs: nn::VarStore,
     model: Box<dyn StateDictModule>,
+    /// The keys the seed's fix pops: the classifier head.
+    head: Vec<String>,
 }
 
 fn resnet(arch: Arch) -> Subject {
@@ -71,6 +74,7 @@ fn resnet(arch: Arch) -> Subject {
         python_spec: arch.name().to_string(),
         vs,
         model: Box::new(model),
+        head: vec!["fc.weight".to_string(), "fc.bias".to_string()],
     }
 }
 
@@ -93,17 +97,35 @@ fn synthetic() -> Subject {
         python_spec: format!("synthetic:{n}:{rows}:{cols}"),
         vs,
         model: Box::new(tree),
+        head: vec![format!("layers.{}.weight", n - 1)],
     }
 }
 
-/// Writes the subject's checkpoint (random values) as .pth and .safetensors, once.
-fn files(subject: &Subject) -> (PathBuf, PathBuf) {
+struct Files {
+    pth: PathBuf,
+    st: PathBuf,
+    /// The same state dict under `module.`, as DataParallel saves it.
+    dataparallel: PathBuf,
+    /// The same values in fp16.
+    half: PathBuf,
+}
+
+/// Writes the subject's checkpoint (random values) in each form, once.
+fn files(subject: &Subject) -> Files {
     let dir = data_dir();
-    let pth = dir.join(format!("{}.pth", subject.name));
-    let st = dir.join(format!("{}.safetensors", subject.name));
-    if !pth.exists() || !st.exists() {
+    let at = |suffix: &str| dir.join(format!("{}{suffix}", subject.name));
+    let f = Files {
+        pth: at(".pth"),
+        st: at(".safetensors"),
+        dataparallel: at("-dataparallel.pth"),
+        half: at("-fp16.pth"),
+    };
+    if [&f.pth, &f.st, &f.dataparallel, &f.half]
+        .iter()
+        .any(|p| !p.exists())
+    {
         tch::manual_seed(0);
-        let sd = state_dict(subject.model.as_ref()).unwrap();
+        let mut sd = state_dict(subject.model.as_ref()).unwrap();
         tch::no_grad(|| {
             for (_, t) in sd.iter() {
                 if t.is_floating_point() {
@@ -111,10 +133,66 @@ fn files(subject: &Subject) -> (PathBuf, PathBuf) {
                 }
             }
         });
-        sd.save(&pth).unwrap();
-        sd.save(&st).unwrap();
+        sd.save(&f.pth).unwrap();
+        sd.save(&f.st).unwrap();
+        let half: StateDict = sd
+            .iter()
+            .map(|(k, t)| {
+                let t = if t.is_floating_point() {
+                    t.to_kind(Kind::Half)
+                } else {
+                    t.shallow_clone()
+                };
+                (k.to_string(), t)
+            })
+            .collect();
+        half.save(&f.half).unwrap();
+        sd.add_prefix("module.");
+        sd.save(&f.dataparallel).unwrap();
     }
-    (pth, st)
+    f
+}
+
+/// The synthetic checkpoint as four safetensors shards and an index, once.
+fn sharded_files(subject: &Subject) -> PathBuf {
+    let dir = data_dir().join(format!("{}-sharded", subject.name));
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        return index;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let sd = StateDict::load(files(subject).pth).unwrap();
+    let keys: Vec<String> = sd.keys().map(str::to_string).collect();
+    let mut map = serde_json::Map::new();
+    for (n, chunk) in keys.chunks(keys.len().div_ceil(4)).enumerate() {
+        let shard: StateDict = chunk
+            .iter()
+            .map(|k| (k.clone(), sd.get(k).unwrap().shallow_clone()))
+            .collect();
+        let name = format!("model-{:05}-of-00004.safetensors", n + 1);
+        shard.save(dir.join(&name)).unwrap();
+        for k in chunk {
+            map.insert(k.clone(), serde_json::Value::String(name.clone()));
+        }
+    }
+    let json = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(&index, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    index
+}
+
+/// A model with the subject's keys and shapes whose floating-point tensors are bf16.
+fn bf16_model(tree: &ModuleTree) -> ModuleTree {
+    let mut out = ModuleTree::new("Bf16");
+    for (k, t) in tree.iter() {
+        let kind = if t.is_floating_point() {
+            Kind::BFloat16
+        } else {
+            t.kind()
+        };
+        out.add_tensor(k, Tensor::zeros(t.size(), (kind, Device::Cpu)))
+            .unwrap();
+    }
+    out
 }
 
 fn nbytes(path: &Path) -> u64 {
@@ -129,6 +207,17 @@ struct Row {
     ours_pth: f64,
     ours_st: f64,
     ours_two_step: f64,
+    /// The seed's fix on a lazy state dict: open, pop the head, load non-strictly.
+    lazy_pop: f64,
+    /// A DataParallel file: open, strip `module.`, load strictly.
+    lazy_strip: f64,
+    /// The fp16 file into the fp32 model.
+    fp16_into_fp32: f64,
+    /// The fp32 file into a bf16 model, and that model's memcpy floor.
+    fp32_into_bf16: f64,
+    floor_bf16: f64,
+    /// The synthetic checkpoint's shards, loaded through their index.
+    sharded: Option<f64>,
     tch: f64,
     torch_default: f64,
     torch_mmap: f64,
@@ -136,7 +225,16 @@ struct Row {
 }
 
 fn measure(subject: &mut Subject) -> Row {
-    let (pth, st) = files(subject);
+    let Files {
+        pth,
+        st,
+        dataparallel,
+        half,
+    } = files(subject);
+    let sharded_index = subject
+        .name
+        .starts_with("synthetic")
+        .then(|| sharded_files(subject));
     let model = &subject.model;
     // The floor: the same bytes, already in memory, copied into the model's tensors with
     // memcpy on as many threads as the loaders use; and libtorch's copy_ of the same.
@@ -160,6 +258,26 @@ fn measure(subject: &mut Subject) -> Row {
     let ours_st = median_of(runs(&mut || {
         load_checkpoint(model.as_ref(), &st, true).unwrap();
     }));
+    let lazy_pop = median_of(runs(&mut || {
+        let mut sd = LazyStateDict::load(&pth).unwrap();
+        for key in &subject.head {
+            sd.pop(key);
+        }
+        load_state_dict(model.as_ref(), &sd, false).unwrap();
+    }));
+    let lazy_strip = median_of(runs(&mut || {
+        let mut sd = LazyStateDict::load(&dataparallel).unwrap();
+        sd.strip_prefix("module.");
+        load_state_dict(model.as_ref(), &sd, true).unwrap();
+    }));
+    let fp16_into_fp32 = median_of(runs(&mut || {
+        load_checkpoint(model.as_ref(), &half, true).unwrap();
+    }));
+    let sharded = sharded_index.as_ref().map(|index| {
+        median_of(runs(&mut || {
+            load_state_dict(model.as_ref(), &LazyStateDict::load(index).unwrap(), true).unwrap();
+        }))
+    });
     floor_runs.extend(runs(&mut || memcpy_all(&pairs, threads)));
     let floor = median_of(floor_runs);
     let copy_ = median_of(runs(&mut || {
@@ -170,7 +288,23 @@ fn measure(subject: &mut Subject) -> Row {
         })
     }));
     drop(pairs);
+    let bf16 = bf16_model(&tree);
+    let bf16_pairs: Vec<(Tensor, Tensor)> = bf16
+        .iter()
+        .map(|(k, t)| {
+            (
+                t.shallow_clone(),
+                in_memory.get(k).unwrap().to_kind(t.kind()),
+            )
+        })
+        .collect();
+    let floor_bf16 = median_of(runs(&mut || memcpy_all(&bf16_pairs, threads)));
+    drop(bf16_pairs);
     drop(in_memory);
+    let fp32_into_bf16 = median_of(runs(&mut || {
+        load_checkpoint(&bf16, &pth, true).unwrap();
+    }));
+    drop(bf16);
     let ours_two_step = median_of(runs(&mut || {
         load_state_dict(model.as_ref(), &StateDict::load(&pth).unwrap(), true).unwrap();
     }));
@@ -203,6 +337,12 @@ fn measure(subject: &mut Subject) -> Row {
         ours_pth,
         ours_st,
         ours_two_step,
+        lazy_pop,
+        lazy_strip,
+        fp16_into_fp32,
+        fp32_into_bf16,
+        floor_bf16,
+        sharded,
         tch,
         torch_default: py["default"].as_f64().unwrap(),
         torch_mmap: py["mmap"].as_f64().unwrap(),
@@ -253,21 +393,28 @@ fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Run in a child process: peak memory of loading the synthetic checkpoint, above the model.
+/// Run in a child process: peak memory of loading the synthetic checkpoint (a file, or a
+/// sharded index), above the model.
 fn rss_child(path: &Path) {
     let subject = synthetic();
     let before = peak_rss();
-    load_checkpoint(subject.model.as_ref(), path, true).unwrap();
+    let sd = LazyStateDict::load(path).unwrap();
+    load_state_dict(subject.model.as_ref(), &sd, true).unwrap();
     let after = peak_rss();
     println!("{before} {after}");
 }
 
-fn peak_memory_growth() -> (u64, u64, u64) {
+fn peak_memory_growth(sharded: bool) -> (u64, u64, u64) {
     let subject = synthetic();
-    let (pth, _) = files(&subject);
+    let pth = files(&subject).pth;
+    let path = if sharded {
+        sharded_files(&subject)
+    } else {
+        pth.clone()
+    };
     drop(subject);
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--rss-child", pth.to_str().unwrap()])
+        .args(["--rss-child", path.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(
@@ -407,6 +554,34 @@ fn main() {
             r.torch_st / r.ours_st
         );
     }
+    println!(
+        "\nthe paths users write, against the direct load (.pth → model), in ms and as a ratio"
+    );
+    println!(
+        "\n| checkpoint | direct | lazy: pop head, load non-strict | lazy: strip module., load | eager: StateDict::load + load_state_dict | PyTorch mmap=True | fp16 file → fp32 model | / fp32 floor | fp32 file → bf16 model | / bf16 floor | sharded (4 safetensors) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} | {:.1} ({:.2}×) | {:.1} ({:.2}×) | {:.1} ({:.2}×) | {:.1} ({:.2}×) | {:.1} | {:.2}× | {:.1} | {:.2}× | {} |",
+            r.name,
+            r.ours_pth,
+            r.lazy_pop,
+            r.lazy_pop / r.ours_pth,
+            r.lazy_strip,
+            r.lazy_strip / r.ours_pth,
+            r.ours_two_step,
+            r.ours_two_step / r.ours_pth,
+            r.torch_mmap,
+            r.torch_mmap / r.ours_pth,
+            r.fp16_into_fp32,
+            r.fp16_into_fp32 / r.floor,
+            r.fp32_into_bf16,
+            r.fp32_into_bf16 / r.floor_bf16,
+            r.sharded
+                .map_or("–".to_string(), |t| format!("{t:.1} ({:.2}×)", t / r.ours_st)),
+        );
+    }
     let threads = tch::get_num_threads().max(1) as usize;
     println!("\nwhere the time goes: parsing (Checkpoint::open), and the whole file copied by pread and by memcpy on {threads} threads (ms)");
     println!("\n| file | parse | pread | memcpy | pread / memcpy |");
@@ -418,15 +593,20 @@ fn main() {
         }
     }
     if !quick {
-        let (before, after, size) = peak_memory_growth();
-        println!(
-            "\npeak memory loading the {:.0} MB synthetic .pth: {:.0} MB after building the model, {:.0} MB after loading: +{:.1} MB ({:.1}% of the checkpoint)",
-            size as f64 / 1e6,
-            before as f64 / 1e6,
-            after as f64 / 1e6,
-            (after - before) as f64 / 1e6,
-            100.0 * (after - before) as f64 / size as f64
-        );
+        for (sharded, what) in [
+            (false, ".pth"),
+            (true, "checkpoint in 4 safetensors shards"),
+        ] {
+            let (before, after, size) = peak_memory_growth(sharded);
+            println!(
+                "\npeak memory loading the {:.0} MB synthetic {what}: {:.0} MB after building the model, {:.0} MB after loading: +{:.1} MB ({:.1}% of the checkpoint)",
+                size as f64 / 1e6,
+                before as f64 / 1e6,
+                after as f64 / 1e6,
+                (after - before) as f64 / 1e6,
+                100.0 * (after - before) as f64 / size as f64
+            );
+        }
     }
     scale();
 }

@@ -84,6 +84,7 @@
 //! A binary that uses tch must find libtorch at run time and keep its CUDA library; see the
 //! README's "Using it in your crate" for the `build.rs` lines.
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod checkpoint;
 mod error;

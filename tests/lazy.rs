@@ -484,3 +484,44 @@ fn a_lazy_load_into_a_cuda_model_converts_in_chunks() {
         );
     }
 }
+
+#[test]
+fn in_memory_loads_copy_across_threads_byte_for_byte() {
+    // More than 8 MiB, so that plain copies are split across threads.
+    let sd: StateDict = [3_000_001i64, 7, 1_500_000, 0, 2_000_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (
+                format!("t{i}"),
+                Tensor::randn([n], (Kind::Float, Device::Cpu)),
+            )
+        })
+        .collect();
+    let model = blank_model(&sd, None);
+    load_state_dict(&model, &sd, true).unwrap();
+    assert_eq!(model_hashes(&model), common::hashes(&sd));
+    // A state dict taken from the model itself loads back as a no-op.
+    let own = state_dict(&model).unwrap();
+    load_state_dict(&model, &own, true).unwrap();
+    assert_eq!(model_hashes(&model), common::hashes(&sd));
+}
+
+#[test]
+fn sources_that_alias_the_model_are_copied_in_order_as_pytorch_does() {
+    // sd["a"] is the model's b and sd["b"] the model's a: PyTorch copies a, then b, so both
+    // end with b's original values.
+    let a = Tensor::full([3_000_000], 1.0, (Kind::Float, Device::Cpu));
+    let b = Tensor::full([3_000_000], 2.0, (Kind::Float, Device::Cpu));
+    let mut model = ModuleTree::new("Net");
+    model.add_tensor("a", a.shallow_clone()).unwrap();
+    model.add_tensor("b", b.shallow_clone()).unwrap();
+    let swapped: StateDict = [("a", b.shallow_clone()), ("b", a.shallow_clone())]
+        .into_iter()
+        .collect();
+    load_state_dict(&model, &swapped, true).unwrap();
+    for t in [&a, &b] {
+        assert_eq!(t.min().double_value(&[]), 2.0);
+        assert_eq!(t.max().double_value(&[]), 2.0);
+    }
+}

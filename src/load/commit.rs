@@ -27,7 +27,7 @@ use super::direct::{is_direct, readable_in_place};
 use super::plan::PlannedCopy;
 use super::source::{Entry, SourceDict};
 use crate::error::Error;
-use crate::read::{read_all, From, Materializer, OpenFile, Read, Source};
+use crate::read::{bytes, read_all, From, Materializer, OpenFile, Read, Source};
 
 enum Route<'s> {
     Copy(&'s Tensor),
@@ -94,7 +94,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
     materialize_pending(&mut routes)?;
 
     let threads = files.first().map_or(1, |f| f.options.read_threads());
-    if shares_memory(copies) {
+    if shares_memory(copies) || sources_overlap_destinations(copies, &routes) {
         for (c, route) in copies.iter().zip(&routes) {
             write(c, route, 1)?;
         }
@@ -102,9 +102,15 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
     }
     let mut converts = Vec::new();
     let mut direct: Vec<(&OpenFile<'_>, Vec<Read<'_>>)> = Vec::new();
+    let mut memcpy: Vec<Read<'_>> = Vec::new();
     for (c, route) in copies.iter().zip(routes) {
         match route {
             Route::Convert(convert) => converts.push(convert),
+            Route::Copy(src) => match plain_copy(c, src) {
+                Some(Some(read)) => memcpy.push(read),
+                Some(None) => {}
+                None => write(c, &Route::Copy(src), threads)?,
+            },
             Route::Direct(file, offset, len) => {
                 let read = Read {
                     dst: c.dst,
@@ -120,6 +126,11 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
             other => write(c, &other, threads)?,
         }
     }
+    // Tensors in memory laid out as the model's: copied across threads.
+    read_all(&memcpy, threads).map_err(|source| Error::Io {
+        path: "<memory>".into(),
+        source,
+    })?;
     // Direct reads, file by file, each across threads; then the converting reads.
     for (file, reads) in &direct {
         read_all(reads, threads).map_err(|source| Error::Io {
@@ -182,6 +193,75 @@ fn write(c: &PlannedCopy<'_>, route: &Route<'_>, threads: usize) -> Result<(), E
     }
 }
 
+/// A copy from memory that is a plain `memcpy`: both tensors contiguous on the CPU, of one
+/// dtype, and not overlapping. `Some(None)` when source and destination are the same memory
+/// (a state dict taken from the model itself): nothing to do. `None` otherwise: `copy_`.
+fn plain_copy<'s>(c: &PlannedCopy<'s>, src: &'s Tensor) -> Option<Option<Read<'s>>> {
+    let dst = c.dst;
+    let plain = !c.squeeze
+        && src.device() == tch::Device::Cpu
+        && dst.device() == tch::Device::Cpu
+        && src.kind() == dst.kind()
+        && src.numel() == dst.numel()
+        && src.is_contiguous()
+        && dst.is_contiguous();
+    if !plain {
+        return None;
+    }
+    let len = dst.numel() * dst.kind().elt_size_in_bytes();
+    let (s, d) = (src.data_ptr() as usize, dst.data_ptr() as usize);
+    if len == 0 || s == d {
+        return Some(None);
+    }
+    if s < d + len && d < s + len {
+        return None;
+    }
+    // SAFETY: `src` is a contiguous CPU tensor of `len` bytes that lives as long as the
+    // state dict borrowed for 's, and nothing writes it during the load: `commit` takes
+    // this path only when no source in memory overlaps any destination
+    // (`sources_overlap_destinations`).
+    let from = From::Bytes(unsafe { bytes(src.data_ptr() as *const u8, len) });
+    Some(Some(Read {
+        dst,
+        offset: 0,
+        len,
+        from,
+    }))
+}
+
+/// Whether a source tensor in memory overlaps one of the model's tensors (a state dict that
+/// shares storage with the model, its keys moved): then the copies must run one after the
+/// other, in order, as PyTorch's do.
+fn sources_overlap_destinations(copies: &[PlannedCopy<'_>], routes: &[Route<'_>]) -> bool {
+    let mut dsts: Vec<(usize, usize)> = copies.iter().filter_map(|c| span(c.dst)).collect();
+    dsts.sort_unstable();
+    routes
+        .iter()
+        .zip(copies)
+        .filter_map(|(r, c)| match r {
+            Route::Copy(src) => span(src).map(|s| (s, span(c.dst))),
+            _ => None,
+        })
+        .any(|(s, own)| {
+            // The destinations that end after the source starts, up to its end.
+            let i = dsts.partition_point(|d| d.1 <= s.0);
+            dsts[i..]
+                .iter()
+                .take_while(|d| d.0 < s.1)
+                .any(|d| Some(*d) != own || s != *d)
+        })
+}
+
+/// The bytes a defined, non-empty tensor occupies from its first element (for a contiguous
+/// tensor, all of them).
+fn span(t: &Tensor) -> Option<(usize, usize)> {
+    if !t.defined() || t.numel() == 0 {
+        return None;
+    }
+    let start = t.data_ptr() as usize;
+    Some((start, start + t.numel() * t.kind().elt_size_in_bytes()))
+}
+
 /// Whether two of the model's tensors share memory (tied weights).
 fn shares_memory(copies: &[PlannedCopy<'_>]) -> bool {
     let mut spans: Vec<(usize, usize)> = copies
@@ -204,5 +284,60 @@ pub(crate) fn copy_into(dst: &Tensor, src: &Tensor, squeeze: bool) -> Result<(),
         dst.f_copy_(&src.f_reshape([])?)
     } else {
         dst.f_copy_(src)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind};
+
+    use super::*;
+
+    fn planned<'a>(key: &'a str, dst: &'a Tensor) -> PlannedCopy<'a> {
+        PlannedCopy {
+            key,
+            dst,
+            src: 0,
+            squeeze: false,
+        }
+    }
+
+    #[test]
+    fn sources_that_alias_another_destination_are_found() {
+        let a = Tensor::zeros([16], (Kind::Float, Device::Cpu));
+        let b = Tensor::zeros([16], (Kind::Float, Device::Cpu));
+        let other = Tensor::zeros([16], (Kind::Float, Device::Cpu));
+        let copies = [planned("a", &a), planned("b", &b)];
+        // Independent sources.
+        let routes = [Route::Copy(&other), Route::Copy(&other)];
+        assert!(!sources_overlap_destinations(&copies, &routes));
+        // Each destination is its own source: a no-op, not an alias.
+        let routes = [Route::Copy(&a), Route::Copy(&b)];
+        assert!(!sources_overlap_destinations(&copies, &routes));
+        // Swapped: a's source is b's memory.
+        let routes = [Route::Copy(&b), Route::Copy(&a)];
+        assert!(sources_overlap_destinations(&copies, &routes));
+        // A view into the middle of another destination.
+        let middle = b.narrow(0, 4, 4);
+        let routes = [Route::Copy(&middle), Route::Copy(&other)];
+        assert!(sources_overlap_destinations(&copies, &routes));
+    }
+
+    #[test]
+    fn plain_copies_are_memcpy_and_the_rest_copy_() {
+        let dst = Tensor::zeros([4, 4], (Kind::Float, Device::Cpu));
+        let same = Tensor::ones([4, 4], (Kind::Float, Device::Cpu));
+        let c = planned("w", &dst);
+        assert!(matches!(plain_copy(&c, &same), Some(Some(_))));
+        assert!(matches!(plain_copy(&c, &dst), Some(None)));
+        let half = same.to_kind(Kind::Half);
+        assert!(plain_copy(&c, &half).is_none());
+        let transposed = same.tr();
+        assert!(plain_copy(&c, &transposed).is_none());
+        let squeeze = PlannedCopy {
+            squeeze: true,
+            ..planned("w", &dst)
+        };
+        assert!(plain_copy(&squeeze, &same).is_none());
     }
 }

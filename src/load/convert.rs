@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::read::{bytes_mut, read_exact_at, swap_unit, From};
 
 /// The most bytes one chunk reads.
-pub(crate) const CHUNK_BYTES: usize = 4 << 20;
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
 
 /// Below this, a single thread does all the reads.
 const PARALLEL_BYTES: usize = 8 << 20;

@@ -11,7 +11,7 @@
 //! threads). `pread` also turns a file truncated during the load into an error, where a map
 //! would raise SIGBUS. So where a tensor's bytes lie in the file as the model's tensor lays
 //! them out (stored, little-endian, contiguous, same dtype, CPU), they are read into the
-//! parameter directly ([`direct_range`]); another dtype, device or byte order goes through
+//! parameter directly ([`is_direct`]); another dtype, device or byte order goes through
 //! the chunked converting reads of [`convert`](super::convert); anything else (strides,
 //! compression) through a materialized tensor and `copy_`.
 

@@ -45,7 +45,7 @@ pub(crate) use materialize::{is_floating, swap_unit, Materializer};
 pub use options::{ReadLimits, ReadOptions};
 pub use pickle::PickleError;
 pub(crate) use pickle::{Id, Obj, TensorRef};
-pub(crate) use pread::{bytes_mut, is_contiguous, read_all, From, Read};
+pub(crate) use pread::{bytes, bytes_mut, is_contiguous, read_all, From, Read};
 pub(crate) use safetensors_file::dtype_of;
 pub(crate) use sharded::Shards;
 pub(crate) use source::{map_file, read_exact_at, Source};

@@ -35,11 +35,25 @@ pub(crate) fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
 /// a load this holds as it does for `copy_`: the model is borrowed, and using its tensors from
 /// another thread during a load is a data race either way.
 pub(crate) unsafe fn bytes_mut<'a>(data: *mut u8, len: usize) -> &'a mut [u8] {
-    std::slice::from_raw_parts_mut(data, len)
+    // SAFETY: the caller gives a live, writable, unaliased region of `len` bytes.
+    unsafe { std::slice::from_raw_parts_mut(data, len) }
 }
 
-/// A read of `len` bytes at `offset` of the checkpoint into `dst`, whose layout
-/// [`direct_range`] checked.
+/// `len` bytes at `data`, to read: the memory of a contiguous CPU tensor.
+///
+/// # Safety
+///
+/// `data` must point to `len` readable bytes (a defined, contiguous CPU tensor's elements)
+/// that stay allocated, and that nothing writes, while the slice lives. A load reads its
+/// source tensors this way only when their memory overlaps none of the model's tensors it
+/// writes.
+pub(crate) unsafe fn bytes<'a>(data: *const u8, len: usize) -> &'a [u8] {
+    // SAFETY: the caller gives a live region of `len` bytes that nothing writes.
+    unsafe { std::slice::from_raw_parts(data, len) }
+}
+
+/// A read of `len` bytes at `offset` of `from` into `dst`, a contiguous CPU tensor of at
+/// least `len` bytes (its maker checks this).
 pub(crate) struct Read<'t> {
     pub dst: &'t Tensor,
     pub offset: u64,
@@ -134,10 +148,11 @@ fn overlapping(pieces: &[Piece<'_>]) -> bool {
 }
 
 fn read_piece(p: Piece<'_>) -> io::Result<()> {
-    // SAFETY: `p` is a part of a `Read` whose `dst` `direct_range` checked to be a contiguous
-    // CPU tensor of at least `offset - start + len` bytes from `ptr`'s tensor start; the
-    // tensors outlive `read_all`, and the pieces of all reads are disjoint, so each byte is
-    // written by one thread only.
+    // SAFETY: `p` is a part of a `Read` whose maker checked its `dst` to be a contiguous CPU
+    // tensor of `len` bytes (`is_direct` in load/direct.rs, `plain_copy` in load/commit.rs,
+    // or a buffer just allocated); the tensors outlive `read_all`, and the pieces of all
+    // reads are disjoint (`overlapping` sends overlapping ones to one thread, in order), so
+    // each byte is written by one thread only.
     let bytes = unsafe { bytes_mut(p.ptr as *mut u8, p.len) };
     match p.from {
         From::File(file) => read_exact_at(file, bytes, p.offset),

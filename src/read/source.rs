@@ -39,16 +39,24 @@ impl Source<'_> {
     }
 }
 
-/// Maps `file` read-only.
+/// Maps `file` read-only, for parsing.
+///
+/// The map serves the parsers that look at a file's structure: detection (its first bytes),
+/// a safetensors header, a sharded index, and the legacy format, whose pickle's length is
+/// known only by running it, so that a multi-GB legacy file is parsed without reading its
+/// tensor data. Tensor data is never read through the map: loads and materialization use
+/// `pread` (see `load/direct.rs` for the measurement), which turns a truncated file into an
+/// error rather than SIGBUS.
 ///
 /// # Safety
 ///
 /// The map is only sound while no one truncates or writes the file; every memory map carries
 /// this caveat, and this crate never writes a file it has open. Readers that must not trust
 /// the file system's other users can read the file into memory and use
-/// [`Checkpoint::from_bytes`] instead.
+/// [`Checkpoint::from_bytes`](crate::Checkpoint::from_bytes) instead.
 pub(crate) unsafe fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
-    memmap2::Mmap::map(file)
+    // SAFETY: the caller accepts the caveat above; the map is private and read-only.
+    unsafe { memmap2::Mmap::map(file) }
 }
 
 /// One positional read: the number of bytes read.
