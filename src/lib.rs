@@ -97,10 +97,10 @@ mod state_dict;
 mod value;
 mod write;
 
-pub use error::Error;
+pub use error::{Error, PickleError};
 pub use load::{check_state_dict, load_state_dict, load_state_dict_with, state_dict, LoadOptions};
 pub use module_tree::{ModuleKind, ModuleTree, StateDictModule};
-pub use read::{load_checkpoint, Checkpoint, Format, PickleError, ReadLimits, ReadOptions};
+pub use read::{load_checkpoint, Checkpoint, Format, ReadLimits, ReadOptions};
 pub use report::{IncompatibleKeys, LoadError, ShapeMismatch};
 pub use state_dict::StateDict;
 pub use value::{Dict, Metadata, Value};

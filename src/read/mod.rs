@@ -42,7 +42,6 @@ use crate::report::IncompatibleKeys;
 use crate::state_dict::StateDict;
 use crate::value::Value;
 
-pub use pickle::PickleError;
 use pickle::{Arena, Failure, Id, Obj};
 pub(crate) use safetensors_file::dtype_of;
 
