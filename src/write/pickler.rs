@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::read::pickle::opcodes::*;
 use crate::value::{Dict, Metadata, Value};
 
 /// A storage to write as `data/<key>`: a contiguous CPU tensor.
@@ -88,7 +89,7 @@ fn dtype_global(kind: Kind) -> Option<&'static str> {
 impl Pickler {
     pub(crate) fn new() -> Self {
         Pickler {
-            out: vec![0x80, 2],
+            out: vec![PROTO, 2],
             globals: HashMap::new(),
             next_memo: 0,
             storages: Vec::new(),
@@ -102,7 +103,7 @@ impl Pickler {
         value: &Value,
     ) -> Result<(Vec<u8>, Vec<StorageOut>), Unwritable> {
         self.value(value, "the object", 0)?;
-        self.out.push(b'.');
+        self.out.push(STOP);
         Ok((self.out, self.storages))
     }
 
@@ -116,7 +117,7 @@ impl Pickler {
             self.get(i);
             return;
         }
-        self.op(b'c');
+        self.op(GLOBAL);
         self.out.extend_from_slice(global.as_bytes());
         let i = self.next_memo;
         self.next_memo += 1;
@@ -126,30 +127,30 @@ impl Pickler {
 
     fn put(&mut self, i: u32) {
         if i < 256 {
-            self.out.extend_from_slice(&[b'q', i as u8]);
+            self.out.extend_from_slice(&[BINPUT, i as u8]);
         } else {
-            self.op(b'r');
+            self.op(LONG_BINPUT);
             self.out.extend_from_slice(&i.to_le_bytes());
         }
     }
 
     fn get(&mut self, i: u32) {
         if i < 256 {
-            self.out.extend_from_slice(&[b'h', i as u8]);
+            self.out.extend_from_slice(&[BINGET, i as u8]);
         } else {
-            self.op(b'j');
+            self.op(LONG_BINGET);
             self.out.extend_from_slice(&i.to_le_bytes());
         }
     }
 
     fn int(&mut self, v: i64) {
         if (0..256).contains(&v) {
-            self.out.extend_from_slice(&[b'K', v as u8]);
+            self.out.extend_from_slice(&[BININT1, v as u8]);
         } else if (0..65536).contains(&v) {
-            self.op(b'M');
+            self.op(BININT2);
             self.out.extend_from_slice(&(v as u16).to_le_bytes());
         } else if i32::try_from(v).is_ok() {
-            self.op(b'J');
+            self.op(BININT);
             self.out.extend_from_slice(&(v as i32).to_le_bytes());
         } else {
             // LONG1 with the fewest two's complement bytes.
@@ -170,9 +171,9 @@ impl Pickler {
 
     fn long(&mut self, bytes: &[u8]) {
         if bytes.len() < 256 {
-            self.out.extend_from_slice(&[0x8a, bytes.len() as u8]);
+            self.out.extend_from_slice(&[LONG1, bytes.len() as u8]);
         } else {
-            self.op(0x8b);
+            self.op(LONG4);
             self.out
                 .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         }
@@ -180,26 +181,26 @@ impl Pickler {
     }
 
     fn str(&mut self, s: &str) {
-        self.op(b'X');
+        self.op(BINUNICODE);
         self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
         self.out.extend_from_slice(s.as_bytes());
     }
 
     fn ints_tuple(&mut self, v: &[i64]) {
         match v.len() {
-            0 => self.op(b')'),
+            0 => self.op(EMPTY_TUPLE),
             1..=3 => {
                 for &x in v {
                     self.int(x);
                 }
-                self.op(0x84 + v.len() as u8);
+                self.op([TUPLE1, TUPLE2, TUPLE3][v.len() - 1]);
             }
             _ => {
-                self.op(b'(');
+                self.op(MARK);
                 for &x in v {
                     self.int(x);
                 }
-                self.op(b't');
+                self.op(TUPLE);
             }
         }
     }
@@ -212,13 +213,13 @@ impl Pickler {
             });
         }
         match value {
-            Value::None => self.op(b'N'),
-            Value::Bool(true) => self.op(0x88),
-            Value::Bool(false) => self.op(0x89),
+            Value::None => self.op(NONE),
+            Value::Bool(true) => self.op(NEWTRUE),
+            Value::Bool(false) => self.op(NEWFALSE),
             Value::Int(i) => self.int(*i),
             Value::BigInt(b) => self.long(b),
             Value::Float(f) => {
-                self.op(b'G');
+                self.op(BINFLOAT);
                 self.out.extend_from_slice(&f.to_be_bytes());
             }
             Value::Str(s) => self.str(s),
@@ -228,34 +229,34 @@ impl Pickler {
                 let text: String = b.iter().map(|&c| char::from(c)).collect();
                 self.str(&text);
                 self.str("latin1");
-                self.op(0x86);
-                self.op(b'R');
+                self.op(TUPLE2);
+                self.op(REDUCE);
             }
             Value::List(items) => {
-                self.op(b']');
-                self.batch(items, b'e', what, depth)?;
+                self.op(EMPTY_LIST);
+                self.batch(items, APPENDS, what, depth)?;
             }
             Value::Tuple(items) => {
-                self.op(b'(');
+                self.op(MARK);
                 for item in items {
                     self.value(item, what, depth + 1)?;
                 }
-                self.op(b't');
+                self.op(TUPLE);
             }
             Value::Set(items) => {
                 self.global("builtins\nset\n");
-                self.op(b']');
-                self.batch(items, b'e', what, depth)?;
-                self.op(0x85);
-                self.op(b'R');
+                self.op(EMPTY_LIST);
+                self.batch(items, APPENDS, what, depth)?;
+                self.op(TUPLE1);
+                self.op(REDUCE);
             }
             Value::Dict(d) => self.dict(d, what, depth)?,
             Value::Tensor(t) => self.tensor(t, what)?,
             Value::Device(d) => {
                 self.global("torch\ndevice\n");
                 self.str(d);
-                self.op(0x85);
-                self.op(b'R');
+                self.op(TUPLE1);
+                self.op(REDUCE);
             }
             Value::Dtype(k) => {
                 let g = dtype_global(*k).ok_or_else(|| Unwritable {
@@ -277,7 +278,7 @@ impl Pickler {
         depth: usize,
     ) -> Result<(), Unwritable> {
         for chunk in items.chunks(1000) {
-            self.op(b'(');
+            self.op(MARK);
             for item in chunk {
                 self.value(item, what, depth + 1)?;
             }
@@ -289,13 +290,13 @@ impl Pickler {
     fn dict(&mut self, d: &Dict, what: &str, depth: usize) -> Result<(), Unwritable> {
         if d.ordered {
             self.global("collections\nOrderedDict\n");
-            self.op(b')');
-            self.op(b'R');
+            self.op(EMPTY_TUPLE);
+            self.op(REDUCE);
         } else {
-            self.op(b'}');
+            self.op(EMPTY_DICT);
         }
         for chunk in d.items.chunks(1000) {
-            self.op(b'(');
+            self.op(MARK);
             for (k, v) in chunk {
                 self.value(k, what, depth + 1)?;
                 let inner = match k {
@@ -304,38 +305,38 @@ impl Pickler {
                 };
                 self.value(v, inner, depth + 1)?;
             }
-            self.op(b'u');
+            self.op(SETITEMS);
         }
         if let Some(metadata) = &d.metadata {
             // The OrderedDict's instance attributes: {'_metadata': OrderedDict(...)}.
-            self.op(b'}');
+            self.op(EMPTY_DICT);
             self.str("_metadata");
             self.metadata(metadata, depth)?;
-            self.op(b's');
-            self.op(b'b');
+            self.op(SETITEM);
+            self.op(BUILD);
         }
         Ok(())
     }
 
     fn metadata(&mut self, metadata: &Metadata, depth: usize) -> Result<(), Unwritable> {
         self.global("collections\nOrderedDict\n");
-        self.op(b')');
-        self.op(b'R');
+        self.op(EMPTY_TUPLE);
+        self.op(REDUCE);
         for chunk in metadata.iter().collect::<Vec<_>>().chunks(1000) {
-            self.op(b'(');
+            self.op(MARK);
             for (prefix, attrs) in chunk {
                 self.str(prefix);
-                self.op(b'}');
+                self.op(EMPTY_DICT);
                 if !attrs.is_empty() {
-                    self.op(b'(');
+                    self.op(MARK);
                     for (name, value) in attrs.iter() {
                         self.str(name);
                         self.value(value, "_metadata", depth + 2)?;
                     }
-                    self.op(b'u');
+                    self.op(SETITEMS);
                 }
             }
-            self.op(b'u');
+            self.op(SETITEMS);
         }
         Ok(())
     }
@@ -386,9 +387,9 @@ impl Pickler {
         } else {
             "torch._utils\n_rebuild_tensor_v3\n"
         });
-        self.op(b'(');
+        self.op(MARK);
         // The persistent id: ('storage', storage type, key, location, numel).
-        self.op(b'(');
+        self.op(MARK);
         self.str("storage");
         match typed {
             Some(class) => self.global(class),
@@ -402,20 +403,20 @@ impl Pickler {
             numel * kind.elt_size_in_bytes() as i64
         };
         self.int(storage_numel);
-        self.op(b't');
-        self.op(b'Q');
+        self.op(TUPLE);
+        self.op(BINPERSID);
         self.int(0);
         self.ints_tuple(&size);
         self.ints_tuple(&stride);
-        self.op(if t.requires_grad() { 0x88 } else { 0x89 });
+        self.op(if t.requires_grad() { NEWTRUE } else { NEWFALSE });
         self.global("collections\nOrderedDict\n");
-        self.op(b')');
-        self.op(b'R');
+        self.op(EMPTY_TUPLE);
+        self.op(REDUCE);
         if typed.is_none() {
             self.global(dtype_name);
         }
-        self.op(b't');
-        self.op(b'R');
+        self.op(TUPLE);
+        self.op(REDUCE);
         Ok(())
     }
 }
