@@ -85,6 +85,7 @@
 //! README's "Using it in your crate" for the `build.rs` lines.
 #![deny(missing_docs)]
 
+mod dtype;
 mod error;
 mod load;
 pub mod models;

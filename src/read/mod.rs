@@ -43,7 +43,6 @@ use crate::state_dict::StateDict;
 use crate::value::Value;
 
 use pickle::{Arena, Failure, Id, Obj};
-pub(crate) use safetensors_file::dtype_of;
 
 /// The formats this crate reads, detected from a file's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

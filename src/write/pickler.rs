@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::dtype;
 use crate::read::pickle::opcodes::*;
 use crate::value::{Dict, Metadata, Value};
 
@@ -35,7 +36,7 @@ struct Identity {
 
 pub(crate) struct Pickler {
     out: Vec<u8>,
-    globals: HashMap<&'static str, u32>,
+    globals: HashMap<(&'static str, &'static str), u32>,
     next_memo: u32,
     pub storages: Vec<StorageOut>,
     seen: HashMap<Identity, usize>,
@@ -43,47 +44,17 @@ pub(crate) struct Pickler {
 
 const MAX_DEPTH: usize = 1000;
 
+/// The `torch.<name>` global of a kind; `None` for the dtypes pickles may not hold.
+fn torch_name(kind: Kind) -> Option<&'static str> {
+    let info = dtype::of_kind(kind);
+    info.pickled.then_some(info.name)
+}
+
 /// The typed storage class torch.save names for a dtype; `None` for dtypes saved through
 /// `_rebuild_tensor_v3` with an untyped storage.
 fn storage_class(kind: Kind) -> Option<&'static str> {
-    Some(match kind {
-        Kind::Float => "torch\nFloatStorage\n",
-        Kind::Double => "torch\nDoubleStorage\n",
-        Kind::Half => "torch\nHalfStorage\n",
-        Kind::BFloat16 => "torch\nBFloat16Storage\n",
-        Kind::Int64 => "torch\nLongStorage\n",
-        Kind::Int => "torch\nIntStorage\n",
-        Kind::Int16 => "torch\nShortStorage\n",
-        Kind::Int8 => "torch\nCharStorage\n",
-        Kind::Uint8 => "torch\nByteStorage\n",
-        Kind::Bool => "torch\nBoolStorage\n",
-        Kind::ComplexFloat => "torch\nComplexFloatStorage\n",
-        Kind::ComplexDouble => "torch\nComplexDoubleStorage\n",
-        _ => return None,
-    })
-}
-
-/// The `torch.<dtype>` global of a kind.
-fn dtype_global(kind: Kind) -> Option<&'static str> {
-    Some(match kind {
-        Kind::Float => "torch\nfloat32\n",
-        Kind::Double => "torch\nfloat64\n",
-        Kind::Half => "torch\nfloat16\n",
-        Kind::BFloat16 => "torch\nbfloat16\n",
-        Kind::Int64 => "torch\nint64\n",
-        Kind::Int => "torch\nint32\n",
-        Kind::Int16 => "torch\nint16\n",
-        Kind::Int8 => "torch\nint8\n",
-        Kind::Uint8 => "torch\nuint8\n",
-        Kind::Bool => "torch\nbool\n",
-        Kind::ComplexFloat => "torch\ncomplex64\n",
-        Kind::ComplexDouble => "torch\ncomplex128\n",
-        Kind::Float8e5m2 => "torch\nfloat8_e5m2\n",
-        Kind::Float8e4m3fn => "torch\nfloat8_e4m3fn\n",
-        Kind::Float8e5m2fnuz => "torch\nfloat8_e5m2fnuz\n",
-        Kind::Float8e4m3fnuz => "torch\nfloat8_e4m3fnuz\n",
-        _ => return None,
-    })
+    let info = dtype::of_kind(kind);
+    info.storage_class.filter(|_| info.pickled)
 }
 
 impl Pickler {
@@ -112,17 +83,20 @@ impl Pickler {
     }
 
     /// `GLOBAL module\nname\n`, memoized so that each global is written once.
-    fn global(&mut self, global: &'static str) {
-        if let Some(&i) = self.globals.get(global) {
+    fn global(&mut self, module: &'static str, name: &'static str) {
+        if let Some(&i) = self.globals.get(&(module, name)) {
             self.get(i);
             return;
         }
         self.op(GLOBAL);
-        self.out.extend_from_slice(global.as_bytes());
+        for line in [module, name] {
+            self.out.extend_from_slice(line.as_bytes());
+            self.out.push(b'\n');
+        }
         let i = self.next_memo;
         self.next_memo += 1;
         self.put(i);
-        self.globals.insert(global, i);
+        self.globals.insert((module, name), i);
     }
 
     fn put(&mut self, i: u32) {
@@ -225,7 +199,7 @@ impl Pickler {
             Value::Str(s) => self.str(s),
             Value::Bytes(b) => {
                 // Protocol 2 has no bytes opcode; Python writes _codecs.encode(text, 'latin1').
-                self.global("_codecs\nencode\n");
+                self.global("_codecs", "encode");
                 let text: String = b.iter().map(|&c| char::from(c)).collect();
                 self.str(&text);
                 self.str("latin1");
@@ -244,7 +218,7 @@ impl Pickler {
                 self.op(TUPLE);
             }
             Value::Set(items) => {
-                self.global("builtins\nset\n");
+                self.global("builtins", "set");
                 self.op(EMPTY_LIST);
                 self.batch(items, APPENDS, what, depth)?;
                 self.op(TUPLE1);
@@ -253,17 +227,17 @@ impl Pickler {
             Value::Dict(d) => self.dict(d, what, depth)?,
             Value::Tensor(t) => self.tensor(t, what)?,
             Value::Device(d) => {
-                self.global("torch\ndevice\n");
+                self.global("torch", "device");
                 self.str(d);
                 self.op(TUPLE1);
                 self.op(REDUCE);
             }
             Value::Dtype(k) => {
-                let g = dtype_global(*k).ok_or_else(|| Unwritable {
+                let name = torch_name(*k).ok_or_else(|| Unwritable {
                     what: what.to_string(),
                     reason: format!("the dtype {k:?} has no torch name"),
                 })?;
-                self.global(g);
+                self.global("torch", name);
             }
         }
         Ok(())
@@ -289,7 +263,7 @@ impl Pickler {
 
     fn dict(&mut self, d: &Dict, what: &str, depth: usize) -> Result<(), Unwritable> {
         if d.ordered {
-            self.global("collections\nOrderedDict\n");
+            self.global("collections", "OrderedDict");
             self.op(EMPTY_TUPLE);
             self.op(REDUCE);
         } else {
@@ -319,7 +293,7 @@ impl Pickler {
     }
 
     fn metadata(&mut self, metadata: &Metadata, depth: usize) -> Result<(), Unwritable> {
-        self.global("collections\nOrderedDict\n");
+        self.global("collections", "OrderedDict");
         self.op(EMPTY_TUPLE);
         self.op(REDUCE);
         for chunk in metadata.iter().collect::<Vec<_>>().chunks(1000) {
@@ -350,8 +324,8 @@ impl Pickler {
             return Err(fail("the tensor is undefined".into()));
         }
         let kind = t.f_kind().map_err(|e| fail(e.to_string()))?;
-        let dtype_name = dtype_global(kind)
-            .ok_or_else(|| fail(format!("the dtype {kind:?} cannot be saved")))?;
+        let dtype_name =
+            torch_name(kind).ok_or_else(|| fail(format!("the dtype {kind:?} cannot be saved")))?;
         let identity = Identity {
             ptr: t.data_ptr() as usize,
             size: t.size(),
@@ -382,25 +356,28 @@ impl Pickler {
             stride[i] = stride[i + 1] * size[i + 1].max(1);
         }
         let typed = storage_class(kind);
-        self.global(if typed.is_some() {
-            "torch._utils\n_rebuild_tensor_v2\n"
-        } else {
-            "torch._utils\n_rebuild_tensor_v3\n"
-        });
+        self.global(
+            "torch._utils",
+            if typed.is_some() {
+                "_rebuild_tensor_v2"
+            } else {
+                "_rebuild_tensor_v3"
+            },
+        );
         self.op(MARK);
         // The persistent id: ('storage', storage type, key, location, numel).
         self.op(MARK);
         self.str("storage");
         match typed {
-            Some(class) => self.global(class),
-            None => self.global("torch.storage\nUntypedStorage\n"),
+            Some(class) => self.global("torch", class),
+            None => self.global("torch.storage", "UntypedStorage"),
         }
         self.str(&index.to_string());
         self.str("cpu");
         let storage_numel = if typed.is_some() {
             numel
         } else {
-            numel * kind.elt_size_in_bytes() as i64
+            numel * dtype::of_kind(kind).elt_size as i64
         };
         self.int(storage_numel);
         self.op(TUPLE);
@@ -409,11 +386,11 @@ impl Pickler {
         self.ints_tuple(&size);
         self.ints_tuple(&stride);
         self.op(if t.requires_grad() { NEWTRUE } else { NEWFALSE });
-        self.global("collections\nOrderedDict\n");
+        self.global("collections", "OrderedDict");
         self.op(EMPTY_TUPLE);
         self.op(REDUCE);
         if typed.is_none() {
-            self.global(dtype_name);
+            self.global("torch", dtype_name);
         }
         self.op(TUPLE);
         self.op(REDUCE);

@@ -9,6 +9,7 @@ use tch::Kind;
 
 use super::object::{DictObj, Id, Obj, StorageRef, TensorRef};
 use super::vm::{Failure, Machine, Res};
+use crate::dtype;
 use crate::error::PickleError;
 
 /// The callables and types a checkpoint's pickle may name.
@@ -60,48 +61,6 @@ pub(super) enum Resolved {
     Dtype(Kind),
 }
 
-/// The dtype a `torch.<name>` global names, with PyTorch's aliases.
-fn dtype_from_name(name: &str) -> Option<Kind> {
-    Some(match name {
-        "float32" | "float" => Kind::Float,
-        "float64" | "double" => Kind::Double,
-        "float16" | "half" => Kind::Half,
-        "bfloat16" => Kind::BFloat16,
-        "int64" | "long" => Kind::Int64,
-        "int32" | "int" => Kind::Int,
-        "int16" | "short" => Kind::Int16,
-        "int8" => Kind::Int8,
-        "uint8" => Kind::Uint8,
-        "bool" => Kind::Bool,
-        "complex64" | "cfloat" => Kind::ComplexFloat,
-        "complex128" | "cdouble" => Kind::ComplexDouble,
-        "float8_e5m2" => Kind::Float8e5m2,
-        "float8_e4m3fn" => Kind::Float8e4m3fn,
-        "float8_e5m2fnuz" => Kind::Float8e5m2fnuz,
-        "float8_e4m3fnuz" => Kind::Float8e4m3fnuz,
-        _ => return None,
-    })
-}
-
-/// The dtype of a legacy typed storage class (`FloatStorage` -> float32).
-fn storage_dtype(name: &str) -> Option<Kind> {
-    Some(match name {
-        "FloatStorage" => Kind::Float,
-        "DoubleStorage" => Kind::Double,
-        "HalfStorage" => Kind::Half,
-        "BFloat16Storage" => Kind::BFloat16,
-        "LongStorage" => Kind::Int64,
-        "IntStorage" => Kind::Int,
-        "ShortStorage" => Kind::Int16,
-        "CharStorage" => Kind::Int8,
-        "ByteStorage" => Kind::Uint8,
-        "BoolStorage" => Kind::Bool,
-        "ComplexFloatStorage" => Kind::ComplexFloat,
-        "ComplexDoubleStorage" => Kind::ComplexDouble,
-        _ => return None,
-    })
-}
-
 /// Why a global was refused: not on the allowlist, or a torch type this crate cannot hold.
 pub(super) enum GlobalRefusal {
     Disallowed,
@@ -127,51 +86,25 @@ pub(super) fn resolve_global(module: &str, name: &str) -> Result<Resolved, Globa
         ("builtins" | "__builtin__", "frozenset") => FrozenSet,
         ("torch" | "torch._tensor", "Tensor") => TensorType,
         ("torch.nn.parameter" | "torch.nn", "Parameter") => ParameterType,
-        ("torch", n) if n.ends_with("Storage") => match storage_dtype(n) {
-            Some(kind) => StorageType(Some(kind)),
-            None if is_torch_storage(n) => return Err(GlobalRefusal::UnsupportedDtype),
+        ("torch", n) if n.ends_with("Storage") => match dtype::by_storage_class(n) {
+            Some(d) if d.pickled => StorageType(Some(d.kind)),
+            Some(_) => return Err(GlobalRefusal::UnsupportedDtype),
+            None if dtype::TORCH_ONLY_STORAGE_CLASSES.contains(&n) => {
+                return Err(GlobalRefusal::UnsupportedDtype)
+            }
             None => return Err(GlobalRefusal::Disallowed),
         },
-        ("torch", n) => match dtype_from_name(n) {
-            Some(kind) => return Ok(Resolved::Dtype(kind)),
-            None if is_torch_dtype(n) => return Err(GlobalRefusal::UnsupportedDtype),
+        ("torch", n) => match dtype::by_name(n) {
+            Some(d) if d.pickled => return Ok(Resolved::Dtype(d.kind)),
+            Some(_) => return Err(GlobalRefusal::UnsupportedDtype),
+            None if dtype::TORCH_ONLY_NAMES.contains(&n) => {
+                return Err(GlobalRefusal::UnsupportedDtype)
+            }
             None => return Err(GlobalRefusal::Disallowed),
         },
         _ => return Err(GlobalRefusal::Disallowed),
     };
     Ok(Resolved::Callable(g))
-}
-
-fn is_torch_storage(name: &str) -> bool {
-    matches!(
-        name,
-        "QInt8Storage"
-            | "QUInt8Storage"
-            | "QInt32Storage"
-            | "QUInt4x2Storage"
-            | "QUInt2x4Storage"
-            | "ComplexHalfStorage"
-    )
-}
-
-fn is_torch_dtype(name: &str) -> bool {
-    matches!(
-        name,
-        "uint16"
-            | "uint32"
-            | "uint64"
-            | "complex32"
-            | "chalf"
-            | "qint8"
-            | "quint8"
-            | "qint32"
-            | "quint4x2"
-            | "quint2x4"
-            | "bits8"
-            | "bits16"
-            | "float8_e8m0fnu"
-            | "float4_e2m1fn_x2"
-    )
 }
 
 /// Which persistent ids the container uses.
