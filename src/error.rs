@@ -3,7 +3,6 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use crate::read::PickleError;
 use crate::report::LoadError;
 
 /// Everything that can go wrong in this crate. Each variant names the key or path it is
@@ -312,6 +311,62 @@ impl From<LoadError> for Error {
     fn from(e: LoadError) -> Self {
         Error::Load(Box::new(e))
     }
+}
+
+/// What went wrong in a pickle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PickleError {
+    /// An opcode this machine does not know.
+    #[error("unknown opcode 0x{0:02x}")]
+    UnknownOpcode(u8),
+    /// The pickle ends in the middle of an opcode, or before `STOP`.
+    #[error("the pickle is truncated")]
+    Truncated,
+    /// A `PROTO` above 5.
+    #[error("unsupported pickle protocol {0}")]
+    UnsupportedProtocol(u8),
+    /// An opcode needs more values than the stack holds (above the last mark).
+    #[error("stack underflow")]
+    StackUnderflow,
+    /// An opcode needs a mark and there is none.
+    #[error("no mark on the stack")]
+    NoMark,
+    /// A memo lookup of an index never stored.
+    #[error("memo index {0} was never stored")]
+    MemoNotFound(u32),
+    /// A constructor got arguments of the wrong kind or number.
+    #[error("bad arguments for {callable}: {reason}")]
+    BadArguments {
+        /// The constructor (`_rebuild_tensor_v2`, `OrderedDict`, ...).
+        callable: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A persistent id that is not `('storage', type, key, location, numel)`.
+    #[error("bad persistent id: {0}")]
+    PersistentId(String),
+    /// A feature a checkpoint has no use for (extension registry, out-of-band buffers).
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+    /// A string that is not valid UTF-8, or a malformed text literal.
+    #[error("invalid string or number literal")]
+    InvalidLiteral,
+    /// An object called or used as a constructor that is not one.
+    #[error("{0} is not callable")]
+    NotCallable(&'static str),
+    /// `BUILD` on an object that takes no state.
+    #[error("BUILD on a value of type {0}")]
+    BadBuild(&'static str),
+    /// The same key twice in one dict.
+    #[error("duplicate key {0:?} in a dict")]
+    DuplicateKey(String),
+    /// Containers nested deeper than the limit, or a container that contains itself.
+    #[error("values nested deeper than {0} (or a container that contains itself)")]
+    TooDeep(usize),
+    /// An opcode that only a hand-made pickle would emit where it appears.
+    #[error("{0}")]
+    Malformed(&'static str),
 }
 
 fn not_a_state_dict(

@@ -87,6 +87,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod checkpoint;
+mod dtype;
 mod error;
 mod load;
 pub mod models;
@@ -100,13 +101,13 @@ mod value;
 mod write;
 
 pub use checkpoint::Checkpoint;
-pub use error::Error;
+pub use error::{Error, PickleError};
 pub use load::{
     check_state_dict, load_checkpoint, load_state_dict, load_state_dict_with, state_dict,
     LoadOptions, StateDictSource,
 };
 pub use module_tree::{ModuleKind, ModuleTree, StateDictModule};
-pub use read::{Format, PickleError, ReadLimits, ReadOptions};
+pub use read::{Format, ReadLimits, ReadOptions};
 pub use report::{IncompatibleKeys, LoadError, ShapeMismatch};
 pub use state_dict::{LazyStateDict, LazyTensor, StateDict};
 pub use value::{Dict, Metadata, Value};

@@ -6,6 +6,8 @@ use std::fmt::{self, Write};
 
 use tch::{Device, Kind};
 
+use crate::dtype;
+
 /// Python's `repr(s)` for a `str`: single quotes unless the string holds a single quote and
 /// no double quote; backslash escapes for the quote, backslash, `\t`, `\n`, `\r` and other
 /// non-printable characters.
@@ -102,28 +104,7 @@ impl fmt::Display for Shape<'_> {
 
 /// The name PyTorch gives a dtype, without `torch.`: `float32`, `int64`, `bfloat16`.
 pub fn dtype_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Uint8 => "uint8",
-        Kind::Int8 => "int8",
-        Kind::Int16 => "int16",
-        Kind::Int => "int32",
-        Kind::Int64 => "int64",
-        Kind::Half => "float16",
-        Kind::Float => "float32",
-        Kind::Double => "float64",
-        Kind::ComplexHalf => "complex32",
-        Kind::ComplexFloat => "complex64",
-        Kind::ComplexDouble => "complex128",
-        Kind::Bool => "bool",
-        Kind::QInt8 => "qint8",
-        Kind::QUInt8 => "quint8",
-        Kind::QInt32 => "qint32",
-        Kind::BFloat16 => "bfloat16",
-        Kind::Float8e5m2 => "float8_e5m2",
-        Kind::Float8e4m3fn => "float8_e4m3fn",
-        Kind::Float8e5m2fnuz => "float8_e5m2fnuz",
-        Kind::Float8e4m3fnuz => "float8_e4m3fnuz",
-    }
+    dtype::of_kind(kind).name
 }
 
 /// A device as PyTorch prints it: `cpu`, `cuda:0`.

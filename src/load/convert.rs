@@ -16,8 +16,9 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::dtype::swap_unit;
 use crate::error::Error;
-use crate::read::{bytes_mut, read_exact_at, swap_unit, From};
+use crate::read::{bytes_mut, read_exact_at, From};
 
 /// The most bytes one chunk reads.
 pub(crate) const CHUNK_BYTES: usize = 1 << 20;

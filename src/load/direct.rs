@@ -17,7 +17,8 @@
 
 use tch::{Device, Tensor};
 
-use crate::read::{is_contiguous, is_floating, OpenFile, StorageLoc, TensorRef};
+use crate::dtype::is_floating;
+use crate::read::{is_contiguous, OpenFile, StorageLoc, TensorRef};
 
 /// The file tensor `index` of `file` with the storage it views, when the load may read it
 /// without materializing it: stored (not deflated), contiguous, and with no cast asked for

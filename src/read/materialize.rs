@@ -10,6 +10,7 @@ use super::pickle::{DictObj, Id, Obj, PickleError, StorageRef};
 use super::pread::{read_all, From, Read};
 use super::torch_zip::inflate_into;
 use super::{Parsed, ReadOptions, Source, StorageLoc};
+use crate::dtype::swap_unit;
 use crate::error::Error;
 use crate::pyfmt;
 use crate::value::{Dict, Metadata, Value};
@@ -474,32 +475,6 @@ impl<'c, 'a> Materializer<'c, 'a> {
 /// A 1-D uint8 tensor holding a copy of `bytes`.
 fn from_bytes(bytes: &[u8]) -> Result<Tensor, tch::TchError> {
     Tensor::f_from_data_size(bytes, &[bytes.len() as i64], Kind::Uint8)
-}
-
-/// Whether `kind` is a floating-point dtype (what `ReadOptions::kind` casts).
-pub(crate) fn is_floating(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Half
-            | Kind::Float
-            | Kind::Double
-            | Kind::BFloat16
-            | Kind::Float8e5m2
-            | Kind::Float8e4m3fn
-            | Kind::Float8e5m2fnuz
-            | Kind::Float8e4m3fnuz
-    )
-}
-
-/// The unit whose bytes a big-endian file reverses: the element, or each half of a complex
-/// element (its real and imaginary parts), as PyTorch swaps them.
-pub(crate) fn swap_unit(kind: Kind) -> usize {
-    match kind {
-        Kind::ComplexHalf | Kind::ComplexFloat | Kind::ComplexDouble => {
-            kind.elt_size_in_bytes() / 2
-        }
-        _ => kind.elt_size_in_bytes(),
-    }
 }
 
 /// Reverses the byte order of each `elem`-byte element.

@@ -41,12 +41,10 @@ pub use detect::Format;
 pub(crate) use index::{
     check_tensors, pickle_error, top_level_entry, OpenFile, Parsed, StorageLoc,
 };
-pub(crate) use materialize::{is_floating, swap_unit, Materializer};
+pub(crate) use materialize::Materializer;
 pub use options::{ReadLimits, ReadOptions};
-pub use pickle::PickleError;
 pub(crate) use pickle::{Id, Obj, TensorRef};
 pub(crate) use pread::{bytes, bytes_mut, is_contiguous, read_all, From, Read};
-pub(crate) use safetensors_file::dtype_of;
 pub(crate) use sharded::Shards;
 pub(crate) use source::{map_file, read_exact_at, Source};
 

@@ -6,50 +6,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use indexmap::IndexMap;
-use safetensors::tensor::{Dtype, SafeTensors};
-use tch::Kind;
+use safetensors::tensor::SafeTensors;
 
 use super::pickle::{Arena, DictObj, Obj, StorageRef, TensorRef};
 use super::{Format, Parsed, ReadLimits, Source, StorageLoc};
+use crate::dtype;
 use crate::error::Error;
-
-/// The tch kind of a safetensors dtype.
-pub(crate) fn kind_of(dtype: Dtype) -> Option<Kind> {
-    Some(match dtype {
-        Dtype::BOOL => Kind::Bool,
-        Dtype::U8 => Kind::Uint8,
-        Dtype::I8 => Kind::Int8,
-        Dtype::I16 => Kind::Int16,
-        Dtype::I32 => Kind::Int,
-        Dtype::I64 => Kind::Int64,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F32 => Kind::Float,
-        Dtype::F64 => Kind::Double,
-        Dtype::F8_E5M2 => Kind::Float8e5m2,
-        Dtype::F8_E4M3 => Kind::Float8e4m3fn,
-        _ => return None,
-    })
-}
-
-/// The safetensors dtype of a tch kind.
-pub(crate) fn dtype_of(kind: Kind) -> Option<Dtype> {
-    Some(match kind {
-        Kind::Bool => Dtype::BOOL,
-        Kind::Uint8 => Dtype::U8,
-        Kind::Int8 => Dtype::I8,
-        Kind::Int16 => Dtype::I16,
-        Kind::Int => Dtype::I32,
-        Kind::Int64 => Dtype::I64,
-        Kind::Half => Dtype::F16,
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Float => Dtype::F32,
-        Kind::Double => Dtype::F64,
-        Kind::Float8e5m2 => Dtype::F8_E5M2,
-        Kind::Float8e4m3fn => Dtype::F8_E4M3,
-        _ => return None,
-    })
-}
 
 pub(crate) fn parse<'a>(
     path: &Path,
@@ -81,10 +43,12 @@ pub(crate) fn parse<'a>(
     let mut items = Vec::with_capacity(names.len());
     for name in names {
         let info = metadata.info(&name).expect("offset_keys lists known names");
-        let kind = kind_of(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
-            path: path.to_path_buf(),
-            dtype: format!("{:?} (tensor {name:?})", info.dtype),
-        })?;
+        let kind = dtype::by_safetensors(info.dtype)
+            .map(|d| d.kind)
+            .ok_or_else(|| Error::UnsupportedDtype {
+                path: path.to_path_buf(),
+                dtype: format!("{:?} (tensor {name:?})", info.dtype),
+            })?;
         let (start, end) = info.data_offsets;
         storages.insert(
             name.clone(),

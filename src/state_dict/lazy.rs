@@ -29,11 +29,12 @@ use tch::{Kind, Tensor};
 
 use super::keyed::{self, Map};
 use super::StateDict;
+use crate::dtype::is_floating;
 use crate::error::Error;
 use crate::pyfmt;
 #[cfg(doc)]
 use crate::read::ReadOptions;
-use crate::read::{is_floating, Materializer, OpenFile};
+use crate::read::{Materializer, OpenFile};
 use crate::value::{shallow_clone_metadata, Metadata};
 
 /// A state dict whose tensors are still in the checkpoint file: keys in order, each with its

@@ -16,8 +16,8 @@ use tch::Tensor;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
+use crate::dtype;
 use crate::error::Error;
-use crate::read::dtype_of;
 use crate::read::Format;
 use crate::state_dict::StateDict;
 use crate::value::Value;
@@ -236,7 +236,7 @@ fn write_torch<W: Write + Seek>(path: &Path, value: &Value, out: W) -> Result<()
 /// The bytes of a contiguous CPU tensor.
 fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>, tch::TchError> {
     let numel = t.numel();
-    let mut bytes = vec![0u8; numel * t.f_kind()?.elt_size_in_bytes()];
+    let mut bytes = vec![0u8; numel * dtype::of_kind(t.f_kind()?).elt_size];
     if numel > 0 {
         t.f_copy_data_u8(&mut bytes, numel)?;
     }
@@ -261,8 +261,9 @@ impl SafetensorsView {
             return Err(fail("the tensor is undefined".into()));
         }
         let kind = t.f_kind().map_err(|e| fail(e.to_string()))?;
-        let dtype =
-            dtype_of(kind).ok_or_else(|| fail(format!("safetensors has no dtype for {kind:?}")))?;
+        let dtype = dtype::of_kind(kind)
+            .safetensors
+            .ok_or_else(|| fail(format!("safetensors has no dtype for {kind:?}")))?;
         let contiguous = t
             .f_to_device(tch::Device::Cpu)
             .and_then(|c| c.f_contiguous())

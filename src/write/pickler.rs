@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::dtype;
+use crate::read::pickle::opcodes::*;
 use crate::value::{Dict, Metadata, Value};
 
 /// A storage to write as `data/<key>`: a contiguous CPU tensor.
@@ -34,7 +36,7 @@ struct Identity {
 
 pub(crate) struct Pickler {
     out: Vec<u8>,
-    globals: HashMap<&'static str, u32>,
+    globals: HashMap<(&'static str, &'static str), u32>,
     next_memo: u32,
     pub storages: Vec<StorageOut>,
     seen: HashMap<Identity, usize>,
@@ -42,53 +44,23 @@ pub(crate) struct Pickler {
 
 const MAX_DEPTH: usize = 1000;
 
+/// The `torch.<name>` global of a kind; `None` for the dtypes pickles may not hold.
+fn torch_name(kind: Kind) -> Option<&'static str> {
+    let info = dtype::of_kind(kind);
+    info.pickled.then_some(info.name)
+}
+
 /// The typed storage class torch.save names for a dtype; `None` for dtypes saved through
 /// `_rebuild_tensor_v3` with an untyped storage.
 fn storage_class(kind: Kind) -> Option<&'static str> {
-    Some(match kind {
-        Kind::Float => "torch\nFloatStorage\n",
-        Kind::Double => "torch\nDoubleStorage\n",
-        Kind::Half => "torch\nHalfStorage\n",
-        Kind::BFloat16 => "torch\nBFloat16Storage\n",
-        Kind::Int64 => "torch\nLongStorage\n",
-        Kind::Int => "torch\nIntStorage\n",
-        Kind::Int16 => "torch\nShortStorage\n",
-        Kind::Int8 => "torch\nCharStorage\n",
-        Kind::Uint8 => "torch\nByteStorage\n",
-        Kind::Bool => "torch\nBoolStorage\n",
-        Kind::ComplexFloat => "torch\nComplexFloatStorage\n",
-        Kind::ComplexDouble => "torch\nComplexDoubleStorage\n",
-        _ => return None,
-    })
-}
-
-/// The `torch.<dtype>` global of a kind.
-fn dtype_global(kind: Kind) -> Option<&'static str> {
-    Some(match kind {
-        Kind::Float => "torch\nfloat32\n",
-        Kind::Double => "torch\nfloat64\n",
-        Kind::Half => "torch\nfloat16\n",
-        Kind::BFloat16 => "torch\nbfloat16\n",
-        Kind::Int64 => "torch\nint64\n",
-        Kind::Int => "torch\nint32\n",
-        Kind::Int16 => "torch\nint16\n",
-        Kind::Int8 => "torch\nint8\n",
-        Kind::Uint8 => "torch\nuint8\n",
-        Kind::Bool => "torch\nbool\n",
-        Kind::ComplexFloat => "torch\ncomplex64\n",
-        Kind::ComplexDouble => "torch\ncomplex128\n",
-        Kind::Float8e5m2 => "torch\nfloat8_e5m2\n",
-        Kind::Float8e4m3fn => "torch\nfloat8_e4m3fn\n",
-        Kind::Float8e5m2fnuz => "torch\nfloat8_e5m2fnuz\n",
-        Kind::Float8e4m3fnuz => "torch\nfloat8_e4m3fnuz\n",
-        _ => return None,
-    })
+    let info = dtype::of_kind(kind);
+    info.storage_class.filter(|_| info.pickled)
 }
 
 impl Pickler {
     pub(crate) fn new() -> Self {
         Pickler {
-            out: vec![0x80, 2],
+            out: vec![PROTO, 2],
             globals: HashMap::new(),
             next_memo: 0,
             storages: Vec::new(),
@@ -102,7 +74,7 @@ impl Pickler {
         value: &Value,
     ) -> Result<(Vec<u8>, Vec<StorageOut>), Unwritable> {
         self.value(value, "the object", 0)?;
-        self.out.push(b'.');
+        self.out.push(STOP);
         Ok((self.out, self.storages))
     }
 
@@ -111,45 +83,48 @@ impl Pickler {
     }
 
     /// `GLOBAL module\nname\n`, memoized so that each global is written once.
-    fn global(&mut self, global: &'static str) {
-        if let Some(&i) = self.globals.get(global) {
+    fn global(&mut self, module: &'static str, name: &'static str) {
+        if let Some(&i) = self.globals.get(&(module, name)) {
             self.get(i);
             return;
         }
-        self.op(b'c');
-        self.out.extend_from_slice(global.as_bytes());
+        self.op(GLOBAL);
+        for line in [module, name] {
+            self.out.extend_from_slice(line.as_bytes());
+            self.out.push(b'\n');
+        }
         let i = self.next_memo;
         self.next_memo += 1;
         self.put(i);
-        self.globals.insert(global, i);
+        self.globals.insert((module, name), i);
     }
 
     fn put(&mut self, i: u32) {
         if i < 256 {
-            self.out.extend_from_slice(&[b'q', i as u8]);
+            self.out.extend_from_slice(&[BINPUT, i as u8]);
         } else {
-            self.op(b'r');
+            self.op(LONG_BINPUT);
             self.out.extend_from_slice(&i.to_le_bytes());
         }
     }
 
     fn get(&mut self, i: u32) {
         if i < 256 {
-            self.out.extend_from_slice(&[b'h', i as u8]);
+            self.out.extend_from_slice(&[BINGET, i as u8]);
         } else {
-            self.op(b'j');
+            self.op(LONG_BINGET);
             self.out.extend_from_slice(&i.to_le_bytes());
         }
     }
 
     fn int(&mut self, v: i64) {
         if (0..256).contains(&v) {
-            self.out.extend_from_slice(&[b'K', v as u8]);
+            self.out.extend_from_slice(&[BININT1, v as u8]);
         } else if (0..65536).contains(&v) {
-            self.op(b'M');
+            self.op(BININT2);
             self.out.extend_from_slice(&(v as u16).to_le_bytes());
         } else if i32::try_from(v).is_ok() {
-            self.op(b'J');
+            self.op(BININT);
             self.out.extend_from_slice(&(v as i32).to_le_bytes());
         } else {
             // LONG1 with the fewest two's complement bytes.
@@ -170,9 +145,9 @@ impl Pickler {
 
     fn long(&mut self, bytes: &[u8]) {
         if bytes.len() < 256 {
-            self.out.extend_from_slice(&[0x8a, bytes.len() as u8]);
+            self.out.extend_from_slice(&[LONG1, bytes.len() as u8]);
         } else {
-            self.op(0x8b);
+            self.op(LONG4);
             self.out
                 .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         }
@@ -180,26 +155,26 @@ impl Pickler {
     }
 
     fn str(&mut self, s: &str) {
-        self.op(b'X');
+        self.op(BINUNICODE);
         self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
         self.out.extend_from_slice(s.as_bytes());
     }
 
     fn ints_tuple(&mut self, v: &[i64]) {
         match v.len() {
-            0 => self.op(b')'),
+            0 => self.op(EMPTY_TUPLE),
             1..=3 => {
                 for &x in v {
                     self.int(x);
                 }
-                self.op(0x84 + v.len() as u8);
+                self.op([TUPLE1, TUPLE2, TUPLE3][v.len() - 1]);
             }
             _ => {
-                self.op(b'(');
+                self.op(MARK);
                 for &x in v {
                     self.int(x);
                 }
-                self.op(b't');
+                self.op(TUPLE);
             }
         }
     }
@@ -212,57 +187,57 @@ impl Pickler {
             });
         }
         match value {
-            Value::None => self.op(b'N'),
-            Value::Bool(true) => self.op(0x88),
-            Value::Bool(false) => self.op(0x89),
+            Value::None => self.op(NONE),
+            Value::Bool(true) => self.op(NEWTRUE),
+            Value::Bool(false) => self.op(NEWFALSE),
             Value::Int(i) => self.int(*i),
             Value::BigInt(b) => self.long(b),
             Value::Float(f) => {
-                self.op(b'G');
+                self.op(BINFLOAT);
                 self.out.extend_from_slice(&f.to_be_bytes());
             }
             Value::Str(s) => self.str(s),
             Value::Bytes(b) => {
                 // Protocol 2 has no bytes opcode; Python writes _codecs.encode(text, 'latin1').
-                self.global("_codecs\nencode\n");
+                self.global("_codecs", "encode");
                 let text: String = b.iter().map(|&c| char::from(c)).collect();
                 self.str(&text);
                 self.str("latin1");
-                self.op(0x86);
-                self.op(b'R');
+                self.op(TUPLE2);
+                self.op(REDUCE);
             }
             Value::List(items) => {
-                self.op(b']');
-                self.batch(items, b'e', what, depth)?;
+                self.op(EMPTY_LIST);
+                self.batch(items, APPENDS, what, depth)?;
             }
             Value::Tuple(items) => {
-                self.op(b'(');
+                self.op(MARK);
                 for item in items {
                     self.value(item, what, depth + 1)?;
                 }
-                self.op(b't');
+                self.op(TUPLE);
             }
             Value::Set(items) => {
-                self.global("builtins\nset\n");
-                self.op(b']');
-                self.batch(items, b'e', what, depth)?;
-                self.op(0x85);
-                self.op(b'R');
+                self.global("builtins", "set");
+                self.op(EMPTY_LIST);
+                self.batch(items, APPENDS, what, depth)?;
+                self.op(TUPLE1);
+                self.op(REDUCE);
             }
             Value::Dict(d) => self.dict(d, what, depth)?,
             Value::Tensor(t) => self.tensor(t, what)?,
             Value::Device(d) => {
-                self.global("torch\ndevice\n");
+                self.global("torch", "device");
                 self.str(d);
-                self.op(0x85);
-                self.op(b'R');
+                self.op(TUPLE1);
+                self.op(REDUCE);
             }
             Value::Dtype(k) => {
-                let g = dtype_global(*k).ok_or_else(|| Unwritable {
+                let name = torch_name(*k).ok_or_else(|| Unwritable {
                     what: what.to_string(),
                     reason: format!("the dtype {k:?} has no torch name"),
                 })?;
-                self.global(g);
+                self.global("torch", name);
             }
         }
         Ok(())
@@ -277,7 +252,7 @@ impl Pickler {
         depth: usize,
     ) -> Result<(), Unwritable> {
         for chunk in items.chunks(1000) {
-            self.op(b'(');
+            self.op(MARK);
             for item in chunk {
                 self.value(item, what, depth + 1)?;
             }
@@ -288,14 +263,14 @@ impl Pickler {
 
     fn dict(&mut self, d: &Dict, what: &str, depth: usize) -> Result<(), Unwritable> {
         if d.ordered {
-            self.global("collections\nOrderedDict\n");
-            self.op(b')');
-            self.op(b'R');
+            self.global("collections", "OrderedDict");
+            self.op(EMPTY_TUPLE);
+            self.op(REDUCE);
         } else {
-            self.op(b'}');
+            self.op(EMPTY_DICT);
         }
         for chunk in d.items.chunks(1000) {
-            self.op(b'(');
+            self.op(MARK);
             for (k, v) in chunk {
                 self.value(k, what, depth + 1)?;
                 let inner = match k {
@@ -304,38 +279,38 @@ impl Pickler {
                 };
                 self.value(v, inner, depth + 1)?;
             }
-            self.op(b'u');
+            self.op(SETITEMS);
         }
         if let Some(metadata) = &d.metadata {
             // The OrderedDict's instance attributes: {'_metadata': OrderedDict(...)}.
-            self.op(b'}');
+            self.op(EMPTY_DICT);
             self.str("_metadata");
             self.metadata(metadata, depth)?;
-            self.op(b's');
-            self.op(b'b');
+            self.op(SETITEM);
+            self.op(BUILD);
         }
         Ok(())
     }
 
     fn metadata(&mut self, metadata: &Metadata, depth: usize) -> Result<(), Unwritable> {
-        self.global("collections\nOrderedDict\n");
-        self.op(b')');
-        self.op(b'R');
+        self.global("collections", "OrderedDict");
+        self.op(EMPTY_TUPLE);
+        self.op(REDUCE);
         for chunk in metadata.iter().collect::<Vec<_>>().chunks(1000) {
-            self.op(b'(');
+            self.op(MARK);
             for (prefix, attrs) in chunk {
                 self.str(prefix);
-                self.op(b'}');
+                self.op(EMPTY_DICT);
                 if !attrs.is_empty() {
-                    self.op(b'(');
+                    self.op(MARK);
                     for (name, value) in attrs.iter() {
                         self.str(name);
                         self.value(value, "_metadata", depth + 2)?;
                     }
-                    self.op(b'u');
+                    self.op(SETITEMS);
                 }
             }
-            self.op(b'u');
+            self.op(SETITEMS);
         }
         Ok(())
     }
@@ -349,8 +324,8 @@ impl Pickler {
             return Err(fail("the tensor is undefined".into()));
         }
         let kind = t.f_kind().map_err(|e| fail(e.to_string()))?;
-        let dtype_name = dtype_global(kind)
-            .ok_or_else(|| fail(format!("the dtype {kind:?} cannot be saved")))?;
+        let dtype_name =
+            torch_name(kind).ok_or_else(|| fail(format!("the dtype {kind:?} cannot be saved")))?;
         let identity = Identity {
             ptr: t.data_ptr() as usize,
             size: t.size(),
@@ -381,41 +356,44 @@ impl Pickler {
             stride[i] = stride[i + 1] * size[i + 1].max(1);
         }
         let typed = storage_class(kind);
-        self.global(if typed.is_some() {
-            "torch._utils\n_rebuild_tensor_v2\n"
-        } else {
-            "torch._utils\n_rebuild_tensor_v3\n"
-        });
-        self.op(b'(');
+        self.global(
+            "torch._utils",
+            if typed.is_some() {
+                "_rebuild_tensor_v2"
+            } else {
+                "_rebuild_tensor_v3"
+            },
+        );
+        self.op(MARK);
         // The persistent id: ('storage', storage type, key, location, numel).
-        self.op(b'(');
+        self.op(MARK);
         self.str("storage");
         match typed {
-            Some(class) => self.global(class),
-            None => self.global("torch.storage\nUntypedStorage\n"),
+            Some(class) => self.global("torch", class),
+            None => self.global("torch.storage", "UntypedStorage"),
         }
         self.str(&index.to_string());
         self.str("cpu");
         let storage_numel = if typed.is_some() {
             numel
         } else {
-            numel * kind.elt_size_in_bytes() as i64
+            numel * dtype::of_kind(kind).elt_size as i64
         };
         self.int(storage_numel);
-        self.op(b't');
-        self.op(b'Q');
+        self.op(TUPLE);
+        self.op(BINPERSID);
         self.int(0);
         self.ints_tuple(&size);
         self.ints_tuple(&stride);
-        self.op(if t.requires_grad() { 0x88 } else { 0x89 });
-        self.global("collections\nOrderedDict\n");
-        self.op(b')');
-        self.op(b'R');
+        self.op(if t.requires_grad() { NEWTRUE } else { NEWFALSE });
+        self.global("collections", "OrderedDict");
+        self.op(EMPTY_TUPLE);
+        self.op(REDUCE);
         if typed.is_none() {
-            self.global(dtype_name);
+            self.global("torch", dtype_name);
         }
-        self.op(b't');
-        self.op(b'R');
+        self.op(TUPLE);
+        self.op(REDUCE);
         Ok(())
     }
 }

@@ -1,0 +1,40 @@
+//! A restricted pickle machine.
+//!
+//! It runs the opcodes of pickle protocols 0 to 5 as operations on data and never imports or
+//! calls anything. A `GLOBAL` (or `STACK_GLOBAL`, `INST`) becomes a value only when it names
+//! one of the few callables that `torch.save` needs ([`Global`](torch::Global)); anything
+//! else is refused with its `module.name`. `REDUCE` applies those callables as data constructors: a
+//! `_rebuild_tensor_v2` call becomes a [`TensorRef`] (a description of a view into a storage,
+//! checked later against the storage's real length), an `OrderedDict()` call an empty dict.
+//!
+//! Objects live in an arena and refer to each other by index, so that memo references share
+//! objects as Python's do (a dict memoized before its `SETITEMS` is seen filled), cycles and
+//! deep nesting cost no recursion while parsing, and dropping the arena is flat. Conversion
+//! to values (`read::materialize`) is where nesting and memo sharing could explode; it is
+//! bounded by a depth limit and a budget of values proportional to the pickle.
+//!
+//! Why not an existing crate: `serde-pickle` executes no code but maps globals to opaque
+//! values after the fact and has no limits on memo expansion or depth; candle's and burn's
+//! readers are parts of those frameworks. This machine is small and answers only to the
+//! rules above.
+//!
+//! # Layout
+//!
+//! - [`opcodes`]: the opcode bytes, named as in CPython's `pickle.py`; the writer
+//!   (`crate::write::pickler`) uses them too.
+//! - [`vm`]: the machine (stack, marks, memo) and the opcode loop, one function per group of
+//!   opcodes.
+//! - [`object`]: what the machine builds ([`Obj`] in an [`Arena`], [`TensorRef`],
+//!   [`StorageRef`]).
+//! - [`torch`]: torch's rebuild semantics (tensors, parameters, storages named by persistent
+//!   ids, `BUILD` on a state dict) and the allowlist of globals.
+
+mod object;
+pub(crate) mod opcodes;
+mod torch;
+mod vm;
+
+pub(crate) use crate::error::PickleError;
+pub(crate) use object::{Arena, DictObj, Id, Obj, StorageRef, TensorRef};
+pub(crate) use torch::Flavor;
+pub(crate) use vm::{run, Failure};

@@ -1,0 +1,101 @@
+//! The objects a pickle builds: an arena of [`Obj`] that refer to each other by [`Id`], and
+//! the descriptions of storages and tensors that torch's rebuild calls leave in it.
+
+use tch::Kind;
+
+use super::torch::Global;
+
+/// An index into the arena.
+pub(crate) type Id = u32;
+
+/// A storage named by a persistent id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StorageRef {
+    /// The record key (`data/<key>` in a zip, the storage key in a legacy file).
+    pub key: String,
+    /// The storage's element type; `None` for an untyped (byte) storage.
+    pub dtype: Option<Kind>,
+    /// Where the storage was saved (`cpu`, `cuda:0`).
+    pub location: String,
+    /// Legacy views: the element offset into the root storage, and the view's length.
+    pub view: Option<(i64, i64)>,
+}
+
+/// A tensor described by a rebuild call: a view into a storage, not yet checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TensorRef {
+    pub storage: StorageRef,
+    pub dtype: Kind,
+    /// In elements of `dtype`, from the start of the storage (or legacy view).
+    pub offset: i64,
+    pub size: Vec<i64>,
+    pub stride: Vec<i64>,
+    pub requires_grad: bool,
+}
+
+/// An object of the machine.
+#[derive(Debug)]
+pub(crate) enum Obj {
+    None,
+    Bool(bool),
+    Int(i64),
+    BigInt(Vec<u8>),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    List(Vec<Id>),
+    Tuple(Vec<Id>),
+    Set(Vec<Id>),
+    Dict(DictObj),
+    Global(Global),
+    Storage(StorageRef),
+    /// An index into [`Arena::tensors`].
+    Tensor(usize),
+    Device(String),
+    Dtype(Kind),
+}
+
+impl Obj {
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Obj::None => "NoneType",
+            Obj::Bool(_) => "bool",
+            Obj::Int(_) => "int",
+            Obj::BigInt(_) => "int beyond 64 bits",
+            Obj::Float(_) => "float",
+            Obj::Str(_) => "str",
+            Obj::Bytes(_) => "bytes",
+            Obj::List(_) => "list",
+            Obj::Tuple(_) => "tuple",
+            Obj::Set(_) => "set",
+            Obj::Dict(_) => "dict",
+            Obj::Global(_) => "global",
+            Obj::Storage(_) => "storage",
+            Obj::Tensor(_) => "Tensor",
+            Obj::Device(_) => "torch.device",
+            Obj::Dtype(_) => "torch.dtype",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DictObj {
+    pub items: Vec<(Id, Id)>,
+    pub ordered: bool,
+    /// The `_metadata` attribute a `BUILD` gave a state dict's `OrderedDict`.
+    pub metadata: Option<Id>,
+}
+
+/// The objects a pickle built, its root, and the tensors it described.
+#[derive(Debug)]
+pub(crate) struct Arena {
+    pub objs: Vec<Obj>,
+    pub root: Id,
+    pub tensors: Vec<TensorRef>,
+}
+
+impl Arena {
+    pub(crate) fn get(&self, id: Id) -> &Obj {
+        &self.objs[id as usize]
+    }
+}

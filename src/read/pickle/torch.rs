@@ -1,0 +1,495 @@
+//! torch's side of the pickle: the allowlist of globals a checkpoint may name ([`Global`],
+//! [`resolve_global`]), the persistent ids that name storages ([`Flavor`]), and what the
+//! allowlisted callables build when `REDUCE`, `NEWOBJ` or `BUILD` apply them: a
+//! `_rebuild_tensor_v2` call becomes a [`TensorRef`], an `OrderedDict()` call an empty dict,
+//! a `BUILD` on a state dict keeps its `_metadata`. Everything here is data; nothing is
+//! imported or called.
+
+use tch::Kind;
+
+use super::object::{DictObj, Id, Obj, StorageRef, TensorRef};
+use super::vm::{Failure, Machine, Res};
+use crate::dtype;
+use crate::error::PickleError;
+
+/// The callables and types a checkpoint's pickle may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Global {
+    OrderedDict,
+    RebuildTensor,
+    RebuildTensorV2,
+    RebuildTensorV3,
+    RebuildParameter,
+    RebuildParameterWithState,
+    RebuildFromTypeV2,
+    /// `torch.FloatStorage` and friends; `None` for `torch.UntypedStorage`.
+    StorageType(Option<Kind>),
+    TorchSize,
+    TorchDevice,
+    CodecsEncode,
+    Set,
+    FrozenSet,
+    TensorType,
+    ParameterType,
+}
+
+impl Global {
+    fn name(self) -> &'static str {
+        match self {
+            Global::OrderedDict => "collections.OrderedDict",
+            Global::RebuildTensor => "torch._utils._rebuild_tensor",
+            Global::RebuildTensorV2 => "torch._utils._rebuild_tensor_v2",
+            Global::RebuildTensorV3 => "torch._utils._rebuild_tensor_v3",
+            Global::RebuildParameter => "torch._utils._rebuild_parameter",
+            Global::RebuildParameterWithState => "torch._utils._rebuild_parameter_with_state",
+            Global::RebuildFromTypeV2 => "torch._tensor._rebuild_from_type_v2",
+            Global::StorageType(_) => "a torch storage type",
+            Global::TorchSize => "torch.Size",
+            Global::TorchDevice => "torch.device",
+            Global::CodecsEncode => "_codecs.encode",
+            Global::Set => "builtins.set",
+            Global::FrozenSet => "builtins.frozenset",
+            Global::TensorType => "torch.Tensor",
+            Global::ParameterType => "torch.nn.Parameter",
+        }
+    }
+}
+
+/// The result of resolving a `GLOBAL`.
+pub(super) enum Resolved {
+    Callable(Global),
+    Dtype(Kind),
+}
+
+/// Why a global was refused: not on the allowlist, or a torch type this crate cannot hold.
+pub(super) enum GlobalRefusal {
+    Disallowed,
+    UnsupportedDtype,
+}
+
+/// What `module.name` is to a checkpoint: an allowlisted callable, a dtype, or refused.
+pub(super) fn resolve_global(module: &str, name: &str) -> Result<Resolved, GlobalRefusal> {
+    use Global::*;
+    let g = match (module, name) {
+        ("collections", "OrderedDict") => OrderedDict,
+        ("torch._utils", "_rebuild_tensor") => RebuildTensor,
+        ("torch._utils", "_rebuild_tensor_v2") => RebuildTensorV2,
+        ("torch._utils", "_rebuild_tensor_v3") => RebuildTensorV3,
+        ("torch._utils", "_rebuild_parameter") => RebuildParameter,
+        ("torch._utils", "_rebuild_parameter_with_state") => RebuildParameterWithState,
+        ("torch._tensor", "_rebuild_from_type_v2") => RebuildFromTypeV2,
+        ("torch" | "torch.storage", "UntypedStorage") => StorageType(None),
+        ("torch", "Size") => TorchSize,
+        ("torch", "device") => TorchDevice,
+        ("_codecs", "encode") => CodecsEncode,
+        ("builtins" | "__builtin__", "set") => Set,
+        ("builtins" | "__builtin__", "frozenset") => FrozenSet,
+        ("torch" | "torch._tensor", "Tensor") => TensorType,
+        ("torch.nn.parameter" | "torch.nn", "Parameter") => ParameterType,
+        ("torch", n) if n.ends_with("Storage") => match dtype::by_storage_class(n) {
+            Some(d) if d.pickled => StorageType(Some(d.kind)),
+            Some(_) => return Err(GlobalRefusal::UnsupportedDtype),
+            None if dtype::TORCH_ONLY_STORAGE_CLASSES.contains(&n) => {
+                return Err(GlobalRefusal::UnsupportedDtype)
+            }
+            None => return Err(GlobalRefusal::Disallowed),
+        },
+        ("torch", n) => match dtype::by_name(n) {
+            Some(d) if d.pickled => return Ok(Resolved::Dtype(d.kind)),
+            Some(_) => return Err(GlobalRefusal::UnsupportedDtype),
+            None if dtype::TORCH_ONLY_NAMES.contains(&n) => {
+                return Err(GlobalRefusal::UnsupportedDtype)
+            }
+            None => return Err(GlobalRefusal::Disallowed),
+        },
+        _ => return Err(GlobalRefusal::Disallowed),
+    };
+    Ok(Resolved::Callable(g))
+}
+
+/// Which persistent ids the container uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// torch.save's zip format: `('storage', type, key, location, numel)`.
+    Zip,
+    /// The legacy format: `('storage', type, key, location, numel, view_metadata)`.
+    Legacy,
+    /// No persistent ids allowed (the legacy header pickles).
+    Plain,
+}
+
+impl Machine<'_> {
+    /// Applies an allowlisted callable to its arguments.
+    pub(super) fn call(&mut self, callable: Id, args: Vec<Id>) -> Res<Id> {
+        let g = match self.get(callable) {
+            Obj::Global(g) => *g,
+            other => return Err(self.err(PickleError::NotCallable(other.type_name()))),
+        };
+        let name = g.name();
+        match g {
+            Global::OrderedDict => {
+                let items = match args.as_slice() {
+                    [] => Vec::new(),
+                    [pairs] => self.pair_list(*pairs, name)?,
+                    _ => return Err(self.bad(name, "takes at most one argument")),
+                };
+                self.alloc(Obj::Dict(DictObj {
+                    items,
+                    ordered: true,
+                    metadata: None,
+                }))
+            }
+            Global::RebuildTensor | Global::RebuildTensorV2 | Global::RebuildTensorV3 => {
+                self.rebuild_tensor(g, &args)
+            }
+            Global::RebuildParameter | Global::RebuildParameterWithState => {
+                let expected = if g == Global::RebuildParameter { 3 } else { 4 };
+                if args.len() != expected {
+                    return Err(self.bad(
+                        name,
+                        format!("takes {expected} arguments, got {}", args.len()),
+                    ));
+                }
+                let requires_grad = self.boolean(args[1], name, "requires_grad")?;
+                match self.get(args[0]) {
+                    Obj::Tensor(t) => {
+                        let t = *t;
+                        self.tensors[t].requires_grad = requires_grad;
+                        Ok(args[0])
+                    }
+                    other => Err(self.bad(
+                        name,
+                        format!("data has type {}, not Tensor", other.type_name()),
+                    )),
+                }
+            }
+            Global::RebuildFromTypeV2 => {
+                if args.len() != 4 {
+                    return Err(self.bad(name, format!("takes 4 arguments, got {}", args.len())));
+                }
+                match self.get(args[1]) {
+                    Obj::Global(Global::TensorType | Global::ParameterType) => {}
+                    _ => {
+                        return Err(
+                            self.bad(name, "only torch.Tensor and nn.Parameter can be rebuilt")
+                        )
+                    }
+                }
+                match self.get(args[0]) {
+                    Obj::Global(
+                        Global::RebuildTensor
+                        | Global::RebuildTensorV2
+                        | Global::RebuildTensorV3
+                        | Global::RebuildParameter
+                        | Global::RebuildParameterWithState,
+                    ) => {}
+                    _ => return Err(self.bad(name, "the function is not a tensor rebuild")),
+                }
+                let inner = self.tuple_items(args[2], name)?;
+                // The state (Python attributes set on the tensor) is data this crate has no
+                // place for; it is dropped.
+                self.call(args[0], inner)
+            }
+            Global::TorchSize => {
+                let dims = match args.as_slice() {
+                    [] => Vec::new(),
+                    [d] => match self.get(*d) {
+                        Obj::Tuple(v) | Obj::List(v) => v.clone(),
+                        _ => return Err(self.bad(name, "takes a tuple")),
+                    },
+                    _ => return Err(self.bad(name, "takes one argument")),
+                };
+                for &d in &dims {
+                    self.int(d, name, "a dimension")?;
+                }
+                self.alloc(Obj::Tuple(dims))
+            }
+            Global::TorchDevice => {
+                let device = match args.as_slice() {
+                    [t] => self.string(*t, name, "the device type")?,
+                    [t, i] => {
+                        let t = self.string(*t, name, "the device type")?;
+                        let i = self.int(*i, name, "the device index")?;
+                        format!("{t}:{i}")
+                    }
+                    _ => return Err(self.bad(name, "takes one or two arguments")),
+                };
+                self.alloc(Obj::Device(device))
+            }
+            Global::CodecsEncode => {
+                let (text, encoding) = match args.as_slice() {
+                    [t] => (self.string(*t, name, "the text")?, "utf-8".to_string()),
+                    [t, e] => (
+                        self.string(*t, name, "the text")?,
+                        self.string(*e, name, "the encoding")?,
+                    ),
+                    _ => return Err(self.bad(name, "takes one or two arguments")),
+                };
+                let bytes = match encoding.to_ascii_lowercase().as_str() {
+                    "latin1" | "latin-1" | "iso-8859-1" => text
+                        .chars()
+                        .map(|c| u8::try_from(u32::from(c)).ok())
+                        .collect::<Option<Vec<u8>>>()
+                        .ok_or_else(|| self.bad(name, "text outside latin-1"))?,
+                    "utf-8" | "utf8" => text.into_bytes(),
+                    _ => return Err(self.bad(name, format!("unsupported encoding {encoding:?}"))),
+                };
+                self.alloc(Obj::Bytes(bytes))
+            }
+            Global::Set | Global::FrozenSet => {
+                let items = match args.as_slice() {
+                    [] => Vec::new(),
+                    [items] => match self.get(*items) {
+                        Obj::List(v) | Obj::Tuple(v) | Obj::Set(v) => v.clone(),
+                        _ => return Err(self.bad(name, "takes a list")),
+                    },
+                    _ => return Err(self.bad(name, "takes one argument")),
+                };
+                self.alloc(Obj::Set(items))
+            }
+            Global::StorageType(_) | Global::TensorType | Global::ParameterType => {
+                Err(self.err(PickleError::NotCallable(name)))
+            }
+        }
+    }
+
+    fn rebuild_tensor(&mut self, g: Global, args: &[Id]) -> Res<Id> {
+        let name = g.name();
+        let (min, max) = match g {
+            Global::RebuildTensor => (4, 4),
+            Global::RebuildTensorV2 => (6, 7),
+            _ => (7, 8),
+        };
+        if args.len() < min || args.len() > max {
+            return Err(self.bad(
+                name,
+                format!("takes {min} to {max} arguments, got {}", args.len()),
+            ));
+        }
+        let storage = match self.get(args[0]) {
+            Obj::Storage(s) => s.clone(),
+            other => return Err(self.bad(name, format!("storage has type {}", other.type_name()))),
+        };
+        let offset = self.int(args[1], name, "storage_offset")?;
+        let size = self.ints(args[2], name, "size")?;
+        let stride = self.ints(args[3], name, "stride")?;
+        let requires_grad = if args.len() > 4 {
+            self.boolean(args[4], name, "requires_grad")?
+        } else {
+            false
+        };
+        let dtype = if g == Global::RebuildTensorV3 {
+            match self.get(args[6]) {
+                Obj::Dtype(k) => *k,
+                other => {
+                    return Err(self.bad(name, format!("dtype has type {}", other.type_name())))
+                }
+            }
+        } else {
+            storage.dtype.ok_or_else(|| {
+                self.bad(name, "an untyped storage needs _rebuild_tensor_v3's dtype")
+            })?
+        };
+        if size.len() != stride.len() {
+            return Err(self.bad(name, "size and stride differ in length"));
+        }
+        if self.tensors.len() as u64 >= self.limits.max_tensors {
+            return Err(Failure::Limit("max_tensors", self.limits.max_tensors));
+        }
+        let index = self.tensors.len();
+        self.tensors.push(TensorRef {
+            storage,
+            dtype,
+            offset,
+            size,
+            stride,
+            requires_grad,
+        });
+        self.alloc(Obj::Tensor(index))
+    }
+
+    /// The storage a persistent id names (`BINPERSID`).
+    pub(super) fn storage(&self, pid: Id) -> Res<StorageRef> {
+        let bad = |reason: &str| self.err(PickleError::PersistentId(reason.to_string()));
+        let items = match self.get(pid) {
+            Obj::Tuple(items) => items,
+            other => {
+                return Err(bad(&format!(
+                    "a value of type {}, not a tuple",
+                    other.type_name()
+                )))
+            }
+        };
+        let expected = match self.flavor {
+            Flavor::Zip => 5,
+            Flavor::Legacy => 6,
+            Flavor::Plain => return Err(bad("persistent ids are not allowed here")),
+        };
+        if items.len() != expected {
+            return Err(bad(&format!("{} items, expected {expected}", items.len())));
+        }
+        match self.get(items[0]) {
+            Obj::Str(s) if s == "storage" => {}
+            _ => return Err(bad("the first item is not 'storage'")),
+        }
+        let dtype = match self.get(items[1]) {
+            Obj::Global(Global::StorageType(kind)) => *kind,
+            _ => return Err(bad("the second item is not a storage type")),
+        };
+        let key = match self.get(items[2]) {
+            Obj::Str(s) => s.clone(),
+            Obj::Int(i) => i.to_string(),
+            _ => return Err(bad("the key is not a str")),
+        };
+        let location = match self.get(items[3]) {
+            Obj::Str(s) => s.clone(),
+            _ => return Err(bad("the location is not a str")),
+        };
+        match self.get(items[4]) {
+            Obj::Int(n) if *n >= 0 => {}
+            _ => return Err(bad("the size is not a non-negative int")),
+        }
+        let view = if expected == 6 {
+            match self.get(items[5]) {
+                Obj::None => None,
+                Obj::Tuple(v) if v.len() == 3 => {
+                    let offset = match self.get(v[1]) {
+                        Obj::Int(i) if *i >= 0 => *i,
+                        _ => return Err(bad("a view offset that is not a non-negative int")),
+                    };
+                    let size = match self.get(v[2]) {
+                        Obj::Int(i) if *i >= 0 => *i,
+                        _ => return Err(bad("a view size that is not a non-negative int")),
+                    };
+                    Some((offset, size))
+                }
+                _ => return Err(bad("view metadata that is not None or (key, offset, size)")),
+            }
+        } else {
+            None
+        };
+        Ok(StorageRef {
+            key,
+            dtype,
+            location,
+            view,
+        })
+    }
+
+    /// `BUILD`: the state of an object, kept where a torch object has a place for it.
+    pub(super) fn build(&mut self, obj: Id, state: Id) -> Res<()> {
+        match self.get(obj) {
+            Obj::Dict(_) => {
+                // OrderedDict.__reduce__ gives the instance __dict__ as state: a dict, or a
+                // (dict, slots) pair. A state dict's `_metadata` lives there.
+                let attrs = match self.get(state) {
+                    Obj::Dict(d) => Some(d),
+                    Obj::Tuple(v) if v.len() == 2 => match self.get(v[0]) {
+                        Obj::Dict(d) => Some(d),
+                        Obj::None => None,
+                        _ => return Err(self.err(PickleError::BadBuild("dict with this state"))),
+                    },
+                    Obj::None => None,
+                    _ => return Err(self.err(PickleError::BadBuild("dict with this state"))),
+                };
+                let metadata = attrs.and_then(|d| {
+                    d.items.iter().find_map(|&(k, v)| match self.get(k) {
+                        Obj::Str(s) if s == "_metadata" => Some(v),
+                        _ => None,
+                    })
+                });
+                if let Some(m) = metadata {
+                    if let Obj::Dict(d) = &mut self.objs[obj as usize] {
+                        d.metadata = Some(m);
+                    }
+                }
+                Ok(())
+            }
+            // Python attributes on a tensor or parameter: nothing to keep.
+            Obj::Tensor(_) => Ok(()),
+            other => Err(self.err(PickleError::BadBuild(other.type_name()))),
+        }
+    }
+
+    fn pair_list(&self, id: Id, callable: &'static str) -> Res<Vec<(Id, Id)>> {
+        let items = match self.get(id) {
+            Obj::List(v) | Obj::Tuple(v) => v,
+            _ => return Err(self.bad(callable, "takes a list of pairs")),
+        };
+        items
+            .iter()
+            .map(|&p| match self.get(p) {
+                Obj::Tuple(kv) | Obj::List(kv) if kv.len() == 2 => Ok((kv[0], kv[1])),
+                _ => Err(self.bad(callable, "takes a list of pairs")),
+            })
+            .collect()
+    }
+
+    fn int(&self, id: Id, callable: &'static str, what: &str) -> Res<i64> {
+        match self.get(id) {
+            Obj::Int(i) => Ok(*i),
+            Obj::Bool(b) => Ok(i64::from(*b)),
+            other => Err(self.bad(
+                callable,
+                format!("{what} has type {}, not int", other.type_name()),
+            )),
+        }
+    }
+
+    fn ints(&self, id: Id, callable: &'static str, what: &str) -> Res<Vec<i64>> {
+        let items = match self.get(id) {
+            Obj::Tuple(v) | Obj::List(v) => v,
+            other => {
+                return Err(self.bad(
+                    callable,
+                    format!("{what} has type {}, not tuple", other.type_name()),
+                ))
+            }
+        };
+        items.iter().map(|&i| self.int(i, callable, what)).collect()
+    }
+
+    fn boolean(&self, id: Id, callable: &'static str, what: &str) -> Res<bool> {
+        match self.get(id) {
+            Obj::Bool(b) => Ok(*b),
+            Obj::Int(i) => Ok(*i != 0),
+            other => Err(self.bad(
+                callable,
+                format!("{what} has type {}, not bool", other.type_name()),
+            )),
+        }
+    }
+
+    fn string(&self, id: Id, callable: &'static str, what: &str) -> Res<String> {
+        match self.get(id) {
+            Obj::Str(s) => Ok(s.clone()),
+            other => Err(self.bad(
+                callable,
+                format!("{what} has type {}, not str", other.type_name()),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::vm::run;
+    use super::*;
+    use crate::read::ReadLimits;
+
+    fn run_err(data: &[u8]) -> Failure {
+        run(data, Flavor::Zip, &ReadLimits::default()).unwrap_err()
+    }
+
+    #[test]
+    fn globals_outside_the_allowlist_are_refused() {
+        assert!(matches!(
+            run_err(b"\x80\x02cos\nsystem\n."),
+            Failure::Disallowed(2, ref m, ref n) if m == "os" && n == "system"
+        ));
+        assert!(matches!(
+            run_err(b"\x80\x02ctorch\nuint16\n."),
+            Failure::UnsupportedDtype(ref n) if n == "torch.uint16"
+        ));
+    }
+}

@@ -1,0 +1,842 @@
+//! The machine: a stack with marks, a memo, and the opcode loop.
+//!
+//! [`run`] reads opcodes until `STOP`. The loop ([`Machine::execute`]) only dispatches; each
+//! group of opcodes (framing and the stack, the memo, scalars, strings, bytes, containers,
+//! globals, calls, and torch's objects) has its own small function. What `REDUCE` and
+//! `BUILD` do with torch's callables, and what a persistent id names, is in [`super::torch`].
+//!
+//! Every length the pickle declares is checked against what is left of it before anything
+//! is allocated, and objects, memo entries and tensors count against [`ReadLimits`].
+
+use std::collections::HashMap;
+
+use super::object::{Arena, DictObj, Id, Obj, TensorRef};
+use super::opcodes::*;
+use super::torch::{resolve_global, Flavor, GlobalRefusal, Resolved};
+use crate::error::PickleError;
+use crate::read::ReadLimits;
+
+/// A failure at a byte offset of the pickle.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Pickle(u64, PickleError),
+    Disallowed(u64, String, String),
+    UnsupportedDtype(String),
+    Limit(&'static str, u64),
+}
+
+pub(super) type Res<T> = Result<T, Failure>;
+
+/// The state of one run. `torch.rs` gives torch's objects their meaning in its own `impl`
+/// block, through the `pub(super)` fields and helpers.
+pub(super) struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// Offset of the opcode being run, for errors.
+    op_pos: usize,
+    pub(super) objs: Vec<Obj>,
+    stack: Vec<Id>,
+    marks: Vec<usize>,
+    memo: HashMap<u32, Id>,
+    pub(super) tensors: Vec<TensorRef>,
+    pub(super) limits: &'a ReadLimits,
+    pub(super) flavor: Flavor,
+}
+
+/// Runs the pickle in `data` (which may be followed by other bytes: the legacy format
+/// concatenates pickles). Returns the arena and the number of bytes the pickle took.
+pub(crate) fn run(
+    data: &[u8],
+    flavor: Flavor,
+    limits: &ReadLimits,
+) -> Result<(Arena, usize), Failure> {
+    if data.len() as u64 > limits.max_pickle_bytes {
+        return Err(Failure::Limit("max_pickle_bytes", limits.max_pickle_bytes));
+    }
+    let mut m = Machine {
+        data,
+        pos: 0,
+        op_pos: 0,
+        objs: Vec::new(),
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        tensors: Vec::new(),
+        limits,
+        flavor,
+    };
+    let root = m.execute()?;
+    let used = m.pos;
+    Ok((
+        Arena {
+            objs: m.objs,
+            root,
+            tensors: m.tensors,
+        },
+        used,
+    ))
+}
+
+impl Machine<'_> {
+    /// Runs opcodes until `STOP` and returns the root object.
+    ///
+    /// Each group's function is given only the opcodes listed for it here; it answers any
+    /// other as unknown, like the last arm.
+    fn execute(&mut self) -> Res<Id> {
+        loop {
+            self.op_pos = self.pos;
+            let op = self.byte()?;
+            match op {
+                STOP => return self.pop(),
+                PROTO | FRAME | MARK | POP | POP_MARK | DUP => self.control(op)?,
+                PUT | BINPUT | LONG_BINPUT | MEMOIZE | GET | BINGET | LONG_BINGET => {
+                    self.memo_op(op)?
+                }
+                NONE | NEWTRUE | NEWFALSE | BININT1 | BININT2 | BININT | LONG1 | LONG4 | INT
+                | LONG | BINFLOAT | FLOAT => self.push_scalar(op)?,
+                BINUNICODE | SHORT_BINUNICODE | BINUNICODE8 | UNICODE | BINSTRING
+                | SHORT_BINSTRING | STRING => self.push_str(op)?,
+                BINBYTES | SHORT_BINBYTES | BINBYTES8 | BYTEARRAY8 | NEXT_BUFFER
+                | READONLY_BUFFER => self.push_bytes(op)?,
+                EMPTY_TUPLE | EMPTY_LIST | EMPTY_DICT | EMPTY_SET | TUPLE | TUPLE1 | TUPLE2
+                | TUPLE3 | LIST | DICT | FROZENSET => self.push_container(op)?,
+                APPEND | APPENDS | SETITEM | SETITEMS | ADDITEMS => self.fill_container(op)?,
+                GLOBAL | STACK_GLOBAL | EXT1 | EXT2 | EXT4 => self.global_op(op)?,
+                REDUCE | NEWOBJ | NEWOBJ_EX | INST | OBJ => self.call_op(op)?,
+                BUILD | BINPERSID | PERSID => self.torch_op(op)?,
+                other => return Err(self.unknown(other)),
+            }
+        }
+    }
+
+    fn unknown(&self, op: u8) -> Failure {
+        self.err(PickleError::UnknownOpcode(op))
+    }
+
+    /// Protocol, framing and the stack.
+    fn control(&mut self, op: u8) -> Res<()> {
+        match op {
+            PROTO => {
+                let proto = self.byte()?;
+                if proto > 5 {
+                    return Err(self.err(PickleError::UnsupportedProtocol(proto)));
+                }
+            }
+            FRAME => {
+                // A hint for buffered readers; the length is not needed here.
+                self.u64()?;
+            }
+            MARK => self.marks.push(self.stack.len()),
+            POP => {
+                if self.stack.len() > self.floor() {
+                    self.stack.pop();
+                } else {
+                    self.pop_mark()?;
+                }
+            }
+            POP_MARK => {
+                self.pop_mark()?;
+            }
+            DUP => {
+                let top = self.top()?;
+                self.stack.push(top);
+            }
+            _ => return Err(self.unknown(op)),
+        }
+        Ok(())
+    }
+
+    /// The memo: `PUT`s store the top of the stack, `GET`s push what was stored.
+    fn memo_op(&mut self, op: u8) -> Res<()> {
+        match op {
+            PUT => {
+                let i = self.decimal_index()?;
+                self.memo_put(i)
+            }
+            BINPUT => {
+                let i = self.byte()? as u32;
+                self.memo_put(i)
+            }
+            LONG_BINPUT => {
+                let i = self.u32()?;
+                self.memo_put(i)
+            }
+            MEMOIZE => {
+                let i = self.memo.len() as u32;
+                self.memo_put(i)
+            }
+            GET => {
+                let i = self.decimal_index()?;
+                self.memo_get(i)
+            }
+            BINGET => {
+                let i = self.byte()? as u32;
+                self.memo_get(i)
+            }
+            LONG_BINGET => {
+                let i = self.u32()?;
+                self.memo_get(i)
+            }
+            _ => Err(self.unknown(op)),
+        }
+    }
+
+    /// `None`, bools, ints and floats.
+    fn push_scalar(&mut self, op: u8) -> Res<()> {
+        let obj = match op {
+            NONE => Obj::None,
+            NEWTRUE => Obj::Bool(true),
+            NEWFALSE => Obj::Bool(false),
+            BININT1 => Obj::Int(self.byte()? as i64),
+            BININT2 => Obj::Int(self.u16()? as i64),
+            BININT => Obj::Int(self.u32()? as i32 as i64),
+            LONG1 => {
+                let n = self.byte()? as u64;
+                long_from_le(&self.counted(n)?)
+            }
+            LONG4 => {
+                let n = self.signed_len()?;
+                long_from_le(&self.counted(n)?)
+            }
+            INT => {
+                let line = self.line()?.to_vec();
+                match line.as_slice() {
+                    b"00" => Obj::Bool(false),
+                    b"01" => Obj::Bool(true),
+                    _ => Obj::Int(self.parse_decimal(&line)?),
+                }
+            }
+            LONG => {
+                let line = self.line()?.to_vec();
+                let line = line.strip_suffix(b"L").unwrap_or(&line);
+                Obj::Int(self.parse_decimal(line)?)
+            }
+            BINFLOAT => Obj::Float(f64::from_be_bytes(
+                self.take(8)?.try_into().expect("8 bytes"),
+            )),
+            FLOAT => {
+                let line = self.line()?.to_vec();
+                let v = std::str::from_utf8(&line)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<f64>().ok())
+                    .ok_or_else(|| self.err(PickleError::InvalidLiteral))?;
+                Obj::Float(v)
+            }
+            _ => return Err(self.unknown(op)),
+        };
+        self.push(obj)
+    }
+
+    /// Strings. Python 2's (`BINSTRING`, `SHORT_BINSTRING`, `STRING`) are decoded as UTF-8,
+    /// as torch.load does.
+    fn push_str(&mut self, op: u8) -> Res<()> {
+        let s = match op {
+            BINUNICODE => {
+                let n = self.u32()? as u64;
+                self.counted_str(n)?
+            }
+            SHORT_BINUNICODE => {
+                let n = self.byte()? as u64;
+                self.counted_str(n)?
+            }
+            BINUNICODE8 => {
+                let n = self.u64()?;
+                self.counted_str(n)?
+            }
+            UNICODE => {
+                let line = self.line()?.to_vec();
+                decode_raw_unicode_escape(&line)
+                    .ok_or_else(|| self.err(PickleError::InvalidLiteral))?
+            }
+            BINSTRING => {
+                let n = self.signed_len()?;
+                self.counted_str(n)?
+            }
+            SHORT_BINSTRING => {
+                let n = self.byte()? as u64;
+                self.counted_str(n)?
+            }
+            STRING => {
+                let line = self.line()?.to_vec();
+                let s = decode_string_literal(&line)
+                    .ok_or_else(|| self.err(PickleError::InvalidLiteral))?;
+                self.utf8(&s)?
+            }
+            _ => return Err(self.unknown(op)),
+        };
+        self.push(Obj::Str(s))
+    }
+
+    /// Bytes; out-of-band buffers are refused.
+    fn push_bytes(&mut self, op: u8) -> Res<()> {
+        let n = match op {
+            BINBYTES => self.u32()? as u64,
+            SHORT_BINBYTES => self.byte()? as u64,
+            BINBYTES8 | BYTEARRAY8 => self.u64()?,
+            NEXT_BUFFER | READONLY_BUFFER => {
+                return Err(self.err(PickleError::Unsupported("out-of-band buffers")))
+            }
+            _ => return Err(self.unknown(op)),
+        };
+        let b = self.counted(n)?;
+        self.push(Obj::Bytes(b))
+    }
+
+    /// New containers, empty or of the items on the stack.
+    fn push_container(&mut self, op: u8) -> Res<()> {
+        let obj = match op {
+            EMPTY_TUPLE => Obj::Tuple(Vec::new()),
+            EMPTY_LIST => Obj::List(Vec::new()),
+            EMPTY_DICT => Obj::Dict(DictObj::default()),
+            EMPTY_SET => Obj::Set(Vec::new()),
+            TUPLE => Obj::Tuple(self.pop_mark()?),
+            TUPLE1 | TUPLE2 | TUPLE3 => {
+                let n = (op - TUPLE1 + 1) as usize;
+                if self.stack.len() < self.floor() + n {
+                    return Err(self.err(PickleError::StackUnderflow));
+                }
+                Obj::Tuple(self.stack.split_off(self.stack.len() - n))
+            }
+            LIST => Obj::List(self.pop_mark()?),
+            DICT => {
+                let items = self.pop_mark()?;
+                Obj::Dict(DictObj {
+                    items: self.pairs(items)?,
+                    ..DictObj::default()
+                })
+            }
+            FROZENSET => Obj::Set(self.pop_mark()?),
+            _ => return Err(self.unknown(op)),
+        };
+        self.push(obj)
+    }
+
+    /// Items added to the list, dict or set below them.
+    fn fill_container(&mut self, op: u8) -> Res<()> {
+        match op {
+            APPEND => {
+                let item = self.pop()?;
+                let list = self.top()?;
+                self.extend_list(list, vec![item])
+            }
+            APPENDS => {
+                let items = self.pop_mark()?;
+                let list = self.top()?;
+                self.extend_list(list, items)
+            }
+            SETITEM => {
+                let value = self.pop()?;
+                let key = self.pop()?;
+                let dict = self.top()?;
+                self.extend_dict(dict, vec![(key, value)])
+            }
+            SETITEMS => {
+                let items = self.pop_mark()?;
+                let pairs = self.pairs(items)?;
+                let dict = self.top()?;
+                self.extend_dict(dict, pairs)
+            }
+            ADDITEMS => {
+                let items = self.pop_mark()?;
+                let set = self.top()?;
+                self.extend_set(set, items)
+            }
+            _ => Err(self.unknown(op)),
+        }
+    }
+
+    /// Globals, resolved against torch's allowlist; the extension registry is refused.
+    fn global_op(&mut self, op: u8) -> Res<()> {
+        match op {
+            GLOBAL => {
+                let (module, name) = self.global_lines()?;
+                self.push_global(&module, &name)
+            }
+            STACK_GLOBAL => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                let (module, name) = match (self.get(module), self.get(name)) {
+                    (Obj::Str(m), Obj::Str(n)) => (m.clone(), n.clone()),
+                    _ => {
+                        return Err(
+                            self.err(PickleError::Malformed("STACK_GLOBAL needs two strings"))
+                        )
+                    }
+                };
+                self.push_global(&module, &name)
+            }
+            EXT1 | EXT2 | EXT4 => Err(self.err(PickleError::Unsupported("the extension registry"))),
+            _ => Err(self.unknown(op)),
+        }
+    }
+
+    /// Calls: only allowlisted constructors, applied as data ([`Machine::call`]).
+    fn call_op(&mut self, op: u8) -> Res<()> {
+        let (callable, args) = match op {
+            REDUCE => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                (callable, self.tuple_items(args, "REDUCE")?)
+            }
+            NEWOBJ => {
+                let args = self.pop()?;
+                let cls = self.pop()?;
+                (cls, self.tuple_items(args, "NEWOBJ")?)
+            }
+            NEWOBJ_EX => {
+                let kwargs = self.pop()?;
+                let args = self.pop()?;
+                let cls = self.pop()?;
+                match self.get(kwargs) {
+                    Obj::Dict(d) if d.items.is_empty() => {}
+                    _ => return Err(self.err(PickleError::Unsupported("keyword arguments"))),
+                }
+                (cls, self.tuple_items(args, "NEWOBJ_EX")?)
+            }
+            INST => {
+                let (module, name) = self.global_lines()?;
+                let args = self.pop_mark()?;
+                self.push_global(&module, &name)?;
+                (self.pop()?, args)
+            }
+            OBJ => {
+                let mut items = self.pop_mark()?;
+                if items.is_empty() {
+                    return Err(self.err(PickleError::StackUnderflow));
+                }
+                let cls = items.remove(0);
+                (cls, items)
+            }
+            _ => return Err(self.unknown(op)),
+        };
+        let obj = self.call(callable, args)?;
+        self.stack.push(obj);
+        Ok(())
+    }
+
+    /// `BUILD` and persistent ids, whose meaning for torch's objects is in [`super::torch`].
+    fn torch_op(&mut self, op: u8) -> Res<()> {
+        match op {
+            BUILD => {
+                let state = self.pop()?;
+                let obj = self.top()?;
+                self.build(obj, state)
+            }
+            BINPERSID => {
+                let pid = self.pop()?;
+                let storage = self.storage(pid)?;
+                self.push(Obj::Storage(storage))
+            }
+            PERSID => Err(self.err(PickleError::PersistentId(
+                "a text persistent id; torch.save writes tuples".into(),
+            ))),
+            _ => Err(self.unknown(op)),
+        }
+    }
+
+    pub(super) fn err(&self, e: PickleError) -> Failure {
+        Failure::Pickle(self.op_pos as u64, e)
+    }
+
+    pub(super) fn bad(&self, callable: &'static str, reason: impl Into<String>) -> Failure {
+        self.err(PickleError::BadArguments {
+            callable,
+            reason: reason.into(),
+        })
+    }
+
+    fn take(&mut self, n: usize) -> Res<&[u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(Failure::Pickle(self.op_pos as u64, PickleError::Truncated))?;
+        if end > self.data.len() {
+            return Err(self.err(PickleError::Truncated));
+        }
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn byte(&mut self) -> Res<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Res<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Res<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Res<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// A length from the pickle, checked against what is left of it before anything is
+    /// allocated.
+    fn len(&self, n: u64) -> Res<usize> {
+        let left = (self.data.len() - self.pos) as u64;
+        if n > left {
+            return Err(self.err(PickleError::Truncated));
+        }
+        Ok(n as usize)
+    }
+
+    /// A newline-terminated line (protocol 0 arguments), without the newline.
+    fn line(&mut self) -> Res<&[u8]> {
+        let rest = &self.data[self.pos..];
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(Failure::Pickle(self.op_pos as u64, PickleError::Truncated))?;
+        self.pos += n + 1;
+        Ok(&rest[..n])
+    }
+
+    fn utf8(&self, b: &[u8]) -> Res<String> {
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| self.err(PickleError::InvalidLiteral))
+    }
+
+    pub(super) fn alloc(&mut self, obj: Obj) -> Res<Id> {
+        if self.objs.len() as u64 >= self.limits.max_objects {
+            return Err(Failure::Limit("max_objects", self.limits.max_objects));
+        }
+        let id = self.objs.len() as Id;
+        self.objs.push(obj);
+        Ok(id)
+    }
+
+    fn push(&mut self, obj: Obj) -> Res<()> {
+        let id = self.alloc(obj)?;
+        self.stack.push(id);
+        Ok(())
+    }
+
+    fn floor(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+
+    fn pop(&mut self) -> Res<Id> {
+        if self.stack.len() <= self.floor() {
+            return Err(self.err(PickleError::StackUnderflow));
+        }
+        Ok(self.stack.pop().expect("checked above"))
+    }
+
+    fn top(&self) -> Res<Id> {
+        if self.stack.len() <= self.floor() {
+            return Err(self.err(PickleError::StackUnderflow));
+        }
+        Ok(*self.stack.last().expect("checked above"))
+    }
+
+    fn pop_mark(&mut self) -> Res<Vec<Id>> {
+        let mark = self
+            .marks
+            .pop()
+            .ok_or(Failure::Pickle(self.op_pos as u64, PickleError::NoMark))?;
+        Ok(self.stack.split_off(mark))
+    }
+
+    fn memo_put(&mut self, index: u32) -> Res<()> {
+        let top = self.top()?;
+        if self.memo.len() as u64 >= self.limits.max_memo_entries && !self.memo.contains_key(&index)
+        {
+            return Err(Failure::Limit(
+                "max_memo_entries",
+                self.limits.max_memo_entries,
+            ));
+        }
+        self.memo.insert(index, top);
+        Ok(())
+    }
+
+    fn memo_get(&mut self, index: u32) -> Res<()> {
+        let id = *self
+            .memo
+            .get(&index)
+            .ok_or_else(|| self.err(PickleError::MemoNotFound(index)))?;
+        self.stack.push(id);
+        Ok(())
+    }
+
+    /// `n` bytes of the pickle, `n` checked against what is left of it first.
+    fn counted(&mut self, n: u64) -> Res<Vec<u8>> {
+        let n = self.len(n)?;
+        Ok(self.take(n)?.to_vec())
+    }
+
+    /// `n` bytes of the pickle as UTF-8.
+    fn counted_str(&mut self, n: u64) -> Res<String> {
+        let b = self.counted(n)?;
+        self.utf8(&b)
+    }
+
+    /// A 4-byte length that Python reads as signed (`LONG4`, `BINSTRING`).
+    fn signed_len(&mut self) -> Res<u64> {
+        let n = self.u32()? as i32;
+        if n < 0 {
+            return Err(self.err(PickleError::InvalidLiteral));
+        }
+        Ok(n as u64)
+    }
+
+    /// A memo index as a decimal line (`PUT`, `GET`).
+    fn decimal_index(&mut self) -> Res<u32> {
+        let line = self.line()?.to_vec();
+        let index = self.parse_decimal(&line)?;
+        u32::try_from(index).map_err(|_| self.err(PickleError::InvalidLiteral))
+    }
+
+    /// The module and name lines of `GLOBAL` and `INST`.
+    fn global_lines(&mut self) -> Res<(String, String)> {
+        let module = self.line()?.to_vec();
+        let name = self.line()?.to_vec();
+        Ok((self.utf8(&module)?, self.utf8(&name)?))
+    }
+
+    pub(super) fn get(&self, id: Id) -> &Obj {
+        &self.objs[id as usize]
+    }
+
+    fn parse_decimal(&self, line: &[u8]) -> Res<i64> {
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .ok_or_else(|| self.err(PickleError::InvalidLiteral))
+    }
+
+    fn pairs(&self, items: Vec<Id>) -> Res<Vec<(Id, Id)>> {
+        if items.len() % 2 != 0 {
+            return Err(self.err(PickleError::Malformed("odd number of items for a dict")));
+        }
+        Ok(items.chunks(2).map(|c| (c[0], c[1])).collect())
+    }
+
+    fn extend_list(&mut self, list: Id, items: Vec<Id>) -> Res<()> {
+        match &mut self.objs[list as usize] {
+            Obj::List(v) => {
+                v.extend(items);
+                Ok(())
+            }
+            _ => Err(self.err(PickleError::Malformed("APPEND on a non-list"))),
+        }
+    }
+
+    fn extend_dict(&mut self, dict: Id, pairs: Vec<(Id, Id)>) -> Res<()> {
+        match &mut self.objs[dict as usize] {
+            Obj::Dict(d) => {
+                d.items.extend(pairs);
+                Ok(())
+            }
+            _ => Err(self.err(PickleError::Malformed("SETITEM on a non-dict"))),
+        }
+    }
+
+    fn extend_set(&mut self, set: Id, items: Vec<Id>) -> Res<()> {
+        match &mut self.objs[set as usize] {
+            Obj::Set(v) => {
+                v.extend(items);
+                Ok(())
+            }
+            _ => Err(self.err(PickleError::Malformed("ADDITEMS on a non-set"))),
+        }
+    }
+
+    fn push_global(&mut self, module: &str, name: &str) -> Res<()> {
+        match resolve_global(module, name) {
+            Ok(Resolved::Callable(g)) => self.push(Obj::Global(g)),
+            Ok(Resolved::Dtype(kind)) => self.push(Obj::Dtype(kind)),
+            Err(GlobalRefusal::Disallowed) => Err(Failure::Disallowed(
+                self.op_pos as u64,
+                module.to_string(),
+                name.to_string(),
+            )),
+            Err(GlobalRefusal::UnsupportedDtype) => {
+                Err(Failure::UnsupportedDtype(format!("{module}.{name}")))
+            }
+        }
+    }
+
+    pub(super) fn tuple_items(&self, id: Id, op: &'static str) -> Res<Vec<Id>> {
+        match self.get(id) {
+            Obj::Tuple(items) => Ok(items.clone()),
+            _ => Err(self.bad(op, "arguments are not a tuple")),
+        }
+    }
+}
+
+/// A Python int from pickle's little-endian two's complement bytes.
+fn long_from_le(bytes: &[u8]) -> Obj {
+    if bytes.is_empty() {
+        return Obj::Int(0);
+    }
+    if bytes.len() <= 8 {
+        let negative = bytes[bytes.len() - 1] & 0x80 != 0;
+        let mut buf = if negative { [0xffu8; 8] } else { [0u8; 8] };
+        buf[..bytes.len()].copy_from_slice(bytes);
+        return Obj::Int(i64::from_le_bytes(buf));
+    }
+    // Longer encodings may still fit after dropping sign-extension bytes.
+    let negative = bytes[bytes.len() - 1] & 0x80 != 0;
+    let fill = if negative { 0xff } else { 0x00 };
+    let significant = bytes.iter().rposition(|&b| b != fill).map_or(0, |i| i + 1);
+    if significant < 8 || (significant == 8 && (bytes[7] & 0x80 != 0) == negative) {
+        return long_from_le(&bytes[..8]);
+    }
+    Obj::BigInt(bytes.to_vec())
+}
+
+/// Protocol 0's `S` literal: a Python repr of a byte string, quoted.
+fn decode_string_literal(line: &[u8]) -> Option<Vec<u8>> {
+    let q = *line.first()?;
+    if (q != b'\'' && q != b'"') || line.len() < 2 || *line.last()? != q {
+        return None;
+    }
+    let body = &line[1..line.len() - 1];
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let c = body[i];
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = *body.get(i + 1)?;
+        i += 2;
+        match e {
+            b'\\' => out.push(b'\\'),
+            b'\'' => out.push(b'\''),
+            b'"' => out.push(b'"'),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'x' => {
+                let hex = std::str::from_utf8(body.get(i..i + 2)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Protocol 0's `V` literal: raw-unicode-escape (`\uXXXX`, `\UXXXXXXXX`, other bytes as
+/// latin-1).
+fn decode_raw_unicode_escape(line: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        if line[i] == b'\\' && i + 1 < line.len() && (line[i + 1] == b'u' || line[i + 1] == b'U') {
+            let n = if line[i + 1] == b'u' { 4 } else { 8 };
+            let hex = std::str::from_utf8(line.get(i + 2..i + 2 + n)?).ok()?;
+            out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
+            i += 2 + n;
+        } else {
+            out.push(char::from(line[i]));
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ReadLimits {
+        ReadLimits::default()
+    }
+
+    fn run_ok(data: &[u8]) -> Arena {
+        run(data, Flavor::Zip, &limits()).unwrap().0
+    }
+
+    fn run_err(data: &[u8]) -> Failure {
+        run(data, Flavor::Zip, &limits()).unwrap_err()
+    }
+
+    #[test]
+    fn memo_shares_a_dict_filled_after_it_was_memoized() {
+        // }q\x00 ( X\x01\x00\x00\x00a K\x01 u 0 h\x00 .   -> the memoized dict, filled
+        let data = b"\x80\x02}q\x00(X\x01\x00\x00\x00aK\x01u0h\x00.";
+        let arena = run_ok(data);
+        match arena.get(arena.root) {
+            Obj::Dict(d) => assert_eq!(d.items.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn longs_decode_like_python() {
+        assert!(matches!(long_from_le(&[]), Obj::Int(0)));
+        assert!(matches!(long_from_le(&[0xff]), Obj::Int(-1)));
+        assert!(matches!(long_from_le(&[0x00, 0x01]), Obj::Int(256)));
+        assert!(matches!(long_from_le(&[0x00, 0x80]), Obj::Int(-32768)));
+        // 2**63 needs 9 bytes and does not fit.
+        assert!(matches!(
+            long_from_le(&[0, 0, 0, 0, 0, 0, 0, 0x80, 0]),
+            Obj::BigInt(_)
+        ));
+        // -1 written with redundant sign bytes fits.
+        assert!(matches!(long_from_le(&[0xff; 12]), Obj::Int(-1)));
+    }
+
+    #[test]
+    fn opcode_errors_name_the_defect() {
+        assert!(matches!(
+            run_err(b"\x80\x02\xff"),
+            Failure::Pickle(2, PickleError::UnknownOpcode(0xff))
+        ));
+        assert!(matches!(
+            run_err(b"\x80\x02N"),
+            Failure::Pickle(_, PickleError::Truncated)
+        ));
+        assert!(matches!(
+            run_err(b"\x80\x02a."),
+            Failure::Pickle(_, PickleError::StackUnderflow)
+        ));
+        assert!(matches!(
+            run_err(b"\x80\x02h\x05."),
+            Failure::Pickle(_, PickleError::MemoNotFound(5))
+        ));
+        assert!(matches!(
+            run_err(b"\x80\x09."),
+            Failure::Pickle(_, PickleError::UnsupportedProtocol(9))
+        ));
+        assert!(matches!(
+            run_err(b"\x80\x02X\xff\xff\xff\x7f."),
+            Failure::Pickle(_, PickleError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn a_mark_hides_what_is_below_it() {
+        // N ( a : APPEND inside an empty mark region underflows, as in Python.
+        assert!(matches!(
+            run_err(b"\x80\x02]N(a."),
+            Failure::Pickle(_, PickleError::StackUnderflow)
+        ));
+    }
+
+    #[test]
+    fn text_literals_decode() {
+        assert_eq!(decode_string_literal(b"'a\\x41\\n'").unwrap(), b"aA\n");
+        assert_eq!(
+            decode_raw_unicode_escape(b"caf\\u00e9").unwrap(),
+            "caf\u{e9}"
+        );
+        assert!(decode_string_literal(b"'unterminated").is_none());
+    }
+}
