@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{replace_head, Arch, ResNet};
 use tch_state_dict::pyfmt::{device_name, dtype_name, TorchSize};
-use tch_state_dict::{load_state_dict, state_dict, Error, StateDict, Value};
+use tch_state_dict::{load_state_dict, state_dict, Error, LazyStateDict, Value};
 
 struct Args {
     checkpoint: Option<PathBuf>,
@@ -91,9 +91,11 @@ fn run(args: Args) -> Result<(), Error> {
         Some(p) => p.clone(),
         None => write_training_checkpoint(args.arch, 100)?,
     };
+    // Nothing is read yet: each load below reads the tensors it needs straight from the file
+    // into the model.
     let checkpoint = match &args.key {
-        Some(key) => StateDict::load_key(&path, key)?,
-        None => StateDict::load(&path)?,
+        Some(key) => LazyStateDict::load_key(&path, key)?,
+        None => LazyStateDict::load(&path)?,
     };
     let head = args.arch.head_name();
     let classes = match args.classes {

@@ -12,6 +12,9 @@
 //!   `num_batches_tracked`), structured reports ([`IncompatibleKeys`], [`LoadError`]) that
 //!   print as PyTorch prints them, and a model left untouched when it fails.
 //! * [`state_dict`]: a model's tensors in PyTorch's order, sharing storage with the model.
+//! * [`LazyStateDict`]: a checkpoint file's state dict before its tensors are read, with the
+//!   same key surgery; [`load_state_dict`] reads each remaining tensor straight from the file
+//!   into the model, so popping a head or stripping `module.` costs nothing.
 //! * [`Checkpoint`], [`StateDict::load`], [`StateDict::load_key`], [`StateDict::save`]:
 //!   `torch.save` files (zip and legacy), nested checkpoints, safetensors and sharded
 //!   checkpoints, read by a pickle machine that never executes anything, and written so that
@@ -52,7 +55,27 @@
 //! # }
 //! ```
 //!
-//! # A ResNet from a training checkpoint
+//! # The two fixes, on a training checkpoint
+//!
+//! ```no_run
+//! # fn main() -> Result<(), tch_state_dict::Error> {
+//! use tch::nn;
+//! use tch_state_dict::{load_state_dict, models, LazyStateDict};
+//!
+//! // Fix 1: sd = torch.load(p)["model"]; pop the head; model.load_state_dict(sd, strict=False).
+//! // Nothing is read until the load, which reads each tensor straight into the model.
+//! let vs = nn::VarStore::new(tch::Device::cuda_if_available());
+//! let model = models::cifar_resnet50(&vs, 10)?;
+//! let mut sd = LazyStateDict::load_key("ckpt_epoch_240.pth", "model")?;
+//! sd.pop("linear.weight");
+//! sd.pop("linear.bias");
+//! let report = load_state_dict(&model, &sd, false)?;
+//! assert_eq!(report.missing_keys, ["linear.weight", "linear.bias"]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Fix 2: build with the checkpoint's class count, load, then replace the head.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), tch_state_dict::Error> {

@@ -106,9 +106,12 @@ impl ReadOptions {
         self
     }
 
-    /// How many threads [`Checkpoint::load_into`] reads with (default: `None`, libtorch's
-    /// intra-op thread count, `tch::get_num_threads()`). Reads are split across threads only
-    /// when there are at least 8 MiB to read.
+    /// How many threads reads use (default: `None`, libtorch's intra-op thread count,
+    /// `tch::get_num_threads()`): loads into a model from a
+    /// [`LazyStateDict`](crate::LazyStateDict) or
+    /// [`Checkpoint::load_into`](crate::Checkpoint::load_into), and
+    /// [`StateDict::load`](crate::StateDict::load). Reads are split across threads only when
+    /// there are at least 8 MiB to read.
     pub fn threads(mut self, threads: Option<usize>) -> Self {
         self.threads = threads;
         self
