@@ -97,6 +97,8 @@ pub struct ModuleTree {
     key_index: FastMap<String, usize>,
     /// Entry ids in state_dict order; computed on first use after a change.
     order: OnceCell<Vec<usize>>,
+    /// Whether a BatchNorm without `num_batches_tracked` consumes the checkpoint's counter.
+    drops_counters: bool,
 }
 
 impl Clone for ModuleTree {
@@ -127,6 +129,7 @@ impl Clone for ModuleTree {
             module_index: self.module_index.clone(),
             key_index: self.key_index.clone(),
             order: self.order.clone(),
+            drops_counters: self.drops_counters,
         }
     }
 }
@@ -149,6 +152,7 @@ impl ModuleTree {
             module_index,
             key_index: FastMap::default(),
             order: OnceCell::new(),
+            drops_counters: false,
         }
     }
 
@@ -221,6 +225,28 @@ impl ModuleTree {
                 left_out,
             })
         }
+    }
+
+    /// Whether a BatchNorm of the model that has no `num_batches_tracked` consumes the
+    /// checkpoint's counter (default `false`; `true` when a bare `VarStore` is the target).
+    ///
+    /// tch's `batch_norm` keeps `running_mean` and `running_var` but no counter, so a
+    /// checkpoint from PyTorch loaded strictly into a tch model (`tch::vision::resnet18`)
+    /// would report every `num_batches_tracked` as unexpected. With this rule, a key
+    /// `P.num_batches_tracked` of the checkpoint, where the model has `P.running_mean` and
+    /// `P.running_var` but no `P.num_batches_tracked`, is consumed: it is neither loaded nor
+    /// unexpected, and it is listed in [`IncompatibleKeys::dropped_keys`](crate::IncompatibleKeys::dropped_keys).
+    /// A tree that describes a PyTorch model (the crate's ResNets, or a tree from
+    /// [`from_var_store_ordered`](Self::from_var_store_ordered)) keeps PyTorch's semantics,
+    /// where such a counter is unexpected: leave it off there.
+    pub fn drop_batch_norm_counters(mut self, drop: bool) -> Self {
+        self.drops_counters = drop;
+        self
+    }
+
+    /// Whether [`drop_batch_norm_counters`](Self::drop_batch_norm_counters) is on.
+    pub fn drops_batch_norm_counters(&self) -> bool {
+        self.drops_counters
     }
 
     /// Renames the root module, as PyTorch's error messages print it.
@@ -460,9 +486,12 @@ impl StateDictModule for ModuleTree {
     }
 }
 
+/// A bare `VarStore` is a tch model: its tree is [`ModuleTree::from_var_store`]'s, with
+/// [`drop_batch_norm_counters`](ModuleTree::drop_batch_norm_counters) on, so that a PyTorch
+/// checkpoint loads strictly into tch's BatchNorms, which have no `num_batches_tracked`.
 impl StateDictModule for VarStore {
     fn module_tree(&self) -> Result<Cow<'_, ModuleTree>, Error> {
-        ModuleTree::from_var_store(self).map(Cow::Owned)
+        ModuleTree::from_var_store(self).map(|t| Cow::Owned(t.drop_batch_norm_counters(true)))
     }
 }
 

@@ -50,6 +50,11 @@ pub struct IncompatibleKeys {
     pub unexpected_keys: Vec<String>,
     /// Keys skipped because their shapes differ (only with `skip_mismatched`).
     pub mismatched_keys: Vec<ShapeMismatch>,
+    /// This crate's addition: the checkpoint's BatchNorm counters (`num_batches_tracked`)
+    /// consumed by a model whose BatchNorm has none (a tch model; see
+    /// [`ModuleTree::drop_batch_norm_counters`](crate::ModuleTree::drop_batch_norm_counters)).
+    /// They are not part of PyTorch's text, and [`is_empty`](Self::is_empty) ignores them.
+    pub dropped_keys: Vec<String>,
 }
 
 impl IncompatibleKeys {

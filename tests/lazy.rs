@@ -525,3 +525,41 @@ fn sources_that_alias_the_model_are_copied_in_order_as_pytorch_does() {
         assert_eq!(t.max().double_value(&[]), 2.0);
     }
 }
+
+#[test]
+fn progress_is_reported_in_order_up_to_the_total() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempdir("progress");
+    let path = dir.join("big.pth");
+    let sd: StateDict = [3_000_001i64, 1_500_000, 7, 4_000_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (
+                format!("t{i}"),
+                Tensor::randn([n], (Kind::Float, Device::Cpu)),
+            )
+        })
+        .collect();
+    sd.save(&path).unwrap();
+    let total = sd.nbytes();
+    for kind in [None, Some(Kind::Half), Some(Kind::Double)] {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&calls);
+        let options = LoadOptions::new().progress(move |done, all| {
+            seen.lock().unwrap().push((done, all));
+        });
+        let model = blank_model(&sd, kind);
+        let lazy = LazyStateDict::load(&path).unwrap();
+        load_state_dict_with(&model, &lazy, &options).unwrap();
+        let calls = calls.lock().unwrap().clone();
+        let model_bytes = state_dict(&model).unwrap().nbytes();
+        assert!(calls.len() > 2, "{kind:?}: {calls:?}");
+        assert!(calls.windows(2).all(|w| w[0].0 < w[1].0), "{calls:?}");
+        assert!(calls.iter().all(|&(_, all)| all == model_bytes));
+        assert_eq!(calls.last().unwrap().0, model_bytes);
+        if kind.is_none() {
+            assert_eq!(model_bytes, total);
+        }
+    }
+}

@@ -20,6 +20,9 @@
 //! the plan's order, so that the last write wins as with `copy_`; otherwise the reads run
 //! across threads.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
 use tch::Tensor;
 
 use super::convert::{self, Convert};
@@ -27,7 +30,7 @@ use super::direct::{is_direct, readable_in_place};
 use super::plan::PlannedCopy;
 use super::source::{Entry, SourceDict};
 use crate::error::Error;
-use crate::read::{bytes, read_all, From, Materializer, OpenFile, Read, Source};
+use crate::read::{bytes, read_all_with, From, Materializer, OpenFile, Read, Source};
 
 enum Route<'s> {
     Copy(&'s Tensor),
@@ -45,10 +48,70 @@ fn from<'s>(file: &'s OpenFile<'s>) -> From<'s> {
     }
 }
 
+/// A load's progress: bytes written into the model so far, reported to the caller's
+/// callback at most every [`Tracker::STEP`] bytes, in increasing order, and once at the end.
+pub(crate) struct Tracker<'p> {
+    total: u64,
+    done: AtomicU64,
+    reported: Mutex<u64>,
+    callback: Option<&'p (dyn Fn(u64, u64) + Send + Sync)>,
+}
+
+impl<'p> Tracker<'p> {
+    const STEP: u64 = 4 << 20;
+
+    pub(crate) fn new(
+        copies: &[PlannedCopy<'_>],
+        callback: Option<&'p (dyn Fn(u64, u64) + Send + Sync)>,
+    ) -> Self {
+        let total = copies
+            .iter()
+            .map(|c| (c.dst.numel() * c.dst.kind().elt_size_in_bytes()) as u64)
+            .sum();
+        Tracker {
+            total,
+            done: AtomicU64::new(0),
+            reported: Mutex::new(0),
+            callback,
+        }
+    }
+
+    /// Counts `n` more bytes written.
+    pub(crate) fn add(&self, n: usize) {
+        let Some(callback) = self.callback else {
+            return;
+        };
+        let now = self.done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let mut reported = match self.reported.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if now > *reported && (now - *reported >= Self::STEP || now >= self.total) {
+            *reported = now;
+            callback(now.min(self.total), self.total);
+        }
+    }
+
+    /// Reports the end, if it was not reported yet.
+    pub(crate) fn finish(&self) {
+        if let Some(callback) = self.callback {
+            let mut reported = match self.reported.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if *reported < self.total || self.total == 0 {
+                *reported = self.total;
+                callback(self.total, self.total);
+            }
+        }
+    }
+}
+
 /// Writes every planned copy from `sd` into the model, without autograd.
 pub(crate) fn commit<D: SourceDict + ?Sized>(
     copies: &[PlannedCopy<'_>],
     sd: &D,
+    progress: &Tracker<'_>,
 ) -> Result<(), Error> {
     let _no_grad = tch::no_grad_guard();
     let mut routes: Vec<Route<'_>> = Vec::with_capacity(copies.len());
@@ -94,9 +157,10 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
     materialize_pending(&mut routes)?;
 
     let threads = files.first().map_or(1, |f| f.options.read_threads());
+    let done = |n: usize| progress.add(n);
     if shares_memory(copies) || sources_overlap_destinations(copies, &routes) {
         for (c, route) in copies.iter().zip(&routes) {
-            write(c, route, 1)?;
+            write(c, route, 1, &done)?;
         }
         return Ok(());
     }
@@ -109,7 +173,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
             Route::Copy(src) => match plain_copy(c, src) {
                 Some(Some(read)) => memcpy.push(read),
                 Some(None) => {}
-                None => write(c, &Route::Copy(src), threads)?,
+                None => write(c, &Route::Copy(src), threads, &done)?,
             },
             Route::Direct(file, offset, len) => {
                 let read = Read {
@@ -123,22 +187,22 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
                     None => direct.push((file, vec![read])),
                 }
             }
-            other => write(c, &other, threads)?,
+            other => write(c, &other, threads, &done)?,
         }
     }
     // Tensors in memory laid out as the model's: copied across threads.
-    read_all(&memcpy, threads).map_err(|source| Error::Io {
+    read_all_with(&memcpy, threads, &done).map_err(|source| Error::Io {
         path: "<memory>".into(),
         source,
     })?;
     // Direct reads, file by file, each across threads; then the converting reads.
     for (file, reads) in &direct {
-        read_all(reads, threads).map_err(|source| Error::Io {
+        read_all_with(reads, threads, &done).map_err(|source| Error::Io {
             path: file.path.clone(),
             source,
         })?;
     }
-    convert::run_all(&converts, threads)
+    convert::run_all(&converts, threads, &done)
 }
 
 /// Materializes the tensors of the `Pending` routes, file by file, each file's storages read
@@ -168,14 +232,24 @@ fn materialize_pending(routes: &mut [Route<'_>]) -> Result<(), Error> {
 }
 
 /// Writes one planned copy by its route.
-fn write(c: &PlannedCopy<'_>, route: &Route<'_>, threads: usize) -> Result<(), Error> {
+fn write(
+    c: &PlannedCopy<'_>,
+    route: &Route<'_>,
+    threads: usize,
+    done: &(dyn Fn(usize) + Sync),
+) -> Result<(), Error> {
     let copy_error = |source| Error::Copy {
         key: c.key.to_string(),
         source,
     };
+    let copied = |src: &Tensor| {
+        copy_into(c.dst, src, c.squeeze).map_err(copy_error)?;
+        done(c.dst.numel() * c.dst.kind().elt_size_in_bytes());
+        Ok(())
+    };
     match route {
-        Route::Copy(src) => copy_into(c.dst, src, c.squeeze).map_err(copy_error),
-        Route::Materialized(src) => copy_into(c.dst, src, c.squeeze).map_err(copy_error),
+        Route::Copy(src) => copied(src),
+        Route::Materialized(src) => copied(src),
         Route::Direct(file, offset, len) => {
             let read = Read {
                 dst: c.dst,
@@ -183,14 +257,66 @@ fn write(c: &PlannedCopy<'_>, route: &Route<'_>, threads: usize) -> Result<(), E
                 len: *len,
                 from: from(file),
             };
-            read_all(&[read], threads).map_err(|source| Error::Io {
+            read_all_with(&[read], threads, done).map_err(|source| Error::Io {
                 path: file.path.clone(),
                 source,
             })
         }
-        Route::Convert(convert) => convert::run_all(std::slice::from_ref(convert), threads),
-        Route::Pending(..) => unreachable!("materialized before any write"),
+        Route::Convert(convert) => convert::run_all(std::slice::from_ref(convert), threads, done),
+        // `commit` materializes every pending route before it writes anything.
+        Route::Pending(_, index) => Err(Error::Io {
+            path: "<load>".into(),
+            source: std::io::Error::other(format!("tensor {index} was not read before writing")),
+        }),
     }
+}
+
+/// `assign=True`: every model tensor takes the value itself (its dtype, device and storage)
+/// with `set_data`, so that every holder of the tensor (a tch module's shallow clone) sees
+/// it, and `requires_grad` is kept. Every value is read before the first tensor changes.
+pub(crate) fn assign<D: SourceDict + ?Sized>(
+    copies: &[PlannedCopy<'_>],
+    sd: &D,
+) -> Result<(), Error> {
+    let _no_grad = tch::no_grad_guard();
+    let mut routes: Vec<Route<'_>> = copies
+        .iter()
+        .map(|c| match sd.entry(c.src) {
+            Entry::Memory(t) => Route::Copy(t),
+            Entry::File(file, index) => Route::Pending(file, index),
+        })
+        .collect();
+    for route in &routes {
+        if let Route::Pending(file, _) = route {
+            file.check_unchanged()?;
+        }
+    }
+    materialize_pending(&mut routes)?;
+    let mut values = Vec::with_capacity(copies.len());
+    for (c, route) in copies.iter().zip(&routes) {
+        let value = match route {
+            Route::Copy(t) => t.shallow_clone(),
+            Route::Materialized(t) => t.shallow_clone(),
+            _ => continue,
+        };
+        let value = if c.squeeze {
+            value.f_reshape([]).map_err(|source| Error::Copy {
+                key: c.key.to_string(),
+                source,
+            })?
+        } else {
+            value
+        };
+        values.push(value.detach());
+    }
+    for (c, value) in copies.iter().zip(&values) {
+        let mut dst = c.dst.shallow_clone();
+        dst.f_set_data(value).map_err(|source| Error::Copy {
+            key: c.key.to_string(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// A copy from memory that is a plain `memcpy`: both tensors contiguous on the CPU, of one

@@ -88,8 +88,13 @@ struct Chunk<'t> {
     path: &'t Path,
 }
 
-/// Runs every conversion, on up to `threads` threads.
-pub(crate) fn run_all(converts: &[Convert<'_>], threads: usize) -> Result<(), Error> {
+/// Runs every conversion, on up to `threads` threads, calling `done(n)` after each chunk with
+/// the bytes it wrote into the model.
+pub(crate) fn run_all(
+    converts: &[Convert<'_>],
+    threads: usize,
+    done: &(dyn Fn(usize) + Sync),
+) -> Result<(), Error> {
     let mut chunks = Vec::new();
     let mut total = 0usize;
     for c in converts {
@@ -120,7 +125,7 @@ pub(crate) fn run_all(converts: &[Convert<'_>], threads: usize) -> Result<(), Er
         total += c.numel * elem;
     }
     if threads <= 1 || total < PARALLEL_BYTES {
-        return run_chunks(chunks);
+        return run_chunks(chunks, done);
     }
     chunks.sort_by_key(|ch| ch.offset);
     let share = total.div_ceil(threads);
@@ -139,7 +144,7 @@ pub(crate) fn run_all(converts: &[Convert<'_>], threads: usize) -> Result<(), Er
         let handles: Vec<_> = runs
             .into_iter()
             .filter(|r| !r.is_empty())
-            .map(|run| scope.spawn(move || run_chunks(run)))
+            .map(|run| scope.spawn(move || run_chunks(run, done)))
             .collect();
         handles.into_iter().try_for_each(|h| {
             h.join().unwrap_or_else(|_| {
@@ -153,7 +158,7 @@ pub(crate) fn run_all(converts: &[Convert<'_>], threads: usize) -> Result<(), Er
 }
 
 /// Reads and converts `chunks` in order, through one buffer.
-fn run_chunks(chunks: Vec<Chunk<'_>>) -> Result<(), Error> {
+fn run_chunks(chunks: Vec<Chunk<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(), Error> {
     let Some(largest) = chunks.iter().map(|ch| ch.len).max() else {
         return Ok(());
     };
@@ -194,6 +199,7 @@ fn run_chunks(chunks: Vec<Chunk<'_>>) -> Result<(), Error> {
             .and_then(|b| b.f_view_dtype(ch.kind))
             .map_err(torch(ch.key))?;
         ch.dst.f_copy_(&src).map_err(torch(ch.key))?;
+        done(ch.dst.numel() * ch.dst.kind().elt_size_in_bytes());
     }
     Ok(())
 }

@@ -27,8 +27,12 @@ mod direct;
 mod plan;
 mod source;
 
-use indexmap::IndexMap;
+use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use indexmap::IndexMap;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Error;
@@ -36,6 +40,7 @@ use crate::module_tree::{ModuleTree, StateDictModule};
 use crate::report::IncompatibleKeys;
 use crate::state_dict::StateDict;
 use crate::value::{Metadata, Value};
+use commit::Tracker;
 use plan::plan;
 pub use source::StateDictSource;
 use source::{Any, SourceDict};
@@ -48,20 +53,54 @@ use source::{Any, SourceDict};
 /// let options = LoadOptions::new().strict(false).skip_mismatched(true);
 /// assert!(!options.is_strict());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct LoadOptions {
     strict: bool,
     skip_mismatched: bool,
+    assign: bool,
+    progress: Option<ProgressFn>,
 }
+
+/// A progress callback: bytes written into the model so far, bytes in all.
+type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             strict: true,
             skip_mismatched: false,
+            assign: false,
+            progress: None,
         }
     }
 }
+
+impl fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("strict", &self.strict)
+            .field("skip_mismatched", &self.skip_mismatched)
+            .field("assign", &self.assign)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// Two options are equal when their settings are, and they hold the same callback (or none).
+impl PartialEq for LoadOptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.strict == other.strict
+            && self.skip_mismatched == other.skip_mismatched
+            && self.assign == other.assign
+            && match (&self.progress, &other.progress) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for LoadOptions {}
 
 impl LoadOptions {
     /// Strict, and failing on shape mismatches: PyTorch's defaults.
@@ -82,6 +121,30 @@ impl LoadOptions {
     pub fn skip_mismatched(mut self, skip: bool) -> Self {
         self.skip_mismatched = skip;
         self
+    }
+
+    /// PyTorch's `assign` (default `false`): instead of copying values into the model's
+    /// tensors, the model's tensors take the checkpoint's tensors themselves, with their
+    /// dtype, device and storage (`set_data`): a bf16 checkpoint makes a bf16 model without a
+    /// second copy of the weights. `requires_grad` is kept, every module holding the tensor
+    /// sees the new value, and the rule of all or nothing holds: every value is read and
+    /// checked before the first tensor changes.
+    pub fn assign(mut self, assign: bool) -> Self {
+        self.assign = assign;
+        self
+    }
+
+    /// Calls `progress(bytes_done, bytes_total)` as the load writes into the model: from the
+    /// reading threads, at most every 4 MiB, with `bytes_done` increasing, and once with
+    /// `bytes_done == bytes_total` at the end (default: none).
+    pub fn progress(mut self, progress: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(progress));
+        self
+    }
+
+    /// Whether the model's tensors take the checkpoint's (`assign=True`).
+    pub fn is_assign(&self) -> bool {
+        self.assign
     }
 
     /// Whether missing and unexpected keys are an error.
@@ -159,15 +222,79 @@ fn load<M: StateDictModule + ?Sized, D: SourceDict + ?Sized>(
     options: &LoadOptions,
     write: bool,
 ) -> Result<IncompatibleKeys, Error> {
+    let start = Instant::now();
     let tree = module.module_tree()?;
     let plan = plan(&tree, sd, options);
     if let Some(error) = plan.error {
         return Err(error.into());
     }
-    if write {
-        commit::commit(&plan.copies, sd)?;
+    if !write {
+        return Ok(plan.report);
     }
+    log_report(tree.type_name(), &plan.report);
+    let tracker = Tracker::new(&plan.copies, options.progress.as_deref());
+    if options.assign {
+        commit::assign(&plan.copies, sd)?;
+    } else {
+        commit::commit(&plan.copies, sd, &tracker)?;
+    }
+    tracker.finish();
+    log::debug!(
+        "loaded {} tensors into {} in {:.1} ms",
+        plan.copies.len(),
+        tree.type_name(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
     Ok(plan.report)
+}
+
+/// Logs what a load leaves out: missing, unexpected and skipped keys at `warn` (a non-strict
+/// load that drops half the model should not be silent), consumed BatchNorm counters at
+/// `info`. Long lists are cut to their first keys.
+fn log_report(type_name: &str, report: &IncompatibleKeys) {
+    fn summary<S: AsRef<str>>(keys: &[S]) -> String {
+        const SHOWN: usize = 8;
+        let shown: Vec<&str> = keys.iter().take(SHOWN).map(AsRef::as_ref).collect();
+        let more = keys.len().saturating_sub(SHOWN);
+        if more == 0 {
+            shown.join(", ")
+        } else {
+            format!("{}, and {more} more", shown.join(", "))
+        }
+    }
+    if !report.missing_keys.is_empty() {
+        log::warn!(
+            "{type_name}: {} key(s) of the model not in the state dict, left as they are: {}",
+            report.missing_keys.len(),
+            summary(&report.missing_keys)
+        );
+    }
+    if !report.unexpected_keys.is_empty() {
+        log::warn!(
+            "{type_name}: {} key(s) of the state dict not used by the model: {}",
+            report.unexpected_keys.len(),
+            summary(&report.unexpected_keys)
+        );
+    }
+    if !report.mismatched_keys.is_empty() {
+        let keys: Vec<&str> = report
+            .mismatched_keys
+            .iter()
+            .map(|m| m.key.as_str())
+            .collect();
+        log::warn!(
+            "{type_name}: {} key(s) skipped for their shapes, left as they are: {}",
+            keys.len(),
+            summary(&keys)
+        );
+    }
+    if !report.dropped_keys.is_empty() {
+        log::info!(
+            "{type_name}: {} BatchNorm counter(s) the model has no buffer for, dropped: {}",
+            report.dropped_keys.len(),
+            summary(&report.dropped_keys)
+        );
+    }
 }
 
 /// `model.state_dict()`: the model's tensors in PyTorch's order, detached and sharing storage

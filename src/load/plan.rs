@@ -92,11 +92,18 @@ pub(crate) fn plan<'a, D: SourceDict + ?Sized>(
         });
     }
 
+    // A tch model's BatchNorms consume the checkpoint's counters (see
+    // `ModuleTree::drop_batch_norm_counters`).
+    let dropped = if tree.drops_batch_norm_counters() && found < sd.entry_count() {
+        dropped_counters(tree, sd)
+    } else {
+        Vec::new()
+    };
     // Every key of the state dict matched one of the model's: nothing is unexpected.
-    let unexpected = if found == sd.entry_count() {
+    let unexpected = if found + dropped.len() == sd.entry_count() {
         Vec::new()
     } else {
-        unexpected_keys(tree, sd)
+        unexpected_keys(tree, sd, &dropped)
     };
     let refused =
         !messages.is_empty() || (options.strict && (!missing.is_empty() || !unexpected.is_empty()));
@@ -125,9 +132,32 @@ pub(crate) fn plan<'a, D: SourceDict + ?Sized>(
             missing_keys: missing,
             unexpected_keys: unexpected,
             mismatched_keys: mismatched,
+            dropped_keys: dropped
+                .into_iter()
+                .map(|p| sd.key_at(p).to_string())
+                .collect(),
         },
         error: None,
     }
+}
+
+/// The positions of the checkpoint's `P.num_batches_tracked` that a tch BatchNorm consumes:
+/// the model has `P.running_mean` and `P.running_var` but no `P.num_batches_tracked`.
+fn dropped_counters<D: SourceDict + ?Sized>(tree: &ModuleTree, sd: &D) -> Vec<usize> {
+    const COUNTER: &str = "num_batches_tracked";
+    (0..sd.entry_count())
+        .filter(|&position| {
+            let key = sd.key_at(position);
+            let Some(module) = key.strip_suffix(COUNTER) else {
+                return false;
+            };
+            if !(module.is_empty() || module.ends_with('.')) || tree.contains_key(key) {
+                return false;
+            }
+            tree.contains_key(&format!("{module}running_mean"))
+                && tree.contains_key(&format!("{module}running_var"))
+        })
+        .collect()
 }
 
 /// BatchNorm's rule (`_NormBase._load_from_state_dict` in PyTorch 2.11): a checkpoint that
@@ -154,13 +184,18 @@ fn keeps_num_batches_tracked(slot: &Slot<'_>, metadata: Option<&Metadata>) -> bo
 /// tensors nor continue into one of its children, so each key is reported by the deepest
 /// module its name reaches. Within a module, `<prefix>_extra_state` comes first (none of
 /// these modules has extra state), then the others in the state dict's order.
-fn unexpected_keys<D: SourceDict + ?Sized>(tree: &ModuleTree, sd: &D) -> Vec<String> {
+fn unexpected_keys<D: SourceDict + ?Sized>(
+    tree: &ModuleTree,
+    sd: &D,
+    dropped: &[usize],
+) -> Vec<String> {
     const EXTRA_STATE: &str = "_extra_state";
     let mut found: Vec<(&str, bool, usize)> = Vec::new();
     for position in 0..sd.entry_count() {
         let key = sd.key_at(position);
-        // A key of the model's is never unexpected (its modules all exist).
-        if tree.contains_key(key) {
+        // A key of the model's is never unexpected (its modules all exist); neither is a
+        // counter a tch BatchNorm consumed.
+        if tree.contains_key(key) || dropped.binary_search(&position).is_ok() {
             continue;
         }
         let mut module = "";

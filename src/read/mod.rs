@@ -44,7 +44,7 @@ pub(crate) use index::{
 pub(crate) use materialize::Materializer;
 pub use options::{ReadLimits, ReadOptions};
 pub(crate) use pickle::{Id, Obj, TensorRef};
-pub(crate) use pread::{bytes, bytes_mut, is_contiguous, read_all, From, Read};
+pub(crate) use pread::{bytes, bytes_mut, is_contiguous, read_all_with, From, Read};
 pub(crate) use sharded::Shards;
 pub(crate) use source::{map_file, read_exact_at, Source};
 
@@ -62,6 +62,26 @@ pub(crate) fn open_path(path: &Path, options: &ReadOptions) -> Result<Opened<'st
 
 /// Parses a checkpoint whose bytes are `source`.
 pub(crate) fn parse<'a>(
+    path: PathBuf,
+    source: Source<'a>,
+    options: &ReadOptions,
+) -> Result<Opened<'a>, Error> {
+    let start = std::time::Instant::now();
+    let len = source.len();
+    let opened = parse_any(path.clone(), source, options)?;
+    let (format, tensors) = match &opened {
+        Opened::Single(f) => (f.parsed.format, f.parsed.arena.tensors.len()),
+        Opened::Sharded(s) => (Format::ShardedIndex, s.num_tensors()),
+    };
+    log::debug!(
+        "{}: {format:?}, {len} bytes, {tensors} tensors, parsed in {:.2} ms",
+        path.display(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(opened)
+}
+
+fn parse_any<'a>(
     path: PathBuf,
     source: Source<'a>,
     options: &ReadOptions,

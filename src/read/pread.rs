@@ -82,10 +82,24 @@ struct Piece<'a> {
 /// Below this, splitting reads across threads costs more than it gains.
 const PARALLEL_BYTES: usize = 8 << 20;
 
+/// The most bytes one `pread` asks for: a larger read is cut, so that progress is reported
+/// every few MiB.
+const PIECE_BYTES: usize = 16 << 20;
+
 /// Does every read, on `threads` threads when there is enough to read: the bytes are cut in
 /// file order into `threads` runs of about equal length (a tensor can span two runs), so
 /// that each thread reads sequentially.
 pub(crate) fn read_all(reads: &[Read<'_>], threads: usize) -> io::Result<()> {
+    read_all_with(reads, threads, &|_| {})
+}
+
+/// [`read_all`], calling `done(n)` from the reading threads after each `n` bytes read (at
+/// most [`PIECE_BYTES`] at a time).
+pub(crate) fn read_all_with(
+    reads: &[Read<'_>],
+    threads: usize,
+    done: &(dyn Fn(usize) + Sync),
+) -> io::Result<()> {
     let pieces: Vec<Piece<'_>> = reads
         .iter()
         .filter(|r| r.len > 0)
@@ -100,7 +114,7 @@ pub(crate) fn read_all(reads: &[Read<'_>], threads: usize) -> io::Result<()> {
     // Tensors that share memory (tied weights) are written in order, on one thread, so that
     // the last write wins as with `copy_`.
     if threads <= 1 || total < PARALLEL_BYTES || overlapping(&pieces) {
-        return pieces.iter().try_for_each(|p| read_piece(*p));
+        return pieces.iter().try_for_each(|p| read_piece(*p, done));
     }
     let mut sorted = pieces;
     sorted.sort_by_key(|p| p.offset);
@@ -131,7 +145,7 @@ pub(crate) fn read_all(reads: &[Read<'_>], threads: usize) -> io::Result<()> {
         let handles: Vec<_> = runs
             .into_iter()
             .filter(|r| !r.is_empty())
-            .map(|run| scope.spawn(move || run.into_iter().try_for_each(|p| read_piece(p))))
+            .map(|run| scope.spawn(move || run.into_iter().try_for_each(|p| read_piece(p, done))))
             .collect();
         handles.into_iter().try_for_each(|h| {
             h.join()
@@ -147,7 +161,24 @@ fn overlapping(pieces: &[Piece<'_>]) -> bool {
     spans.windows(2).any(|w| w[1].0 < w[0].1)
 }
 
-fn read_piece(p: Piece<'_>) -> io::Result<()> {
+/// Reads one piece, in parts of at most [`PIECE_BYTES`], reporting each to `done`.
+fn read_piece(p: Piece<'_>, done: &(dyn Fn(usize) + Sync)) -> io::Result<()> {
+    let mut at = 0;
+    while at < p.len {
+        let len = PIECE_BYTES.min(p.len - at);
+        read_part(Piece {
+            ptr: p.ptr + at,
+            offset: p.offset + at as u64,
+            len,
+            from: p.from,
+        })?;
+        done(len);
+        at += len;
+    }
+    Ok(())
+}
+
+fn read_part(p: Piece<'_>) -> io::Result<()> {
     // SAFETY: `p` is a part of a `Read` whose maker checked its `dst` to be a contiguous CPU
     // tensor of `len` bytes (`is_direct` in load/direct.rs, `plain_copy` in load/commit.rs,
     // or a buffer just allocated); the tensors outlive `read_all`, and the pieces of all
