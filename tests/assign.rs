@@ -4,20 +4,13 @@
 
 mod common;
 
+use common::tempdir;
+
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 use tch_state_dict::{
     load_state_dict_with, state_dict, Error, LazyStateDict, LoadOptions, StateDict,
 };
-
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tch-state-dict-assign-{tag}-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn bf16_checkpoint() -> StateDict {
     [
@@ -106,13 +99,7 @@ fn a_refused_assign_changes_nothing() {
     let path = dir.join("bf16.pth");
     bf16_checkpoint().save(&path).unwrap();
     let lazy = LazyStateDict::load(&path).unwrap();
-    let len = std::fs::metadata(&path).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    common::truncate_to_half(&path);
     let err = load_state_dict_with(&vs, &lazy, &LoadOptions::new().assign(true)).unwrap_err();
     assert!(matches!(err, Error::FileChanged { .. }), "{err:?}");
     assert_eq!(fc.ws.kind(), Kind::Float);

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{blank_model, fixture, tempdir};
+
 use std::path::PathBuf;
 
 use tch::{nn, Device, Kind, Tensor};
@@ -13,29 +15,6 @@ use tch_state_dict::{
     check_state_dict, load_state_dict, load_state_dict_with, state_dict, Checkpoint, Error,
     LazyStateDict, LoadOptions, ModuleTree, ReadOptions, StateDict, Value,
 };
-
-fn fixture(name: &str) -> PathBuf {
-    common::test_file(&format!("fixtures/pytorch/{name}"))
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("tch-state-dict-lazy-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A model with the keys and shapes of `sd`, zero-filled, in `kind` for floating-point
-/// entries (or each entry's own dtype).
-fn blank_model(sd: &StateDict, kind: Option<Kind>) -> ModuleTree {
-    let mut tree = ModuleTree::new("Net");
-    for (k, t) in sd.iter() {
-        let kind = kind.filter(|_| t.is_floating_point()).unwrap_or(t.kind());
-        tree.add_tensor(k, Tensor::zeros(t.size(), (kind, Device::Cpu)))
-            .unwrap();
-    }
-    tree
-}
 
 fn model_hashes(model: &ModuleTree) -> Vec<(String, u64)> {
     common::hashes(&state_dict(model).unwrap())
@@ -273,19 +252,13 @@ fn a_file_truncated_after_it_was_opened_is_refused_before_any_write() {
         .collect();
     sd.save(&path).unwrap();
     let lazy = LazyStateDict::load(&path).unwrap();
-    let len = std::fs::metadata(&path).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    let half = common::truncate_to_half(&path);
     for kind in [None, Some(Kind::Half)] {
         let model = blank_model(&sd, kind);
         let before = model_hashes(&model);
         let err = load_state_dict(&model, &lazy, true).unwrap_err();
         assert!(
-            matches!(err, Error::FileChanged { found, .. } if found == len / 2),
+            matches!(err, Error::FileChanged { found, .. } if found == half),
             "{err:?}"
         );
         assert_eq!(model_hashes(&model), before);
@@ -488,16 +461,7 @@ fn a_lazy_load_into_a_cuda_model_converts_in_chunks() {
 #[test]
 fn in_memory_loads_copy_across_threads_byte_for_byte() {
     // More than 8 MiB, so that plain copies are split across threads.
-    let sd: StateDict = [3_000_001i64, 7, 1_500_000, 0, 2_000_000]
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| {
-            (
-                format!("t{i}"),
-                Tensor::randn([n], (Kind::Float, Device::Cpu)),
-            )
-        })
-        .collect();
+    let sd = common::random_vectors(&[3_000_001, 7, 1_500_000, 0, 2_000_000]);
     let model = blank_model(&sd, None);
     load_state_dict(&model, &sd, true).unwrap();
     assert_eq!(model_hashes(&model), common::hashes(&sd));
@@ -531,16 +495,7 @@ fn progress_is_reported_in_order_up_to_the_total() {
     use std::sync::{Arc, Mutex};
     let dir = tempdir("progress");
     let path = dir.join("big.pth");
-    let sd: StateDict = [3_000_001i64, 1_500_000, 7, 4_000_000]
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| {
-            (
-                format!("t{i}"),
-                Tensor::randn([n], (Kind::Float, Device::Cpu)),
-            )
-        })
-        .collect();
+    let sd = common::random_vectors(&[3_000_001, 1_500_000, 7, 4_000_000]);
     sd.save(&path).unwrap();
     let total = sd.nbytes();
     for kind in [None, Some(Kind::Half), Some(Kind::Double)] {

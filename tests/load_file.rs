@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::{blank_model, fixture, tempdir};
 
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
@@ -12,28 +12,6 @@ use tch_state_dict::{
     load_checkpoint, load_state_dict, state_dict, Checkpoint, Error, LoadOptions, ModuleKind,
     ModuleTree, ReadOptions, StateDict,
 };
-
-fn fixture(name: &str) -> PathBuf {
-    common::test_file(&format!("fixtures/pytorch/{name}"))
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("tch-state-dict-file-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A model with the keys and shapes of `sd`, zero-filled, in `kind` (or each entry's own).
-fn blank_model(sd: &StateDict, kind: Option<Kind>) -> ModuleTree {
-    let mut tree = ModuleTree::new("Net");
-    for (k, t) in sd.iter() {
-        let kind = kind.filter(|_| t.is_floating_point()).unwrap_or(t.kind());
-        tree.add_tensor(k, Tensor::zeros(t.size(), (kind, Device::Cpu)))
-            .unwrap();
-    }
-    tree
-}
 
 fn assert_loaded(model: &ModuleTree, sd: &StateDict) {
     for (k, want) in sd.iter() {
@@ -199,16 +177,7 @@ fn large_loads_split_across_threads_land_byte_for_byte() {
     let path = dir.join("big.pth");
     // 24 MiB in tensors of uneven sizes, so that tensors straddle the threads' runs.
     let sizes = [3_000_001i64, 1_500_000, 7, 1_800_000, 0, 13, 4_000_000];
-    let sd: StateDict = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| {
-            (
-                format!("t{i}"),
-                Tensor::randn([n], (Kind::Float, Device::Cpu)),
-            )
-        })
-        .collect();
+    let sd = common::random_vectors(&sizes);
     sd.save(&path).unwrap();
     for threads in [Some(1), Some(2), Some(3), Some(8), None] {
         let model = blank_model(&sd, None);

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use tch::{Kind, Tensor};
-use tch_state_dict::StateDict;
+use tch::{Device, Kind, Tensor};
+use tch_state_dict::{ModuleTree, StateDict};
 
 /// The Python interpreter of the PyTorch environment that `scripts/cargo` sets up. Tests that
 /// compare with PyTorch need it; they fail, rather than skip, without it.
@@ -82,4 +82,64 @@ pub fn arange(shape: &[i64], start: f64) -> Tensor {
     (Tensor::arange(n, (Kind::Double, tch::Device::Cpu)) + start)
         .reshape(shape)
         .to_kind(Kind::Float)
+}
+
+/// A fixture made by `tests/fixtures/make_fixtures.py`.
+pub fn fixture(name: &str) -> PathBuf {
+    test_file(&format!("fixtures/pytorch/{name}"))
+}
+
+/// A fresh directory under the system's temp dir, named for the test binary and `tag`.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let binary = exe
+        .as_ref()
+        .and_then(|p| p.file_stem())
+        .and_then(|s| s.to_str())
+        .unwrap_or("test");
+    let dir = std::env::temp_dir().join(format!(
+        "tch-state-dict-{binary}-{tag}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A model with the keys and shapes of `sd`, zero-filled, in `kind` for floating-point
+/// entries (or each entry's own dtype).
+pub fn blank_model(sd: &StateDict, kind: Option<Kind>) -> ModuleTree {
+    let mut tree = ModuleTree::new("Net");
+    for (k, t) in sd.iter() {
+        let kind = kind.filter(|_| t.is_floating_point()).unwrap_or(t.kind());
+        tree.add_tensor(k, Tensor::zeros(t.size(), (kind, Device::Cpu)))
+            .unwrap();
+    }
+    tree
+}
+
+/// A state dict of 1-D random float tensors `t0`, `t1`, ... of the given lengths.
+pub fn random_vectors(lengths: &[i64]) -> StateDict {
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (
+                format!("t{i}"),
+                Tensor::randn([n], (Kind::Float, Device::Cpu)),
+            )
+        })
+        .collect()
+}
+
+/// Cuts the file at `path` to half its length (a file truncated after it was opened);
+/// returns the new length.
+pub fn truncate_to_half(path: &std::path::Path) -> u64 {
+    let len = std::fs::metadata(path).unwrap().len() / 2;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    len
 }
