@@ -8,6 +8,7 @@ use std::path::Path;
 
 use tch::Kind;
 
+use super::crc::Crcs;
 use super::pickle::{self, Arena, Flavor, Obj};
 use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
 use crate::error::Error;
@@ -140,6 +141,7 @@ pub(crate) fn parse<'a>(
         format: Format::TorchLegacy,
         arena,
         storages,
+        crcs: Crcs::default(),
         big_endian: false,
         entry: "object".to_string(),
         safetensors_metadata: None,

@@ -19,6 +19,7 @@
 //!
 //! This module imports nothing from the layers above it (state dicts, loading, models).
 
+mod crc;
 mod detect;
 mod index;
 mod legacy;

@@ -8,6 +8,7 @@ use std::path::Path;
 use indexmap::IndexMap;
 use safetensors::tensor::SafeTensors;
 
+use super::crc::Crcs;
 use super::pickle::{Arena, DictObj, Obj, StorageRef, TensorRef};
 use super::{Format, Parsed, ReadLimits, Source, StorageLoc};
 use crate::dtype;
@@ -98,6 +99,7 @@ pub(crate) fn parse<'a>(
         format: Format::Safetensors,
         arena,
         storages,
+        crcs: Crcs::default(),
         big_endian: false,
         entry: "header".to_string(),
         safetensors_metadata,

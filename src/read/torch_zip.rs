@@ -1,7 +1,11 @@
 //! torch.save's zip format: `<root>/data.pkl`, `<root>/data/<key>` for each storage, and
-//! `<root>/byteorder`. Any root name; storages aligned or not; CRCs are not checked (PyTorch
-//! writes them, other writers leave them zero), since the pickle's checks and the storages'
-//! lengths are what keep a read safe.
+//! `<root>/byteorder`. Any root name; storages aligned or not.
+//!
+//! CRCs: PyTorch writes them, other writers leave them zero (read as not recorded), and
+//! `torch.load` checks none. This reader checks every record it reads whole: `data.pkl` and
+//! `byteorder` here, deflated and small stored storages as they are read, large stored
+//! storages when [`ReadOptions::verify_crc`](super::ReadOptions::verify_crc) asks (see
+//! [`crc`](super::crc)).
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read, Seek};
@@ -9,16 +13,18 @@ use std::path::Path;
 
 use zip::{CompressionMethod, ZipArchive};
 
+use super::crc::{check_crc, Crcs};
 use super::pickle::{self, Flavor};
 use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
 use crate::error::Error;
 
-/// The records the reader needs, located.
+/// The records the reader needs, located, each with its CRC-32.
 struct Records {
     root: String,
     storages: HashMap<String, StorageLoc>,
-    pickle: Option<StorageLoc>,
-    byteorder: Option<StorageLoc>,
+    crcs: Crcs,
+    pickle: Option<(StorageLoc, u32)>,
+    byteorder: Option<(StorageLoc, u32)>,
 }
 
 /// Parses the archive, runs its pickle and checks every tensor against its storage.
@@ -41,7 +47,7 @@ pub(crate) fn parse<'a>(
     };
     let record = |name: &str| format!("{}/{name}", records.root);
     let data_pkl = record("data.pkl");
-    let pickle_loc = records.pickle.ok_or_else(|| Error::MissingRecord {
+    let (pickle_loc, pickle_crc) = records.pickle.ok_or_else(|| Error::MissingRecord {
         path: path.to_path_buf(),
         record: data_pkl.clone(),
     })?;
@@ -54,22 +60,24 @@ pub(crate) fn parse<'a>(
     }
     let big_endian = match records.byteorder {
         None => false,
-        Some(loc) => match read_record(path, &source, &loc)?.as_slice() {
-            b"little" => false,
-            b"big" => true,
-            other => {
-                return Err(Error::InvalidRecord {
-                    path: path.to_path_buf(),
-                    record: record("byteorder"),
-                    reason: format!(
-                        "expected 'little' or 'big', found {:?}",
-                        String::from_utf8_lossy(&other[..other.len().min(16)])
-                    ),
-                })
+        Some((loc, crc)) => {
+            match read_checked(path, &source, &loc, &record("byteorder"), crc)?.as_slice() {
+                b"little" => false,
+                b"big" => true,
+                other => {
+                    return Err(Error::InvalidRecord {
+                        path: path.to_path_buf(),
+                        record: record("byteorder"),
+                        reason: format!(
+                            "expected 'little' or 'big', found {:?}",
+                            String::from_utf8_lossy(&other[..other.len().min(16)])
+                        ),
+                    })
+                }
             }
-        },
+        }
     };
-    let pickle_bytes = read_record(path, &source, &pickle_loc)?;
+    let pickle_bytes = read_checked(path, &source, &pickle_loc, &data_pkl, pickle_crc)?;
     let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, limits)
         .map_err(|f| pickle_error(path, &data_pkl, f))?;
     check_tensors(path, &arena, &records.storages, &record("data/"))?;
@@ -78,6 +86,7 @@ pub(crate) fn parse<'a>(
         format: Format::TorchZip,
         arena,
         storages: records.storages,
+        crcs: records.crcs,
         big_endian,
         entry: data_pkl,
         safetensors_metadata: None,
@@ -121,6 +130,10 @@ fn records<R: Read + Seek>(
     let mut found = Records {
         root: root.clone(),
         storages: HashMap::new(),
+        crcs: Crcs {
+            prefix: data_prefix.clone(),
+            by_key: HashMap::new(),
+        },
         pickle: None,
         byteorder: None,
     };
@@ -129,28 +142,30 @@ fn records<R: Read + Seek>(
         if !(is_storage || *name == data_pkl || *name == byteorder) {
             continue;
         }
-        let loc = locate(path, &mut archive, index, file_len, limits)?;
+        let (loc, crc) = locate(path, &mut archive, index, file_len, limits)?;
         if is_storage {
-            found
-                .storages
-                .insert(name[data_prefix.len()..].to_string(), loc);
+            let key = &name[data_prefix.len()..];
+            if crc != 0 {
+                found.crcs.by_key.insert(key.to_string(), crc);
+            }
+            found.storages.insert(key.to_string(), loc);
         } else if *name == data_pkl {
-            found.pickle = Some(loc);
+            found.pickle = Some((loc, crc));
         } else {
-            found.byteorder = Some(loc);
+            found.byteorder = Some((loc, crc));
         }
     }
     Ok(found)
 }
 
-/// Where record `index`'s bytes are, checked against the file's length.
+/// Where record `index`'s bytes are, checked against the file's length, and its CRC-32.
 fn locate<R: Read + Seek>(
     path: &Path,
     archive: &mut ZipArchive<R>,
     index: usize,
     file_len: u64,
     limits: &ReadLimits,
-) -> Result<StorageLoc, Error> {
+) -> Result<(StorageLoc, u32), Error> {
     let zip_error = |source| Error::Zip {
         path: path.to_path_buf(),
         source,
@@ -167,6 +182,7 @@ fn locate<R: Read + Seek>(
         .ok_or_else(|| invalid("no data offset".into()))?;
     let compressed = entry.compressed_size();
     let len = entry.size();
+    let crc = entry.crc32();
     let end = start
         .checked_add(compressed)
         .ok_or_else(|| invalid("its end overflows".into()))?;
@@ -182,7 +198,7 @@ fn locate<R: Read + Seek>(
                     "stored with {compressed} bytes but declares {len}"
                 )));
             }
-            Ok(StorageLoc::Range { start, len })
+            Ok((StorageLoc::Range { start, len }, crc))
         }
         CompressionMethod::Deflated => {
             let bound = compressed
@@ -195,14 +211,30 @@ fn locate<R: Read + Seek>(
                     max: limits.max_compression_ratio,
                 });
             }
-            Ok(StorageLoc::Deflated {
-                start,
-                compressed,
-                len,
-            })
+            Ok((
+                StorageLoc::Deflated {
+                    start,
+                    compressed,
+                    len,
+                },
+                crc,
+            ))
         }
         other => Err(invalid(format!("unsupported compression {other:?}"))),
     }
+}
+
+/// A record's bytes, inflated if needed, checked against its CRC-32.
+fn read_checked(
+    path: &Path,
+    source: &Source<'_>,
+    loc: &StorageLoc,
+    record: &str,
+    crc: u32,
+) -> Result<Vec<u8>, Error> {
+    let bytes = read_record(path, source, loc)?;
+    check_crc(path, record, crc, &bytes)?;
+    Ok(bytes)
 }
 
 /// A record's bytes, inflated if needed.
