@@ -1,5 +1,7 @@
 //! torch.save's zip format: `<root>/data.pkl`, `<root>/data/<key>` for each storage, and
-//! `<root>/byteorder`. Any root name; storages aligned or not.
+//! `<root>/byteorder`. Any root name; storages aligned or not. An archive that holds a name
+//! twice is refused (which copy `torch.load` reads depends on the directory's order), and so
+//! is a record flagged as encrypted (as `torch.load` refuses it).
 //!
 //! CRCs: PyTorch writes them, other writers leave them zero (read as not recorded), and
 //! `torch.load` checks none. This reader checks every record it reads whole: `data.pkl` and
@@ -7,8 +9,8 @@
 //! storages when [`ReadOptions::verify_crc`](super::ReadOptions::verify_crc) asks (see
 //! [`crc`](super::crc)).
 
-use std::collections::HashMap;
-use std::io::{Cursor, Read, Seek};
+use std::collections::{HashMap, HashSet};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use zip::{CompressionMethod, ZipArchive};
@@ -105,6 +107,20 @@ fn records<R: Read + Seek>(
         source,
     };
     let mut archive = ZipArchive::new(reader).map_err(zip_error)?;
+    if archive.has_duplicate_names() {
+        // The zip reader keeps one record of each name; torch.load's picks one or the other
+        // depending on the directory's order. Neither is safe to trust.
+        let start = archive.central_directory_start();
+        let record =
+            first_duplicate(archive.into_inner(), start).unwrap_or_else(|| "(a name)".to_string());
+        return Err(Error::InvalidRecord {
+            path: path.to_path_buf(),
+            record,
+            reason: "the archive holds this record twice; torch.load reads one copy or the \
+                     other, depending on the order of the directory"
+                .into(),
+        });
+    }
     let names: Vec<String> = archive
         .file_names()
         .map(|n| n.map(|n| n.into_owned()))
@@ -158,6 +174,31 @@ fn records<R: Read + Seek>(
     Ok(found)
 }
 
+/// The first name that two records of the central directory share, walking it from byte
+/// `start`; `None` when the walk finds none or cannot read a header.
+fn first_duplicate<R: Read + Seek>(mut reader: R, start: u64) -> Option<String> {
+    let mut seen = HashSet::new();
+    let mut pos = start;
+    loop {
+        let mut header = [0u8; 46];
+        reader.seek(SeekFrom::Start(pos)).ok()?;
+        reader.read_exact(&mut header).ok()?;
+        if &header[..4] != b"PK\x01\x02" {
+            return None;
+        }
+        let field = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]) as u64;
+        let (name_len, extra_len, comment_len) = (field(28), field(30), field(32));
+        let mut name = vec![0u8; name_len as usize];
+        reader.read_exact(&mut name).ok()?;
+        let name = String::from_utf8_lossy(&name).into_owned();
+        if !seen.insert(name.clone()) {
+            return Some(name);
+        }
+        // Each header is at least 46 bytes: the walk ends at the end of the file.
+        pos = pos.checked_add(46 + name_len + extra_len + comment_len)?;
+    }
+}
+
 /// Where record `index`'s bytes are, checked against the file's length, and its CRC-32.
 fn locate<R: Read + Seek>(
     path: &Path,
@@ -177,6 +218,11 @@ fn locate<R: Read + Seek>(
         record: name.clone(),
         reason,
     };
+    if entry.encrypted() {
+        return Err(invalid(
+            "the record is encrypted (torch.load refuses it too)".into(),
+        ));
+    }
     let start = entry
         .data_start()
         .ok_or_else(|| invalid("no data offset".into()))?;
