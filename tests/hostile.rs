@@ -348,6 +348,8 @@ refused!(
     "st_shape_mismatch.safetensors",
     Error::Safetensors { .. }
 );
+refused!(safetensors_dimension_past_i64, "st_huge_dim.safetensors", Error::InvalidTensor { storage, reason, .. } if storage == "a" && reason.contains("2^63"));
+refused!(safetensors_strides_overflow, "st_stride_overflow.safetensors", Error::InvalidTensor { storage, reason, .. } if storage == "a" && reason.contains("overflow"));
 
 // Sharded indexes.
 refused!(sharded_path_traversal, "sharded_traversal/model.safetensors.index.json", Error::ShardIndex { reason, .. } if reason.contains("plain relative path"));
