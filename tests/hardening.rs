@@ -1,0 +1,106 @@
+//! Defects found by attack that need a scenario rather than a corpus file: legacy files past
+//! `max_pickle_bytes` (D6), a file renamed over the path of a memory-mapped checkpoint (D8),
+//! symlinks and FIFOs among shards (D10).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+use tch_state_dict::{
+    Checkpoint, Error, LoadOptions, ModuleTree, ReadLimits, ReadOptions, StateDict,
+};
+
+fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tch-state-dict-hardening-{tag}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `torch.save({'w': torch.arange(n)}, path)` (float32) in the legacy format.
+fn legacy_arange(path: &Path, n: usize) {
+    let script = format!(
+        "import torch\ntorch.save({{'w': torch.arange({n}.0)}}, {path:?}, \
+         _use_new_zipfile_serialization=False)\n"
+    );
+    let out = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn arange(n: i64) -> Tensor {
+    Tensor::arange(n, (Kind::Float, Device::Cpu))
+}
+
+/// D6: the storages after a legacy file's pickles are not pickle bytes.
+#[test]
+fn only_the_pickles_of_a_legacy_file_count_against_max_pickle_bytes() {
+    let dir = tempdir("legacy-limit");
+    let path = dir.join("legacy.pth");
+    legacy_arange(&path, 16384); // 64 KiB of storage after about 600 bytes of pickles
+    let limited = |max| {
+        let mut limits = ReadLimits::default();
+        limits.max_pickle_bytes = max;
+        ReadOptions::new().limits(limits)
+    };
+    let sd = StateDict::load_with(&path, &limited(4096)).unwrap();
+    assert!(sd.get("w").unwrap().equal(&arange(16384)));
+    // A pickle longer than the limit is still refused.
+    let e = Checkpoint::open_with(&path, &limited(64))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LimitExceeded {
+                limit: "max_pickle_bytes",
+                max: 64,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// D6: a legacy checkpoint over 1 GiB (the default `max_pickle_bytes`) opens and loads. The
+/// file is sparse: its last storage is grown to 1 GiB and 16 bytes, of which the tensor
+/// views the first 16.
+#[test]
+fn a_legacy_checkpoint_over_1_gib_is_read() {
+    let dir = tempdir("legacy-big");
+    let path = dir.join("big.pth");
+    legacy_arange(&path, 4);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header = bytes.len() - 16 - 8;
+    assert_eq!(bytes[header..header + 8], 4i64.to_le_bytes());
+    let numel: i64 = (1 << 28) + 4;
+    bytes[header..header + 8].copy_from_slice(&numel.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len((header + 8) as u64 + numel as u64 * 4)
+        .unwrap();
+    drop(file);
+    assert!(std::fs::metadata(&path).unwrap().len() > 1 << 30);
+
+    let ckpt = Checkpoint::open(&path).unwrap();
+    assert_eq!(ckpt.keys(), ["w"]);
+    let mut model = ModuleTree::new("Net");
+    model
+        .add_tensor("w", Tensor::zeros([4], (Kind::Float, Device::Cpu)))
+        .unwrap();
+    ckpt.load_into(&model, &LoadOptions::new()).unwrap();
+    assert!(model.get("w").unwrap().equal(&arange(4)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
