@@ -104,3 +104,59 @@ fn a_legacy_checkpoint_over_1_gib_is_read() {
     assert!(model.get("w").unwrap().equal(&arange(4)));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// D4: a big-endian file's complex tensors, each half of each element swapped on its own, as
+/// `torch.load` reads them: read into memory, and loaded into a model (the converting reads).
+#[test]
+fn big_endian_complex_tensors_match_torch_load() {
+    let path = common::test_file("fixtures/pytorch/big_endian_complex.pth");
+    // torch.load's values, as the hex of each tensor's little-endian bytes.
+    let script = "import sys, torch\n\
+                  for k, v in torch.load(sys.argv[1], weights_only=True).items():\n\
+                  \x20   print(k, v.contiguous().numpy().tobytes().hex())\n";
+    let out = std::process::Command::new(common::python())
+        .args(["-c", script, path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let torch: Vec<(String, String)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    assert_eq!(torch.len(), 3);
+    let hex = |t: &Tensor| {
+        let t = t.contiguous();
+        let mut bytes = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+        t.copy_data_u8(&mut bytes, t.numel());
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let sd = StateDict::load(&path).unwrap();
+    assert_eq!(sd.get("c64").unwrap().kind(), Kind::ComplexFloat);
+    assert_eq!(sd.get("c128").unwrap().kind(), Kind::ComplexDouble);
+    let mut model = ModuleTree::new("Net");
+    for (k, t) in sd.iter() {
+        model
+            .add_tensor(k, Tensor::zeros(t.size(), (t.kind(), Device::Cpu)))
+            .unwrap();
+    }
+    Checkpoint::open(&path)
+        .unwrap()
+        .load_into(&model, &LoadOptions::new())
+        .unwrap();
+    for (key, want) in &torch {
+        assert_eq!(&hex(sd.get(key).unwrap()), want, "{key}, read into memory");
+        assert_eq!(
+            &hex(model.get(key).unwrap()),
+            want,
+            "{key}, loaded into a model"
+        );
+    }
+}
