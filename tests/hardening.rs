@@ -160,3 +160,53 @@ fn big_endian_complex_tensors_match_torch_load() {
         );
     }
 }
+
+/// D8: with `mmap(true)`, the tensors are views of the file that was opened, even when
+/// another file has been renamed over its path since; and they are views (a memory map),
+/// not copies.
+#[test]
+fn mmap_reads_the_file_opened_not_one_renamed_over_its_path() {
+    let dir = tempdir("mmap-rename");
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    std::fs::create_dir_all(dir.join("b")).unwrap();
+    // One name in two directories: the same layout, the same offsets, other values.
+    let (path, other) = (dir.join("a/model.pth"), dir.join("b/model.pth"));
+    for (p, value) in [(&path, 1.0), (&other, 2.0)] {
+        let mut sd = StateDict::new();
+        sd.insert("w", Tensor::full([4096], value, (Kind::Float, Device::Cpu)));
+        sd.save(p).unwrap();
+    }
+    let options = ReadOptions::new().mmap(true);
+    let ckpt = Checkpoint::open_with(&path, &options).unwrap();
+    let lazy = ckpt.lazy_state_dict().unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    let all_ones = |t: &Tensor| t.eq(1.0).all().int64_value(&[]) == 1;
+    let sd = ckpt.state_dict().unwrap();
+    assert!(
+        all_ones(sd.get("w").unwrap()),
+        "read the file renamed over the path"
+    );
+    let w = lazy.get("w").unwrap().read().unwrap();
+    assert!(all_ones(&w));
+    // The tensor lies in a mapping of the file that was opened, now unlinked.
+    #[cfg(target_os = "linux")]
+    {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let ptr = w.data_ptr() as usize;
+        let line = maps
+            .lines()
+            .find(|l| {
+                let range = l.split_whitespace().next().unwrap();
+                let (lo, hi) = range.split_once('-').unwrap();
+                let lo = usize::from_str_radix(lo, 16).unwrap();
+                let hi = usize::from_str_radix(hi, 16).unwrap();
+                (lo..hi).contains(&ptr)
+            })
+            .expect("the tensor's memory is mapped");
+        assert!(
+            line.contains(path.to_str().unwrap()) && line.ends_with("(deleted)"),
+            "{line}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,6 +8,7 @@ use tch::{Device, Kind, Tensor};
 use super::index::OpenFile;
 use super::pickle::{DictObj, Id, Obj, PickleError, StorageRef};
 use super::pread::{bytes, read_all, From, Read};
+use super::source::map_open_file;
 use super::torch_zip::inflate_into;
 use super::{Parsed, ReadOptions, Source, StorageLoc};
 use crate::dtype::swap_unit;
@@ -475,14 +476,8 @@ impl<'c, 'a> Materializer<'c, 'a> {
             return None;
         }
         if self.mapped.is_none() {
-            let file = match (&self.parsed.source, self.path.to_str()) {
-                (Source::Mapped(map, _), Some(path)) => Tensor::f_from_file(
-                    path,
-                    false,
-                    Some(map.len() as i64),
-                    (Kind::Uint8, Device::Cpu),
-                )
-                .ok(),
+            let file = match &self.parsed.source {
+                Source::Mapped(map, file) => map_open_file(file, map.len() as u64),
                 _ => None,
             };
             self.mapped = Some(file);

@@ -101,8 +101,10 @@ impl ReadOptions {
     /// `torch.load(mmap=True)` (default: `false`). Nothing is read until used; writing to a
     /// tensor never changes the file. Replacing the file while its tensors live is unsafe
     /// in the way every memory map is: do not overwrite a checkpoint in place while you hold
-    /// its tensors. Storages that cannot be mapped (compressed, big-endian, misaligned, or a
-    /// path that is not UTF-8) are copied.
+    /// its tensors. The file mapped is the one opened, through its descriptor: a file
+    /// renamed over the path since is never read. Storages that cannot be mapped
+    /// (compressed, big-endian, misaligned, or on a system without `/proc/self/fd` or
+    /// `/dev/fd`, such as Windows) are copied.
     pub fn mmap(mut self, mmap: bool) -> Self {
         self.mmap = mmap;
         self

@@ -59,6 +59,44 @@ pub(crate) unsafe fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(file) }
 }
 
+/// The first `len` bytes of the open `file` as a 1-D uint8 tensor over a private memory map
+/// that libtorch owns (`Tensor::from_file`), for `ReadOptions::mmap`. The file is mapped
+/// through its descriptor (`/proc/self/fd/N`, `/dev/fd/N` on other Unixes), never by its
+/// path: a file renamed over the path since it was opened is not the one read. `None`
+/// where that cannot be done (Windows, no `/proc`); the caller then copies.
+pub(crate) fn map_open_file(file: &File, len: u64) -> Option<tch::Tensor> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
+        let dir = if cfg!(target_os = "linux") {
+            "/proc/self/fd"
+        } else {
+            "/dev/fd"
+        };
+        let by_fd = format!("{dir}/{}", file.as_raw_fd());
+        // The descriptor stays open while `file` lives, so the name keeps naming this file;
+        // checking it once guards against a `/proc` or `/dev/fd` that is not what it seems.
+        let (ours, named) = (file.metadata().ok()?, std::fs::metadata(&by_fd).ok()?);
+        if (ours.dev(), ours.ino()) != (named.dev(), named.ino()) {
+            return None;
+        }
+        let len = i64::try_from(len).ok()?;
+        tch::Tensor::f_from_file(
+            &by_fd,
+            false,
+            Some(len),
+            (tch::Kind::Uint8, tch::Device::Cpu),
+        )
+        .ok()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, len);
+        None
+    }
+}
+
 /// One positional read: the number of bytes read.
 #[cfg(unix)]
 pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
