@@ -210,3 +210,177 @@ fn mmap_reads_the_file_opened_not_one_renamed_over_its_path() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A safetensors file of one tensor `name` of 2 floats, each `value`.
+fn safetensors_file(path: &Path, name: &str, value: f64) {
+    let mut sd = StateDict::new();
+    sd.insert(name, Tensor::full([2], value, (Kind::Float, Device::Cpu)));
+    sd.save(path).unwrap();
+}
+
+fn write_index(path: &Path, entries: &[(&str, &str)]) {
+    let map: Vec<String> = entries
+        .iter()
+        .map(|(k, f)| format!("{k:?}: {f:?}"))
+        .collect();
+    std::fs::write(path, format!("{{\"weight_map\": {{{}}}}}", map.join(", "))).unwrap();
+}
+
+/// D10: a shard reached through a symlink (the shard, or a directory on its path) must lie
+/// inside the index's directory once the symlinks are resolved.
+#[cfg(unix)]
+#[test]
+fn symlinks_cannot_take_a_sharded_index_outside_its_directory() {
+    use std::os::unix::fs::symlink;
+    let dir = tempdir("shard-symlinks");
+    let (model, outside) = (dir.join("model"), dir.join("outside"));
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    safetensors_file(&outside.join("secret.safetensors"), "w", 7.0);
+    let index = model.join("model.safetensors.index.json");
+    let refused = |what: &str| {
+        let e = Checkpoint::open(&index).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(&e, Error::ShardIndex { reason, .. } if reason.contains("outside the index's directory")),
+            "{what}: {e:?}"
+        );
+    };
+
+    // A symlinked shard.
+    symlink("../outside/secret.safetensors", model.join("a.safetensors")).unwrap();
+    write_index(&index, &[("w", "a.safetensors")]);
+    refused("a symlinked shard");
+    // A symlinked directory.
+    symlink("../outside", model.join("sub")).unwrap();
+    write_index(&index, &[("w", "sub/secret.safetensors")]);
+    refused("a symlinked directory");
+    // An absolute symlink.
+    symlink(
+        outside.join("secret.safetensors"),
+        model.join("b.safetensors"),
+    )
+    .unwrap();
+    write_index(&index, &[("w", "b.safetensors")]);
+    refused("an absolute symlink");
+
+    // A symlink that stays inside is fine.
+    std::fs::create_dir_all(model.join("real")).unwrap();
+    safetensors_file(&model.join("real/shard.safetensors"), "w", 3.0);
+    symlink("real/shard.safetensors", model.join("c.safetensors")).unwrap();
+    write_index(&index, &[("w", "c.safetensors")]);
+    let sd = StateDict::load(&index).unwrap();
+    assert_eq!(sd.get("w").unwrap().double_value(&[0]), 3.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The Hugging Face hub cache keeps a snapshot's files as symlinks into the repository's
+/// `blobs`: that layout still loads.
+#[cfg(unix)]
+#[test]
+fn a_sharded_checkpoint_in_the_hugging_face_cache_loads() {
+    use std::os::unix::fs::symlink;
+    let dir = tempdir("hf-cache");
+    let repo = dir.join("models--org--name");
+    let (blobs, snapshot) = (repo.join("blobs"), repo.join("snapshots/0123abcd"));
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    safetensors_file(&blobs.join("1111"), "a", 1.0);
+    safetensors_file(&blobs.join("2222"), "b", 2.0);
+    write_index(
+        &blobs.join("3333"),
+        &[("a", "model-1.safetensors"), ("b", "model-2.safetensors")],
+    );
+    symlink("../../blobs/1111", snapshot.join("model-1.safetensors")).unwrap();
+    symlink("../../blobs/2222", snapshot.join("model-2.safetensors")).unwrap();
+    let index = snapshot.join("model.safetensors.index.json");
+    symlink("../../blobs/3333", &index).unwrap();
+    let sd = StateDict::load(&index).unwrap();
+    assert_eq!(sd.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(sd.get("b").unwrap().double_value(&[1]), 2.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Runs `open` on another thread and fails if it does not return within 10 s; a FIFO that
+/// it blocks on is then opened for writing, to let it go.
+fn within_10_s(fifo: &Path, open: impl FnOnce() -> Result<(), Error> + Send + 'static) -> Error {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(open()).unwrap());
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(result) => result.unwrap_err(),
+        Err(_) => {
+            let _ = std::fs::OpenOptions::new().write(true).open(fifo);
+            panic!("opening blocked on the FIFO {}", fifo.display());
+        }
+    }
+}
+
+/// D10: a FIFO given as a checkpoint or as a shard is refused at once, not waited on.
+#[cfg(unix)]
+#[test]
+fn a_fifo_is_refused_without_blocking() {
+    let dir = tempdir("fifo");
+    let fifo = dir.join("model.pth");
+    mkfifo(&fifo);
+    let path = fifo.clone();
+    let e = within_10_s(&fifo, move || Checkpoint::open(&path).map(|_| ()));
+    assert!(
+        matches!(&e, Error::Io { path, source } if *path == fifo && source.kind() == std::io::ErrorKind::InvalidInput),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("FIFO"), "{e}");
+
+    let shard = dir.join("shard.safetensors");
+    mkfifo(&shard);
+    let index = dir.join("model.safetensors.index.json");
+    write_index(&index, &[("w", "shard.safetensors")]);
+    let e = within_10_s(&shard, move || Checkpoint::open(&index).map(|_| ()));
+    assert!(
+        matches!(&e, Error::Io { path, source } if *path == shard && source.kind() == std::io::ErrorKind::InvalidInput),
+        "{e:?}"
+    );
+    // A directory is no checkpoint either.
+    let e = Checkpoint::open(&dir).map(|_| ()).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// D10: an unknown format is described, never quoted: the path may name any file.
+#[test]
+fn an_unknown_format_does_not_print_the_file() {
+    let dir = tempdir("unknown");
+    let passwd = dir.join("passwd");
+    std::fs::write(
+        &passwd,
+        "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    let binary = dir.join("key.bin");
+    std::fs::write(
+        &binary,
+        [0x13u8, 0x37, 0xc0, 0xde, 0xfa, 0xce, 0x00, 0x01, 0x02],
+    )
+    .unwrap();
+    for (path, found) in [
+        (&passwd, "text of 80 bytes"),
+        (&binary, "binary data of 9 bytes"),
+    ] {
+        let e = Checkpoint::open(path).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(&e, Error::UnknownFormat { found: f, .. } if f == found),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        for leak in ["root", "72 6f 6f 74", "726f6f74", "13 37", "1337", "c0de"] {
+            assert!(!text.contains(leak), "{leak:?} in {text}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

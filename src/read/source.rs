@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io;
+use std::path::Path;
 
 /// The bytes of a checkpoint.
 pub(crate) enum Source<'a> {
@@ -37,6 +38,53 @@ impl Source<'_> {
             Source::Borrowed(b) => b,
         }
     }
+}
+
+/// Opens `path` for reading, and fails with `InvalidInput` unless it is a regular file (a
+/// symlink to one is fine). A FIFO is opened without blocking (`O_NONBLOCK`, which regular
+/// files ignore), so that a FIFO given as a checkpoint or shard is refused rather than
+/// waited on forever; a directory or device is refused too.
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else {
+        file_type_name(&kind)
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("not a regular file but {what}"),
+    ))
+}
+
+#[cfg(unix)]
+fn file_type_name(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    }
+}
+
+#[cfg(not(unix))]
+fn file_type_name(_kind: &std::fs::FileType) -> &'static str {
+    "something else"
 }
 
 /// Maps `file` read-only, for parsing.
