@@ -354,6 +354,9 @@ refused!(safetensors_strides_overflow, "st_stride_overflow.safetensors", Error::
 // Sharded indexes.
 refused!(sharded_path_traversal, "sharded_traversal/model.safetensors.index.json", Error::ShardIndex { reason, .. } if reason.contains("plain relative path"));
 refused!(sharded_key_missing_from_its_shard, "sharded_missing_key/model.safetensors.index.json", Error::ShardIndex { reason, .. } if reason.contains("\"b\""));
+refused!(sharded_index_naming_itself, "sharded_self/model.safetensors.index.json", Error::ShardIndex { reason, .. } if reason.contains("is itself an index"));
+refused!(sharded_indexes_naming_each_other_a, "sharded_mutual/a.index.json", Error::ShardIndex { reason, .. } if reason.contains("\"b.index.json\" is itself an index"));
+refused!(sharded_indexes_naming_each_other_b, "sharded_mutual/b.index.json", Error::ShardIndex { reason, .. } if reason.contains("\"a.index.json\" is itself an index"));
 refused!(
     sharded_without_weight_map,
     "sharded_no_weight_map.index.json",
