@@ -130,6 +130,25 @@ pub enum Error {
         reason: String,
     },
 
+    /// A zip record's bytes do not have the CRC-32 the archive records for them: the file
+    /// was corrupted after it was written. (`torch.load` does not check CRCs and would read
+    /// the corrupt bytes.)
+    #[error(
+        "{}: record {record} is corrupt: its CRC-32 is {found:08x}, the archive records \
+         {expected:08x}",
+        path.display()
+    )]
+    CrcMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The record's name (`archive/data/0`).
+        record: String,
+        /// The CRC-32 the archive records.
+        expected: u32,
+        /// The CRC-32 of the bytes read.
+        found: u32,
+    },
+
     /// The pickle is malformed, or does something a checkpoint has no need for.
     #[error("{}: {entry}{}: {kind}", path.display(), at_byte(*offset))]
     Pickle {

@@ -62,6 +62,61 @@ refused!(
         ..
     }
 );
+// D9: a record twice (torch.load reads one or the other, by the order of the directory),
+// records flagged as encrypted (torch.load refuses them too).
+refused!(zip_duplicate_storage, "zip_duplicate_storage.pth", Error::InvalidRecord { record, reason, .. } if record == "archive/data/0" && reason.contains("twice"));
+refused!(zip_duplicate_pickle, "zip_duplicate_pickle.pth", Error::InvalidRecord { record, reason, .. } if record == "archive/data.pkl" && reason.contains("twice"));
+refused!(zip_encrypted_storage, "zip_encrypted_storage.pth", Error::InvalidRecord { record, reason, .. } if record == "archive/data/0" && reason.contains("encrypted"));
+refused!(zip_encrypted_pickle, "zip_encrypted_pickle.pth", Error::InvalidRecord { record, reason, .. } if record == "archive/data.pkl" && reason.contains("encrypted"));
+
+/// What torch.load does with the D9 files: it refuses encrypted records, as this crate does,
+/// and reads duplicated ones, picking one of the two copies by the directory's order, which
+/// this crate refuses as ambiguous.
+#[test]
+fn torch_load_on_duplicate_and_encrypted_records() {
+    let script = "import sys, torch\n\
+                  for p in sys.argv[1:]:\n\
+                  \x20   try:\n\
+                  \x20       sd = torch.load(p, weights_only=True)\n\
+                  \x20       print('ok', *[f'{k}={v.tolist()}' for k, v in sd.items()])\n\
+                  \x20   except RuntimeError as e:\n\
+                  \x20       print('error', 'encryption' in str(e))\n";
+    let files = [
+        "zip_duplicate_storage.pth",
+        "zip_duplicate_pickle.pth",
+        "zip_encrypted_storage.pth",
+        "zip_encrypted_pickle.pth",
+    ];
+    let paths: Vec<String> = files
+        .iter()
+        .map(|f| hostile(f).to_string_lossy().into_owned())
+        .collect();
+    let out = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "ok w=[0.0, 0.0, 0.0, 0.0]",
+            "ok w=[0.0, 0.0, 0.0, 0.0]",
+            "error True",
+            "error True"
+        ]
+    );
+}
 
 // Tensor geometry.
 refused!(negative_size, "negative_size.pth", Error::InvalidTensor { reason, .. } if reason.contains("negative size"));
@@ -293,10 +348,15 @@ refused!(
     "st_shape_mismatch.safetensors",
     Error::Safetensors { .. }
 );
+refused!(safetensors_dimension_past_i64, "st_huge_dim.safetensors", Error::InvalidTensor { storage, reason, .. } if storage == "a" && reason.contains("2^63"));
+refused!(safetensors_strides_overflow, "st_stride_overflow.safetensors", Error::InvalidTensor { storage, reason, .. } if storage == "a" && reason.contains("overflow"));
 
 // Sharded indexes.
 refused!(sharded_path_traversal, "sharded_traversal/model.safetensors.index.json", Error::ShardIndex { reason, .. } if reason.contains("plain relative path"));
 refused!(sharded_key_missing_from_its_shard, "sharded_missing_key/model.safetensors.index.json", Error::ShardIndex { reason, .. } if reason.contains("\"b\""));
+refused!(sharded_index_naming_itself, "sharded_self/model.safetensors.index.json", Error::ShardIndex { reason, .. } if reason.contains("is itself an index"));
+refused!(sharded_indexes_naming_each_other_a, "sharded_mutual/a.index.json", Error::ShardIndex { reason, .. } if reason.contains("\"b.index.json\" is itself an index"));
+refused!(sharded_indexes_naming_each_other_b, "sharded_mutual/b.index.json", Error::ShardIndex { reason, .. } if reason.contains("\"a.index.json\" is itself an index"));
 refused!(
     sharded_without_weight_map,
     "sharded_no_weight_map.index.json",

@@ -150,6 +150,8 @@ fn archives_that_other_tools_write() {
         "other_root.pth",
         "zero_crc.pth",
         "big_endian.pth",
+        "complex.pth",
+        "big_endian_complex.pth",
     ] {
         check_state_dict_file(name);
     }

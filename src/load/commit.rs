@@ -152,7 +152,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
 
     // Everything that can fail before a write fails here.
     for file in &files {
-        file.check_unchanged()?;
+        file.check_before_write()?;
     }
     materialize_pending(&mut routes)?;
 
@@ -288,7 +288,7 @@ pub(crate) fn assign<D: SourceDict + ?Sized>(
         .collect();
     for route in &routes {
         if let Route::Pending(file, _) = route {
-            file.check_unchanged()?;
+            file.check_before_write()?;
         }
     }
     materialize_pending(&mut routes)?;

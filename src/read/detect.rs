@@ -62,8 +62,27 @@ pub(crate) fn detect(path: &Path, bytes: &[u8]) -> Result<Format, Error> {
     } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
         "a tar archive (torch.save before PyTorch 0.4 is not supported)".to_string()
     } else {
-        let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        format!("it starts with {}", head.join(" "))
+        // Never any of the bytes themselves: the path may name any file (`/etc/passwd`), and
+        // errors end up in logs.
+        describe_unknown(bytes)
     };
     Err(Error::UnknownFormat { path, found })
+}
+
+/// What a file in no known format looks like, without quoting it: text or binary, and its
+/// size.
+fn describe_unknown(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(512)];
+    // A multi-byte character cut at the end of the head is still text.
+    let text = match std::str::from_utf8(head) {
+        Ok(s) => Some(s),
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).ok(),
+        Err(_) => None,
+    };
+    let is_text = text.is_some_and(|s| {
+        s.chars()
+            .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
+    });
+    let kind = if is_text { "text" } else { "binary data" };
+    format!("{kind} of {} bytes", bytes.len())
 }

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
+use super::crc::Crcs;
 use super::detect::Format;
 use super::options::ReadOptions;
 use super::pickle::{Arena, Failure, Id, Obj};
+use super::pread::From;
 use super::source::Source;
 use crate::error::Error;
 
@@ -41,6 +43,8 @@ pub(crate) struct Parsed<'a> {
     pub format: Format,
     pub arena: Arena,
     pub storages: HashMap<String, StorageLoc>,
+    /// The CRC-32 of each storage, for a zip; empty for other formats.
+    pub crcs: Crcs,
     pub big_endian: bool,
     /// The record that held the pickle (`archive/data.pkl`), for errors.
     pub entry: String,
@@ -79,26 +83,36 @@ impl<'a> OpenFile<'a> {
         }
     }
 
-    /// Fails with [`Error::FileChanged`] when the file is now shorter than the storages it
-    /// was parsed with: truncated or replaced since it was opened. A file in memory cannot
-    /// change.
-    pub(crate) fn check_unchanged(&self) -> Result<(), Error> {
-        let Source::Mapped(_, file) = &self.parsed.source else {
-            return Ok(());
-        };
-        let len = file
-            .metadata()
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                source,
-            })?
-            .len();
-        if len < self.extent {
-            return Err(Error::FileChanged {
-                path: self.path.clone(),
-                needed: self.extent,
-                found: len,
-            });
+    /// What a load checks of the file before its first write into the model. Fails with
+    /// [`Error::FileChanged`] when the file is now shorter than the storages it was parsed
+    /// with: truncated or replaced since it was opened (a file in memory cannot change).
+    /// With [`ReadOptions::verify_crc`], also fails with [`Error::CrcMismatch`] when a
+    /// stored storage does not match its CRC-32 (deflated ones are checked as they are
+    /// inflated).
+    pub(crate) fn check_before_write(&self) -> Result<(), Error> {
+        if let Source::Mapped(_, file) = &self.parsed.source {
+            let len = file
+                .metadata()
+                .map_err(|source| Error::Io {
+                    path: self.path.clone(),
+                    source,
+                })?
+                .len();
+            if len < self.extent {
+                return Err(Error::FileChanged {
+                    path: self.path.clone(),
+                    needed: self.extent,
+                    found: len,
+                });
+            }
+        }
+        if self.options.verify_crc {
+            let from = match &self.parsed.source {
+                Source::Mapped(_, file) => From::File(file),
+                other => From::Bytes(other.bytes()),
+            };
+            let threads = self.options.read_threads();
+            (self.parsed.crcs).check_stored(&self.path, &self.parsed.storages, from, threads)?;
         }
         Ok(())
     }

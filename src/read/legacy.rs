@@ -8,9 +8,10 @@ use std::path::Path;
 
 use tch::Kind;
 
+use super::crc::Crcs;
 use super::pickle::{self, Arena, Flavor, Obj};
 use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
-use crate::error::Error;
+use crate::error::{Error, PickleError};
 
 const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 const PROTOCOL_VERSION: i64 = 1001;
@@ -27,9 +28,26 @@ pub(crate) fn parse<'a>(
         reason,
     };
     let mut pos = 0usize;
+    // Each pickle's length is known only by running it: it may use at most
+    // `max_pickle_bytes` of what follows. The storages after the pickles are not pickle
+    // bytes, so a checkpoint of many GB is not refused for its size.
+    let max = usize::try_from(limits.max_pickle_bytes).unwrap_or(usize::MAX);
     let mut next = |name: &str, flavor: Flavor| -> Result<Arena, Error> {
-        let (arena, used) = pickle::run(&bytes[pos..], flavor, limits)
-            .map_err(|f| pickle_error(path, name, shift(f, pos)))?;
+        let end = pos.saturating_add(max).min(bytes.len());
+        let capped = end < bytes.len();
+        let (arena, used) = pickle::run(&bytes[pos..end], flavor, limits).map_err(|f| {
+            match f {
+                // Cut short by the limit, not by the file.
+                pickle::Failure::Pickle(_, PickleError::Truncated) if capped => {
+                    Error::LimitExceeded {
+                        path: path.to_path_buf(),
+                        limit: "max_pickle_bytes",
+                        max: limits.max_pickle_bytes,
+                    }
+                }
+                f => pickle_error(path, name, shift(f, pos)),
+            }
+        })?;
         pos += used;
         Ok(arena)
     };
@@ -140,6 +158,7 @@ pub(crate) fn parse<'a>(
         format: Format::TorchLegacy,
         arena,
         storages,
+        crcs: Crcs::default(),
         big_endian: false,
         entry: "object".to_string(),
         safetensors_metadata: None,

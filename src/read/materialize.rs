@@ -7,7 +7,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::index::OpenFile;
 use super::pickle::{DictObj, Id, Obj, PickleError, StorageRef};
-use super::pread::{read_all, From, Read};
+use super::pread::{bytes, read_all, From, Read};
+use super::source::map_open_file;
 use super::torch_zip::inflate_into;
 use super::{Parsed, ReadOptions, Source, StorageLoc};
 use crate::dtype::swap_unit;
@@ -333,6 +334,14 @@ impl<'c, 'a> Materializer<'c, 'a> {
             path: self.path.to_path_buf(),
             source,
         })?;
+        let read: Vec<(&str, &[u8])> = wanted
+            .iter()
+            .zip(&buffers)
+            // SAFETY: each buffer is a contiguous CPU uint8 tensor of `len` bytes that this
+            // materializer allocated and filled, and that nothing writes while it is checked.
+            .map(|((key, _, len), b)| (key.as_str(), unsafe { tensor_bytes(b, *len) }))
+            .collect();
+        (self.parsed.crcs).check_read(self.path, &read, self.options)?;
         for ((key, _, _), buffer) in wanted.into_iter().zip(buffers) {
             self.storages.insert(key, (buffer, 0));
         }
@@ -396,10 +405,20 @@ impl<'c, 'a> Materializer<'c, 'a> {
                 Some(file) => (file, start),
                 None if self.parsed.big_endian && elem > 1 => {
                     let mut owned = self.read_at(start, len as usize)?;
+                    let read = [(storage.key.as_str(), owned.as_slice())];
+                    (self.parsed.crcs).check_read(self.path, &read, self.options)?;
                     swap_bytes(&mut owned, elem);
                     (from_bytes(&owned).map_err(self.torch_error(what))?, 0)
                 }
-                None => (self.read_storage(start, len as usize, &what)?, 0),
+                None => {
+                    let tensor = self.read_storage(start, len as usize, &what)?;
+                    // SAFETY: as in `prefetch`: a buffer of `len` bytes just filled here.
+                    let read = [(storage.key.as_str(), unsafe {
+                        tensor_bytes(&tensor, len as usize)
+                    })];
+                    (self.parsed.crcs).check_read(self.path, &read, self.options)?;
+                    (tensor, 0)
+                }
             },
             StorageLoc::Deflated {
                 start,
@@ -409,6 +428,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                 let mut out = vec![0u8; len as usize];
                 let src = self.read_at(start, compressed as usize)?;
                 inflate_into(self.path, &src, &mut out)?;
+                self.parsed.crcs.check(self.path, &storage.key, &out)?;
                 if self.parsed.big_endian && elem > 1 {
                     swap_bytes(&mut out, elem);
                 }
@@ -456,20 +476,29 @@ impl<'c, 'a> Materializer<'c, 'a> {
             return None;
         }
         if self.mapped.is_none() {
-            let file = match (&self.parsed.source, self.path.to_str()) {
-                (Source::Mapped(map, _), Some(path)) => Tensor::f_from_file(
-                    path,
-                    false,
-                    Some(map.len() as i64),
-                    (Kind::Uint8, Device::Cpu),
-                )
-                .ok(),
+            let file = match &self.parsed.source {
+                Source::Mapped(map, file) => map_open_file(file, map.len() as u64),
                 _ => None,
             };
             self.mapped = Some(file);
         }
         self.mapped.as_ref()?.as_ref().map(Tensor::shallow_clone)
     }
+}
+
+/// The first `len` bytes of `buffer`, to read.
+///
+/// # Safety
+///
+/// `buffer` must be a contiguous CPU tensor of at least `len` bytes that nothing writes
+/// while the slice lives.
+unsafe fn tensor_bytes(buffer: &Tensor, len: usize) -> &[u8] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: the caller gives a live, contiguous CPU tensor of `len` bytes that nothing
+    // writes.
+    unsafe { bytes(buffer.data_ptr() as *const u8, len) }
 }
 
 /// A 1-D uint8 tensor holding a copy of `bytes`.

@@ -19,6 +19,7 @@
 //!
 //! This module imports nothing from the layers above it (state dicts, loading, models).
 
+mod crc;
 mod detect;
 mod index;
 mod legacy;
@@ -31,7 +32,6 @@ mod sharded;
 mod source;
 mod torch_zip;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -46,6 +46,7 @@ pub use options::{ReadLimits, ReadOptions};
 pub(crate) use pickle::{Id, Obj, TensorRef};
 pub(crate) use pread::{bytes, bytes_mut, is_contiguous, read_all_with, From, Read};
 pub(crate) use sharded::Shards;
+use source::open_regular;
 pub(crate) use source::{map_file, read_exact_at, Source};
 
 /// A file opened and parsed: one checkpoint file, or a sharded index with its shards.
@@ -142,7 +143,7 @@ fn open_source(path: &Path) -> Result<Source<'static>, Error> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
+    let file = open_regular(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     if len == 0 {
         return Err(Error::EmptyFile {

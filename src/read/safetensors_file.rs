@@ -1,6 +1,9 @@
 //! safetensors, through the `safetensors` crate, which checks the header: its size (100 MB at
 //! most), that offsets are in order, contiguous, without overlap, match each tensor's shape,
-//! and cover the data exactly (no trailing bytes).
+//! and cover the data exactly (no trailing bytes). This reader adds what libtorch needs of a
+//! shape: every dimension below 2^63 and strides that do not overflow (an empty tensor can
+//! have a shape whose strides overflow); then each tensor is checked against its bytes as
+//! a torch file's are ([`check_tensors`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,8 +11,9 @@ use std::path::Path;
 use indexmap::IndexMap;
 use safetensors::tensor::SafeTensors;
 
+use super::crc::Crcs;
 use super::pickle::{Arena, DictObj, Obj, StorageRef, TensorRef};
-use super::{Format, Parsed, ReadLimits, Source, StorageLoc};
+use super::{check_tensors, Format, Parsed, ReadLimits, Source, StorageLoc};
 use crate::dtype;
 use crate::error::Error;
 
@@ -57,11 +61,19 @@ pub(crate) fn parse<'a>(
                 len: (end - start) as u64,
             },
         );
-        let size: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        let mut stride = vec![1i64; size.len()];
-        for i in (0..size.len().saturating_sub(1)).rev() {
-            stride[i] = stride[i + 1] * size[i + 1].max(1);
-        }
+        let invalid = |reason: String| Error::InvalidTensor {
+            path: path.to_path_buf(),
+            storage: name.clone(),
+            reason,
+        };
+        let size: Vec<i64> = info
+            .shape
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<Result<_, _>>()
+            .map_err(|_| invalid(format!("shape {:?}: a dimension past 2^63 - 1", info.shape)))?;
+        let stride = contiguous_strides(&size)
+            .ok_or_else(|| invalid(format!("shape {:?}: its strides overflow", info.shape)))?;
         let index = arena.tensors.len();
         arena.tensors.push(TensorRef {
             storage: StorageRef {
@@ -82,6 +94,7 @@ pub(crate) fn parse<'a>(
         arena.objs.push(Obj::Tensor(index));
         items.push((key, value));
     }
+    check_tensors(path, &arena, &storages, "")?;
     arena.objs[0] = Obj::Dict(DictObj {
         items,
         ordered: true,
@@ -98,8 +111,19 @@ pub(crate) fn parse<'a>(
         format: Format::Safetensors,
         arena,
         storages,
+        crcs: Crcs::default(),
         big_endian: false,
         entry: "header".to_string(),
         safetensors_metadata,
     })
+}
+
+/// The strides of a row-major tensor of `size`, as PyTorch computes them (a dimension of
+/// 0 counts as 1); `None` when one overflows, as for `[0, 2^62, 2^62]`.
+fn contiguous_strides(size: &[i64]) -> Option<Vec<i64>> {
+    let mut stride = vec![1i64; size.len()];
+    for i in (0..size.len().saturating_sub(1)).rev() {
+        stride[i] = stride[i + 1].checked_mul(size[i + 1].max(1))?;
+    }
+    Some(stride)
 }

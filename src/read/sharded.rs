@@ -3,6 +3,12 @@
 //! opened (parsed, nothing read) with the index, and read as one state dict in the
 //! `weight_map`'s order: each entry points into its shard, so a load reads tensor by tensor
 //! from the shards straight into the model, as for a single file.
+//!
+//! A shard is a plain relative path in the index's directory, and stays there with symlinks
+//! resolved: a symlinked shard or subdirectory that leads elsewhere is refused (but for the
+//! Hugging Face hub cache's `snapshots/<revision>` → `blobs` links). A shard that is not a
+//! regular file (a FIFO) is refused without blocking, and one that is itself an index before
+//! it is parsed.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -10,7 +16,7 @@ use std::sync::Arc;
 
 use super::index::OpenFile;
 use super::materialize::Materializer;
-use super::{open_single, Format, ReadOptions};
+use super::{open_single, Format, ReadOptions, Source};
 use crate::error::Error;
 
 pub(crate) struct Shards {
@@ -37,6 +43,7 @@ pub(crate) fn parse(
         .and_then(|m| m.as_object())
         .ok_or_else(|| invalid("no \"weight_map\" object".into()))?;
     let dir = match path.parent() {
+        Some(dir) if from_path && dir.as_os_str().is_empty() => PathBuf::from("."),
         Some(dir) if from_path => dir.to_path_buf(),
         _ => {
             return Err(invalid(
@@ -67,15 +74,35 @@ pub(crate) fn parse(
         });
         entries.push((key.clone(), index));
     }
+    let roots = allowed_roots(&dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let mut shards = Vec::with_capacity(names.len());
     for name in names {
         let shard_path = dir.join(&name);
+        let real = std::fs::canonicalize(&shard_path).map_err(|source| Error::Io {
+            path: shard_path.clone(),
+            source,
+        })?;
+        if !roots.iter().any(|root| real.starts_with(root)) {
+            return Err(invalid(format!(
+                "the shard {name:?} is {}, outside the index's directory (through a symlink)",
+                real.display()
+            )));
+        }
         // A shard that is itself an index is refused before it is parsed, so that indexes
         // naming each other cannot recurse.
         let shard = open_single(&shard_path, options, |format| {
             (format == Format::ShardedIndex)
                 .then(|| invalid(format!("the shard {name:?} is itself an index")))
         })?;
+        // The file opened is the one checked, not a symlink swapped in since.
+        if !same_file(&shard, &real) {
+            return Err(invalid(format!(
+                "the shard {name:?} changed while it was opened"
+            )));
+        }
         shards.push(Arc::new(shard));
     }
     Ok(Shards {
@@ -83,6 +110,45 @@ pub(crate) fn parse(
         entries,
         shards,
     })
+}
+
+/// The directories a shard may lie in, symlinks resolved: the index's own directory, and
+/// where that is a snapshot of the Hugging Face hub cache (`<repo>/snapshots/<revision>`,
+/// whose files are symlinks into `<repo>/blobs`), that repository's `blobs`.
+fn allowed_roots(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let root = std::fs::canonicalize(dir)?;
+    let mut roots = vec![root.clone()];
+    let snapshots = root
+        .parent()
+        .filter(|p| p.file_name() == Some("snapshots".as_ref()));
+    if let Some(repo) = snapshots.and_then(Path::parent) {
+        if let Ok(blobs) = std::fs::canonicalize(repo.join("blobs")) {
+            if blobs.starts_with(repo) {
+                roots.push(blobs);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// Whether `shard` was opened from the file at `real`: the same device and inode.
+fn same_file(shard: &OpenFile<'_>, real: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Source::Mapped(_, file) = &shard.parsed.source else {
+            return false;
+        };
+        match (file.metadata(), std::fs::metadata(real)) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (shard, real);
+        true
+    }
 }
 
 impl Shards {

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io;
+use std::path::Path;
 
 /// The bytes of a checkpoint.
 pub(crate) enum Source<'a> {
@@ -39,6 +40,53 @@ impl Source<'_> {
     }
 }
 
+/// Opens `path` for reading, and fails with `InvalidInput` unless it is a regular file (a
+/// symlink to one is fine). A FIFO is opened without blocking (`O_NONBLOCK`, which regular
+/// files ignore), so that a FIFO given as a checkpoint or shard is refused rather than
+/// waited on forever; a directory or device is refused too.
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else {
+        file_type_name(&kind)
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("not a regular file but {what}"),
+    ))
+}
+
+#[cfg(unix)]
+fn file_type_name(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    }
+}
+
+#[cfg(not(unix))]
+fn file_type_name(_kind: &std::fs::FileType) -> &'static str {
+    "something else"
+}
+
 /// Maps `file` read-only, for parsing.
 ///
 /// The map serves the parsers that look at a file's structure: detection (its first bytes),
@@ -57,6 +105,44 @@ impl Source<'_> {
 pub(crate) unsafe fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
     // SAFETY: the caller accepts the caveat above; the map is private and read-only.
     unsafe { memmap2::Mmap::map(file) }
+}
+
+/// The first `len` bytes of the open `file` as a 1-D uint8 tensor over a private memory map
+/// that libtorch owns (`Tensor::from_file`), for `ReadOptions::mmap`. The file is mapped
+/// through its descriptor (`/proc/self/fd/N`, `/dev/fd/N` on other Unixes), never by its
+/// path: a file renamed over the path since it was opened is not the one read. `None`
+/// where that cannot be done (Windows, no `/proc`); the caller then copies.
+pub(crate) fn map_open_file(file: &File, len: u64) -> Option<tch::Tensor> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
+        let dir = if cfg!(target_os = "linux") {
+            "/proc/self/fd"
+        } else {
+            "/dev/fd"
+        };
+        let by_fd = format!("{dir}/{}", file.as_raw_fd());
+        // The descriptor stays open while `file` lives, so the name keeps naming this file;
+        // checking it once guards against a `/proc` or `/dev/fd` that is not what it seems.
+        let (ours, named) = (file.metadata().ok()?, std::fs::metadata(&by_fd).ok()?);
+        if (ours.dev(), ours.ino()) != (named.dev(), named.ino()) {
+            return None;
+        }
+        let len = i64::try_from(len).ok()?;
+        tch::Tensor::f_from_file(
+            &by_fd,
+            false,
+            Some(len),
+            (tch::Kind::Uint8, tch::Device::Cpu),
+        )
+        .ok()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, len);
+        None
+    }
 }
 
 /// One positional read: the number of bytes read.

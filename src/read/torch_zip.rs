@@ -1,24 +1,32 @@
 //! torch.save's zip format: `<root>/data.pkl`, `<root>/data/<key>` for each storage, and
-//! `<root>/byteorder`. Any root name; storages aligned or not; CRCs are not checked (PyTorch
-//! writes them, other writers leave them zero), since the pickle's checks and the storages'
-//! lengths are what keep a read safe.
+//! `<root>/byteorder`. Any root name; storages aligned or not. An archive that holds a name
+//! twice is refused (which copy `torch.load` reads depends on the directory's order), and so
+//! is a record flagged as encrypted (as `torch.load` refuses it).
+//!
+//! CRCs: PyTorch writes them, other writers leave them zero (read as not recorded), and
+//! `torch.load` checks none. This reader checks every record it reads whole: `data.pkl` and
+//! `byteorder` here, deflated and small stored storages as they are read, large stored
+//! storages when [`ReadOptions::verify_crc`](super::ReadOptions::verify_crc) asks (see
+//! [`crc`](super::crc)).
 
-use std::collections::HashMap;
-use std::io::{Cursor, Read, Seek};
+use std::collections::{HashMap, HashSet};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use zip::{CompressionMethod, ZipArchive};
 
+use super::crc::{check_crc, Crcs};
 use super::pickle::{self, Flavor};
 use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
 use crate::error::Error;
 
-/// The records the reader needs, located.
+/// The records the reader needs, located, each with its CRC-32.
 struct Records {
     root: String,
     storages: HashMap<String, StorageLoc>,
-    pickle: Option<StorageLoc>,
-    byteorder: Option<StorageLoc>,
+    crcs: Crcs,
+    pickle: Option<(StorageLoc, u32)>,
+    byteorder: Option<(StorageLoc, u32)>,
 }
 
 /// Parses the archive, runs its pickle and checks every tensor against its storage.
@@ -41,7 +49,7 @@ pub(crate) fn parse<'a>(
     };
     let record = |name: &str| format!("{}/{name}", records.root);
     let data_pkl = record("data.pkl");
-    let pickle_loc = records.pickle.ok_or_else(|| Error::MissingRecord {
+    let (pickle_loc, pickle_crc) = records.pickle.ok_or_else(|| Error::MissingRecord {
         path: path.to_path_buf(),
         record: data_pkl.clone(),
     })?;
@@ -54,22 +62,24 @@ pub(crate) fn parse<'a>(
     }
     let big_endian = match records.byteorder {
         None => false,
-        Some(loc) => match read_record(path, &source, &loc)?.as_slice() {
-            b"little" => false,
-            b"big" => true,
-            other => {
-                return Err(Error::InvalidRecord {
-                    path: path.to_path_buf(),
-                    record: record("byteorder"),
-                    reason: format!(
-                        "expected 'little' or 'big', found {:?}",
-                        String::from_utf8_lossy(&other[..other.len().min(16)])
-                    ),
-                })
+        Some((loc, crc)) => {
+            match read_checked(path, &source, &loc, &record("byteorder"), crc)?.as_slice() {
+                b"little" => false,
+                b"big" => true,
+                other => {
+                    return Err(Error::InvalidRecord {
+                        path: path.to_path_buf(),
+                        record: record("byteorder"),
+                        reason: format!(
+                            "expected 'little' or 'big', found {:?}",
+                            String::from_utf8_lossy(&other[..other.len().min(16)])
+                        ),
+                    })
+                }
             }
-        },
+        }
     };
-    let pickle_bytes = read_record(path, &source, &pickle_loc)?;
+    let pickle_bytes = read_checked(path, &source, &pickle_loc, &data_pkl, pickle_crc)?;
     let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, limits)
         .map_err(|f| pickle_error(path, &data_pkl, f))?;
     check_tensors(path, &arena, &records.storages, &record("data/"))?;
@@ -78,6 +88,7 @@ pub(crate) fn parse<'a>(
         format: Format::TorchZip,
         arena,
         storages: records.storages,
+        crcs: records.crcs,
         big_endian,
         entry: data_pkl,
         safetensors_metadata: None,
@@ -96,6 +107,20 @@ fn records<R: Read + Seek>(
         source,
     };
     let mut archive = ZipArchive::new(reader).map_err(zip_error)?;
+    if archive.has_duplicate_names() {
+        // The zip reader keeps one record of each name; torch.load's picks one or the other
+        // depending on the directory's order. Neither is safe to trust.
+        let start = archive.central_directory_start();
+        let record =
+            first_duplicate(archive.into_inner(), start).unwrap_or_else(|| "(a name)".to_string());
+        return Err(Error::InvalidRecord {
+            path: path.to_path_buf(),
+            record,
+            reason: "the archive holds this record twice; torch.load reads one copy or the \
+                     other, depending on the order of the directory"
+                .into(),
+        });
+    }
     let names: Vec<String> = archive
         .file_names()
         .map(|n| n.map(|n| n.into_owned()))
@@ -121,6 +146,10 @@ fn records<R: Read + Seek>(
     let mut found = Records {
         root: root.clone(),
         storages: HashMap::new(),
+        crcs: Crcs {
+            prefix: data_prefix.clone(),
+            by_key: HashMap::new(),
+        },
         pickle: None,
         byteorder: None,
     };
@@ -129,28 +158,55 @@ fn records<R: Read + Seek>(
         if !(is_storage || *name == data_pkl || *name == byteorder) {
             continue;
         }
-        let loc = locate(path, &mut archive, index, file_len, limits)?;
+        let (loc, crc) = locate(path, &mut archive, index, file_len, limits)?;
         if is_storage {
-            found
-                .storages
-                .insert(name[data_prefix.len()..].to_string(), loc);
+            let key = &name[data_prefix.len()..];
+            if crc != 0 {
+                found.crcs.by_key.insert(key.to_string(), crc);
+            }
+            found.storages.insert(key.to_string(), loc);
         } else if *name == data_pkl {
-            found.pickle = Some(loc);
+            found.pickle = Some((loc, crc));
         } else {
-            found.byteorder = Some(loc);
+            found.byteorder = Some((loc, crc));
         }
     }
     Ok(found)
 }
 
-/// Where record `index`'s bytes are, checked against the file's length.
+/// The first name that two records of the central directory share, walking it from byte
+/// `start`; `None` when the walk finds none or cannot read a header.
+fn first_duplicate<R: Read + Seek>(mut reader: R, start: u64) -> Option<String> {
+    let mut seen = HashSet::new();
+    let mut pos = start;
+    loop {
+        let mut header = [0u8; 46];
+        reader.seek(SeekFrom::Start(pos)).ok()?;
+        reader.read_exact(&mut header).ok()?;
+        if &header[..4] != b"PK\x01\x02" {
+            return None;
+        }
+        let field = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]) as u64;
+        let (name_len, extra_len, comment_len) = (field(28), field(30), field(32));
+        let mut name = vec![0u8; name_len as usize];
+        reader.read_exact(&mut name).ok()?;
+        let name = String::from_utf8_lossy(&name).into_owned();
+        if !seen.insert(name.clone()) {
+            return Some(name);
+        }
+        // Each header is at least 46 bytes: the walk ends at the end of the file.
+        pos = pos.checked_add(46 + name_len + extra_len + comment_len)?;
+    }
+}
+
+/// Where record `index`'s bytes are, checked against the file's length, and its CRC-32.
 fn locate<R: Read + Seek>(
     path: &Path,
     archive: &mut ZipArchive<R>,
     index: usize,
     file_len: u64,
     limits: &ReadLimits,
-) -> Result<StorageLoc, Error> {
+) -> Result<(StorageLoc, u32), Error> {
     let zip_error = |source| Error::Zip {
         path: path.to_path_buf(),
         source,
@@ -162,11 +218,17 @@ fn locate<R: Read + Seek>(
         record: name.clone(),
         reason,
     };
+    if entry.encrypted() {
+        return Err(invalid(
+            "the record is encrypted (torch.load refuses it too)".into(),
+        ));
+    }
     let start = entry
         .data_start()
         .ok_or_else(|| invalid("no data offset".into()))?;
     let compressed = entry.compressed_size();
     let len = entry.size();
+    let crc = entry.crc32();
     let end = start
         .checked_add(compressed)
         .ok_or_else(|| invalid("its end overflows".into()))?;
@@ -182,7 +244,7 @@ fn locate<R: Read + Seek>(
                     "stored with {compressed} bytes but declares {len}"
                 )));
             }
-            Ok(StorageLoc::Range { start, len })
+            Ok((StorageLoc::Range { start, len }, crc))
         }
         CompressionMethod::Deflated => {
             let bound = compressed
@@ -195,14 +257,30 @@ fn locate<R: Read + Seek>(
                     max: limits.max_compression_ratio,
                 });
             }
-            Ok(StorageLoc::Deflated {
-                start,
-                compressed,
-                len,
-            })
+            Ok((
+                StorageLoc::Deflated {
+                    start,
+                    compressed,
+                    len,
+                },
+                crc,
+            ))
         }
         other => Err(invalid(format!("unsupported compression {other:?}"))),
     }
+}
+
+/// A record's bytes, inflated if needed, checked against its CRC-32.
+fn read_checked(
+    path: &Path,
+    source: &Source<'_>,
+    loc: &StorageLoc,
+    record: &str,
+    crc: u32,
+) -> Result<Vec<u8>, Error> {
+    let bytes = read_record(path, source, loc)?;
+    check_crc(path, record, crc, &bytes)?;
+    Ok(bytes)
 }
 
 /// A record's bytes, inflated if needed.

@@ -1,21 +1,22 @@
 //! Writing checkpoints that Python reads: torch.save's zip format and safetensors.
 //!
-//! Files are written to a temporary file beside the target and renamed into place, so a
-//! failed write never leaves a half-written checkpoint, and tensors memory-mapped from the
-//! old file stay valid.
+//! Files are written to a new temporary file beside the target and renamed into place
+//! ([`atomic`]), so a failed or concurrent save never leaves a half-written checkpoint, and
+//! tensors memory-mapped from the old file stay valid.
 
+mod atomic;
 mod pickler;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufWriter, Cursor, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Cursor, Seek, Write};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, View};
 use tch::Tensor;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
+use self::atomic::write_atomically;
 use crate::dtype;
 use crate::error::Error;
 use crate::read::Format;
@@ -35,10 +36,19 @@ impl StateDict {
     /// safetensors keeps no order (the crate sorts tensors by dtype, then name) and no
     /// `_metadata`; it keeps [`safetensors_metadata`](Self::safetensors_metadata).
     ///
+    /// The file is replaced whole or not at all: the bytes go to a new temporary file in
+    /// the same directory (`.{name}.tch-state-dict-XXXXXX.tmp`, never following a symlink),
+    /// which takes the old file's permissions, is fsynced and renamed over `path`, and the
+    /// directory is fsynced. Of two saves to one path at once, the later rename wins; the
+    /// file is never a mix. A symlink at `path` is replaced, not followed. Debris that a
+    /// process killed during a save left is removed by the next save to the same path.
+    ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the file cannot be written; [`Error::Unwritable`] for an
-    /// undefined tensor or a dtype the format cannot hold.
+    /// [`Error::Io`] when the file cannot be written (a directory without write
+    /// permission, a full disk); [`Error::Unwritable`] when `path` is a directory, or for
+    /// an undefined tensor or a dtype the format cannot hold. The old file, if any, is
+    /// unchanged.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
         let path = path.as_ref();
         let format = match path.extension().and_then(|e| e.to_str()) {
@@ -115,12 +125,14 @@ impl StateDict {
 
 impl Value {
     /// `torch.save(value, path)`: a whole checkpoint, such as `{'model': state_dict,
-    /// 'epoch': 240, 'acc': 0.9}`, in torch.save's zip format.
+    /// 'epoch': 240, 'acc': 0.9}`, in torch.save's zip format. The file is replaced whole
+    /// or not at all, as by [`StateDict::save`].
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the file cannot be written; [`Error::Unwritable`] for a value the
-    /// format cannot hold (an undefined tensor, nesting deeper than 1000).
+    /// [`Error::Io`] when the file cannot be written; [`Error::Unwritable`] when `path` is
+    /// a directory, or for a value the format cannot hold (an undefined tensor, nesting
+    /// deeper than 1000). The old file, if any, is unchanged.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
         let path = path.as_ref();
         write_atomically(path, |file| write_torch(path, self, file))
@@ -136,33 +148,6 @@ impl Value {
         write_torch(Path::new("<bytes>"), self, &mut out)?;
         Ok(out.into_inner())
     }
-}
-
-/// Writes through `write` into a temporary file beside `path`, then renames it into place.
-fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> Result<(), Error>,
-) -> Result<(), Error> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = BufWriter::new(File::create(&tmp).map_err(io)?);
-        write(&mut file)?;
-        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// The archive's root directory, as torch.save names it: the file's stem, or `archive` when
