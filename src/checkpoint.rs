@@ -238,7 +238,7 @@ impl<'a> Checkpoint<'a> {
                     .into_iter()
                     .map(|(key, index)| {
                         (
-                            key.to_string(),
+                            key.into_owned(),
                             LazyTensor::in_file(Arc::clone(file), index),
                         )
                     })

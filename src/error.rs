@@ -144,8 +144,10 @@ pub enum Error {
         kind: PickleError,
     },
 
-    /// The pickle names a global outside the allowlist (`os.system`, `builtins.eval`):
-    /// executing it is how a hostile pickle runs code, so the file is refused.
+    /// With [`ReadOptions::weights_only`](crate::ReadOptions::weights_only), the pickle
+    /// names a global outside the allowlist (`os.system`, `argparse.Namespace`): the file is
+    /// refused, as `torch.load(weights_only=True)` refuses it. Without it, the global
+    /// becomes a [`Value::Object`](crate::Value::Object) and is never imported or called.
     #[error(
         "{}: {entry}, byte {offset}: the global {module}.{name} is not allowed; a checkpoint \
          may only rebuild tensors, storages and plain containers",
@@ -218,6 +220,30 @@ pub enum Error {
         found: String,
         /// For a dict, each key (as Python prints it) and what it holds.
         entries: Vec<(String, String)>,
+    },
+
+    /// A state dict was asked for, and the object there is an instance of a class outside
+    /// the allowlist that holds none: `argparse.Namespace`, or `os.system(...)` in a
+    /// hostile file. Its class was never imported; the object is
+    /// [`Value::Object`](crate::Value::Object) in [`Checkpoint::value`](crate::Checkpoint::value).
+    #[error(
+        "{}: {} is an object of class {module}.{name}, not a state dict (it was read as data; \
+         nothing was imported or called)",
+        path.display(),
+        match at {
+            Some(key) => format!("the value under {key:?}"),
+            None => "the top-level object".to_string(),
+        }
+    )]
+    OpaqueObject {
+        /// The file.
+        path: PathBuf,
+        /// The top-level key looked under, if any.
+        at: Option<String>,
+        /// The class's module (`argparse`).
+        module: String,
+        /// The class's name (`Namespace`).
+        name: String,
     },
 
     /// The top-level dict has no such key.

@@ -9,7 +9,7 @@ use std::path::Path;
 use tch::Kind;
 
 use super::pickle::{self, Arena, Flavor, Obj};
-use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
+use super::{check_tensors, pickle_error, Format, Parsed, ReadOptions, Source, StorageLoc};
 use crate::error::Error;
 
 const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
@@ -18,7 +18,7 @@ const PROTOCOL_VERSION: i64 = 1001;
 pub(crate) fn parse<'a>(
     path: &Path,
     source: Source<'a>,
-    limits: &ReadLimits,
+    options: &ReadOptions,
 ) -> Result<Parsed<'a>, Error> {
     let bytes = source.bytes();
     let invalid = |record: &str, reason: String| Error::InvalidRecord {
@@ -28,7 +28,7 @@ pub(crate) fn parse<'a>(
     };
     let mut pos = 0usize;
     let mut next = |name: &str, flavor: Flavor| -> Result<Arena, Error> {
-        let (arena, used) = pickle::run(&bytes[pos..], flavor, limits)
+        let (arena, used) = pickle::run(&bytes[pos..], flavor, options)
             .map_err(|f| pickle_error(path, name, shift(f, pos)))?;
         pos += used;
         Ok(arena)

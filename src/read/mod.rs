@@ -101,11 +101,10 @@ fn parse_single<'a>(
     format: Format,
     options: &ReadOptions,
 ) -> Result<OpenFile<'a>, Error> {
-    let limits = &options.limits;
     let parsed = match format {
-        Format::TorchZip => torch_zip::parse(&path, source, limits)?,
-        Format::TorchLegacy => legacy::parse(&path, source, limits)?,
-        Format::Safetensors => safetensors_file::parse(&path, source, limits)?,
+        Format::TorchZip => torch_zip::parse(&path, source, options)?,
+        Format::TorchLegacy => legacy::parse(&path, source, options)?,
+        Format::Safetensors => safetensors_file::parse(&path, source, &options.limits)?,
         Format::ShardedIndex => {
             return Err(Error::ShardIndex {
                 path,

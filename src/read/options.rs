@@ -61,6 +61,7 @@ pub struct ReadOptions {
     pub(crate) mmap: bool,
     pub(crate) threads: Option<usize>,
     pub(crate) limits: ReadLimits,
+    pub(crate) weights_only: bool,
 }
 
 impl Default for ReadOptions {
@@ -71,6 +72,7 @@ impl Default for ReadOptions {
             mmap: false,
             threads: None,
             limits: ReadLimits::default(),
+            weights_only: false,
         }
     }
 }
@@ -117,6 +119,18 @@ impl ReadOptions {
     /// The bounds on what a file may make the reader do (default: [`ReadLimits::default`]).
     pub fn limits(mut self, limits: ReadLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Refuse what `torch.load(weights_only=True)` refuses (default: `false`).
+    ///
+    /// With `false`, a global outside the allowlist (`argparse.Namespace`, a pickled
+    /// `nn.Module`'s class, `numpy.dtype`, even `os.system`) becomes a
+    /// [`Value::Object`](crate::Value::Object) that records what the pickle built with it;
+    /// nothing is imported or called either way, and only the allowlist makes tensors. With
+    /// `true`, such a file fails to open with [`Error::DisallowedGlobal`], as in PyTorch.
+    pub fn weights_only(mut self, weights_only: bool) -> Self {
+        self.weights_only = weights_only;
         self
     }
 }

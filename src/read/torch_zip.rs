@@ -10,7 +10,9 @@ use std::path::Path;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle::{self, Flavor};
-use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
+use super::{
+    check_tensors, pickle_error, Format, Parsed, ReadLimits, ReadOptions, Source, StorageLoc,
+};
 use crate::error::Error;
 
 /// The records the reader needs, located.
@@ -30,8 +32,9 @@ struct Records {
 pub(crate) fn parse<'a>(
     path: &Path,
     source: Source<'a>,
-    limits: &ReadLimits,
+    options: &ReadOptions,
 ) -> Result<Parsed<'a>, Error> {
+    let limits = &options.limits;
     let records = match &source {
         Source::Mapped(_, file) => {
             let reader = std::io::BufReader::with_capacity(1024, PreadReader { file, pos: 0 });
@@ -70,7 +73,7 @@ pub(crate) fn parse<'a>(
         },
     };
     let pickle_bytes = read_record(path, &source, &pickle_loc)?;
-    let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, limits)
+    let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, options)
         .map_err(|f| pickle_error(path, &data_pkl, f))?;
     check_tensors(path, &arena, &records.storages, &record("data/"))?;
     Ok(Parsed {
