@@ -144,11 +144,11 @@ fn print_value(v: &Value, indent: usize) {
         Value::Tensor(t) => println!("{}", tensor_line(t)),
         Value::Str(s) => println!("{s:?}"),
         Value::Int(i) => println!("{i}"),
-        Value::Float(f) => println!("{f}"),
+        Value::Float(_) => println!("{v}"),
         Value::Bool(b) => println!("{}", if *b { "True" } else { "False" }),
         Value::None => println!("None"),
         Value::Bytes(b) => println!("bytes of length {}", b.len()),
-        Value::BigInt(b) => println!("int of {} bytes", b.len()),
+        Value::BigInt(_) => println!("{v}"),
         Value::Device(d) => println!("torch.device({d:?})"),
         Value::Dtype(k) => println!("torch.{}", dtype_name(*k)),
         Value::Object(o) => {

@@ -1,5 +1,5 @@
 //! From a parsed file to values: tensors are read here, each storage once. Opaque objects
-//! become [`Object`]s.
+//! become [`Object`]s, or, for the classes of [`super::known`], plain values.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -8,6 +8,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::index::OpenFile;
+use super::known;
 use super::pickle::{DictObj, Id, Obj, PickleError, StorageRef};
 use super::pread::{read_all, From, Read};
 use super::torch_zip::inflate_into;
@@ -178,7 +179,10 @@ impl<'c, 'a> Materializer<'c, 'a> {
                     list_items: list(self, &o.list_items)?,
                     dict_items: pairs(self, &o.dict_items)?,
                 };
-                Value::Object(object)
+                match known::decode(object) {
+                    Value::Tensor(t) => Value::Tensor(self.place(t, "a numpy array")?),
+                    other => other,
+                }
             }
             Obj::Storage(_) => {
                 return Err(self.pickle_error(PickleError::Unsupported("a bare storage as a value")))

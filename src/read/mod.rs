@@ -21,6 +21,7 @@
 
 mod detect;
 mod index;
+mod known;
 mod legacy;
 mod materialize;
 mod options;

@@ -62,7 +62,8 @@ pub enum Value {
     Dtype(Kind),
     /// An instance of a class outside the allowlist (`argparse.Namespace`, a pickled
     /// `nn.Module`), or the result of a function outside it: what the pickle built with it,
-    /// recorded as data. Nothing was imported or called.
+    /// recorded as data. Nothing was imported or called. numpy values, paths and datetimes
+    /// are read as plain values instead (see [`Object`]).
     Object(Object),
     /// A class or function outside the allowlist named as a value (a `defaultdict`'s
     /// factory, `builtins.list`), never imported; or an allowlisted one

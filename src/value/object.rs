@@ -15,7 +15,10 @@ use super::Value;
 ///   `APPENDS` added to an instance of a `dict` or `list` subclass (Lightning's
 ///   `AttributeDict`).
 ///
-/// Tensors inside are read like any other.
+/// Tensors inside are read like any other. Some classes are read as plain values instead:
+/// numpy scalars as [`Value::Int`], [`Value::Float`] or [`Value::Bool`], numpy arrays as
+/// [`Value::Tensor`], `pathlib` paths as [`Value::Str`], and `datetime.datetime`, `date` and
+/// `time` as their `isoformat()` string.
 ///
 /// `Display` is Python's `repr` of the object as if its class were imported:
 /// `argparse.Namespace(model='resnet50', lr=0.05)`.
