@@ -246,6 +246,27 @@ pub enum Error {
         name: String,
     },
 
+    /// A module object (a pickled `nn.Module`, a TorchScript module) whose state dict was
+    /// asked for holds something a module's parameters, buffers or submodules cannot be.
+    #[error(
+        "{}: {}the module {} cannot give a state dict: {reason}",
+        path.display(),
+        at.as_ref().map(|k| format!("under {k:?}, ")).unwrap_or_default(),
+        if module.is_empty() { "at the top".to_string() } else { format!("{module:?}") }
+    )]
+    InvalidModule {
+        /// The file.
+        path: PathBuf,
+        /// The top-level key looked under, if any.
+        at: Option<String>,
+        /// The module's path in the model (`layer1.0`; empty for the top module).
+        module: String,
+        /// Its class and what it holds that a module cannot: `a
+        /// torch.nn.modules.linear.Linear whose parameter "weight" is an object of class
+        /// os.system`.
+        reason: String,
+    },
+
     /// The top-level dict has no such key.
     #[error("{}: no key {key:?} at the top level; its keys are {available:?}", path.display())]
     KeyNotFound {
@@ -430,7 +451,7 @@ fn not_a_state_dict(
         }
         let nested: Vec<&str> = entries
             .iter()
-            .filter(|(_, v)| v.starts_with("a state dict of"))
+            .filter(|(_, v)| v.contains("state dict of"))
             .filter_map(|(k, _)| k.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
             .collect();
         if let Some(key) = nested.first() {

@@ -428,6 +428,23 @@ refused!(
         ..
     }
 );
+refused!(
+    modules_that_share_children,
+    "module_shared_children.pth",
+    Error::LimitExceeded {
+        limit: "max_values",
+        ..
+    }
+);
+refused!(
+    a_module_that_is_its_own_child,
+    "module_cycle.pth",
+    Error::Pickle {
+        kind: PickleError::TooDeep(_),
+        ..
+    }
+);
+
 // Persistent ids and keys.
 refused!(
     persistent_id_of_the_wrong_shape,

@@ -1,5 +1,6 @@
 //! From a parsed file to values: tensors are read here, each storage once. Opaque objects
-//! become [`Object`]s, or, for the classes of [`super::known`], plain values.
+//! become [`Object`]s (or, for the classes of [`super::known`], plain values); state dicts
+//! are found in dicts here and in module objects in [`super::module`].
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -224,13 +225,18 @@ impl<'c, 'a> Materializer<'c, 'a> {
         let parsed: &'c Parsed<'a> = self.parsed;
         let arena = &parsed.arena;
         if let Obj::Object(o) = arena.get(id) {
-            let class = arena.class_of(o).cloned().unwrap_or_default();
-            return Err(Error::OpaqueObject {
-                path: self.path.to_path_buf(),
-                at: at.map(str::to_string),
-                module: class.module,
-                name: class.name,
-            });
+            return match self.module_entries(o, at)? {
+                Some(sd) => self.checked(sd),
+                None => {
+                    let class = arena.class_of(o).cloned().unwrap_or_default();
+                    Err(Error::OpaqueObject {
+                        path: self.path.to_path_buf(),
+                        at: at.map(str::to_string),
+                        module: class.module,
+                        name: class.name,
+                    })
+                }
+            };
         }
         if let Obj::Class(c) = arena.get(id) {
             return Err(Error::OpaqueObject {
@@ -288,7 +294,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                         Obj::Int(i) => i.to_string(),
                         other => format!("<{}>", other.type_name()),
                     };
-                    (key, self.describe(v))
+                    (key, self.describe_entry(v))
                 })
                 .collect(),
             _ => Vec::new(),
@@ -299,6 +305,21 @@ impl<'c, 'a> Materializer<'c, 'a> {
             found: self.describe(id),
             entries,
         }
+    }
+
+    /// [`describe`](Self::describe), and for a module object the size of its state dict.
+    fn describe_entry(&mut self, id: Id) -> String {
+        let parsed: &'c Parsed<'a> = self.parsed;
+        if let Obj::Object(o) = parsed.arena.get(id) {
+            if let Ok(Some(sd)) = self.module_entries(o, None) {
+                return format!(
+                    "an nn.Module {} with a state dict of {} tensors",
+                    parsed.arena.class_name(o),
+                    sd.entries.len()
+                );
+            }
+        }
+        self.describe(id)
     }
 
     /// A short description of what an object is, for errors: `a state dict of 161 tensors`,

@@ -24,6 +24,7 @@ mod index;
 mod known;
 mod legacy;
 mod materialize;
+mod module;
 mod options;
 pub(crate) mod pickle;
 mod pread;

@@ -5,9 +5,14 @@
                 by a path of keys joined with '/'; dicts by key, lists and tuples by index,
                 objects by attribute (vars()). Paths are strings, datetimes isoformat(),
                 numpy scalars .item(). Also the repr() of every argparse.Namespace. JSON.
-  state_dict P  the state_dict() of the module torch.load(P, weights_only=False) gives (or
-                of the module under KEY when a second argument names one), written with
-                torch.save to the path of the third argument, and its keys printed
+  state_dict P KEY OUT
+                the state_dict() of the module torch.load(P, weights_only=False) gives (or
+                of the module under KEY when KEY is not empty), written to OUT with
+                torch.save; its keys are printed
+  save_model ARCH CLASSES OUT KEY
+                torch.save of a whole model of tests/oracle/resnets.py (a torchvision ResNet,
+                a CIFAR ResNet), with BatchNorm statistics away from their defaults: the
+                model itself, or {KEY: model, 'epoch': 240} when KEY is not empty
 
 The fake package of the fixtures (fakepkg) is registered first, as the fixture script did.
 """
@@ -81,6 +86,15 @@ def main():
         tensors, scalars, reprs = {}, {}, {}
         flatten(obj, "", tensors, scalars, reprs)
         print(json.dumps({"tensors": tensors, "scalars": scalars, "reprs": reprs}))
+    elif cmd == "save_model":
+        import resnets
+
+        arch, classes, out, key = args
+        torch.manual_seed(0)
+        model, _ = resnets.build(arch, int(classes))
+        g = torch.Generator().manual_seed(1)
+        make_training.randomize(model, g)
+        torch.save({key: model, "epoch": 240} if key else model, out)
     elif cmd == "state_dict":
         obj = torch.load(args[0], weights_only=False, map_location="cpu")
         if args[1]:

@@ -42,6 +42,6 @@ mod torch;
 mod vm;
 
 pub(crate) use crate::error::PickleError;
-pub(crate) use object::{Arena, DictObj, Id, Obj, StorageRef, TensorRef};
+pub(crate) use object::{Arena, DictObj, Id, Obj, OpaqueObj, StorageRef, TensorRef};
 pub(crate) use torch::Flavor;
 pub(crate) use vm::{run, Failure};

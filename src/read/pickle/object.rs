@@ -144,4 +144,38 @@ impl Arena {
         self.class_of(obj)
             .map_or_else(|| "?".to_string(), |c| format!("{}.{}", c.module, c.name))
     }
+
+    /// The string-keyed attributes an object's `BUILD` state gives it, in order: the state
+    /// when it is a dict, or both dicts of a `(dict, slots)` pair. Empty when it has none.
+    pub(crate) fn attributes(&self, obj: &OpaqueObj) -> Vec<(&str, Id)> {
+        let Some(state) = obj.state else {
+            return Vec::new();
+        };
+        let dicts: Vec<&DictObj> = match self.get(state) {
+            Obj::Dict(d) => vec![d],
+            Obj::Tuple(v) if v.len() == 2 => v
+                .iter()
+                .filter_map(|&i| match self.get(i) {
+                    Obj::Dict(d) => Some(d),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        dicts
+            .into_iter()
+            .flat_map(|d| d.items.iter())
+            .filter_map(|&(k, v)| match self.get(k) {
+                Obj::Str(s) => Some((s.as_str(), v)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The attribute `name` of an object's `BUILD` state.
+    pub(crate) fn attribute(&self, obj: &OpaqueObj, name: &str) -> Option<Id> {
+        self.attributes(obj)
+            .into_iter()
+            .find_map(|(k, v)| (k == name).then_some(v))
+    }
 }
