@@ -75,10 +75,13 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// The file is a TorchScript archive (`torch.jit.save`), not a `torch.save` checkpoint.
+    /// The file is a TorchScript archive (`torch.jit.save`, or tch's `VarStore::save`), and
+    /// [`ReadOptions::weights_only`](crate::ReadOptions::weights_only) refuses those, as
+    /// `torch.load(weights_only=True)` does.
     #[error(
-        "{}: this is a TorchScript archive (torch.jit.save), not a torch.save checkpoint; load \
-         it with tch::CModule::load, or save the model's state_dict() with torch.save",
+        "{}: this is a TorchScript archive (torch.jit.save, or tch's VarStore::save), which \
+         weights_only refuses as PyTorch does; without weights_only its parameters and buffers \
+         are read without running its code",
         path.display()
     )]
     TorchScript {

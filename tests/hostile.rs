@@ -445,6 +445,22 @@ refused!(
     }
 );
 
+refused!(
+    torchscript_declared_parameter_that_is_not_a_tensor,
+    "torchscript_param_not_tensor.pt",
+    Error::InvalidModule { module, reason, .. }
+        if module.is_empty() && reason.contains("__torch__.M") && reason.contains("os.system")
+);
+
+#[test]
+fn weights_only_refuses_torchscript_archives() {
+    let options = ReadOptions::new().weights_only(true);
+    assert!(matches!(
+        Checkpoint::open_with(hostile("torchscript_param_not_tensor.pt"), &options).map(|_| ()),
+        Err(Error::TorchScript { .. })
+    ));
+}
+
 // Persistent ids and keys.
 refused!(
     persistent_id_of_the_wrong_shape,
@@ -486,11 +502,6 @@ refused!(empty_file, "empty.pth", Error::EmptyFile { .. });
 refused!(git_lfs_pointer, "lfs_pointer.pth", Error::LfsPointer { .. });
 refused!(plain_pickle, "plain_pickle.pkl", Error::UnknownFormat { found, .. } if found.contains("pickle"));
 refused!(html_page, "html_page.pth", Error::UnknownFormat { found, .. } if found.contains("HTML"));
-refused!(
-    torchscript_archive,
-    "torchscript.pt",
-    Error::TorchScript { .. }
-);
 
 // safetensors.
 refused!(

@@ -143,6 +143,7 @@ pub(crate) fn parse<'a>(
         big_endian: false,
         entry: "object".to_string(),
         safetensors_metadata: None,
+        script_classes: None,
     })
 }
 

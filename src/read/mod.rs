@@ -32,6 +32,7 @@ mod safetensors_file;
 mod sharded;
 mod source;
 mod torch_zip;
+mod torchscript;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -104,7 +105,7 @@ fn parse_single<'a>(
     options: &ReadOptions,
 ) -> Result<OpenFile<'a>, Error> {
     let parsed = match format {
-        Format::TorchZip => torch_zip::parse(&path, source, options)?,
+        Format::TorchZip | Format::TorchScript => torch_zip::parse(&path, source, options)?,
         Format::TorchLegacy => legacy::parse(&path, source, options)?,
         Format::Safetensors => safetensors_file::parse(&path, source, &options.limits)?,
         Format::ShardedIndex => {

@@ -1,5 +1,6 @@
-//! The state dict of a module object: a pickled `nn.Module` (`torch.save(model)`), read
-//! without importing its class or running its code.
+//! The state dict of a module object: a pickled `nn.Module` (`torch.save(model)`) or a
+//! TorchScript module (`torch.jit.save`, tch's `VarStore::save`), read without importing its
+//! class or running its code.
 //!
 //! # Design note
 //!
@@ -16,6 +17,13 @@
 //! of torch and torchvision whose `_version` is not 1 (BatchNorm's is 2, which the
 //! `num_batches_tracked` rule depends on). A user class that sets its own `_version` is read
 //! as version 1: its module path and name are all the file says about it.
+//!
+//! A TorchScript module keeps parameters, buffers and submodules as plain attributes in
+//! slot order; its class's `__parameters__` and `__buffers__` (read from the archive's code
+//! as text, see [`super::torchscript`]) say which tensor attributes are which. That is what
+//! `scripted.state_dict()` walks too, with every module at version 1 and every buffer
+//! persistent. tch's names join path components with `|` (attribute names cannot hold a
+//! `.`); they are turned back into `.`.
 
 use std::borrow::Cow;
 
@@ -31,6 +39,8 @@ use crate::value::{Metadata, Value};
 enum Style {
     /// A pickled `nn.Module`: `_parameters`, `_buffers`, `_modules` in its `__dict__`.
     Pickled,
+    /// A TorchScript module: attributes, classified by its class's declarations.
+    Script,
 }
 
 /// The `_version` of the classes of torch and torchvision that set one other than 1.
@@ -88,7 +98,14 @@ impl<'c> Materializer<'c, '_> {
 
     fn module_style(&self, object: &OpaqueObj) -> Option<Style> {
         let arena = &self.parsed.arena;
-        arena.class_of(object)?;
+        let class = arena.class_of(object)?;
+        if let Some(classes) = &self.parsed.script_classes {
+            let qualified = format!("{}.{}", class.module, class.name);
+            return classes
+                .get(&qualified)
+                .filter(|c| c.is_module)
+                .map(|_| Style::Script);
+        }
         let attrs = arena.attributes(object);
         let has = |name: &str| attrs.iter().any(|(k, _)| *k == name);
         (has("_parameters") && has("_buffers") && has("_modules")).then_some(Style::Pickled)
@@ -110,6 +127,7 @@ impl<'c> Materializer<'c, '_> {
         self.spend(1)?;
         let (tensors, children, version) = match style {
             Style::Pickled => self.pickled_module(object, &prefix, at)?,
+            Style::Script => self.script_module(object, &prefix, at)?,
         };
         let mut entry = IndexMap::new();
         entry.insert("version".to_string(), Value::Int(version));
@@ -118,7 +136,10 @@ impl<'c> Materializer<'c, '_> {
         }
         self.spend(tensors.len() as u64)?;
         for (name, tensor) in tensors {
-            let key = format!("{prefix}{name}");
+            let key = match style {
+                Style::Pickled => format!("{prefix}{name}"),
+                Style::Script => format!("{prefix}{name}").replace('|', "."),
+            };
             sd.entries.push((Cow::Owned(key), tensor));
         }
         for (name, child) in children {
@@ -221,6 +242,58 @@ impl<'c> Materializer<'c, '_> {
                 .map_or(1, |c| class_version(&c.module, &c.name)),
         };
         Ok((tensors, children, version))
+    }
+
+    /// A TorchScript module's parameters then buffers (each in slot order), its submodules,
+    /// and its version (1, as `scripted.state_dict()` gives).
+    #[allow(clippy::type_complexity)]
+    fn script_module(
+        &self,
+        object: &'c OpaqueObj,
+        prefix: &str,
+        at: Option<&str>,
+    ) -> Result<(Vec<(&'c str, usize)>, Vec<(&'c str, &'c OpaqueObj)>, i64), Error> {
+        let parsed = self.parsed;
+        let arena = &parsed.arena;
+        let declared = arena
+            .class_of(object)
+            .and_then(|c| {
+                let classes = parsed.script_classes.as_ref()?;
+                classes.get(&format!("{}.{}", c.module, c.name))
+            })
+            .cloned()
+            .unwrap_or_default();
+        let attrs = arena.attributes(object);
+        let mut tensors = Vec::new();
+        for names in [&declared.parameters, &declared.buffers] {
+            for &(name, v) in &attrs {
+                if !names.iter().any(|n| n == name) {
+                    continue;
+                }
+                match arena.get(v) {
+                    Obj::None => {}
+                    Obj::Tensor(t) => tensors.push((name, *t)),
+                    _ => {
+                        return Err(self.bad_module(
+                            object,
+                            prefix,
+                            at,
+                            format!("declared tensor {name:?} is {}", self.describe(v)),
+                        ))
+                    }
+                }
+            }
+        }
+        let children = attrs
+            .iter()
+            .filter_map(|&(name, v)| match arena.get(v) {
+                Obj::Object(child) if matches!(self.module_style(child), Some(Style::Script)) => {
+                    Some((name, &**child))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok((tensors, children, 1))
     }
 
     fn bad_module(

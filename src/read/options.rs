@@ -128,7 +128,9 @@ impl ReadOptions {
     /// `nn.Module`'s class, `numpy.dtype`, even `os.system`) becomes a
     /// [`Value::Object`](crate::Value::Object) that records what the pickle built with it;
     /// nothing is imported or called either way, and only the allowlist makes tensors. With
-    /// `true`, such a file fails to open with [`Error::DisallowedGlobal`], as in PyTorch.
+    /// `true`, such a file fails to open with [`Error::DisallowedGlobal`], and a TorchScript
+    /// archive (`torch.jit.save`, tch's `VarStore::save`) with [`Error::TorchScript`], as in
+    /// PyTorch.
     pub fn weights_only(mut self, weights_only: bool) -> Self {
         self.weights_only = weights_only;
         self

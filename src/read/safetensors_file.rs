@@ -101,5 +101,6 @@ pub(crate) fn parse<'a>(
         big_endian: false,
         entry: "header".to_string(),
         safetensors_metadata,
+        script_classes: None,
     })
 }

@@ -2,6 +2,10 @@
 //! `<root>/byteorder`. Any root name; storages aligned or not; CRCs are not checked (PyTorch
 //! writes them, other writers leave them zero), since the pickle's checks and the storages'
 //! lengths are what keep a read safe.
+//!
+//! A TorchScript archive is the same container with `<root>/constants.pkl` and
+//! `<root>/code/`; its `data.pkl` is read the same way, and its code only for the class
+//! declarations of [`super::torchscript`].
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read, Seek};
@@ -10,6 +14,7 @@ use std::path::Path;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle::{self, Flavor};
+use super::torchscript::{self, ScriptClasses};
 use super::{
     check_tensors, pickle_error, Format, Parsed, ReadLimits, ReadOptions, Source, StorageLoc,
 };
@@ -21,6 +26,10 @@ struct Records {
     storages: HashMap<String, StorageLoc>,
     pickle: Option<StorageLoc>,
     byteorder: Option<StorageLoc>,
+    /// Whether it is a TorchScript archive (it has `constants.pkl` or `code/`).
+    script: bool,
+    /// A TorchScript archive's `code/*.py` records, by their name after `code/`.
+    code: Vec<(String, StorageLoc)>,
 }
 
 /// Parses the archive, runs its pickle and checks every tensor against its storage.
@@ -42,9 +51,14 @@ pub(crate) fn parse<'a>(
         }
         other => records(path, Cursor::new(other.bytes()), source.len(), limits)?,
     };
+    if records.script && options.weights_only {
+        return Err(Error::TorchScript {
+            path: path.to_path_buf(),
+        });
+    }
     let record = |name: &str| format!("{}/{name}", records.root);
     let data_pkl = record("data.pkl");
-    let pickle_loc = records.pickle.ok_or_else(|| Error::MissingRecord {
+    let pickle_loc = records.pickle.clone().ok_or_else(|| Error::MissingRecord {
         path: path.to_path_buf(),
         record: data_pkl.clone(),
     })?;
@@ -55,9 +69,9 @@ pub(crate) fn parse<'a>(
             max: limits.max_pickle_bytes,
         });
     }
-    let big_endian = match records.byteorder {
+    let big_endian = match &records.byteorder {
         None => false,
-        Some(loc) => match read_record(path, &source, &loc)?.as_slice() {
+        Some(loc) => match read_record(path, &source, loc)?.as_slice() {
             b"little" => false,
             b"big" => true,
             other => {
@@ -76,15 +90,55 @@ pub(crate) fn parse<'a>(
     let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, options)
         .map_err(|f| pickle_error(path, &data_pkl, f))?;
     check_tensors(path, &arena, &records.storages, &record("data/"))?;
+    let script_classes = if records.script {
+        Some(script_classes(path, &source, &records, limits)?)
+    } else {
+        None
+    };
     Ok(Parsed {
         source,
-        format: Format::TorchZip,
+        format: if records.script {
+            Format::TorchScript
+        } else {
+            Format::TorchZip
+        },
         arena,
         storages: records.storages,
         big_endian,
         entry: data_pkl,
         safetensors_metadata: None,
+        script_classes,
     })
+}
+
+/// The class declarations of a TorchScript archive's code, read as text. The code records
+/// together may be no larger than a pickle may.
+fn script_classes(
+    path: &Path,
+    source: &Source<'_>,
+    records: &Records,
+    limits: &ReadLimits,
+) -> Result<ScriptClasses, Error> {
+    let total = records
+        .code
+        .iter()
+        .fold(0u64, |acc, (_, loc)| acc.saturating_add(loc.len()));
+    if total > limits.max_pickle_bytes {
+        return Err(Error::LimitExceeded {
+            path: path.to_path_buf(),
+            limit: "max_pickle_bytes",
+            max: limits.max_pickle_bytes,
+        });
+    }
+    let mut classes = ScriptClasses::new();
+    for (rel, loc) in &records.code {
+        let Some(module) = torchscript::module_of_record(rel) else {
+            continue;
+        };
+        let bytes = read_record(path, source, loc)?;
+        torchscript::read_declarations(&module, &String::from_utf8_lossy(&bytes), &mut classes);
+    }
+    Ok(classes)
 }
 
 /// Reads the zip's directory and locates `data.pkl`, `byteorder` and the storages.
@@ -111,13 +165,9 @@ fn records<R: Read + Seek>(
         .unwrap_or("")
         .to_string();
     let record = |name: &str| format!("{root}/{name}");
-    if names.contains(&record("constants.pkl"))
-        || names.iter().any(|n| n.starts_with(&record("code/")))
-    {
-        return Err(Error::TorchScript {
-            path: path.to_path_buf(),
-        });
-    }
+    let code_prefix = record("code/");
+    let script = names.contains(&record("constants.pkl"))
+        || names.iter().any(|n| n.starts_with(&code_prefix));
     let data_pkl = record("data.pkl");
     let byteorder = record("byteorder");
     let data_prefix = record("data/");
@@ -126,10 +176,13 @@ fn records<R: Read + Seek>(
         storages: HashMap::new(),
         pickle: None,
         byteorder: None,
+        script,
+        code: Vec::new(),
     };
     for (index, name) in names.iter().enumerate() {
         let is_storage = name.starts_with(&data_prefix) && name.len() > data_prefix.len();
-        if !(is_storage || *name == data_pkl || *name == byteorder) {
+        let is_code = script && name.starts_with(&code_prefix) && name.ends_with(".py");
+        if !(is_storage || is_code || *name == data_pkl || *name == byteorder) {
             continue;
         }
         let loc = locate(path, &mut archive, index, file_len, limits)?;
@@ -137,6 +190,10 @@ fn records<R: Read + Seek>(
             found
                 .storages
                 .insert(name[data_prefix.len()..].to_string(), loc);
+        } else if is_code {
+            found
+                .code
+                .push((name[code_prefix.len()..].to_string(), loc));
         } else if *name == data_pkl {
             found.pickle = Some(loc);
         } else {

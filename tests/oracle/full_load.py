@@ -9,6 +9,8 @@
                 the state_dict() of the module torch.load(P, weights_only=False) gives (or
                 of the module under KEY when KEY is not empty), written to OUT with
                 torch.save; its keys are printed
+  script_state_dict P OUT
+                torch.jit.load(P).state_dict(), written to OUT with torch.save
   save_model ARCH CLASSES OUT KEY
                 torch.save of a whole model of tests/oracle/resnets.py (a torchvision ResNet,
                 a CIFAR ResNet), with BatchNorm statistics away from their defaults: the
@@ -86,6 +88,10 @@ def main():
         tensors, scalars, reprs = {}, {}, {}
         flatten(obj, "", tensors, scalars, reprs)
         print(json.dumps({"tensors": tensors, "scalars": scalars, "reprs": reprs}))
+    elif cmd == "script_state_dict":
+        sd = torch.jit.load(args[0], map_location="cpu").state_dict()
+        torch.save(sd, args[1])
+        print(json.dumps(list(sd.keys())))
     elif cmd == "save_model":
         import resnets
 
