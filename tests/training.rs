@@ -353,3 +353,43 @@ fn a_value_holding_an_object_is_not_written() {
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn storages_saved_on_a_gpu_load_on_the_cpu_by_default() {
+    for name in ["gpu_tagged.pth", "gpu_tagged_legacy.pth"] {
+        // The file says its storages are on cuda:0 ...
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        assert!(bytes.windows(6).any(|w| w == b"cuda:0"), "{name}");
+        // ... and they load where ReadOptions::device says: the CPU by default, with
+        // Python's values (torch.load(map_location='cpu')).
+        let (value, _) = assert_matches_python(name);
+        let t = value.get("ema").unwrap().get("shadow").unwrap();
+        assert_eq!(t.as_tensor().unwrap().device(), Device::Cpu);
+        let sd = StateDict::load_key(fixture(name), "model").unwrap();
+        assert!(sd.values().all(|t| t.device() == Device::Cpu), "{name}");
+        let vs = nn::VarStore::new(Device::Cpu);
+        small(&vs, 10);
+        let report = Checkpoint::open(fixture(name))
+            .unwrap()
+            .load_into_at("model", &vs, &LoadOptions::new().strict(false))
+            .unwrap();
+        assert_eq!(report.unexpected_keys, ["bn1.num_batches_tracked"]);
+    }
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn storages_saved_on_a_gpu_load_onto_the_device_asked_for() {
+    let options = ReadOptions::new().device(Device::Cuda(0));
+    for name in ["gpu_tagged.pth", "gpu_tagged_legacy.pth"] {
+        let sd = StateDict::load_key_with(fixture(name), "model", &options).unwrap();
+        let cpu = StateDict::load_key(fixture(name), "model").unwrap();
+        for (k, t) in sd.iter() {
+            assert_eq!(t.device(), Device::Cuda(0), "{name}/{k}");
+            assert!(
+                t.to_device(Device::Cpu).equal(cpu.get(k).unwrap()),
+                "{name}/{k}"
+            );
+        }
+    }
+}
