@@ -14,8 +14,10 @@
 //! * [`state_dict`]: a model's tensors in PyTorch's order, sharing storage with the model.
 //! * [`Checkpoint`], [`StateDict::load`], [`StateDict::load_key`], [`StateDict::save`]:
 //!   `torch.save` files (zip and legacy), nested checkpoints, safetensors and sharded
-//!   checkpoints, read by a pickle machine that never executes anything, and written so that
-//!   `torch.load(weights_only=True)` accepts them.
+//!   checkpoints, training checkpoints with options objects and numpy values, whole pickled
+//!   modules, tch's `.ot` files and TorchScript archives, all read by a pickle machine that
+//!   never imports, calls or runs anything ([`Value::Object`] records what it does not
+//!   know), and written so that `torch.load(weights_only=True)` accepts them.
 //! * [`models`]: ResNets with PyTorch-identical state dicts, and
 //!   [`models::replace_head`].
 //!
@@ -110,4 +112,4 @@ pub use module_tree::{ModuleKind, ModuleTree, StateDictModule};
 pub use read::{Format, ReadLimits, ReadOptions};
 pub use report::{IncompatibleKeys, LoadError, ShapeMismatch};
 pub use state_dict::{LazyStateDict, LazyTensor, StateDict};
-pub use value::{Dict, Metadata, Value};
+pub use value::{Dict, Metadata, Object, Value};
