@@ -1,10 +1,15 @@
-//! Prints a checkpoint's tree, and converts between `.pth` and `.safetensors`.
+//! Prints a checkpoint's tree, and converts between `.pth` and `.safetensors`; reads tch's
+//! `.ot` files and TorchScript archives too.
 //!
 //! ```text
 //! scripts/cargo run --example inspect -- ckpt_epoch_240.pth
 //! scripts/cargo run --example inspect -- ckpt_epoch_240.pth --key model --to model.safetensors
 //! scripts/cargo run --example inspect -- model.safetensors --to model.pth
+//! scripts/cargo run --example inspect -- model.ot --to model.pth
 //! ```
+//!
+//! Objects of classes the reader does not import (`argparse.Namespace`, a pickled
+//! `nn.Module`) print as Python's repr would; nothing of theirs is imported or run.
 //!
 //! Without arguments it inspects a checkpoint it writes itself.
 
@@ -139,14 +144,64 @@ fn print_value(v: &Value, indent: usize) {
         Value::Tensor(t) => println!("{}", tensor_line(t)),
         Value::Str(s) => println!("{s:?}"),
         Value::Int(i) => println!("{i}"),
-        Value::Float(f) => println!("{f}"),
+        Value::Float(_) => println!("{v}"),
         Value::Bool(b) => println!("{}", if *b { "True" } else { "False" }),
         Value::None => println!("None"),
         Value::Bytes(b) => println!("bytes of length {}", b.len()),
-        Value::BigInt(b) => println!("int of {} bytes", b.len()),
+        Value::BigInt(_) => println!("{v}"),
         Value::Device(d) => println!("torch.device({d:?})"),
         Value::Dtype(k) => println!("torch.{}", dtype_name(*k)),
-        other => println!("{}", other.type_name()),
+        Value::Object(o) => {
+            // Small objects without tensors on one line, as Python's repr; others as a tree.
+            let repr = o.to_string();
+            if repr.len() <= 100 && !holds_tensors(v) {
+                println!("{repr}");
+                return;
+            }
+            println!("object {}", o.qualified_name());
+            for (i, a) in o.args().iter().enumerate() {
+                print!("{pad}  [{i}]  ");
+                print_value(a, indent + 1);
+            }
+            for (k, item) in o.dict_items() {
+                print!("{pad}  [{}]  ", key_text(k));
+                print_value(item, indent + 1);
+            }
+            for (i, item) in o.list_items().iter().enumerate() {
+                print!("{pad}  [{i}]  ");
+                print_value(item, indent + 1);
+            }
+            let attrs: Vec<_> = o.attrs().collect();
+            if attrs.is_empty() {
+                if let Some(state) = o.state() {
+                    print!("{pad}  state  ");
+                    print_value(state, indent + 1);
+                }
+            }
+            for (name, item) in attrs {
+                print!("{pad}  .{name}  ");
+                print_value(item, indent + 1);
+            }
+        }
+        other => println!("{other}"),
+    }
+}
+
+/// Whether a value holds a tensor anywhere inside it.
+fn holds_tensors(v: &Value) -> bool {
+    match v {
+        Value::Tensor(_) => true,
+        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
+            items.iter().any(holds_tensors)
+        }
+        Value::Dict(d) => d.items.iter().any(|(_, v)| holds_tensors(v)),
+        Value::Object(o) => {
+            o.args().iter().any(holds_tensors)
+                || o.list_items().iter().any(holds_tensors)
+                || o.dict_items().iter().any(|(_, v)| holds_tensors(v))
+                || o.state().is_some_and(holds_tensors)
+        }
+        _ => false,
     }
 }
 

@@ -29,6 +29,12 @@ use crate::value::Value;
 /// [`state_dict_at`](Self::state_dict_at), which reads only the storages of the subtree it
 /// returns; [`lazy_state_dict_at`](Self::lazy_state_dict_at) reads nothing.
 ///
+/// Training checkpoints open whatever else they hold: an `argparse.Namespace`, a class
+/// from a package this crate cannot know, a whole pickled `nn.Module` are read as
+/// [`Value::Object`]s, never imported or called (numpy values, paths and datetimes as plain
+/// values). A state dict is found in a dict of tensors, in a pickled `nn.Module` (its
+/// `state_dict()`), and in a TorchScript archive such as tch's `VarStore::save` files.
+///
 /// ```no_run
 /// # fn main() -> Result<(), tch_state_dict::Error> {
 /// use tch_state_dict::Checkpoint;
@@ -57,10 +63,12 @@ impl Checkpoint<'static> {
     /// # Errors
     ///
     /// [`Error::Io`] when the file cannot be read; a format error ([`Error::EmptyFile`],
-    /// [`Error::LfsPointer`], [`Error::TorchScript`], [`Error::UnknownFormat`]); and every
-    /// error of a malformed or hostile file ([`Error::Zip`], [`Error::MissingRecord`],
-    /// [`Error::Pickle`], [`Error::DisallowedGlobal`], [`Error::InvalidTensor`],
-    /// [`Error::LimitExceeded`], [`Error::Safetensors`], [`Error::ShardIndex`], ...).
+    /// [`Error::LfsPointer`], [`Error::UnknownFormat`]); and every error of a malformed or
+    /// hostile file ([`Error::Zip`], [`Error::MissingRecord`], [`Error::Pickle`],
+    /// [`Error::InvalidTensor`], [`Error::LimitExceeded`], [`Error::Safetensors`],
+    /// [`Error::ShardIndex`], ...). With
+    /// [`ReadOptions::weights_only`](crate::ReadOptions::weights_only),
+    /// [`Error::DisallowedGlobal`] and [`Error::TorchScript`] too.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         Self::open_with(path, &ReadOptions::default())
     }
@@ -171,9 +179,9 @@ impl<'a> Checkpoint<'a> {
     ///
     /// # Errors
     ///
-    /// [`Error::Pickle`] for values nested too deep, memo expansions past the limit,
-    /// duplicate dict keys or objects that cannot be values (a bare class); read errors of
-    /// the storages.
+    /// [`Error::Pickle`] for values nested too deep or duplicate dict keys;
+    /// [`Error::LimitExceeded`] for memo expansions past the budget of values; read errors
+    /// of the storages.
     pub fn value(&self) -> Result<Value, Error> {
         match &self.inner {
             Inner::Single(f) => Materializer::new(f).value(f.parsed.arena.root),
@@ -187,7 +195,9 @@ impl<'a> Checkpoint<'a> {
     /// # Errors
     ///
     /// [`Error::NotAStateDict`] when the top level is something else, listing its keys and
-    /// what each holds; otherwise as [`value`](Self::value).
+    /// what each holds; [`Error::OpaqueObject`] when it is an object that is not a module
+    /// (naming its class); [`Error::InvalidModule`] for a module holding what a module
+    /// cannot; otherwise as [`value`](Self::value).
     pub fn state_dict(&self) -> Result<StateDict, Error> {
         self.lazy_state_dict()?.into_state_dict()
     }
@@ -198,7 +208,9 @@ impl<'a> Checkpoint<'a> {
     /// # Errors
     ///
     /// [`Error::KeyNotFound`] when the top level has no such key, listing the keys it has;
-    /// [`Error::NotAStateDict`] when the value under `key` is not a state dict.
+    /// [`Error::NotAStateDict`] when the value under `key` is not a state dict, and
+    /// [`Error::OpaqueObject`] or [`Error::InvalidModule`] as for
+    /// [`state_dict`](Self::state_dict).
     pub fn state_dict_at(&self, key: &str) -> Result<StateDict, Error> {
         self.lazy_state_dict_at(key)?.into_state_dict()
     }
@@ -238,7 +250,7 @@ impl<'a> Checkpoint<'a> {
                     .into_iter()
                     .map(|(key, index)| {
                         (
-                            key.to_string(),
+                            key.into_owned(),
                             LazyTensor::in_file(Arc::clone(file), index),
                         )
                     })

@@ -75,10 +75,13 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// The file is a TorchScript archive (`torch.jit.save`), not a `torch.save` checkpoint.
+    /// The file is a TorchScript archive (`torch.jit.save`, or tch's `VarStore::save`), and
+    /// [`ReadOptions::weights_only`](crate::ReadOptions::weights_only) refuses those, as
+    /// `torch.load(weights_only=True)` does.
     #[error(
-        "{}: this is a TorchScript archive (torch.jit.save), not a torch.save checkpoint; load \
-         it with tch::CModule::load, or save the model's state_dict() with torch.save",
+        "{}: this is a TorchScript archive (torch.jit.save, or tch's VarStore::save), which \
+         weights_only refuses as PyTorch does; without weights_only its parameters and buffers \
+         are read without running its code",
         path.display()
     )]
     TorchScript {
@@ -163,8 +166,10 @@ pub enum Error {
         kind: PickleError,
     },
 
-    /// The pickle names a global outside the allowlist (`os.system`, `builtins.eval`):
-    /// executing it is how a hostile pickle runs code, so the file is refused.
+    /// With [`ReadOptions::weights_only`](crate::ReadOptions::weights_only), the pickle
+    /// names a global outside the allowlist (`os.system`, `argparse.Namespace`): the file is
+    /// refused, as `torch.load(weights_only=True)` refuses it. Without it, the global
+    /// becomes a [`Value::Object`](crate::Value::Object) and is never imported or called.
     #[error(
         "{}: {entry}, byte {offset}: the global {module}.{name} is not allowed; a checkpoint \
          may only rebuild tensors, storages and plain containers",
@@ -237,6 +242,51 @@ pub enum Error {
         found: String,
         /// For a dict, each key (as Python prints it) and what it holds.
         entries: Vec<(String, String)>,
+    },
+
+    /// A state dict was asked for, and the object there is an instance of a class outside
+    /// the allowlist that holds none: `argparse.Namespace`, or `os.system(...)` in a
+    /// hostile file. Its class was never imported; the object is
+    /// [`Value::Object`](crate::Value::Object) in [`Checkpoint::value`](crate::Checkpoint::value).
+    #[error(
+        "{}: {} is an object of class {module}.{name}, not a state dict (it was read as data; \
+         nothing was imported or called)",
+        path.display(),
+        match at {
+            Some(key) => format!("the value under {key:?}"),
+            None => "the top-level object".to_string(),
+        }
+    )]
+    OpaqueObject {
+        /// The file.
+        path: PathBuf,
+        /// The top-level key looked under, if any.
+        at: Option<String>,
+        /// The class's module (`argparse`).
+        module: String,
+        /// The class's name (`Namespace`).
+        name: String,
+    },
+
+    /// A module object (a pickled `nn.Module`, a TorchScript module) whose state dict was
+    /// asked for holds something a module's parameters, buffers or submodules cannot be.
+    #[error(
+        "{}: {}the module {} cannot give a state dict: {reason}",
+        path.display(),
+        at.as_ref().map(|k| format!("under {k:?}, ")).unwrap_or_default(),
+        if module.is_empty() { "at the top".to_string() } else { format!("{module:?}") }
+    )]
+    InvalidModule {
+        /// The file.
+        path: PathBuf,
+        /// The top-level key looked under, if any.
+        at: Option<String>,
+        /// The module's path in the model (`layer1.0`; empty for the top module).
+        module: String,
+        /// Its class and what it holds that a module cannot: `a
+        /// torch.nn.modules.linear.Linear whose parameter "weight" is an object of class
+        /// os.system`.
+        reason: String,
     },
 
     /// The top-level dict has no such key.
@@ -423,7 +473,7 @@ fn not_a_state_dict(
         }
         let nested: Vec<&str> = entries
             .iter()
-            .filter(|(_, v)| v.starts_with("a state dict of"))
+            .filter(|(_, v)| v.contains("state dict of"))
             .filter_map(|(k, _)| k.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
             .collect();
         if let Some(key) = nested.first() {

@@ -17,8 +17,10 @@
 //!   into the model, so popping a head or stripping `module.` costs nothing.
 //! * [`Checkpoint`], [`StateDict::load`], [`StateDict::load_key`], [`StateDict::save`]:
 //!   `torch.save` files (zip and legacy), nested checkpoints, safetensors and sharded
-//!   checkpoints, read by a pickle machine that never executes anything, and written so that
-//!   `torch.load(weights_only=True)` accepts them.
+//!   checkpoints, training checkpoints with options objects and numpy values, whole pickled
+//!   modules, tch's `.ot` files and TorchScript archives, all read by a pickle machine that
+//!   never imports, calls or runs anything ([`Value::Object`] records what it does not
+//!   know), and written so that `torch.load(weights_only=True)` accepts them.
 //! * [`models`]: ResNets with PyTorch-identical state dicts, and
 //!   [`models::replace_head`].
 //!
@@ -133,4 +135,4 @@ pub use module_tree::{ModuleKind, ModuleTree, StateDictModule};
 pub use read::{Format, ReadLimits, ReadOptions};
 pub use report::{IncompatibleKeys, LoadError, ShapeMismatch};
 pub use state_dict::{LazyStateDict, LazyTensor, StateDict};
-pub use value::{Dict, Metadata, Value};
+pub use value::{Dict, Metadata, Object, Value};

@@ -10,6 +10,10 @@ use crate::error::Error;
 pub enum Format {
     /// `torch.save`'s zip format (PyTorch 1.6 and later).
     TorchZip,
+    /// A TorchScript archive: `torch.jit.save`, or tch's `VarStore::save` (`.ot`) and
+    /// `Tensor::save_multi`. Its `data.pkl` is read as any pickle; its code is never run.
+    /// Told apart from [`TorchZip`](Format::TorchZip) by its records, once it is parsed.
+    TorchScript,
     /// `torch.save`'s legacy format (PyTorch 0.4 to 1.5, or
     /// `_use_new_zipfile_serialization=False`).
     TorchLegacy,

@@ -14,6 +14,7 @@ use super::options::ReadOptions;
 use super::pickle::{Arena, Failure, Id, Obj};
 use super::pread::From;
 use super::source::Source;
+use super::torchscript::ScriptClasses;
 use crate::error::Error;
 
 /// Where a storage's bytes are in the source.
@@ -49,6 +50,8 @@ pub(crate) struct Parsed<'a> {
     /// The record that held the pickle (`archive/data.pkl`), for errors.
     pub entry: String,
     pub safetensors_metadata: Option<IndexMap<String, String>>,
+    /// A TorchScript archive's class declarations.
+    pub script_classes: Option<ScriptClasses>,
 }
 
 /// A parsed file with what reading its tensors needs: its path (for errors) and the options

@@ -10,7 +10,7 @@ use tch::Kind;
 
 use super::crc::Crcs;
 use super::pickle::{self, Arena, Flavor, Obj};
-use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
+use super::{check_tensors, pickle_error, Format, Parsed, ReadOptions, Source, StorageLoc};
 use crate::error::{Error, PickleError};
 
 const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
@@ -19,9 +19,10 @@ const PROTOCOL_VERSION: i64 = 1001;
 pub(crate) fn parse<'a>(
     path: &Path,
     source: Source<'a>,
-    limits: &ReadLimits,
+    options: &ReadOptions,
 ) -> Result<Parsed<'a>, Error> {
     let bytes = source.bytes();
+    let limits = &options.limits;
     let invalid = |record: &str, reason: String| Error::InvalidRecord {
         path: path.to_path_buf(),
         record: record.to_string(),
@@ -35,7 +36,7 @@ pub(crate) fn parse<'a>(
     let mut next = |name: &str, flavor: Flavor| -> Result<Arena, Error> {
         let end = pos.saturating_add(max).min(bytes.len());
         let capped = end < bytes.len();
-        let (arena, used) = pickle::run(&bytes[pos..end], flavor, limits).map_err(|f| {
+        let (arena, used) = pickle::run(&bytes[pos..end], flavor, options).map_err(|f| {
             match f {
                 // Cut short by the limit, not by the file.
                 pickle::Failure::Pickle(_, PickleError::Truncated) if capped => {
@@ -162,6 +163,7 @@ pub(crate) fn parse<'a>(
         big_endian: false,
         entry: "object".to_string(),
         safetensors_metadata: None,
+        script_classes: None,
     })
 }
 

@@ -1,11 +1,15 @@
-//! From a parsed file to values: tensors are read here, each storage once.
+//! From a parsed file to values: tensors are read here, each storage once. Opaque objects
+//! become [`Object`]s (or, for the classes of [`super::known`], plain values); state dicts
+//! are found in dicts here and in module objects in [`super::module`].
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
 use super::index::OpenFile;
+use super::known;
 use super::pickle::{DictObj, Id, Obj, PickleError, StorageRef};
 use super::pread::{bytes, read_all, From, Read};
 use super::source::map_open_file;
@@ -14,14 +18,14 @@ use super::{Parsed, ReadOptions, Source, StorageLoc};
 use crate::dtype::swap_unit;
 use crate::error::Error;
 use crate::pyfmt;
-use crate::value::{Dict, Metadata, Value};
+use crate::value::{Dict, Metadata, Object, Value};
 
 /// Reads the tensors and values of one opened file. Each storage is read once and cached, so
 /// tensors that shared a storage in Python share one here.
 pub(crate) struct Materializer<'c, 'a> {
-    path: &'c Path,
-    parsed: &'c Parsed<'a>,
-    options: &'c ReadOptions,
+    pub(super) path: &'c Path,
+    pub(super) parsed: &'c Parsed<'a>,
+    pub(super) options: &'c ReadOptions,
     /// Each storage's bytes, read once, as a 1-D uint8 tensor.
     storages: HashMap<String, (Tensor, u64)>,
     /// The whole file mapped by libtorch, for `ReadOptions::mmap`.
@@ -46,7 +50,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
         }
     }
 
-    fn pickle_error(&self, kind: PickleError) -> Error {
+    pub(super) fn pickle_error(&self, kind: PickleError) -> Error {
         Error::Pickle {
             path: self.path.to_path_buf(),
             entry: self.parsed.entry.clone(),
@@ -63,7 +67,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
     }
 
     /// Counts `n` values against the budget.
-    fn spend(&mut self, n: u64) -> Result<(), Error> {
+    pub(super) fn spend(&mut self, n: u64) -> Result<(), Error> {
         self.values = self.values.saturating_add(n);
         if self.values > self.max_values {
             return Err(Error::LimitExceeded {
@@ -92,6 +96,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
         let weight = match obj {
             Obj::Str(s) => 1 + s.len() as u64 / 64,
             Obj::Bytes(b) | Obj::BigInt(b) => 1 + b.len() as u64 / 64,
+            Obj::Class(c) => 1 + (c.module.len() + c.name.len()) as u64 / 64,
             _ => 1,
         };
         self.spend(weight)?;
@@ -142,10 +147,44 @@ impl<'c, 'a> Materializer<'c, 'a> {
             Obj::Tensor(i) => Value::Tensor(self.tensor(*i)?),
             Obj::Device(d) => Value::Device(d.clone()),
             Obj::Dtype(k) => Value::Dtype(*k),
-            Obj::Global(_) => {
-                return Err(
-                    self.pickle_error(PickleError::Unsupported("a class or function as a value"))
-                )
+            Obj::Global(g) => {
+                let (module, name) = g.module_and_name();
+                Value::Global {
+                    module: module.to_string(),
+                    name: name.to_string(),
+                }
+            }
+            Obj::Class(c) => Value::Global {
+                module: c.module.clone(),
+                name: c.name.clone(),
+            },
+            Obj::Object(o) => {
+                let class = arena.class_of(o).cloned().unwrap_or_default();
+                self.spend((class.module.len() + class.name.len()) as u64 / 64)?;
+                let pairs = |this: &mut Self, items: &[(Id, Id)]| -> Result<_, Error> {
+                    items
+                        .iter()
+                        .map(|&(k, v)| {
+                            Ok((this.convert(k, depth + 1)?, this.convert(v, depth + 1)?))
+                        })
+                        .collect::<Result<Vec<_>, Error>>()
+                };
+                let object = Object {
+                    module: class.module,
+                    name: class.name,
+                    args: list(self, &o.args)?,
+                    kwargs: pairs(self, &o.kwargs)?,
+                    state: match o.state {
+                        Some(s) => Some(Box::new(self.convert(s, depth + 1)?)),
+                        None => None,
+                    },
+                    list_items: list(self, &o.list_items)?,
+                    dict_items: pairs(self, &o.dict_items)?,
+                };
+                match known::decode(object) {
+                    Value::Tensor(t) => Value::Tensor(self.place(t, "a numpy array")?),
+                    other => other,
+                }
             }
             Obj::Storage(_) => {
                 return Err(self.pickle_error(PickleError::Unsupported("a bare storage as a value")))
@@ -186,38 +225,66 @@ impl<'c, 'a> Materializer<'c, 'a> {
     ) -> Result<SdEntries<'c>, Error> {
         let parsed: &'c Parsed<'a> = self.parsed;
         let arena = &parsed.arena;
+        if let Obj::Object(o) = arena.get(id) {
+            return match self.module_entries(o, at)? {
+                Some(sd) => self.checked(sd),
+                None => {
+                    let class = arena.class_of(o).cloned().unwrap_or_default();
+                    Err(Error::OpaqueObject {
+                        path: self.path.to_path_buf(),
+                        at: at.map(str::to_string),
+                        module: class.module,
+                        name: class.name,
+                    })
+                }
+            };
+        }
+        if let Obj::Class(c) = arena.get(id) {
+            return Err(Error::OpaqueObject {
+                path: self.path.to_path_buf(),
+                at: at.map(str::to_string),
+                module: c.module.clone(),
+                name: c.name.clone(),
+            });
+        }
         let entries = match arena.get(id) {
             Obj::Dict(d) => d
                 .items
                 .iter()
                 .map(|&(k, v)| match (arena.get(k), arena.get(v)) {
-                    (Obj::Str(k), Obj::Tensor(t)) => Some((k.as_str(), *t)),
+                    (Obj::Str(k), Obj::Tensor(t)) => Some((Cow::Borrowed(k.as_str()), *t)),
                     _ => None,
                 })
-                .collect::<Option<Vec<(&str, usize)>>>(),
+                .collect::<Option<Vec<(Cow<'c, str>, usize)>>>(),
             _ => None,
         };
         let Some(entries) = entries else {
             return Err(self.not_a_state_dict(id, at));
         };
-        let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
-        seen.reserve(entries.len());
-        for (key, _) in &entries {
-            if !seen.insert(key) {
-                return Err(self.pickle_error(PickleError::DuplicateKey(key.to_string())));
-            }
-        }
         let metadata = match arena.get(id) {
             Obj::Dict(DictObj {
                 metadata: Some(m), ..
             }) => Some(self.metadata(*m)?),
             _ => None,
         };
-        Ok(SdEntries { entries, metadata })
+        self.checked(SdEntries { entries, metadata })
     }
 
-    fn not_a_state_dict(&self, id: Id, at: Option<&str>) -> Error {
-        let arena = &self.parsed.arena;
+    /// `sd`, once no key appears twice in it.
+    fn checked(&self, sd: SdEntries<'c>) -> Result<SdEntries<'c>, Error> {
+        let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+        seen.reserve(sd.entries.len());
+        for (key, _) in &sd.entries {
+            if !seen.insert(key) {
+                return Err(self.pickle_error(PickleError::DuplicateKey(key.to_string())));
+            }
+        }
+        Ok(sd)
+    }
+
+    fn not_a_state_dict(&mut self, id: Id, at: Option<&str>) -> Error {
+        let parsed: &'c Parsed<'a> = self.parsed;
+        let arena = &parsed.arena;
         let entries = match arena.get(id) {
             Obj::Dict(d) => d
                 .items
@@ -228,7 +295,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                         Obj::Int(i) => i.to_string(),
                         other => format!("<{}>", other.type_name()),
                     };
-                    (key, self.describe(v))
+                    (key, self.describe_entry(v))
                 })
                 .collect(),
             _ => Vec::new(),
@@ -241,9 +308,24 @@ impl<'c, 'a> Materializer<'c, 'a> {
         }
     }
 
+    /// [`describe`](Self::describe), and for a module object the size of its state dict.
+    fn describe_entry(&mut self, id: Id) -> String {
+        let parsed: &'c Parsed<'a> = self.parsed;
+        if let Obj::Object(o) = parsed.arena.get(id) {
+            if let Ok(Some(sd)) = self.module_entries(o, None) {
+                return format!(
+                    "an nn.Module {} with a state dict of {} tensors",
+                    parsed.arena.class_name(o),
+                    sd.entries.len()
+                );
+            }
+        }
+        self.describe(id)
+    }
+
     /// A short description of what an object is, for errors: `a state dict of 161 tensors`,
     /// `the int 240`.
-    fn describe(&self, id: Id) -> String {
+    pub(super) fn describe(&self, id: Id) -> String {
         let arena = &self.parsed.arena;
         match arena.get(id) {
             Obj::Dict(d) => {
@@ -284,7 +366,12 @@ impl<'c, 'a> Materializer<'c, 'a> {
             Obj::Bytes(b) => format!("{} bytes", b.len()),
             Obj::Device(d) => format!("torch.device({})", pyfmt::repr_str(d)),
             Obj::Dtype(k) => format!("torch.{}", pyfmt::dtype_name(*k)),
-            Obj::Global(_) => "a class or function".to_string(),
+            Obj::Global(g) => {
+                let (module, name) = g.module_and_name();
+                format!("the global {module}.{name}")
+            }
+            Obj::Class(c) => format!("the global {}.{}", c.module, c.name),
+            Obj::Object(o) => format!("an object of class {}", arena.class_name(o)),
             Obj::Storage(_) => "a storage".to_string(),
         }
     }
@@ -368,9 +455,21 @@ impl<'c, 'a> Materializer<'c, 'a> {
             .map_err(self.torch_error(what.clone()))?;
         // `start` (a multiple of 16 where non-zero) is where the storage begins in `buffer`.
         let base = start as i64 / elem + t.storage.view.map_or(0, |(offset, _)| offset);
-        let mut out = typed
+        let out = typed
             .f_as_strided(&t.size, &t.stride, Some(base + t.offset))
             .map_err(self.torch_error(what.clone()))?;
+        let out = self.place(out, &what)?;
+        if t.requires_grad && out.is_floating_point() {
+            if let Ok(with_grad) = out.f_set_requires_grad(true) {
+                return Ok(with_grad);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A tensor cast and placed as the options ask.
+    fn place(&self, mut out: Tensor, what: &str) -> Result<Tensor, Error> {
+        let what = what.to_string();
         if let Some(kind) = self.options.kind {
             if out.is_floating_point() && out.kind() != kind {
                 out = out
@@ -382,11 +481,6 @@ impl<'c, 'a> Materializer<'c, 'a> {
             out = out
                 .f_to_device(self.options.device)
                 .map_err(self.torch_error(what))?;
-        }
-        if t.requires_grad && out.is_floating_point() {
-            if let Ok(with_grad) = out.f_set_requires_grad(true) {
-                out = with_grad;
-            }
         }
         Ok(out)
     }
@@ -514,8 +608,9 @@ fn swap_bytes(bytes: &mut [u8], elem: usize) {
 }
 
 /// A state dict of a parsed file, its tensors not read: keys in order with each tensor's
-/// index in the arena, and the `_metadata`.
+/// index in the arena, and the `_metadata`. Keys are borrowed from the pickle, or built
+/// (a module's keys join its path).
 pub(crate) struct SdEntries<'c> {
-    pub entries: Vec<(&'c str, usize)>,
+    pub entries: Vec<(Cow<'c, str>, usize)>,
     pub metadata: Option<Metadata>,
 }

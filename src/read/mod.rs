@@ -22,8 +22,10 @@
 mod crc;
 mod detect;
 mod index;
+mod known;
 mod legacy;
 mod materialize;
+mod module;
 mod options;
 pub(crate) mod pickle;
 mod pread;
@@ -31,6 +33,7 @@ mod safetensors_file;
 mod sharded;
 mod source;
 mod torch_zip;
+mod torchscript;
 
 use std::path::{Path, PathBuf};
 
@@ -122,11 +125,10 @@ fn parse_single<'a>(
     format: Format,
     options: &ReadOptions,
 ) -> Result<OpenFile<'a>, Error> {
-    let limits = &options.limits;
     let parsed = match format {
-        Format::TorchZip => torch_zip::parse(&path, source, limits)?,
-        Format::TorchLegacy => legacy::parse(&path, source, limits)?,
-        Format::Safetensors => safetensors_file::parse(&path, source, limits)?,
+        Format::TorchZip | Format::TorchScript => torch_zip::parse(&path, source, options)?,
+        Format::TorchLegacy => legacy::parse(&path, source, options)?,
+        Format::Safetensors => safetensors_file::parse(&path, source, &options.limits)?,
         Format::ShardedIndex => {
             return Err(Error::ShardIndex {
                 path,

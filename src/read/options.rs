@@ -62,6 +62,7 @@ pub struct ReadOptions {
     pub(crate) threads: Option<usize>,
     pub(crate) verify_crc: bool,
     pub(crate) limits: ReadLimits,
+    pub(crate) weights_only: bool,
 }
 
 impl Default for ReadOptions {
@@ -73,6 +74,7 @@ impl Default for ReadOptions {
             threads: None,
             verify_crc: false,
             limits: ReadLimits::default(),
+            weights_only: false,
         }
     }
 }
@@ -143,6 +145,20 @@ impl ReadOptions {
     /// The bounds on what a file may make the reader do (default: [`ReadLimits::default`]).
     pub fn limits(mut self, limits: ReadLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Refuse what `torch.load(weights_only=True)` refuses (default: `false`).
+    ///
+    /// With `false`, a global outside the allowlist (`argparse.Namespace`, a pickled
+    /// `nn.Module`'s class, `numpy.dtype`, even `os.system`) becomes a
+    /// [`Value::Object`](crate::Value::Object) that records what the pickle built with it;
+    /// nothing is imported or called either way, and only the allowlist makes tensors. With
+    /// `true`, such a file fails to open with [`Error::DisallowedGlobal`], and a TorchScript
+    /// archive (`torch.jit.save`, tch's `VarStore::save`) with [`Error::TorchScript`], as in
+    /// PyTorch.
+    pub fn weights_only(mut self, weights_only: bool) -> Self {
+        self.weights_only = weights_only;
         self
     }
 }

@@ -115,6 +115,7 @@ pub(crate) fn parse<'a>(
         big_endian: false,
         entry: "header".to_string(),
         safetensors_metadata,
+        script_classes: None,
     })
 }
 

@@ -167,7 +167,8 @@ impl Shards {
     /// shard. A key missing from its shard, or a tensor that no entry of the map names, is an
     /// error. Nothing is read.
     pub(crate) fn resolve(&self) -> Result<Vec<(&str, usize, usize)>, Error> {
-        let mut parts: Vec<HashMap<&str, usize>> = Vec::with_capacity(self.shards.len());
+        let mut parts: Vec<HashMap<std::borrow::Cow<str>, usize>> =
+            Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
             let mut m = Materializer::new(shard);
             let sd = m.state_dict_entries(shard.parsed.arena.root, None)?;

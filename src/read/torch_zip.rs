@@ -8,6 +8,10 @@
 //! `byteorder` here, deflated and small stored storages as they are read, large stored
 //! storages when [`ReadOptions::verify_crc`](super::ReadOptions::verify_crc) asks (see
 //! [`crc`](super::crc)).
+//!
+//! A TorchScript archive is the same container with `<root>/constants.pkl` and
+//! `<root>/code/`; its `data.pkl` is read the same way, and its code only for the class
+//! declarations of [`super::torchscript`].
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Cursor, Read, Seek, SeekFrom};
@@ -17,7 +21,10 @@ use zip::{CompressionMethod, ZipArchive};
 
 use super::crc::{check_crc, Crcs};
 use super::pickle::{self, Flavor};
-use super::{check_tensors, pickle_error, Format, Parsed, ReadLimits, Source, StorageLoc};
+use super::torchscript::{self, ScriptClasses};
+use super::{
+    check_tensors, pickle_error, Format, Parsed, ReadLimits, ReadOptions, Source, StorageLoc,
+};
 use crate::error::Error;
 
 /// The records the reader needs, located, each with its CRC-32.
@@ -27,6 +34,11 @@ struct Records {
     crcs: Crcs,
     pickle: Option<(StorageLoc, u32)>,
     byteorder: Option<(StorageLoc, u32)>,
+    /// Whether it is a TorchScript archive (it has `constants.pkl` or `code/`).
+    script: bool,
+    /// A TorchScript archive's `code/*.py` records, by their name after `code/`, each with
+    /// its CRC-32.
+    code: Vec<(String, StorageLoc, u32)>,
 }
 
 /// Parses the archive, runs its pickle and checks every tensor against its storage.
@@ -38,8 +50,9 @@ struct Records {
 pub(crate) fn parse<'a>(
     path: &Path,
     source: Source<'a>,
-    limits: &ReadLimits,
+    options: &ReadOptions,
 ) -> Result<Parsed<'a>, Error> {
+    let limits = &options.limits;
     let records = match &source {
         Source::Mapped(_, file) => {
             let reader = std::io::BufReader::with_capacity(1024, PreadReader { file, pos: 0 });
@@ -47,9 +60,14 @@ pub(crate) fn parse<'a>(
         }
         other => records(path, Cursor::new(other.bytes()), source.len(), limits)?,
     };
+    if records.script && options.weights_only {
+        return Err(Error::TorchScript {
+            path: path.to_path_buf(),
+        });
+    }
     let record = |name: &str| format!("{}/{name}", records.root);
     let data_pkl = record("data.pkl");
-    let (pickle_loc, pickle_crc) = records.pickle.ok_or_else(|| Error::MissingRecord {
+    let (pickle_loc, pickle_crc) = records.pickle.clone().ok_or_else(|| Error::MissingRecord {
         path: path.to_path_buf(),
         record: data_pkl.clone(),
     })?;
@@ -60,10 +78,10 @@ pub(crate) fn parse<'a>(
             max: limits.max_pickle_bytes,
         });
     }
-    let big_endian = match records.byteorder {
+    let big_endian = match &records.byteorder {
         None => false,
         Some((loc, crc)) => {
-            match read_checked(path, &source, &loc, &record("byteorder"), crc)?.as_slice() {
+            match read_checked(path, &source, loc, &record("byteorder"), *crc)?.as_slice() {
                 b"little" => false,
                 b"big" => true,
                 other => {
@@ -80,19 +98,65 @@ pub(crate) fn parse<'a>(
         }
     };
     let pickle_bytes = read_checked(path, &source, &pickle_loc, &data_pkl, pickle_crc)?;
-    let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, limits)
+    let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, options)
         .map_err(|f| pickle_error(path, &data_pkl, f))?;
     check_tensors(path, &arena, &records.storages, &record("data/"))?;
+    let script_classes = if records.script {
+        Some(script_classes(path, &source, &records, limits)?)
+    } else {
+        None
+    };
     Ok(Parsed {
         source,
-        format: Format::TorchZip,
+        format: if records.script {
+            Format::TorchScript
+        } else {
+            Format::TorchZip
+        },
         arena,
         storages: records.storages,
         crcs: records.crcs,
         big_endian,
         entry: data_pkl,
         safetensors_metadata: None,
+        script_classes,
     })
+}
+
+/// The class declarations of a TorchScript archive's code, read as text. The code records
+/// together may be no larger than a pickle may.
+fn script_classes(
+    path: &Path,
+    source: &Source<'_>,
+    records: &Records,
+    limits: &ReadLimits,
+) -> Result<ScriptClasses, Error> {
+    let total = records
+        .code
+        .iter()
+        .fold(0u64, |acc, (_, loc, _)| acc.saturating_add(loc.len()));
+    if total > limits.max_pickle_bytes {
+        return Err(Error::LimitExceeded {
+            path: path.to_path_buf(),
+            limit: "max_pickle_bytes",
+            max: limits.max_pickle_bytes,
+        });
+    }
+    let mut classes = ScriptClasses::new();
+    for (rel, loc, crc) in &records.code {
+        let Some(module) = torchscript::module_of_record(rel) else {
+            continue;
+        };
+        let bytes = read_checked(
+            path,
+            source,
+            loc,
+            &format!("{}/code/{rel}", records.root),
+            *crc,
+        )?;
+        torchscript::read_declarations(&module, &String::from_utf8_lossy(&bytes), &mut classes);
+    }
+    Ok(classes)
 }
 
 /// Reads the zip's directory and locates `data.pkl`, `byteorder` and the storages.
@@ -133,13 +197,9 @@ fn records<R: Read + Seek>(
         .unwrap_or("")
         .to_string();
     let record = |name: &str| format!("{root}/{name}");
-    if names.contains(&record("constants.pkl"))
-        || names.iter().any(|n| n.starts_with(&record("code/")))
-    {
-        return Err(Error::TorchScript {
-            path: path.to_path_buf(),
-        });
-    }
+    let code_prefix = record("code/");
+    let script = names.contains(&record("constants.pkl"))
+        || names.iter().any(|n| n.starts_with(&code_prefix));
     let data_pkl = record("data.pkl");
     let byteorder = record("byteorder");
     let data_prefix = record("data/");
@@ -152,10 +212,13 @@ fn records<R: Read + Seek>(
         },
         pickle: None,
         byteorder: None,
+        script,
+        code: Vec::new(),
     };
     for (index, name) in names.iter().enumerate() {
         let is_storage = name.starts_with(&data_prefix) && name.len() > data_prefix.len();
-        if !(is_storage || *name == data_pkl || *name == byteorder) {
+        let is_code = script && name.starts_with(&code_prefix) && name.ends_with(".py");
+        if !(is_storage || is_code || *name == data_pkl || *name == byteorder) {
             continue;
         }
         let (loc, crc) = locate(path, &mut archive, index, file_len, limits)?;
@@ -165,6 +228,10 @@ fn records<R: Read + Seek>(
                 found.crcs.by_key.insert(key.to_string(), crc);
             }
             found.storages.insert(key.to_string(), loc);
+        } else if is_code {
+            found
+                .code
+                .push((name[code_prefix.len()..].to_string(), loc, crc));
         } else if *name == data_pkl {
             found.pickle = Some((loc, crc));
         } else {

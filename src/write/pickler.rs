@@ -239,6 +239,25 @@ impl Pickler {
                 })?;
                 self.global("torch", name);
             }
+            Value::Object(o) => {
+                return Err(Unwritable {
+                    what: what.to_string(),
+                    reason: format!(
+                        "an object of class {} cannot be written: torch.load(weights_only=True) \
+                         would refuse it",
+                        o.qualified_name()
+                    ),
+                })
+            }
+            Value::Global { module, name } => {
+                return Err(Unwritable {
+                    what: what.to_string(),
+                    reason: format!(
+                        "the global {module}.{name} cannot be written: \
+                         torch.load(weights_only=True) would refuse it"
+                    ),
+                })
+            }
         }
         Ok(())
     }

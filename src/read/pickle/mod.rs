@@ -1,11 +1,18 @@
 //! A restricted pickle machine.
 //!
 //! It runs the opcodes of pickle protocols 0 to 5 as operations on data and never imports or
-//! calls anything. A `GLOBAL` (or `STACK_GLOBAL`, `INST`) becomes a value only when it names
-//! one of the few callables that `torch.save` needs ([`Global`](torch::Global)); anything
-//! else is refused with its `module.name`. `REDUCE` applies those callables as data constructors: a
-//! `_rebuild_tensor_v2` call becomes a [`TensorRef`] (a description of a view into a storage,
-//! checked later against the storage's real length), an `OrderedDict()` call an empty dict.
+//! calls anything. A `GLOBAL` (or `STACK_GLOBAL`, `INST`) that names one of the few callables
+//! `torch.save` needs ([`Global`](torch::Global)) is applied as a data constructor by
+//! `REDUCE`: a `_rebuild_tensor_v2` call becomes a [`TensorRef`] (a description of a view into
+//! a storage, checked later against the storage's real length), an `OrderedDict()` call an
+//! empty dict. Only these make tensors, storages and the containers this crate understands.
+//!
+//! Any other global becomes an opaque class ([`Obj::Class`]): calling it (`REDUCE`, `NEWOBJ`,
+//! `NEWOBJ_EX`, `INST`, `OBJ`) makes an [`OpaqueObj`] that records the arguments, and
+//! `BUILD`, `APPENDS` and `SETITEMS` on it record its state and items. That is how
+//! `argparse.Namespace`, a pickled `nn.Module` or a hostile `os.system('...')` are read: as
+//! data, never run. With `weights_only`, such a global is refused with its `module.name`, as
+//! `torch.load(weights_only=True)` refuses it.
 //!
 //! Objects live in an arena and refer to each other by index, so that memo references share
 //! objects as Python's do (a dict memoized before its `SETITEMS` is seen filled), cycles and
@@ -35,6 +42,6 @@ mod torch;
 mod vm;
 
 pub(crate) use crate::error::PickleError;
-pub(crate) use object::{Arena, DictObj, Id, Obj, StorageRef, TensorRef};
+pub(crate) use object::{Arena, DictObj, Id, Obj, OpaqueObj, StorageRef, TensorRef};
 pub(crate) use torch::Flavor;
 pub(crate) use vm::{run, Failure};

@@ -34,6 +34,20 @@ pub(crate) enum Global {
 }
 
 impl Global {
+    /// Its module and name, as a pickle names it (`torch`, `FloatStorage`).
+    pub(crate) fn module_and_name(self) -> (&'static str, &'static str) {
+        match self {
+            Global::StorageType(Some(kind)) => (
+                "torch",
+                dtype::of_kind(kind)
+                    .storage_class
+                    .unwrap_or("UntypedStorage"),
+            ),
+            Global::StorageType(None) => ("torch", "UntypedStorage"),
+            other => other.name().rsplit_once('.').unwrap_or(("builtins", "?")),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Global::OrderedDict => "collections.OrderedDict",
@@ -167,12 +181,12 @@ impl Machine<'_> {
                 if args.len() != 4 {
                     return Err(self.bad(name, format!("takes 4 arguments, got {}", args.len())));
                 }
+                // A subclass of Tensor outside the allowlist (an opaque class, never imported)
+                // is read as the plain tensor that the allowlisted rebuild function makes.
                 match self.get(args[1]) {
-                    Obj::Global(Global::TensorType | Global::ParameterType) => {}
+                    Obj::Global(Global::TensorType | Global::ParameterType) | Obj::Class(_) => {}
                     _ => {
-                        return Err(
-                            self.bad(name, "only torch.Tensor and nn.Parameter can be rebuilt")
-                        )
+                        return Err(self.bad(name, "only a Tensor type can be rebuilt"));
                     }
                 }
                 match self.get(args[0]) {
@@ -407,6 +421,17 @@ impl Machine<'_> {
             }
             // Python attributes on a tensor or parameter: nothing to keep.
             Obj::Tensor(_) => Ok(()),
+            // An opaque object's state is kept as it is; a second BUILD is what no pickler
+            // writes.
+            Obj::Object(o) if o.state.is_some() => {
+                Err(self.err(PickleError::Malformed("BUILD twice on one object")))
+            }
+            Obj::Object(_) => {
+                if let Obj::Object(o) = &mut self.objs[obj as usize] {
+                    o.state = Some(state);
+                }
+                Ok(())
+            }
             other => Err(self.err(PickleError::BadBuild(other.type_name()))),
         }
     }
@@ -473,23 +498,63 @@ impl Machine<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::object::Arena;
     use super::super::vm::run;
     use super::*;
-    use crate::read::ReadLimits;
+    use crate::read::ReadOptions;
 
-    fn run_err(data: &[u8]) -> Failure {
-        run(data, Flavor::Zip, &ReadLimits::default()).unwrap_err()
+    fn run_with(data: &[u8], weights_only: bool) -> Result<Arena, Failure> {
+        let options = ReadOptions::new().weights_only(weights_only);
+        run(data, Flavor::Zip, &options).map(|(arena, _)| arena)
     }
 
     #[test]
-    fn globals_outside_the_allowlist_are_refused() {
+    fn globals_outside_the_allowlist_are_refused_when_weights_only() {
         assert!(matches!(
-            run_err(b"\x80\x02cos\nsystem\n."),
+            run_with(b"\x80\x02cos\nsystem\n.", true).unwrap_err(),
             Failure::Disallowed(2, ref m, ref n) if m == "os" && n == "system"
         ));
         assert!(matches!(
-            run_err(b"\x80\x02ctorch\nuint16\n."),
+            run_with(b"\x80\x02ctorch\nuint16\n.", false).unwrap_err(),
             Failure::UnsupportedDtype(ref n) if n == "torch.uint16"
         ));
+    }
+
+    #[test]
+    fn a_call_of_an_unknown_class_is_recorded_not_made() {
+        // os.system('id'), then BUILD {'a': 1}, APPENDS [2], SETITEMS {'k': 3}.
+        let data = b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00id\x85R}X\x01\x00\x00\x00aK\x01sb(K\x02e(X\x01\x00\x00\x00kK\x03u.";
+        let arena = run_with(data, false).unwrap();
+        let Obj::Object(o) = arena.get(arena.root) else {
+            panic!("{:?}", arena.get(arena.root));
+        };
+        assert_eq!(arena.class_name(o), "os.system");
+        assert!(matches!(arena.get(o.args[0]), Obj::Str(s) if s == "id"));
+        assert!(matches!(arena.get(o.state.unwrap()), Obj::Dict(d) if d.items.len() == 1));
+        assert_eq!(o.list_items.len(), 1);
+        assert_eq!(o.dict_items.len(), 1);
+        // A second BUILD is refused.
+        let twice = b"\x80\x02cos\nsystem\n)R}b}b.";
+        assert!(matches!(
+            run_with(twice, false).unwrap_err(),
+            Failure::Pickle(_, PickleError::Malformed(_))
+        ));
+        // Calling an object is not allowed.
+        let call_object = b"\x80\x02cos\nsystem\n)R)R.";
+        assert!(matches!(
+            run_with(call_object, false).unwrap_err(),
+            Failure::Pickle(_, PickleError::NotCallable("object"))
+        ));
+    }
+
+    #[test]
+    fn copyreg_reconstructor_records_the_class() {
+        let data = b"\x80\x02ccopy_reg\n_reconstructor\ncargparse\nNamespace\nc__builtin__\nobject\nN\x87R.";
+        let arena = run_with(data, false).unwrap();
+        let Obj::Object(o) = arena.get(arena.root) else {
+            panic!();
+        };
+        assert_eq!(arena.class_name(o), "argparse.Namespace");
+        assert!(o.args.is_empty());
     }
 }

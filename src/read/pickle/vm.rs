@@ -10,11 +10,11 @@
 
 use std::collections::HashMap;
 
-use super::object::{Arena, DictObj, Id, Obj, TensorRef};
+use super::object::{Arena, ClassRef, DictObj, Id, Obj, OpaqueObj, TensorRef};
 use super::opcodes::*;
 use super::torch::{resolve_global, Flavor, GlobalRefusal, Resolved};
 use crate::error::PickleError;
-use crate::read::ReadLimits;
+use crate::read::{ReadLimits, ReadOptions};
 
 /// A failure at a byte offset of the pickle.
 #[derive(Debug)]
@@ -41,15 +41,23 @@ pub(super) struct Machine<'a> {
     pub(super) tensors: Vec<TensorRef>,
     pub(super) limits: &'a ReadLimits,
     pub(super) flavor: Flavor,
+    /// Refuse globals outside the allowlist, as `torch.load(weights_only=True)` does,
+    /// instead of recording them as opaque classes.
+    weights_only: bool,
+    /// The global each `STACK_GLOBAL` of a (module, name) pair of objects made, so that a
+    /// memoized pair named again and again costs one object, not a copy of its strings.
+    stack_globals: HashMap<(Id, Id), Id>,
 }
 
 /// Runs the pickle in `data` (which may be followed by other bytes: the legacy format
-/// concatenates pickles). Returns the arena and the number of bytes the pickle took.
+/// concatenates pickles) with the limits of `options` and its `weights_only` rule. Returns
+/// the arena and the number of bytes the pickle took.
 pub(crate) fn run(
     data: &[u8],
     flavor: Flavor,
-    limits: &ReadLimits,
+    options: &ReadOptions,
 ) -> Result<(Arena, usize), Failure> {
+    let limits = &options.limits;
     if data.len() as u64 > limits.max_pickle_bytes {
         return Err(Failure::Limit("max_pickle_bytes", limits.max_pickle_bytes));
     }
@@ -64,6 +72,8 @@ pub(crate) fn run(
         tensors: Vec::new(),
         limits,
         flavor,
+        weights_only: options.weights_only,
+        stack_globals: HashMap::new(),
     };
     let root = m.execute()?;
     let used = m.pos;
@@ -353,9 +363,13 @@ impl Machine<'_> {
                 self.push_global(&module, &name)
             }
             STACK_GLOBAL => {
-                let name = self.pop()?;
-                let module = self.pop()?;
-                let (module, name) = match (self.get(module), self.get(name)) {
+                let name_id = self.pop()?;
+                let module_id = self.pop()?;
+                if let Some(&id) = self.stack_globals.get(&(module_id, name_id)) {
+                    self.stack.push(id);
+                    return Ok(());
+                }
+                let (module, name) = match (self.get(module_id), self.get(name_id)) {
                     (Obj::Str(m), Obj::Str(n)) => (m.clone(), n.clone()),
                     _ => {
                         return Err(
@@ -363,15 +377,20 @@ impl Machine<'_> {
                         )
                     }
                 };
-                self.push_global(&module, &name)
+                self.push_global(&module, &name)?;
+                let id = self.top()?;
+                self.stack_globals.insert((module_id, name_id), id);
+                Ok(())
             }
             EXT1 | EXT2 | EXT4 => Err(self.err(PickleError::Unsupported("the extension registry"))),
             _ => Err(self.unknown(op)),
         }
     }
 
-    /// Calls: only allowlisted constructors, applied as data ([`Machine::call`]).
+    /// Calls: allowlisted constructors applied as data ([`Machine::call`]); a class outside
+    /// the allowlist makes an opaque object that records the call.
     fn call_op(&mut self, op: u8) -> Res<()> {
+        let mut kwargs = Vec::new();
         let (callable, args) = match op {
             REDUCE => {
                 let args = self.pop()?;
@@ -384,12 +403,12 @@ impl Machine<'_> {
                 (cls, self.tuple_items(args, "NEWOBJ")?)
             }
             NEWOBJ_EX => {
-                let kwargs = self.pop()?;
+                let kw = self.pop()?;
                 let args = self.pop()?;
                 let cls = self.pop()?;
-                match self.get(kwargs) {
-                    Obj::Dict(d) if d.items.is_empty() => {}
-                    _ => return Err(self.err(PickleError::Unsupported("keyword arguments"))),
+                match self.get(kw) {
+                    Obj::Dict(d) => kwargs.clone_from(&d.items),
+                    _ => return Err(self.bad("NEWOBJ_EX", "keyword arguments are not a dict")),
                 }
                 (cls, self.tuple_items(args, "NEWOBJ_EX")?)
             }
@@ -409,9 +428,44 @@ impl Machine<'_> {
             }
             _ => return Err(self.unknown(op)),
         };
-        let obj = self.call(callable, args)?;
+        let obj = match self.get(callable) {
+            Obj::Class(_) => self.opaque_call(callable, args, kwargs)?,
+            _ if !kwargs.is_empty() => {
+                return Err(self.err(PickleError::Unsupported("keyword arguments")))
+            }
+            _ => self.call(callable, args)?,
+        };
         self.stack.push(obj);
         Ok(())
+    }
+
+    /// A call of a class outside the allowlist: an opaque object that records it.
+    ///
+    /// `copyreg._reconstructor(cls, object, None)`, which protocols 0 and 1 write for a
+    /// plain object, is recorded as an object of `cls` made without arguments.
+    fn opaque_call(&mut self, class: Id, args: Vec<Id>, kwargs: Vec<(Id, Id)>) -> Res<Id> {
+        let (class, args) = match (self.get(class), args.as_slice()) {
+            (Obj::Class(c), &[cls, base, state])
+                if matches!(
+                    (c.module.as_str(), c.name.as_str()),
+                    ("copyreg" | "copy_reg", "_reconstructor")
+                ) && matches!(self.get(cls), Obj::Class(_))
+                    && matches!(self.get(base), Obj::Class(b)
+                        if b.name == "object" && matches!(b.module.as_str(), "builtins" | "__builtin__"))
+                    && matches!(self.get(state), Obj::None) =>
+            {
+                (cls, Vec::new())
+            }
+            _ => (class, args),
+        };
+        self.alloc(Obj::Object(Box::new(OpaqueObj {
+            class,
+            args,
+            kwargs,
+            state: None,
+            list_items: Vec::new(),
+            dict_items: Vec::new(),
+        })))
     }
 
     /// `BUILD` and persistent ids, whose meaning for torch's objects is in [`super::torch`].
@@ -628,6 +682,10 @@ impl Machine<'_> {
                 v.extend(items);
                 Ok(())
             }
+            Obj::Object(o) => {
+                o.list_items.extend(items);
+                Ok(())
+            }
             _ => Err(self.err(PickleError::Malformed("APPEND on a non-list"))),
         }
     }
@@ -636,6 +694,10 @@ impl Machine<'_> {
         match &mut self.objs[dict as usize] {
             Obj::Dict(d) => {
                 d.items.extend(pairs);
+                Ok(())
+            }
+            Obj::Object(o) => {
+                o.dict_items.extend(pairs);
                 Ok(())
             }
             _ => Err(self.err(PickleError::Malformed("SETITEM on a non-dict"))),
@@ -656,11 +718,15 @@ impl Machine<'_> {
         match resolve_global(module, name) {
             Ok(Resolved::Callable(g)) => self.push(Obj::Global(g)),
             Ok(Resolved::Dtype(kind)) => self.push(Obj::Dtype(kind)),
-            Err(GlobalRefusal::Disallowed) => Err(Failure::Disallowed(
+            Err(GlobalRefusal::Disallowed) if self.weights_only => Err(Failure::Disallowed(
                 self.op_pos as u64,
                 module.to_string(),
                 name.to_string(),
             )),
+            Err(GlobalRefusal::Disallowed) => self.push(Obj::Class(Box::new(ClassRef {
+                module: module.to_string(),
+                name: name.to_string(),
+            }))),
             Err(GlobalRefusal::UnsupportedDtype) => {
                 Err(Failure::UnsupportedDtype(format!("{module}.{name}")))
             }
@@ -755,16 +821,12 @@ fn decode_raw_unicode_escape(line: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn limits() -> ReadLimits {
-        ReadLimits::default()
-    }
-
     fn run_ok(data: &[u8]) -> Arena {
-        run(data, Flavor::Zip, &limits()).unwrap().0
+        run(data, Flavor::Zip, &ReadOptions::new()).unwrap().0
     }
 
     fn run_err(data: &[u8]) -> Failure {
-        run(data, Flavor::Zip, &limits()).unwrap_err()
+        run(data, Flavor::Zip, &ReadOptions::new()).unwrap_err()
     }
 
     #[test]

@@ -1,7 +1,16 @@
 //! Python values as a checkpoint holds them: the tree `torch.load` returns.
+//!
+//! - [`Value`], [`Dict`] and [`Metadata`] here;
+//! - [`Object`] (`object.rs`): an instance of a class this crate does not import, as data;
+//! - `Display` of values as Python's `repr` prints them (`repr.rs`).
+
+mod object;
+mod repr;
 
 use indexmap::IndexMap;
 use tch::{Kind, Tensor};
+
+pub use object::Object;
 
 /// A Python value from (or for) a checkpoint: what `torch.load(path)` returns, with tensors as
 /// tch tensors.
@@ -51,6 +60,20 @@ pub enum Value {
     Device(String),
     /// A `torch.dtype`.
     Dtype(Kind),
+    /// An instance of a class outside the allowlist (`argparse.Namespace`, a pickled
+    /// `nn.Module`), or the result of a function outside it: what the pickle built with it,
+    /// recorded as data. Nothing was imported or called. numpy values, paths and datetimes
+    /// are read as plain values instead (see [`Object`]).
+    Object(Object),
+    /// A class or function outside the allowlist named as a value (a `defaultdict`'s
+    /// factory, `builtins.list`), never imported; or an allowlisted one
+    /// (`collections.OrderedDict`).
+    Global {
+        /// Its module (`builtins`).
+        module: String,
+        /// Its name (`list`).
+        name: String,
+    },
 }
 
 /// A Python `dict` or `OrderedDict`, in order. Keys may be of any hashable kind (optimizer
@@ -134,6 +157,21 @@ impl Value {
         }
     }
 
+    /// The object, if this is an instance of a class outside the allowlist.
+    pub fn as_object(&self) -> Option<&Object> {
+        match self {
+            Value::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The attribute `name`, if this is an object that has it (`value.name`):
+    /// `ckpt.get("opt").and_then(|o| o.attr("lr"))` for RepDistiller's
+    /// `torch.load(p)['opt'].lr`. See [`Object::get_attr`].
+    pub fn attr(&self, name: &str) -> Option<&Value> {
+        self.as_object()?.get_attr(name)
+    }
+
     /// The value under the string key `key`, if this is a dict that has it (`value[key]`).
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.as_dict()?
@@ -169,6 +207,11 @@ impl Value {
             Value::Tensor(t) => Value::Tensor(t.shallow_clone()),
             Value::Device(d) => Value::Device(d.clone()),
             Value::Dtype(k) => Value::Dtype(*k),
+            Value::Object(o) => Value::Object(o.shallow_clone()),
+            Value::Global { module, name } => Value::Global {
+                module: module.clone(),
+                name: name.clone(),
+            },
         }
     }
 
@@ -189,6 +232,8 @@ impl Value {
             Value::Tensor(_) => "Tensor",
             Value::Device(_) => "torch.device",
             Value::Dtype(_) => "torch.dtype",
+            Value::Object(_) => "object",
+            Value::Global { .. } => "global",
         }
     }
 }

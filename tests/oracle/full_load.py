@@ -1,0 +1,116 @@
+"""Oracle for tests/training.rs: what torch.load(weights_only=False) gives, flattened.
+
+  flatten P     torch.load(P, weights_only=False, map_location='cpu'), then every tensor and
+                numpy array (dtype, shape, bytes as hex) and every scalar (type and repr),
+                by a path of keys joined with '/'; dicts by key, lists and tuples by index,
+                objects by attribute (vars()). Paths are strings, datetimes isoformat(),
+                numpy scalars .item(). Also the repr() of every argparse.Namespace. JSON.
+  state_dict P KEY OUT
+                the state_dict() of the module torch.load(P, weights_only=False) gives (or
+                of the module under KEY when KEY is not empty), written to OUT with
+                torch.save; its keys are printed
+  script_state_dict P OUT
+                torch.jit.load(P).state_dict(), written to OUT with torch.save
+  save_model ARCH CLASSES OUT KEY
+                torch.save of a whole model of tests/oracle/resnets.py (a torchvision ResNet,
+                a CIFAR ResNet), with BatchNorm statistics away from their defaults: the
+                model itself, or {KEY: model, 'epoch': 240} when KEY is not empty
+
+The fake package of the fixtures (fakepkg) is registered first, as the fixture script did.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))
+import make_training  # noqa: E402
+
+make_training.install_fakepkg()
+
+
+def record(t):
+    t = t.detach().contiguous()
+    return {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape),
+            "hex": t.reshape(-1).view(torch.uint8).numpy().tobytes().hex()}
+
+
+def scalar(kind, value):
+    return {"type": kind, "repr": value}
+
+
+def flatten(obj, prefix, tensors, scalars, reprs):
+    join = (lambda k: f"{prefix}/{k}" if prefix else str(k))
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = record(obj)
+    elif isinstance(obj, np.ndarray):
+        native = obj.astype(obj.dtype.newbyteorder("="))
+        tensors[prefix] = record(torch.from_numpy(native.copy(order="C")))
+    elif isinstance(obj, np.generic):
+        flatten(obj.item(), prefix, tensors, scalars, reprs)
+    elif isinstance(obj, bool):
+        scalars[prefix] = scalar("bool", repr(obj))
+    elif isinstance(obj, int):
+        scalars[prefix] = scalar("int", repr(obj))
+    elif isinstance(obj, float):
+        scalars[prefix] = scalar("float", repr(obj))
+    elif isinstance(obj, str):
+        scalars[prefix] = scalar("str", obj)
+    elif obj is None:
+        scalars[prefix] = scalar("none", "None")
+    elif isinstance(obj, pathlib.PurePath):
+        scalars[prefix] = scalar("str", str(obj))
+    elif isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+        scalars[prefix] = scalar("str", obj.isoformat())
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            flatten(v, join(k), tensors, scalars, reprs)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            flatten(v, join(i), tensors, scalars, reprs)
+    elif hasattr(obj, "__dict__"):
+        if isinstance(obj, argparse.Namespace):
+            reprs[prefix] = repr(obj)
+        for k, v in vars(obj).items():
+            flatten(v, join(k), tensors, scalars, reprs)
+
+
+def main():
+    cmd, *args = sys.argv[1:]
+    if cmd == "flatten":
+        obj = torch.load(args[0], weights_only=False, map_location="cpu")
+        tensors, scalars, reprs = {}, {}, {}
+        flatten(obj, "", tensors, scalars, reprs)
+        print(json.dumps({"tensors": tensors, "scalars": scalars, "reprs": reprs}))
+    elif cmd == "script_state_dict":
+        sd = torch.jit.load(args[0], map_location="cpu").state_dict()
+        torch.save(sd, args[1])
+        print(json.dumps(list(sd.keys())))
+    elif cmd == "save_model":
+        import resnets
+
+        arch, classes, out, key = args
+        torch.manual_seed(0)
+        model, _ = resnets.build(arch, int(classes))
+        g = torch.Generator().manual_seed(1)
+        make_training.randomize(model, g)
+        torch.save({key: model, "epoch": 240} if key else model, out)
+    elif cmd == "state_dict":
+        obj = torch.load(args[0], weights_only=False, map_location="cpu")
+        if args[1]:
+            obj = obj[args[1]]
+        sd = obj.state_dict()
+        torch.save(sd, args[2])
+        print(json.dumps(list(sd.keys())))
+    else:
+        raise SystemExit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()

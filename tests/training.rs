@@ -1,0 +1,395 @@
+//! Checkpoints as training code writes them (tests/fixtures/make_training.py): options
+//! objects, numpy values, paths, datetimes, a package the reader cannot know. Every tensor
+//! and value is compared with what torch.load(weights_only=False) gives in Python
+//! (tests/oracle/full_load.py); nothing of those classes is imported or run here.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::Value as Json;
+use tch::nn::{self, ConvConfig};
+use tch::{Device, Kind, Tensor};
+use tch_state_dict::{Checkpoint, Error, LazyStateDict, ReadOptions, StateDict, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    common::test_file(&format!("fixtures/training/{name}"))
+}
+
+/// What Python's torch.load(weights_only=False) gives for `name`, flattened.
+fn python(name: &str) -> Json {
+    let path = fixture(name);
+    let out = common::run_python(
+        "oracle/full_load.py",
+        &["flatten", path.to_str().unwrap()],
+        "",
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Every tensor (dtype, shape, bytes) and scalar (type, Python repr) of a value, by a path
+/// of keys joined with '/': what the oracle prints for Python's side.
+#[derive(Default)]
+struct Flat {
+    tensors: BTreeMap<String, (String, Vec<i64>, String)>,
+    scalars: BTreeMap<String, (String, String)>,
+}
+
+fn flatten(v: &Value, prefix: &str, out: &mut Flat) {
+    let join = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}/{k}")
+        }
+    };
+    let mut scalar = |kind: &str, repr: String| {
+        out.scalars
+            .insert(prefix.to_string(), (kind.to_string(), repr));
+    };
+    match v {
+        Value::Tensor(t) => {
+            out.tensors.insert(prefix.to_string(), record(t));
+        }
+        Value::Bool(_) => scalar("bool", v.to_string()),
+        Value::Int(_) | Value::BigInt(_) => scalar("int", v.to_string()),
+        Value::Float(_) => scalar("float", v.to_string()),
+        Value::Str(s) => scalar("str", s.clone()),
+        Value::None => scalar("none", "None".into()),
+        Value::Dict(d) => {
+            for (k, item) in &d.items {
+                flatten(item, &join(&key(k)), out);
+            }
+        }
+        Value::List(items) | Value::Tuple(items) => {
+            for (i, item) in items.iter().enumerate() {
+                flatten(item, &join(&i.to_string()), out);
+            }
+        }
+        Value::Object(o) => {
+            for (k, item) in o.dict_items() {
+                flatten(item, &join(&key(k)), out);
+            }
+            for (k, item) in o.attrs() {
+                flatten(item, &join(k), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn key(k: &Value) -> String {
+    match k {
+        Value::Str(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn record(t: &Tensor) -> (String, Vec<i64>, String) {
+    let c = t.to_device(Device::Cpu).contiguous();
+    let numel = c.numel();
+    let mut bytes = vec![0u8; numel * c.kind().elt_size_in_bytes()];
+    if numel > 0 {
+        c.copy_data_u8(&mut bytes, numel);
+    }
+    let hex = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    (
+        tch_state_dict::pyfmt::dtype_name(c.kind()).to_string(),
+        c.size(),
+        hex,
+    )
+}
+
+/// Reads `name` whole and requires every tensor and scalar to be Python's.
+fn assert_matches_python(name: &str) -> (Value, Json) {
+    let value = Value::load(fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let want = python(name);
+    let mut got = Flat::default();
+    flatten(&value, "", &mut got);
+    let want_tensors: BTreeMap<String, (String, Vec<i64>, String)> = want["tensors"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, r)| {
+            let shape = r["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_i64().unwrap())
+                .collect();
+            (
+                k.clone(),
+                (
+                    r["dtype"].as_str().unwrap().to_string(),
+                    shape,
+                    r["hex"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got.tensors.keys().collect::<Vec<_>>(),
+        want_tensors.keys().collect::<Vec<_>>(),
+        "{name}: tensors"
+    );
+    for (k, w) in &want_tensors {
+        assert_eq!(&got.tensors[k], w, "{name}/{k}");
+    }
+    let want_scalars: BTreeMap<String, (String, String)> = want["scalars"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, s)| {
+            (
+                k.clone(),
+                (
+                    s["type"].as_str().unwrap().to_string(),
+                    s["repr"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got.scalars, want_scalars, "{name}: scalars");
+    (value, want)
+}
+
+/// The Small model of the fixture script, built the tch way.
+fn small(vs: &nn::VarStore, classes: i64) {
+    let root = vs.root();
+    let conv = ConvConfig {
+        bias: false,
+        ..Default::default()
+    };
+    let _ = nn::conv2d(&root / "conv1", 3, 4, 3, conv);
+    let _ = nn::batch_norm2d(&root / "bn1", 4, Default::default());
+    let _ = nn::linear(&root / "linear", 4, classes, Default::default());
+}
+
+#[test]
+fn repdistiller_checkpoint_with_an_argparse_namespace() {
+    let name = "repdistiller.pth";
+    let (value, python) = assert_matches_python(name);
+    // The options object: attributes readable, printed as Python's repr.
+    let opt = value.get("opt").and_then(Value::as_object).unwrap();
+    assert_eq!((opt.module(), opt.name()), ("argparse", "Namespace"));
+    assert_eq!(
+        opt.get_attr("model").and_then(Value::as_str),
+        Some("resnet8")
+    );
+    assert!(value.attr("epochs").is_none());
+    assert_eq!(
+        value
+            .get("opt")
+            .unwrap()
+            .attr("learning_rate")
+            .unwrap()
+            .as_float(),
+        Some(0.05)
+    );
+    assert_eq!(
+        opt.to_string(),
+        format!("argparse.{}", python["reprs"]["opt"].as_str().unwrap())
+    );
+
+    // The model's state dict, straight into a model; the options object is never touched.
+    // (tch's batch_norm has no num_batches_tracked: it is popped first.)
+    let vs = nn::VarStore::new(Device::Cpu);
+    small(&vs, 100);
+    let ckpt = Checkpoint::open(fixture(name)).unwrap();
+    let mut lazy = ckpt.lazy_state_dict_at("model").unwrap();
+    lazy.pop("bn1.num_batches_tracked");
+    tch_state_dict::load_state_dict(&vs, &lazy, true).unwrap();
+    let sd = StateDict::load_key(fixture(name), "model").unwrap();
+    for (k, t) in tch_state_dict::state_dict(&vs).unwrap().iter() {
+        assert!(t.equal(sd.get(k).unwrap()), "{k}");
+    }
+
+    // Asking the options object for a state dict names its class and key.
+    match ckpt.state_dict_at("opt").map(|_| ()).unwrap_err() {
+        Error::OpaqueObject {
+            at, module, name, ..
+        } => {
+            assert_eq!(at.as_deref(), Some("opt"));
+            assert_eq!((module.as_str(), name.as_str()), ("argparse", "Namespace"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The top level is not a state dict, and the error says where one is.
+    let err = StateDict::load(fixture(name)).unwrap_err();
+    assert!(matches!(err, Error::NotAStateDict { .. }));
+    assert!(
+        err.to_string()
+            .contains("StateDict::load_key(path, \"model\")"),
+        "{err}"
+    );
+    // weights_only refuses the file, as PyTorch does.
+    match Checkpoint::open_with(fixture(name), &ReadOptions::new().weights_only(true))
+        .map(|_| ())
+        .unwrap_err()
+    {
+        Error::DisallowedGlobal { module, name, .. } => {
+            assert_eq!((module.as_str(), name.as_str()), ("argparse", "Namespace"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn timm_checkpoint_with_a_numpy_metric() {
+    let name = "timm.pth.tar";
+    let (value, python) = assert_matches_python(name);
+    assert_eq!(value.get("metric").and_then(Value::as_float), Some(79.7));
+    assert_eq!(value.get("arch").and_then(Value::as_str), Some("resnet18"));
+    let args = value.get("args").and_then(Value::as_object).unwrap();
+    assert_eq!(args.get_attr("opt").and_then(Value::as_str), Some("adamw"));
+    assert_eq!(
+        args.to_string(),
+        format!("argparse.{}", python["reprs"]["args"].as_str().unwrap())
+    );
+    let sd = StateDict::load_key(fixture(name), "state_dict").unwrap();
+    assert_eq!(sd.len(), 8);
+    assert_eq!(sd.metadata().unwrap()["bn1"]["version"].as_int(), Some(2));
+}
+
+#[test]
+fn lightning_checkpoint_with_a_class_from_an_unknown_package() {
+    let name = "lightning.ckpt";
+    let (value, _) = assert_matches_python(name);
+    let hparams = value
+        .get("hyper_parameters")
+        .and_then(Value::as_object)
+        .unwrap();
+    assert_eq!(hparams.qualified_name(), "fakepkg.AttributeDict");
+    let lr = hparams
+        .dict_items()
+        .iter()
+        .find(|(k, _)| k.as_str() == Some("lr"))
+        .map(|(_, v)| v.as_float());
+    assert_eq!(lr, Some(Some(1e-3)));
+    assert_eq!(
+        hparams.to_string(),
+        "fakepkg.AttributeDict({'lr': 0.001, 'arch': 'small', 'num_classes': 10, 'betas': \
+         (0.9, 0.999)})"
+    );
+
+    // Lightning's 'model.' prefix, stripped, and a strict load into the model.
+    let mut sd = Checkpoint::open(fixture(name))
+        .unwrap()
+        .lazy_state_dict_at("state_dict")
+        .unwrap();
+    assert!(sd.keys().all(|k| k.starts_with("model.")));
+    sd.strip_prefix("model.");
+    sd.pop("bn1.num_batches_tracked");
+    let vs = nn::VarStore::new(Device::Cpu);
+    small(&vs, 10);
+    tch_state_dict::load_state_dict(&vs, &sd, true).unwrap();
+    assert_eq!(tch_state_dict::state_dict(&vs).unwrap().len(), 7);
+
+    match Checkpoint::open_with(fixture(name), &ReadOptions::new().weights_only(true))
+        .map(|_| ())
+        .unwrap_err()
+    {
+        Error::DisallowedGlobal { module, name, .. } => {
+            assert_eq!(
+                (module.as_str(), name.as_str()),
+                ("fakepkg", "AttributeDict")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn numpy_values_paths_and_datetimes_are_plain_values() {
+    for name in ["values.pth", "values_numpy1.pth"] {
+        let (v, _) = assert_matches_python(name);
+        assert!(
+            matches!(v.get("f64"), Some(Value::Float(x)) if *x == 79.7),
+            "{name}"
+        );
+        assert!(matches!(v.get("i64"), Some(Value::Int(-7))), "{name}");
+        assert!(matches!(v.get("bool"), Some(Value::Bool(true))), "{name}");
+        assert!(matches!(v.get("u64"), Some(Value::BigInt(_))), "{name}");
+        let t = |k: &str| v.get(k).and_then(Value::as_tensor).unwrap();
+        assert_eq!(t("array_f32").kind(), Kind::Float);
+        assert_eq!(t("array_big_endian").kind(), Kind::Double);
+        assert!(t("array_fortran").equal(t("array_f32")));
+        assert_eq!(t("array_0d").size(), Vec::<i64>::new());
+        assert_eq!(
+            v.get("path").and_then(Value::as_str),
+            Some("/data/runs/exp1/ckpt.pth")
+        );
+        assert_eq!(
+            v.get("saved_at_tz").and_then(Value::as_str),
+            Some("2026-11-28T10:59:01-05:30")
+        );
+        // A timedelta stays an object, its arguments readable.
+        let took = v.get("took").and_then(Value::as_object).unwrap();
+        assert_eq!(took.qualified_name(), "datetime.timedelta");
+        assert_eq!(took.args()[0].as_int(), Some(1));
+    }
+    // numpy arrays are placed and cast as the options ask, like every tensor.
+    let options = ReadOptions::new().kind(Some(Kind::Half));
+    let v = Checkpoint::open_with(fixture("values.pth"), &options)
+        .unwrap()
+        .value()
+        .unwrap();
+    let t = v.get("array_f32").and_then(Value::as_tensor).unwrap();
+    assert_eq!(t.kind(), Kind::Half);
+}
+
+#[test]
+fn a_value_holding_an_object_is_not_written() {
+    let value = Value::load(fixture("repdistiller.pth")).unwrap();
+    let dir = std::env::temp_dir().join(format!("tch-state-dict-training-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("resaved.pth");
+    match value.save(&out).unwrap_err() {
+        Error::Unwritable { reason, .. } => assert!(reason.contains("argparse.Namespace")),
+        other => panic!("{other:?}"),
+    }
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn storages_saved_on_a_gpu_load_on_the_cpu_by_default() {
+    for name in ["gpu_tagged.pth", "gpu_tagged_legacy.pth"] {
+        // The file says its storages are on cuda:0 ...
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        assert!(bytes.windows(6).any(|w| w == b"cuda:0"), "{name}");
+        // ... and they load where ReadOptions::device says: the CPU by default, with
+        // Python's values (torch.load(map_location='cpu')).
+        let (value, _) = assert_matches_python(name);
+        let t = value.get("ema").unwrap().get("shadow").unwrap();
+        assert_eq!(t.as_tensor().unwrap().device(), Device::Cpu);
+        let sd = StateDict::load_key(fixture(name), "model").unwrap();
+        assert!(sd.values().all(|t| t.device() == Device::Cpu), "{name}");
+        let vs = nn::VarStore::new(Device::Cpu);
+        small(&vs, 10);
+        let mut lazy = LazyStateDict::load_key(fixture(name), "model").unwrap();
+        lazy.pop("bn1.num_batches_tracked");
+        tch_state_dict::load_state_dict(&vs, &lazy, true).unwrap();
+        for (k, t) in tch_state_dict::state_dict(&vs).unwrap().iter() {
+            assert!(t.equal(sd.get(k).unwrap()), "{name}/{k}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn storages_saved_on_a_gpu_load_onto_the_device_asked_for() {
+    let options = ReadOptions::new().device(Device::Cuda(0));
+    for name in ["gpu_tagged.pth", "gpu_tagged_legacy.pth"] {
+        let sd = StateDict::load_key_with(fixture(name), "model", &options).unwrap();
+        let cpu = StateDict::load_key(fixture(name), "model").unwrap();
+        for (k, t) in sd.iter() {
+            assert_eq!(t.device(), Device::Cuda(0), "{name}/{k}");
+            assert!(
+                t.to_device(Device::Cpu).equal(cpu.get(k).unwrap()),
+                "{name}/{k}"
+            );
+        }
+    }
+}
