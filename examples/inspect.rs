@@ -11,8 +11,7 @@
 use std::path::PathBuf;
 
 use tch::{Device, Kind, Tensor};
-use tch_state_dict::pyfmt::{dtype_name, TorchSize};
-use tch_state_dict::{Checkpoint, Error, ReadOptions, StateDict, Value};
+use tch_state_dict::{dtype_name, Checkpoint, Error, ReadOptions, StateDict, Value};
 
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -69,8 +68,8 @@ fn nbytes(t: &Tensor) -> usize {
 
 fn tensor_line(t: &Tensor) -> String {
     format!(
-        "tensor {} {} ({} bytes{})",
-        TorchSize(&t.size()),
+        "tensor torch.Size({:?}) {} ({} bytes{})",
+        t.size(),
         dtype_name(t.kind()),
         nbytes(t),
         if t.requires_grad() {

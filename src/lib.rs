@@ -19,8 +19,8 @@
 //!   `torch.save` files (zip and legacy), nested checkpoints, safetensors and sharded
 //!   checkpoints, read by a pickle machine that never executes anything, and written so that
 //!   `torch.load(weights_only=True)` accepts them.
-//! * [`models`]: ResNets with PyTorch-identical state dicts, and
-//!   [`models::replace_head`].
+//! * [`models`] (feature `models`, on by default): ResNets with PyTorch-identical state
+//!   dicts, and [`models::replace_head`].
 //!
 //! # Quick start
 //!
@@ -113,10 +113,11 @@ mod checkpoint;
 mod dtype;
 mod error;
 mod load;
+#[cfg(feature = "models")]
 pub mod models;
 mod module_tree;
 mod natural;
-pub mod pyfmt;
+mod pyfmt;
 mod read;
 mod report;
 mod state_dict;
@@ -130,6 +131,7 @@ pub use load::{
     LoadOptions, StateDictSource,
 };
 pub use module_tree::{ModuleKind, ModuleTree, StateDictModule};
+pub use pyfmt::{device_name, dtype_name};
 pub use read::{Format, ReadLimits, ReadOptions};
 pub use report::{IncompatibleKeys, LoadError, ShapeMismatch};
 pub use state_dict::{LazyStateDict, LazyTensor, StateDict};
