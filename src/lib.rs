@@ -102,6 +102,17 @@
 //! order and names its type for the error header. The module docs of [`ModuleTree`] and of
 //! [`load_state_dict`] explain the choices behind them.
 //!
+//! # Features
+//!
+//! * `models` (default): the [`models`] module, ResNets with PyTorch's keys,
+//!   `replace_head` and freezing. Without it the crate is the reader, the writer and
+//!   `load_state_dict`.
+//! * `cli`: the `tch-state-dict` command-line tool, `cargo install tch-state-dict --features
+//!   cli`: `inspect`, `convert` (`.pth`, `.safetensors`, tch's `.ot`), `check` (would this
+//!   checkpoint load into this architecture?) and `diff`.
+//! * `doc-only`: builds the documentation without libtorch, as docs.rs does (it forwards
+//!   tch's `doc-only`). Nothing built with it can link.
+//!
 //! # Linking
 //!
 //! A binary that uses tch must find libtorch at run time and keep its CUDA library; see the
