@@ -15,8 +15,9 @@ enum Compared {
     Equal,
     /// Same shape and dtype; the largest `|a - b|`.
     Values(f64),
-    /// Same shape, another dtype; the largest `|a - b|` in float64 (complex128 for complex).
-    Dtype(f64),
+    /// Same shape, another dtype; the largest `|a - b|` in float64 (complex128 for complex),
+    /// or why libtorch could not compute it.
+    Dtype(Result<f64, String>),
     /// Another shape: values are not compared.
     Shape,
     /// Same shape, values libtorch could not compare (its message).
@@ -87,7 +88,7 @@ pub fn run(
     let dtypes: Vec<_> = compared
         .iter()
         .filter_map(|(k, ta, tb, c)| match c {
-            Compared::Dtype(d) => Some((k, ta, tb, *d)),
+            Compared::Dtype(d) => Some((k, ta, tb, d)),
             _ => None,
         })
         .collect();
@@ -100,10 +101,13 @@ pub fn run(
                 [
                     k.to_string(),
                     format!(
-                        "{} in a, {} in b, max |a - b| = {}",
+                        "{} in a, {} in b, {}",
                         dtype_name(ta.kind()),
                         dtype_name(tb.kind()),
-                        number(*d)
+                        match d {
+                            Ok(d) => format!("max |a - b| = {}", number(*d)),
+                            Err(why) => format!("values not compared: {why}"),
+                        }
                     ),
                 ]
             }),
@@ -113,7 +117,7 @@ pub fn run(
         .iter()
         .filter_map(|(k, _, _, c)| match c {
             Compared::Values(d) => Some((*k, format!("max |a - b| = {}", number(*d)))),
-            Compared::Unavailable(why) => Some((*k, format!("not compared: {why}"))),
+            Compared::Unavailable(why) => Some((*k, format!("values not compared: {why}"))),
             _ => None,
         })
         .collect();
@@ -188,10 +192,15 @@ fn compare(ta: &LazyTensor<'_>, tb: &LazyTensor<'_>) -> Result<Compared, Failure
     Ok(match max_abs_diff(&a, &b) {
         Ok(d) if same_kind && d == 0.0 => Compared::Equal,
         Ok(d) if same_kind => Compared::Values(d),
-        Ok(d) => Compared::Dtype(d),
-        Err(e) if same_kind => Compared::Unavailable(e.to_string()),
-        Err(_) => Compared::Dtype(f64::NAN),
+        Ok(d) => Compared::Dtype(Ok(d)),
+        Err(e) if same_kind => Compared::Unavailable(first_line(&e)),
+        Err(e) => Compared::Dtype(Err(first_line(&e))),
     })
+}
+
+/// libtorch's message without the C++ backtrace that follows it.
+fn first_line(e: &TchError) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 /// The largest `|a - b|` over the elements of two tensors of one shape, computed in float64
