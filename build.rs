@@ -59,7 +59,8 @@ fn check_version(lib: &Path) {
              In this crate's repository, run cargo through `scripts/cargo` (for example\n\
              `scripts/cargo test`): it installs torch {TORCH_RELEASE} in ~/.cache/tch-state-dict\n\
              and builds against it. Elsewhere, point LIBTORCH at a libtorch {TORCH_RELEASE}.x, or set\n\
-             LIBTORCH_USE_PYTORCH=1 with a Python whose torch is {TORCH_RELEASE}.x first on PATH.\n\
+             LIBTORCH_USE_PYTORCH=1 with a Python whose torch is {TORCH_RELEASE}.0 first on PATH\n\
+             (torch-sys 0.24.0 itself accepts only {TORCH_RELEASE}.0 from Python).\n\
              LIBTORCH_BYPASS_VERSION_CHECK=1 builds anyway, at your own risk.\n",
             root.display()
         );
