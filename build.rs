@@ -1,21 +1,29 @@
-//! Links this crate's own binaries (tests, examples, benches) to libtorch so that they run
-//! without LD_LIBRARY_PATH and keep CUDA.
+//! Links this crate's own binaries (tests, examples, benches, the `tch-state-dict` tool) to
+//! libtorch so that they run without LD_LIBRARY_PATH and keep CUDA.
 //!
 //! * `-Wl,-rpath=<libtorch lib>`: the binaries find libtorch at run time.
 //! * `-Wl,--no-as-needed -ltorch`: `libtorch.so` pulls in `libtorch_cuda.so`; without
 //!   `--no-as-needed` the linker drops it, since no symbol is used directly, and
 //!   `tch::Cuda::is_available()` is false on a GPU machine (tch issue #980).
 //!
-//! It also checks libtorch's version, which torch-sys does not do when `LIBTORCH` points at
-//! a Python installation, and says what to run when it is wrong.
+//! It also checks that libtorch is a 2.11 release (2.11.0, 2.11.1, ...), which torch-sys
+//! does not do when `LIBTORCH` points at a libtorch or a Python installation, and says what to
+//! run when it is not.
+//!
+//! With the `doc-only` feature (docs.rs) there is no libtorch and nothing to link: it does
+//! nothing.
 
 use std::path::Path;
 
-const TORCH_VERSION: &str = "2.11.0";
+/// The libtorch release tch 0.24 is made for; any patch release of it is accepted.
+const TORCH_RELEASE: &str = "2.11";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_BYPASS_VERSION_CHECK");
+    if std::env::var_os("CARGO_FEATURE_DOC_ONLY").is_some() {
+        return;
+    }
     let lib = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
         Ok(lib) => lib,
         // torch-sys reports the libtorch directory on Linux and macOS only; elsewhere the
@@ -44,14 +52,25 @@ fn check_version(lib: &Path) {
             Some(line.split(['\'', '"']).nth(1)?.to_string())
         });
     let Some(found) = found else { return };
-    let base = found.split('+').next().unwrap_or(&found);
-    if base != TORCH_VERSION {
-        panic!(
-            "\n\ntch-state-dict needs libtorch {TORCH_VERSION} (tch 0.24), but {} holds {found}.\n\
-             Run the crate's commands through `scripts/cargo`, which installs torch=={TORCH_VERSION}\n\
-             in ~/.cache/tch-state-dict and uses it, for example `scripts/cargo test`;\n\
-             or point LIBTORCH at a libtorch {TORCH_VERSION}.\n",
+    if !is_release(&found, TORCH_RELEASE) {
+        // Cargo shows a failed build script's stderr; a panic would add a backtrace.
+        eprintln!(
+            "\ntch-state-dict needs libtorch {TORCH_RELEASE}.x (tch 0.24), but {} holds {found}.\n\
+             In this crate's repository, run cargo through `scripts/cargo` (for example\n\
+             `scripts/cargo test`): it installs torch {TORCH_RELEASE} in ~/.cache/tch-state-dict\n\
+             and builds against it. Elsewhere, point LIBTORCH at a libtorch {TORCH_RELEASE}.x, or set\n\
+             LIBTORCH_USE_PYTORCH=1 with a Python whose torch is {TORCH_RELEASE}.0 first on PATH\n\
+             (torch-sys 0.24.0 itself accepts only {TORCH_RELEASE}.0 from Python).\n\
+             LIBTORCH_BYPASS_VERSION_CHECK=1 builds anyway, at your own risk.\n",
             root.display()
         );
+        std::process::exit(1);
     }
+}
+
+/// Whether `version` (`2.11.0`, `2.11.1+cu128`) is a patch release of `release` (`2.11`).
+fn is_release(version: &str, release: &str) -> bool {
+    let base = version.split('+').next().unwrap_or(version);
+    base.strip_prefix(release)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }

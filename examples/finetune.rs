@@ -13,8 +13,9 @@ use std::path::PathBuf;
 
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{replace_head, Arch, ResNet};
-use tch_state_dict::pyfmt::{device_name, dtype_name, TorchSize};
-use tch_state_dict::{load_state_dict, state_dict, Error, LazyStateDict, Value};
+use tch_state_dict::{
+    device_name, dtype_name, load_state_dict, state_dict, Error, LazyStateDict, Value,
+};
 
 struct Args {
     checkpoint: Option<PathBuf>,
@@ -44,7 +45,7 @@ fn parse_args() -> Result<Args, String> {
             "--arch" => {
                 let name = value()?;
                 args.arch = Arch::from_name(&name).ok_or_else(|| {
-                    let all: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+                    let all: Vec<&str> = Arch::all().iter().map(|a| a.name()).collect();
                     format!("unknown --arch {name}; one of {}", all.join(", "))
                 })?;
             }
@@ -205,4 +206,14 @@ fn write_training_checkpoint(arch: Arch, classes: i64) -> Result<PathBuf, Error>
         path.display().to_string()
     );
     Ok(path)
+}
+
+/// A shape as PyTorch prints it: `torch.Size([4, 7])` (Rust's `{:?}` of a slice of integers
+/// is Python's list repr).
+struct TorchSize<'a>(&'a [i64]);
+
+impl std::fmt::Display for TorchSize<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "torch.Size({:?})", self.0)
+    }
 }

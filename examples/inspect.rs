@@ -1,5 +1,4 @@
-//! Prints a checkpoint's tree, and converts between `.pth` and `.safetensors`; reads tch's
-//! `.ot` files and TorchScript archives too.
+//! Prints a checkpoint's tree, and converts between `.pth` and `.safetensors`.
 //!
 //! ```text
 //! scripts/cargo run --example inspect -- ckpt_epoch_240.pth
@@ -11,15 +10,30 @@
 //! Objects of classes the reader does not import (`argparse.Namespace`, a pickled
 //! `nn.Module`) print as Python's repr would; nothing of theirs is imported or run.
 //!
-//! Without arguments it inspects a checkpoint it writes itself.
+//! Without arguments it inspects a checkpoint it writes itself. The `tch-state-dict` tool
+//! (`cargo install tch-state-dict --features cli`) prints the same tree with `inspect`, and
+//! adds `convert`, `check` and `diff`; this example shares its code.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use tch::{Device, Kind, Tensor};
-use tch_state_dict::pyfmt::{dtype_name, TorchSize};
-use tch_state_dict::{Checkpoint, Error, ReadOptions, StateDict, Value};
+use tch_state_dict::{Error, StateDict, Value};
 
-fn main() -> Result<(), Error> {
+#[path = "../src/bin/tch-state-dict/tree.rs"]
+mod tree;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut path = None;
     let mut key = None;
@@ -43,166 +57,17 @@ fn main() -> Result<(), Error> {
         None => demo_checkpoint()?,
     };
 
-    // A private memory map: nothing is copied that is not printed or converted.
-    let ckpt = Checkpoint::open_with(&path, &ReadOptions::new().mmap(true))?;
-    println!(
-        "{} ({:?}, {} tensors)",
-        path.display(),
-        ckpt.format(),
-        ckpt.num_tensors()
-    );
-    if let Some(meta) = ckpt.safetensors_metadata() {
-        println!("__metadata__: {meta:?}");
-    }
-    let value = ckpt.value()?;
-    print_value(&value, 0);
+    print!("{}", tree::inspect(&path, None)?);
 
     if let Some(out) = to {
         let sd = match &key {
-            Some(k) => ckpt.state_dict_at(k)?,
-            None => ckpt.state_dict()?,
+            Some(k) => StateDict::load_key(&path, k)?,
+            None => StateDict::load(&path)?,
         };
         sd.save(&out)?;
         println!("\nwrote {} tensors to {}", sd.len(), out.display());
     }
     Ok(())
-}
-
-fn nbytes(t: &Tensor) -> usize {
-    t.numel() * t.kind().elt_size_in_bytes()
-}
-
-fn tensor_line(t: &Tensor) -> String {
-    format!(
-        "tensor {} {} ({} bytes{})",
-        TorchSize(&t.size()),
-        dtype_name(t.kind()),
-        nbytes(t),
-        if t.requires_grad() {
-            ", requires_grad"
-        } else {
-            ""
-        }
-    )
-}
-
-fn key_text(k: &Value) -> String {
-    match k {
-        Value::Str(s) => format!("{s:?}"),
-        Value::Int(i) => i.to_string(),
-        other => format!("<{}>", other.type_name()),
-    }
-}
-
-fn print_value(v: &Value, indent: usize) {
-    let pad = "  ".repeat(indent);
-    match v {
-        Value::Dict(d) => {
-            let tensors = d
-                .items
-                .iter()
-                .filter(|(_, v)| v.as_tensor().is_some())
-                .count();
-            let total: usize = d
-                .items
-                .iter()
-                .filter_map(|(_, v)| v.as_tensor())
-                .map(nbytes)
-                .sum();
-            println!(
-                "{} of {} items{}{}",
-                v.type_name(),
-                d.items.len(),
-                if tensors > 0 {
-                    format!(", {tensors} tensors, {total} bytes")
-                } else {
-                    String::new()
-                },
-                d.metadata
-                    .as_ref()
-                    .map(|m| format!(", _metadata for {} modules", m.len()))
-                    .unwrap_or_default()
-            );
-            let width = d
-                .items
-                .iter()
-                .map(|(k, _)| key_text(k).len())
-                .max()
-                .unwrap_or(0);
-            for (k, item) in &d.items {
-                print!("{pad}  {:<width$}  ", key_text(k));
-                print_value(item, indent + 1);
-            }
-        }
-        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
-            println!("{} of {} items", v.type_name(), items.len());
-            for (i, item) in items.iter().enumerate() {
-                print!("{pad}  [{i}]  ");
-                print_value(item, indent + 1);
-            }
-        }
-        Value::Tensor(t) => println!("{}", tensor_line(t)),
-        Value::Str(s) => println!("{s:?}"),
-        Value::Int(i) => println!("{i}"),
-        Value::Float(_) => println!("{v}"),
-        Value::Bool(b) => println!("{}", if *b { "True" } else { "False" }),
-        Value::None => println!("None"),
-        Value::Bytes(b) => println!("bytes of length {}", b.len()),
-        Value::BigInt(_) => println!("{v}"),
-        Value::Device(d) => println!("torch.device({d:?})"),
-        Value::Dtype(k) => println!("torch.{}", dtype_name(*k)),
-        Value::Object(o) => {
-            // Small objects without tensors on one line, as Python's repr; others as a tree.
-            let repr = o.to_string();
-            if repr.len() <= 100 && !holds_tensors(v) {
-                println!("{repr}");
-                return;
-            }
-            println!("object {}", o.qualified_name());
-            for (i, a) in o.args().iter().enumerate() {
-                print!("{pad}  [{i}]  ");
-                print_value(a, indent + 1);
-            }
-            for (k, item) in o.dict_items() {
-                print!("{pad}  [{}]  ", key_text(k));
-                print_value(item, indent + 1);
-            }
-            for (i, item) in o.list_items().iter().enumerate() {
-                print!("{pad}  [{i}]  ");
-                print_value(item, indent + 1);
-            }
-            let attrs: Vec<_> = o.attrs().collect();
-            if attrs.is_empty() {
-                if let Some(state) = o.state() {
-                    print!("{pad}  state  ");
-                    print_value(state, indent + 1);
-                }
-            }
-            for (name, item) in attrs {
-                print!("{pad}  .{name}  ");
-                print_value(item, indent + 1);
-            }
-        }
-        other => println!("{other}"),
-    }
-}
-
-/// Whether a value holds a tensor anywhere inside it.
-fn holds_tensors(v: &Value) -> bool {
-    match v {
-        Value::Tensor(_) => true,
-        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
-            items.iter().any(holds_tensors)
-        }
-        Value::Dict(d) => d.items.iter().any(|(_, v)| holds_tensors(v)),
-        Value::Object(o) => {
-            o.args().iter().any(holds_tensors)
-                || o.list_items().iter().any(holds_tensors)
-                || o.dict_items().iter().any(|(_, v)| holds_tensors(v))
-                || o.state().is_some_and(holds_tensors)
-        }
-        _ => false,
-    }
 }
 
 /// A training checkpoint as a Python script writes one: `{'model': ..., 'epoch': 240, ...}`.

@@ -21,8 +21,8 @@
 //!   modules, tch's `.ot` files and TorchScript archives, all read by a pickle machine that
 //!   never imports, calls or runs anything ([`Value::Object`] records what it does not
 //!   know), and written so that `torch.load(weights_only=True)` accepts them.
-//! * [`models`]: ResNets with PyTorch-identical state dicts, and
-//!   [`models::replace_head`].
+//! * [`models`] (feature `models`, on by default): ResNets with PyTorch-identical state
+//!   dicts, and [`models::replace_head`].
 //!
 //! # Quick start
 //!
@@ -104,6 +104,17 @@
 //! order and names its type for the error header. The module docs of [`ModuleTree`] and of
 //! [`load_state_dict`] explain the choices behind them.
 //!
+//! # Features
+//!
+//! * `models` (default): the [`models`] module, ResNets with PyTorch's keys,
+//!   `replace_head` and freezing. Without it the crate is the reader, the writer and
+//!   `load_state_dict`.
+//! * `cli`: the `tch-state-dict` command-line tool, `cargo install tch-state-dict --features
+//!   cli`: `inspect`, `convert` (`.pth`, `.safetensors`, tch's `.ot`), `check` (would this
+//!   checkpoint load into this architecture?) and `diff`.
+//! * `doc-only`: builds the documentation without libtorch, as docs.rs does (it forwards
+//!   tch's `doc-only`). Nothing built with it can link.
+//!
 //! # Linking
 //!
 //! A binary that uses tch must find libtorch at run time and keep its CUDA library; see the
@@ -115,10 +126,11 @@ mod checkpoint;
 mod dtype;
 mod error;
 mod load;
+#[cfg(feature = "models")]
 pub mod models;
 mod module_tree;
 mod natural;
-pub mod pyfmt;
+mod pyfmt;
 mod read;
 mod report;
 mod state_dict;
@@ -132,6 +144,7 @@ pub use load::{
     LoadOptions, StateDictSource,
 };
 pub use module_tree::{ModuleKind, ModuleTree, StateDictModule};
+pub use pyfmt::{device_name, dtype_name};
 pub use read::{Format, ReadLimits, ReadOptions};
 pub use report::{IncompatibleKeys, LoadError, ShapeMismatch};
 pub use state_dict::{LazyStateDict, LazyTensor, StateDict};

@@ -76,7 +76,7 @@ pub(crate) fn repr_str_list<S: AsRef<str>>(items: &[S]) -> String {
 }
 
 /// A shape as PyTorch prints it: `torch.Size([100, 2048])`, `torch.Size([])`.
-pub struct TorchSize<'a>(pub &'a [i64]);
+pub(crate) struct TorchSize<'a>(pub &'a [i64]);
 
 impl fmt::Display for TorchSize<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -102,12 +102,23 @@ impl fmt::Display for Shape<'_> {
     }
 }
 
-/// The name PyTorch gives a dtype, without `torch.`: `float32`, `int64`, `bfloat16`.
+/// The name PyTorch gives a dtype, without `torch.`: `float32`, `int64`, `bfloat16`, as
+/// `str(torch.float32)` prints it less its `torch.` prefix. This crate's messages and the
+/// `tch-state-dict` tool print dtypes with it; the names follow PyTorch's, and change only
+/// if PyTorch's do.
+///
+/// ```
+/// assert_eq!(tch_state_dict::dtype_name(tch::Kind::BFloat16), "bfloat16");
+/// ```
 pub fn dtype_name(kind: Kind) -> &'static str {
     dtype::of_kind(kind).name
 }
 
-/// A device as PyTorch prints it: `cpu`, `cuda:0`.
+/// A device as PyTorch prints it (`str(torch.device("cuda:0"))`): `cpu`, `cuda:0`, `mps`.
+///
+/// ```
+/// assert_eq!(tch_state_dict::device_name(tch::Device::Cuda(1)), "cuda:1");
+/// ```
 pub fn device_name(device: Device) -> String {
     match device {
         Device::Cpu => "cpu".to_string(),

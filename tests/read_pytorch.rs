@@ -35,7 +35,7 @@ fn record(t: &Tensor) -> (String, Vec<i64>, String) {
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     (
-        tch_state_dict::pyfmt::dtype_name(c.kind()).to_string(),
+        tch_state_dict::dtype_name(c.kind()).to_string(),
         c.size(),
         hex,
     )

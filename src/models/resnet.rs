@@ -81,31 +81,43 @@ struct Spec {
     width_per_group: i64,
 }
 
+/// Every architecture, for [`Arch::all`].
+const ALL: [Arch; 21] = [
+    Arch::ResNet18,
+    Arch::ResNet34,
+    Arch::ResNet50,
+    Arch::ResNet101,
+    Arch::ResNet152,
+    Arch::WideResNet50_2,
+    Arch::ResNeXt50_32x4d,
+    Arch::CifarResNet18,
+    Arch::CifarResNet34,
+    Arch::CifarResNet50,
+    Arch::CifarResNet101,
+    Arch::CifarResNet152,
+    Arch::ResNet8,
+    Arch::ResNet14,
+    Arch::ResNet20,
+    Arch::ResNet32,
+    Arch::ResNet44,
+    Arch::ResNet56,
+    Arch::ResNet110,
+    Arch::ResNet8x4,
+    Arch::ResNet32x4,
+];
+
 impl Arch {
-    /// Every architecture.
-    pub const ALL: [Arch; 21] = [
-        Arch::ResNet18,
-        Arch::ResNet34,
-        Arch::ResNet50,
-        Arch::ResNet101,
-        Arch::ResNet152,
-        Arch::WideResNet50_2,
-        Arch::ResNeXt50_32x4d,
-        Arch::CifarResNet18,
-        Arch::CifarResNet34,
-        Arch::CifarResNet50,
-        Arch::CifarResNet101,
-        Arch::CifarResNet152,
-        Arch::ResNet8,
-        Arch::ResNet14,
-        Arch::ResNet20,
-        Arch::ResNet32,
-        Arch::ResNet44,
-        Arch::ResNet56,
-        Arch::ResNet110,
-        Arch::ResNet8x4,
-        Arch::ResNet32x4,
-    ];
+    /// Every architecture, in the order of the enum: torchvision's, then the CIFAR ones.
+    /// Later versions may add architectures.
+    ///
+    /// ```
+    /// use tch_state_dict::models::Arch;
+    ///
+    /// assert!(Arch::all().contains(&Arch::CifarResNet50));
+    /// ```
+    pub fn all() -> &'static [Arch] {
+        &ALL
+    }
 
     /// The architecture's name: torchvision's function name (`resnet50`), `cifar_` and the
     /// CIFAR class's lower-case name (`cifar_resnet50`), or RepDistiller's (`resnet32x4`).
@@ -137,7 +149,7 @@ impl Arch {
 
     /// The architecture of that [`name`](Self::name).
     pub fn from_name(name: &str) -> Option<Arch> {
-        Arch::ALL.into_iter().find(|a| a.name() == name)
+        ALL.into_iter().find(|a| a.name() == name)
     }
 
     /// The name of the head: `fc` (torchvision, three-stage CIFAR) or `linear` (four-stage

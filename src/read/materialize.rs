@@ -566,7 +566,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
     /// `mmap` was asked for and a storage at `start` can be viewed in it as it is.
     fn mapped_file(&mut self, start: u64) -> Option<Tensor> {
         // Misaligned starts would make dtype views fail; big-endian data must be swapped.
-        if !self.options.mmap || self.parsed.big_endian || start % 16 != 0 {
+        if !self.options.mmap || self.parsed.big_endian || !start.is_multiple_of(16) {
             return None;
         }
         if self.mapped.is_none() {

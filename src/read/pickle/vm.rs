@@ -670,7 +670,7 @@ impl Machine<'_> {
     }
 
     fn pairs(&self, items: Vec<Id>) -> Res<Vec<(Id, Id)>> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err(PickleError::Malformed("odd number of items for a dict")));
         }
         Ok(items.chunks(2).map(|c| (c[0], c[1])).collect())

@@ -1,0 +1,545 @@
+//! The `tch-state-dict` tool, run as a person runs it: the built binary, its stdout, stderr
+//! and exit code, for each command and its failures.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tch::{nn, Device, Kind, Tensor};
+use tch_state_dict::models::{Arch, ResNet};
+use tch_state_dict::{load_state_dict, state_dict, StateDict, Value};
+
+use common::{hashes, test_file};
+
+/// What a run of the binary gave.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_tch-state-dict"))
+        .args(args)
+        .output()
+        .expect("start tch-state-dict");
+    Run {
+        code: out.status.code().expect("an exit code, not a signal"),
+        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    }
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tch-state-dict-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A resnet8 training checkpoint `{'model': state_dict, 'epoch': 240}` with `classes`
+/// classes, written under `dir`.
+fn resnet8_checkpoint(dir: &Path, classes: i64) -> PathBuf {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ResNet::new(&vs, Arch::ResNet8, classes).expect("resnet8");
+    let sd = state_dict(&model).expect("state dict");
+    let path = dir.join(format!("resnet8_{classes}.pth"));
+    Value::dict([("model", Value::from(sd)), ("epoch", Value::from(240))])
+        .save(&path)
+        .expect("save checkpoint");
+    path
+}
+
+fn tensor(values: &[f32], shape: &[i64]) -> Tensor {
+    Tensor::from_slice(values).reshape(shape)
+}
+
+#[test]
+fn help_and_version() {
+    let r = run(&["--help"]);
+    assert_eq!(r.code, 0);
+    for command in ["inspect", "convert", "check", "diff"] {
+        assert!(r.stdout.contains(command), "{}", r.stdout);
+    }
+    let r = run(&["--version"]);
+    assert_eq!(r.code, 0);
+    assert_eq!(
+        r.stdout,
+        format!("tch-state-dict {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let r = run(&[]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("Usage: tch-state-dict"), "{}", r.stderr);
+    let ckpt = test_file("fixtures/pytorch/checkpoint.pth");
+    let r = run(&["check", s(&ckpt), "--arch", "resnet9", "--classes", "10"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("no architecture \"resnet9\"; one of resnet18, resnet34"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["check", s(&ckpt), "--arch", "resnet8", "--classes", "0"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--classes"), "{}", r.stderr);
+}
+
+#[test]
+fn inspect_prints_the_tree() {
+    let ckpt = test_file("fixtures/pytorch/checkpoint.pth");
+    let r = run(&["inspect", s(&ckpt)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stderr, "");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("{} (TorchZip, 9 tensors)", ckpt.display())
+    );
+    assert_eq!(lines[1], "dict of 10 items");
+    assert_eq!(
+        lines[2],
+        "  \"model\"      OrderedDict of 8 items, 8 tensors, 2504 bytes, _metadata for 4 modules"
+    );
+    assert_eq!(
+        lines[3],
+        "    \"conv1.weight\"             tensor torch.Size([4, 3, 3, 3]) float32 (432 bytes)"
+    );
+    assert!(
+        r.stdout.contains("\n  \"epoch\"      240\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("\n  \"name\"       \"resnet50\"\n"));
+
+    let r = run(&["inspect", s(&ckpt), "--key", "model"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines[1],
+        "[\"model\"]  OrderedDict of 8 items, 8 tensors, 2504 bytes, _metadata for 4 modules"
+    );
+    assert_eq!(lines.len(), 10);
+
+    let st = test_file("fixtures/pytorch/model.safetensors");
+    let r = run(&["inspect", s(&st)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("__metadata__: {\"format\": \"pt\", \"source\": \"fixtures\"}"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn inspect_errors_are_displayed_and_exit_2() {
+    let missing = test_file("fixtures/pytorch/no_such_file.pth");
+    let r = run(&["inspect", s(&missing)]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    assert_eq!(
+        r.stderr,
+        format!(
+            "error: {}: No such file or directory (os error 2)\n",
+            missing.display()
+        )
+    );
+
+    // A file PyTorch refuses too: a Git LFS pointer.
+    let lfs = test_file("fixtures/hostile/lfs_pointer.pth");
+    let r = run(&["inspect", s(&lfs)]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.starts_with(&format!(
+            "error: {}: this is a Git LFS pointer",
+            lfs.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    // Display, not Debug.
+    assert!(!r.stderr.contains("LfsPointer"), "{}", r.stderr);
+
+    let ckpt = test_file("fixtures/pytorch/checkpoint.pth");
+    let r = run(&["inspect", s(&ckpt), "--key", "modle"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("no key \"modle\" at the top level; its keys are [\"model\","),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn convert_between_pth_and_safetensors() {
+    let dir = tempdir("convert");
+    let ckpt = test_file("fixtures/pytorch/checkpoint.pth");
+    let expected = StateDict::load_key(&ckpt, "model").expect("fixture");
+
+    let st = dir.join("model.safetensors");
+    let r = run(&["convert", s(&ckpt), s(&st), "--key", "model"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        format!(
+            "wrote 8 tensors (2.45 KiB) to {} (safetensors)\n",
+            st.display()
+        )
+    );
+    assert_eq!(r.stderr, "");
+    let mut got = hashes(&StateDict::load(&st).expect("read back"));
+    let mut want = hashes(&expected);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+
+    // And back: a torch.save file with the same tensors, in safetensors' order.
+    let pth = dir.join("back.pth");
+    let r = run(&["convert", s(&st), s(&pth)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        format!(
+            "wrote 8 tensors (2.45 KiB) to {} (torch.save)\n",
+            pth.display()
+        )
+    );
+    let back = StateDict::load(&pth).expect("read back");
+    assert_eq!(
+        hashes(&back),
+        hashes(&StateDict::load(&st).expect("safetensors"))
+    );
+}
+
+#[test]
+fn convert_to_ot_loads_into_a_var_store() {
+    let dir = tempdir("ot");
+    let mut sd = StateDict::new();
+    sd.insert("fc.weight", common::arange(&[3, 4], 0.0));
+    sd.insert("fc.bias", common::arange(&[3], 100.0));
+    let pth = dir.join("fc.pth");
+    sd.save(&pth).expect("save");
+
+    let ot = dir.join("fc.ot");
+    let r = run(&["convert", s(&pth), s(&ot)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        format!(
+            "wrote 2 tensors (60 B) to {} (tch VarStore)\n",
+            ot.display()
+        )
+    );
+
+    // tch's own reader gives the names back with dots, and VarStore::load takes the file.
+    let named = Tensor::load_multi(&ot).expect("tch reads the .ot");
+    let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["fc.weight", "fc.bias"]);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let fc = nn::linear(vs.root() / "fc", 4, 3, Default::default());
+    vs.load(&ot).expect("VarStore::load");
+    assert!(fc.ws.equal(sd.get("fc.weight").unwrap()));
+    assert!(fc.bs.unwrap().equal(sd.get("fc.bias").unwrap()));
+    // No temporary file is left beside it.
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["fc.ot", "fc.pth"]);
+}
+
+#[test]
+fn convert_refuses_an_unknown_extension_and_unreadable_input() {
+    let dir = tempdir("convert-errors");
+    let ckpt = test_file("fixtures/pytorch/checkpoint.pth");
+    let out = dir.join("model.npz");
+    let r = run(&["convert", s(&ckpt), s(&out), "--key", "model"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.starts_with(&format!(
+            "error: {}: cannot tell the format to write from the extension",
+            out.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+
+    // The top level of a training checkpoint is not a state dict: say which key is.
+    let out = dir.join("model.pth");
+    let r = run(&["convert", s(&ckpt), s(&out)]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("the top-level object is not a state dict"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.ends_with("\nhint: pass --key model\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+
+    let truncated = test_file("fixtures/hostile/truncated_zip.pth");
+    let r = run(&["convert", s(&truncated), s(&out)]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .starts_with(&format!("error: {}: ", truncated.display())),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn convert_over_64_mib_reads_tensor_by_tensor() {
+    let dir = tempdir("convert-large");
+    let mut sd = StateDict::new();
+    // 72 MiB in two tensors, and a small one between them.
+    sd.insert("a", Tensor::randn([9 << 20], (Kind::Float, Device::Cpu)));
+    sd.insert("b", tensor(&[1.0, 2.0], &[2]));
+    sd.insert("c", Tensor::randn([9 << 20], (Kind::Float, Device::Cpu)));
+    let st = dir.join("large.safetensors");
+    sd.save(&st).expect("save");
+    let pth = dir.join("large.pth");
+    let r = run(&["convert", s(&st), s(&pth)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        format!(
+            "wrote 3 tensors (72.00 MiB) to {} (torch.save)\n",
+            pth.display()
+        )
+    );
+    // The bar draws on a terminal only.
+    assert_eq!(r.stderr, "");
+    let mut got = hashes(&StateDict::load(&pth).expect("read back"));
+    let mut want = hashes(&sd);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn check_prints_what_load_state_dict_would() {
+    let dir = tempdir("check");
+    let ckpt = resnet8_checkpoint(&dir, 100);
+
+    let r = run(&[
+        "check",
+        s(&ckpt),
+        "--key",
+        "model",
+        "--arch",
+        "resnet8",
+        "--classes",
+        "100",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (0, "<All keys matched successfully>\n", "")
+    );
+
+    // A 10-class model: PyTorch's message and the hints, exactly as load_state_dict's error
+    // prints them, and exit 1. --no-strict does not help: shapes are checked either way.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ResNet::new(&vs, Arch::ResNet8, 10).expect("resnet8");
+    let sd = StateDict::load_key(&ckpt, "model").expect("state dict");
+    let expected = load_state_dict(&model, &sd, false).unwrap_err().to_string();
+    assert!(expected.starts_with(
+        "Error(s) in loading state_dict for ResNet:\n\tsize mismatch for fc.weight: copying a \
+         param with shape torch.Size([100, 64]) from checkpoint, the shape in current model is \
+         torch.Size([10, 64]).\n"
+    ));
+    for strictness in ["--strict", "--no-strict"] {
+        let r = run(&[
+            "check",
+            s(&ckpt),
+            "--key",
+            "model",
+            "--arch",
+            "resnet8",
+            "--classes",
+            "10",
+            strictness,
+        ]);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert_eq!(r.stdout, format!("{expected}\n"));
+        assert_eq!(r.stderr, "");
+    }
+}
+
+#[test]
+fn check_strict_and_not() {
+    let dir = tempdir("check-strict");
+    let full = resnet8_checkpoint(&dir, 10);
+    // The head popped, as for fine-tuning.
+    let mut sd = StateDict::load_key(&full, "model").expect("state dict");
+    sd.pop("fc.weight");
+    sd.pop("fc.bias");
+    let headless = dir.join("headless.safetensors");
+    sd.save(&headless).expect("save");
+
+    let r = run(&[
+        "check",
+        s(&headless),
+        "--arch",
+        "resnet8",
+        "--classes",
+        "7",
+        "--no-strict",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "_IncompatibleKeys(missing_keys=['fc.weight', 'fc.bias'], unexpected_keys=[])\n"
+    );
+    // Strict is the default, as in PyTorch; the last of --strict and --no-strict wins.
+    for args in [&[][..], &["--strict"][..], &["--no-strict", "--strict"][..]] {
+        let mut all = vec!["check", s(&headless), "--arch", "resnet8", "--classes", "7"];
+        all.extend_from_slice(args);
+        let r = run(&all);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stdout.starts_with(
+                "Error(s) in loading state_dict for ResNet:\n\tMissing key(s) in state_dict: \
+                 \"fc.weight\", \"fc.bias\". \n"
+            ),
+            "{args:?}: {}",
+            r.stdout
+        );
+    }
+
+    // Unreadable input is an error (2), not a "no" (1).
+    let r = run(&[
+        "check",
+        s(&dir.join("gone.pth")),
+        "--arch",
+        "resnet8",
+        "--classes",
+        "7",
+    ]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
+    let r = run(&["check", s(&full), "--arch", "resnet8", "--classes", "10"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.ends_with("\nhint: pass --key model\n"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn diff_identical_files_exit_0() {
+    let dir = tempdir("diff-same");
+    let ckpt = test_file("fixtures/pytorch/checkpoint.pth");
+    let st = dir.join("model.safetensors");
+    assert_eq!(
+        run(&["convert", s(&ckpt), s(&st), "--key", "model"]).code,
+        0
+    );
+    let r = run(&["diff", s(&ckpt), s(&st), "--key-a", "model"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stdout,
+        format!(
+            "a: {}[\"model\"]: 8 tensors, 2.45 KiB\nb: {}: 8 tensors, 2.45 KiB\n8 of 8 common \
+             tensors equal (keys in another order)\n",
+            ckpt.display(),
+            st.display()
+        )
+    );
+    // --key applies to both files.
+    let r = run(&["diff", s(&ckpt), s(&ckpt), "--key", "model"]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout.ends_with("\n8 of 8 common tensors equal\n"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn diff_lists_every_difference_and_exits_1() {
+    let dir = tempdir("diff");
+    let nan = f32::NAN;
+    let mut a = StateDict::new();
+    a.insert("same", tensor(&[1.0, nan, f32::INFINITY], &[3]));
+    a.insert("weight", tensor(&[0.0, 1.0, 2.0, 3.0], &[2, 2]));
+    a.insert("only_a", tensor(&[1.0], &[1]));
+    a.insert("half", tensor(&[0.5, 1.5], &[2]));
+    a.insert("reshaped", tensor(&[1.0, 2.0, 3.0, 4.0], &[4]));
+    a.insert("counter", Tensor::from(240i64));
+    let mut b = StateDict::new();
+    b.insert("same", tensor(&[1.0, nan, f32::INFINITY], &[3]));
+    b.insert("weight", tensor(&[0.0, 1.0, 2.25, 3.0], &[2, 2]));
+    b.insert("half", tensor(&[0.5, 1.5], &[2]).to_kind(Kind::Half));
+    b.insert("reshaped", tensor(&[1.0, 2.0, 3.0, 4.0], &[2, 2]));
+    b.insert("counter", Tensor::from(250i64));
+    b.insert("only_b.weight", tensor(&[1.0, 2.0], &[1, 2]));
+    let (pa, pb) = (dir.join("a.pth"), dir.join("b.pth"));
+    a.save(&pa).expect("save a");
+    b.save(&pb).expect("save b");
+
+    let r = run(&["diff", s(&pa), s(&pb)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr, "");
+    assert_eq!(
+        r.stdout,
+        format!(
+            "a: {}: 6 tensors, 64 B\n\
+             b: {}: 6 tensors, 64 B\n\
+             only in a (1):\n  \
+               only_a  [1] float32\n\
+             only in b (1):\n  \
+               only_b.weight  [1, 2] float32\n\
+             shape differs (1):\n  \
+               reshaped  [4] float32 in a, [2, 2] float32 in b\n\
+             dtype differs (1):\n  \
+               half  float32 in a, float16 in b, max |a - b| = 0\n\
+             values differ (2):\n  \
+               weight   max |a - b| = 2.500e-1\n  \
+               counter  max |a - b| = 10\n\
+             1 of 5 common tensors equal\n",
+            pa.display(),
+            pb.display()
+        )
+    );
+
+    // NaN against a number is a difference, shown as NaN.
+    let mut c = StateDict::new();
+    c.insert("x", tensor(&[1.0, 2.0], &[2]));
+    let mut d = StateDict::new();
+    d.insert("x", tensor(&[1.0, nan], &[2]));
+    let (pc, pd) = (dir.join("c.safetensors"), dir.join("d.safetensors"));
+    c.save(&pc).expect("save c");
+    d.save(&pd).expect("save d");
+    let r = run(&["diff", s(&pc), s(&pd)]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains("\n  x  max |a - b| = NaN\n"),
+        "{}",
+        r.stdout
+    );
+
+    let r = run(&["diff", s(&pa), s(&dir.join("missing.pth"))]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
+}
