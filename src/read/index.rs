@@ -196,20 +196,21 @@ pub(crate) fn check_tensors(
         if t.offset < 0 {
             return Err(invalid(format!("negative storage offset {}", t.offset)));
         }
-        if let Some(d) = t.size.iter().find(|&&d| d < 0) {
-            return Err(invalid(format!("negative size {d} in {:?}", t.size)));
+        if let Some(d) = t.size().iter().find(|&&d| d < 0) {
+            return Err(invalid(format!("negative size {d} in {:?}", t.size())));
         }
-        if let Some(s) = t.stride.iter().find(|&&s| s < 0) {
-            return Err(invalid(format!("negative stride {s} in {:?}", t.stride)));
+        if let Some(s) = t.stride().iter().find(|&&s| s < 0) {
+            return Err(invalid(format!("negative stride {s} in {:?}", t.stride())));
         }
         let overflow = || {
             invalid(format!(
                 "size {:?} and stride {:?} overflow",
-                t.size, t.stride
+                t.size(),
+                t.stride()
             ))
         };
         let numel = t
-            .size
+            .size()
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(overflow)?;
@@ -219,9 +220,9 @@ pub(crate) fn check_tensors(
         let end = if numel == 0 {
             offset
         } else {
-            t.size
+            t.size()
                 .iter()
-                .zip(&t.stride)
+                .zip(t.stride())
                 .try_fold(offset, |acc, (&d, &s)| {
                     (d as u64 - 1)
                         .checked_mul(s as u64)
@@ -235,8 +236,8 @@ pub(crate) fn check_tensors(
                 "a {} tensor of size {:?}, stride {:?} and offset {} needs {} elements; the \
                  storage holds {}",
                 crate::pyfmt::dtype_name(t.dtype),
-                t.size,
-                t.stride,
+                t.size(),
+                t.stride(),
                 t.offset,
                 end,
                 available

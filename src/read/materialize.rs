@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::index::OpenFile;
 use super::known;
-use super::pickle::{DictObj, Id, Obj, PickleError, StorageRef};
+use super::pickle::{Id, Obj, PickleError, StorageRef};
 use super::pread::{bytes, read_all, From, Read};
 use super::source::map_open_file;
 use super::torch_zip::inflate_into;
@@ -112,7 +112,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
             Obj::Str(s) => Value::Str(s.clone()),
             Obj::Bytes(b) => Value::Bytes(b.clone()),
             Obj::List(ids) => Value::List(list(self, ids)?),
-            Obj::Tuple(ids) => Value::Tuple(list(self, ids)?),
+            Obj::Tuple(t) => Value::Tuple(list(self, arena.tuple(*t))?),
             Obj::Set(ids) => Value::Set(list(self, ids)?),
             Obj::Dict(d) => {
                 let mut items = Vec::with_capacity(d.items.len());
@@ -134,7 +134,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                     }
                     items.push((self.convert(k, depth + 1)?, self.convert(v, depth + 1)?));
                 }
-                let metadata = match d.metadata {
+                let metadata = match arena.metadata_of(id) {
                     Some(m) => Some(self.metadata(m)?),
                     None => None,
                 };
@@ -261,11 +261,9 @@ impl<'c, 'a> Materializer<'c, 'a> {
         let Some(entries) = entries else {
             return Err(self.not_a_state_dict(id, at));
         };
-        let metadata = match arena.get(id) {
-            Obj::Dict(DictObj {
-                metadata: Some(m), ..
-            }) => Some(self.metadata(*m)?),
-            _ => None,
+        let metadata = match arena.metadata_of(id) {
+            Some(m) => Some(self.metadata(m)?),
+            None => None,
         };
         self.checked(SdEntries { entries, metadata })
     }
@@ -350,7 +348,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                 let t = &arena.tensors[*i];
                 format!(
                     "a tensor of shape {} ({})",
-                    pyfmt::Shape(&t.size),
+                    pyfmt::Shape(t.size()),
                     pyfmt::dtype_name(t.dtype)
                 )
             }
@@ -456,7 +454,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
         // `start` (a multiple of 16 where non-zero) is where the storage begins in `buffer`.
         let base = start as i64 / elem + t.storage.view.map_or(0, |(offset, _)| offset);
         let out = typed
-            .f_as_strided(&t.size, &t.stride, Some(base + t.offset))
+            .f_as_strided(t.size(), t.stride(), Some(base + t.offset))
             .map_err(self.torch_error(what.clone()))?;
         let out = self.place(out, &what)?;
         if t.requires_grad && out.is_floating_point() {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use safetensors::tensor::SafeTensors;
@@ -39,8 +40,8 @@ pub(crate) fn parse<'a>(
     }
     let mut arena = Arena {
         objs: Vec::with_capacity(2 * names.len() + 1),
-        root: 0,
         tensors: Vec::with_capacity(names.len()),
+        ..Arena::default()
     };
     arena.objs.push(Obj::None);
     let mut storages = HashMap::with_capacity(names.len());
@@ -75,19 +76,14 @@ pub(crate) fn parse<'a>(
         let stride = contiguous_strides(&size)
             .ok_or_else(|| invalid(format!("shape {:?}: its strides overflow", info.shape)))?;
         let index = arena.tensors.len();
-        arena.tensors.push(TensorRef {
-            storage: StorageRef {
-                key: name.clone(),
-                dtype: Some(kind),
-                location: "cpu".to_string(),
-                view: None,
-            },
-            dtype: kind,
-            offset: 0,
-            size,
-            stride,
-            requires_grad: false,
+        let storage = Arc::new(StorageRef {
+            key: name.clone(),
+            dtype: Some(kind),
+            view: None,
         });
+        arena
+            .tensors
+            .push(TensorRef::new(storage, kind, 0, &size, &stride));
         let key = arena.objs.len() as u32;
         arena.objs.push(Obj::Str(name));
         let value = arena.objs.len() as u32;
@@ -98,7 +94,6 @@ pub(crate) fn parse<'a>(
     arena.objs[0] = Obj::Dict(DictObj {
         items,
         ordered: true,
-        metadata: None,
     });
     let safetensors_metadata = metadata.metadata().as_ref().map(|m| {
         let mut sorted: Vec<(String, String)> =

@@ -5,6 +5,8 @@
 //! a `BUILD` on a state dict keeps its `_metadata`. Everything here is data; nothing is
 //! imported or called.
 
+use std::sync::Arc;
+
 use tch::Kind;
 
 use super::object::{DictObj, Id, Obj, StorageRef, TensorRef};
@@ -150,7 +152,6 @@ impl Machine<'_> {
                 self.alloc(Obj::Dict(DictObj {
                     items,
                     ordered: true,
-                    metadata: None,
                 }))
             }
             Global::RebuildTensor | Global::RebuildTensorV2 | Global::RebuildTensorV3 => {
@@ -168,7 +169,7 @@ impl Machine<'_> {
                 match self.get(args[0]) {
                     Obj::Tensor(t) => {
                         let t = *t;
-                        self.tensors[t].requires_grad = requires_grad;
+                        self.arena.tensors[t].requires_grad = requires_grad;
                         Ok(args[0])
                     }
                     other => Err(self.bad(
@@ -207,16 +208,16 @@ impl Machine<'_> {
             Global::TorchSize => {
                 let dims = match args.as_slice() {
                     [] => Vec::new(),
-                    [d] => match self.get(*d) {
-                        Obj::Tuple(v) | Obj::List(v) => v.clone(),
-                        _ => return Err(self.bad(name, "takes a tuple")),
+                    [d] => match self.arena.sequence(*d) {
+                        Some(v) => v.to_vec(),
+                        None => return Err(self.bad(name, "takes a tuple")),
                     },
                     _ => return Err(self.bad(name, "takes one argument")),
                 };
                 for &d in &dims {
                     self.int(d, name, "a dimension")?;
                 }
-                self.alloc(Obj::Tuple(dims))
+                self.tuple_of(&dims)
             }
             Global::TorchDevice => {
                 let device = match args.as_slice() {
@@ -253,8 +254,9 @@ impl Machine<'_> {
             Global::Set | Global::FrozenSet => {
                 let items = match args.as_slice() {
                     [] => Vec::new(),
-                    [items] => match self.get(*items) {
-                        Obj::List(v) | Obj::Tuple(v) | Obj::Set(v) => v.clone(),
+                    [items] => match (self.arena.sequence(*items), self.get(*items)) {
+                        (Some(v), _) => v.to_vec(),
+                        (None, Obj::Set(v)) => v.clone(),
                         _ => return Err(self.bad(name, "takes a list")),
                     },
                     _ => return Err(self.bad(name, "takes one argument")),
@@ -281,7 +283,7 @@ impl Machine<'_> {
             ));
         }
         let storage = match self.get(args[0]) {
-            Obj::Storage(s) => s.clone(),
+            Obj::Storage(s) => Arc::clone(s),
             other => return Err(self.bad(name, format!("storage has type {}", other.type_name()))),
         };
         let offset = self.int(args[1], name, "storage_offset")?;
@@ -307,18 +309,13 @@ impl Machine<'_> {
         if size.len() != stride.len() {
             return Err(self.bad(name, "size and stride differ in length"));
         }
-        if self.tensors.len() as u64 >= self.limits.max_tensors {
+        if self.arena.tensors.len() as u64 >= self.limits.max_tensors {
             return Err(Failure::Limit("max_tensors", self.limits.max_tensors));
         }
-        let index = self.tensors.len();
-        self.tensors.push(TensorRef {
-            storage,
-            dtype,
-            offset,
-            size,
-            stride,
-            requires_grad,
-        });
+        let index = self.arena.tensors.len();
+        let mut tensor = TensorRef::new(storage, dtype, offset, &size, &stride);
+        tensor.requires_grad = requires_grad;
+        self.arena.tensors.push(tensor);
         self.alloc(Obj::Tensor(index))
     }
 
@@ -326,7 +323,7 @@ impl Machine<'_> {
     pub(super) fn storage(&self, pid: Id) -> Res<StorageRef> {
         let bad = |reason: &str| self.err(PickleError::PersistentId(reason.to_string()));
         let items = match self.get(pid) {
-            Obj::Tuple(items) => items,
+            Obj::Tuple(t) => self.arena.tuple(*t),
             other => {
                 return Err(bad(&format!(
                     "a value of type {}, not a tuple",
@@ -355,10 +352,10 @@ impl Machine<'_> {
             Obj::Int(i) => i.to_string(),
             _ => return Err(bad("the key is not a str")),
         };
-        let location = match self.get(items[3]) {
-            Obj::Str(s) => s.clone(),
-            _ => return Err(bad("the location is not a str")),
-        };
+        // The location (`cpu`, `cuda:0`) is checked, not kept: see `Obj::Storage`.
+        if !matches!(self.get(items[3]), Obj::Str(_)) {
+            return Err(bad("the location is not a str"));
+        }
         match self.get(items[4]) {
             Obj::Int(n) if *n >= 0 => {}
             _ => return Err(bad("the size is not a non-negative int")),
@@ -366,7 +363,8 @@ impl Machine<'_> {
         let view = if expected == 6 {
             match self.get(items[5]) {
                 Obj::None => None,
-                Obj::Tuple(v) if v.len() == 3 => {
+                Obj::Tuple(t) if t.len() == 3 => {
+                    let v = self.arena.tuple(*t);
                     let offset = match self.get(v[1]) {
                         Obj::Int(i) if *i >= 0 => *i,
                         _ => return Err(bad("a view offset that is not a non-negative int")),
@@ -382,12 +380,7 @@ impl Machine<'_> {
         } else {
             None
         };
-        Ok(StorageRef {
-            key,
-            dtype,
-            location,
-            view,
-        })
+        Ok(StorageRef { key, dtype, view })
     }
 
     /// `BUILD`: the state of an object, kept where a torch object has a place for it.
@@ -398,7 +391,7 @@ impl Machine<'_> {
                 // (dict, slots) pair. A state dict's `_metadata` lives there.
                 let attrs = match self.get(state) {
                     Obj::Dict(d) => Some(d),
-                    Obj::Tuple(v) if v.len() == 2 => match self.get(v[0]) {
+                    Obj::Tuple(t) if t.len() == 2 => match self.get(self.arena.tuple(*t)[0]) {
                         Obj::Dict(d) => Some(d),
                         Obj::None => None,
                         _ => return Err(self.err(PickleError::BadBuild("dict with this state"))),
@@ -413,9 +406,7 @@ impl Machine<'_> {
                     })
                 });
                 if let Some(m) = metadata {
-                    if let Obj::Dict(d) = &mut self.objs[obj as usize] {
-                        d.metadata = Some(m);
-                    }
+                    self.arena.metadata.insert(obj, m);
                 }
                 Ok(())
             }
@@ -427,7 +418,7 @@ impl Machine<'_> {
                 Err(self.err(PickleError::Malformed("BUILD twice on one object")))
             }
             Obj::Object(_) => {
-                if let Obj::Object(o) = &mut self.objs[obj as usize] {
+                if let Obj::Object(o) = &mut self.arena.objs[obj as usize] {
                     o.state = Some(state);
                 }
                 Ok(())
@@ -437,14 +428,14 @@ impl Machine<'_> {
     }
 
     fn pair_list(&self, id: Id, callable: &'static str) -> Res<Vec<(Id, Id)>> {
-        let items = match self.get(id) {
-            Obj::List(v) | Obj::Tuple(v) => v,
-            _ => return Err(self.bad(callable, "takes a list of pairs")),
-        };
+        let items = self
+            .arena
+            .sequence(id)
+            .ok_or_else(|| self.bad(callable, "takes a list of pairs"))?;
         items
             .iter()
-            .map(|&p| match self.get(p) {
-                Obj::Tuple(kv) | Obj::List(kv) if kv.len() == 2 => Ok((kv[0], kv[1])),
+            .map(|&p| match self.arena.sequence(p) {
+                Some(&[k, v]) => Ok((k, v)),
                 _ => Err(self.bad(callable, "takes a list of pairs")),
             })
             .collect()
@@ -462,13 +453,14 @@ impl Machine<'_> {
     }
 
     fn ints(&self, id: Id, callable: &'static str, what: &str) -> Res<Vec<i64>> {
-        let items = match self.get(id) {
-            Obj::Tuple(v) | Obj::List(v) => v,
-            other => {
+        let items = match self.arena.sequence(id) {
+            Some(v) => v,
+            None => {
+                let other = self.get(id);
                 return Err(self.bad(
                     callable,
                     format!("{what} has type {}, not tuple", other.type_name()),
-                ))
+                ));
             }
         };
         items.iter().map(|&i| self.int(i, callable, what)).collect()

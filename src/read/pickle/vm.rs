@@ -9,8 +9,12 @@
 //! is allocated, and objects, memo entries and tensors count against [`ReadLimits`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::object::{Arena, ClassRef, DictObj, Id, Obj, OpaqueObj, TensorRef};
+use super::object::{
+    Arena, ClassRef, DictObj, Id, Obj, OpaqueObj, Span, EMPTY_TUPLE_ID, FALSE_ID, NONE_ID, SHARED,
+    SMALL_INTS, TRUE_ID,
+};
 use super::opcodes::*;
 use super::torch::{resolve_global, Flavor, GlobalRefusal, Resolved};
 use crate::error::PickleError;
@@ -34,11 +38,13 @@ pub(super) struct Machine<'a> {
     pos: usize,
     /// Offset of the opcode being run, for errors.
     op_pos: usize,
-    pub(super) objs: Vec<Obj>,
+    /// What the run builds; its root is set at `STOP`.
+    pub(super) arena: Arena,
     stack: Vec<Id>,
     marks: Vec<usize>,
-    memo: HashMap<u32, Id>,
-    pub(super) tensors: Vec<TensorRef>,
+    memo: Memo,
+    /// Objects made so far, shared ones included, for `max_objects`.
+    made: u64,
     pub(super) limits: &'a ReadLimits,
     pub(super) flavor: Flavor,
     /// Refuse globals outside the allowlist, as `torch.load(weights_only=True)` does,
@@ -47,6 +53,52 @@ pub(super) struct Machine<'a> {
     /// The global each `STACK_GLOBAL` of a (module, name) pair of objects made, so that a
     /// memoized pair named again and again costs one object, not a copy of its strings.
     stack_globals: HashMap<(Id, Id), Id>,
+}
+
+/// The memo: a vector indexed by memo index, as picklers number their entries 0, 1, 2...,
+/// and a map for indices far past its end.
+#[derive(Default)]
+struct Memo {
+    dense: Vec<Id>,
+    sparse: HashMap<u32, Id>,
+    len: u64,
+}
+
+/// A slot of [`Memo::dense`] that holds nothing.
+const UNSET: Id = Id::MAX;
+/// How far past the end of [`Memo::dense`] an index may be and still extend it.
+const DENSE_GAP: usize = 4096;
+
+impl Memo {
+    fn get(&self, index: u32) -> Option<Id> {
+        match self.dense.get(index as usize) {
+            Some(&id) if id != UNSET => Some(id),
+            _ => self.sparse.get(&index).copied(),
+        }
+    }
+
+    fn contains(&self, index: u32) -> bool {
+        self.get(index).is_some()
+    }
+
+    /// Stores `id` at `index`; returns how many slots the dense vector grew by.
+    fn put(&mut self, index: u32, id: Id) -> usize {
+        let i = index as usize;
+        let before = self.dense.len();
+        if i < before {
+            if self.dense[i] == UNSET && self.sparse.remove(&index).is_none() {
+                self.len += 1;
+            }
+            self.dense[i] = id;
+        } else if i <= before + DENSE_GAP && !self.sparse.contains_key(&index) {
+            self.dense.resize(i, UNSET);
+            self.dense.push(id);
+            self.len += 1;
+        } else if self.sparse.insert(index, id).is_none() {
+            self.len += 1;
+        }
+        self.dense.len() - before
+    }
 }
 
 /// Runs the pickle in `data` (which may be followed by other bytes: the legacy format
@@ -61,15 +113,25 @@ pub(crate) fn run(
     if data.len() as u64 > limits.max_pickle_bytes {
         return Err(Failure::Limit("max_pickle_bytes", limits.max_pickle_bytes));
     }
+    let mut arena = Arena::default();
+    arena.objs.reserve_exact(SHARED);
+    arena.objs.extend([
+        Obj::None,
+        Obj::Bool(false),
+        Obj::Bool(true),
+        Obj::Tuple(Span { start: 0, len: 0 }),
+    ]);
+    arena.objs.extend((0..256).map(Obj::Int));
+    debug_assert_eq!(arena.objs.len(), SHARED);
     let mut m = Machine {
         data,
         pos: 0,
         op_pos: 0,
-        objs: Vec::new(),
+        arena,
         stack: Vec::new(),
         marks: Vec::new(),
-        memo: HashMap::new(),
-        tensors: Vec::new(),
+        memo: Memo::default(),
+        made: 0,
         limits,
         flavor,
         weights_only: options.weights_only,
@@ -77,14 +139,9 @@ pub(crate) fn run(
     };
     let root = m.execute()?;
     let used = m.pos;
-    Ok((
-        Arena {
-            objs: m.objs,
-            root,
-            tensors: m.tensors,
-        },
-        used,
-    ))
+    let mut arena = m.arena;
+    arena.root = root;
+    Ok((arena, used))
 }
 
 impl Machine<'_> {
@@ -149,7 +206,7 @@ impl Machine<'_> {
             }
             DUP => {
                 let top = self.top()?;
-                self.stack.push(top);
+                self.push_id(top)?;
             }
             _ => return Err(self.unknown(op)),
         }
@@ -172,7 +229,8 @@ impl Machine<'_> {
                 self.memo_put(i)
             }
             MEMOIZE => {
-                let i = self.memo.len() as u32;
+                // Python numbers it len(memo); more than 2^32 entries is past any limit.
+                let i = u32::try_from(self.memo.len).unwrap_or(u32::MAX);
                 self.memo_put(i)
             }
             GET => {
@@ -295,24 +353,30 @@ impl Machine<'_> {
     /// New containers, empty or of the items on the stack.
     fn push_container(&mut self, op: u8) -> Res<()> {
         let obj = match op {
-            EMPTY_TUPLE => Obj::Tuple(Vec::new()),
+            EMPTY_TUPLE => return self.push_id(EMPTY_TUPLE_ID),
             EMPTY_LIST => Obj::List(Vec::new()),
             EMPTY_DICT => Obj::Dict(DictObj::default()),
             EMPTY_SET => Obj::Set(Vec::new()),
-            TUPLE => Obj::Tuple(self.pop_mark()?),
+            TUPLE => {
+                let mark = self
+                    .marks
+                    .pop()
+                    .ok_or(Failure::Pickle(self.op_pos as u64, PickleError::NoMark))?;
+                return self.push_tuple(mark);
+            }
             TUPLE1 | TUPLE2 | TUPLE3 => {
                 let n = (op - TUPLE1 + 1) as usize;
                 if self.stack.len() < self.floor() + n {
                     return Err(self.err(PickleError::StackUnderflow));
                 }
-                Obj::Tuple(self.stack.split_off(self.stack.len() - n))
+                return self.push_tuple(self.stack.len() - n);
             }
             LIST => Obj::List(self.pop_mark()?),
             DICT => {
                 let items = self.pop_mark()?;
                 Obj::Dict(DictObj {
                     items: self.pairs(items)?,
-                    ..DictObj::default()
+                    ordered: false,
                 })
             }
             FROZENSET => Obj::Set(self.pop_mark()?),
@@ -366,8 +430,7 @@ impl Machine<'_> {
                 let name_id = self.pop()?;
                 let module_id = self.pop()?;
                 if let Some(&id) = self.stack_globals.get(&(module_id, name_id)) {
-                    self.stack.push(id);
-                    return Ok(());
+                    return self.push_id(id);
                 }
                 let (module, name) = match (self.get(module_id), self.get(name_id)) {
                     (Obj::Str(m), Obj::Str(n)) => (m.clone(), n.clone()),
@@ -435,8 +498,7 @@ impl Machine<'_> {
             }
             _ => self.call(callable, args)?,
         };
-        self.stack.push(obj);
-        Ok(())
+        self.push_id(obj)
     }
 
     /// A call of a class outside the allowlist: an opaque object that records it.
@@ -479,7 +541,7 @@ impl Machine<'_> {
             BINPERSID => {
                 let pid = self.pop()?;
                 let storage = self.storage(pid)?;
-                self.push(Obj::Storage(storage))
+                self.push(Obj::Storage(Arc::new(storage)))
             }
             PERSID => Err(self.err(PickleError::PersistentId(
                 "a text persistent id; torch.save writes tuples".into(),
@@ -560,19 +622,63 @@ impl Machine<'_> {
             .map_err(|_| self.err(PickleError::InvalidLiteral))
     }
 
+    /// Adds `obj` to the arena, or gives the shared object equal to it (see
+    /// [`super::object::SHARED`]).
     pub(super) fn alloc(&mut self, obj: Obj) -> Res<Id> {
-        if self.objs.len() as u64 >= self.limits.max_objects {
+        if self.made >= self.limits.max_objects {
             return Err(Failure::Limit("max_objects", self.limits.max_objects));
         }
-        let id = self.objs.len() as Id;
-        self.objs.push(obj);
+        self.made += 1;
+        let shared = match obj {
+            Obj::None => Some(NONE_ID),
+            Obj::Bool(false) => Some(FALSE_ID),
+            Obj::Bool(true) => Some(TRUE_ID),
+            Obj::Int(i @ 0..=255) => Some(SMALL_INTS + i as Id),
+            Obj::Tuple(Span { len: 0, .. }) => Some(EMPTY_TUPLE_ID),
+            _ => None,
+        };
+        if let Some(id) = shared {
+            return Ok(id);
+        }
+        let id = Id::try_from(self.arena.objs.len())
+            .map_err(|_| Failure::Limit("max_objects", self.limits.max_objects))?;
+        self.arena.objs.push(obj);
         Ok(id)
     }
 
     fn push(&mut self, obj: Obj) -> Res<()> {
         let id = self.alloc(obj)?;
+        self.push_id(id)
+    }
+
+    fn push_id(&mut self, id: Id) -> Res<()> {
         self.stack.push(id);
         Ok(())
+    }
+
+    /// A tuple of the items of the stack from `from` on, which leave the stack.
+    fn push_tuple(&mut self, from: usize) -> Res<()> {
+        let span = self.span(self.stack.len() - from)?;
+        self.arena.pool.extend_from_slice(&self.stack[from..]);
+        self.stack.truncate(from);
+        let id = self.alloc(Obj::Tuple(span))?;
+        self.push_id(id)
+    }
+
+    /// A new tuple of `items`.
+    pub(super) fn tuple_of(&mut self, items: &[Id]) -> Res<Id> {
+        let span = self.span(items.len())?;
+        self.arena.pool.extend_from_slice(items);
+        self.alloc(Obj::Tuple(span))
+    }
+
+    /// Where a tuple of `len` items goes in the pool: at its end.
+    fn span(&self, len: usize) -> Res<Span> {
+        let too_many = || Failure::Limit("max_objects", self.limits.max_objects);
+        let start = u32::try_from(self.arena.pool.len()).map_err(|_| too_many())?;
+        let len = u32::try_from(len).map_err(|_| too_many())?;
+        start.checked_add(len).ok_or_else(too_many)?;
+        Ok(Span { start, len })
     }
 
     fn floor(&self) -> usize {
@@ -603,24 +709,22 @@ impl Machine<'_> {
 
     fn memo_put(&mut self, index: u32) -> Res<()> {
         let top = self.top()?;
-        if self.memo.len() as u64 >= self.limits.max_memo_entries && !self.memo.contains_key(&index)
-        {
+        if self.memo.len >= self.limits.max_memo_entries && !self.memo.contains(index) {
             return Err(Failure::Limit(
                 "max_memo_entries",
                 self.limits.max_memo_entries,
             ));
         }
-        self.memo.insert(index, top);
+        self.memo.put(index, top);
         Ok(())
     }
 
     fn memo_get(&mut self, index: u32) -> Res<()> {
-        let id = *self
+        let id = self
             .memo
-            .get(&index)
+            .get(index)
             .ok_or_else(|| self.err(PickleError::MemoNotFound(index)))?;
-        self.stack.push(id);
-        Ok(())
+        self.push_id(id)
     }
 
     /// `n` bytes of the pickle, `n` checked against what is left of it first.
@@ -659,7 +763,7 @@ impl Machine<'_> {
     }
 
     pub(super) fn get(&self, id: Id) -> &Obj {
-        &self.objs[id as usize]
+        self.arena.get(id)
     }
 
     fn parse_decimal(&self, line: &[u8]) -> Res<i64> {
@@ -677,7 +781,7 @@ impl Machine<'_> {
     }
 
     fn extend_list(&mut self, list: Id, items: Vec<Id>) -> Res<()> {
-        match &mut self.objs[list as usize] {
+        match &mut self.arena.objs[list as usize] {
             Obj::List(v) => {
                 v.extend(items);
                 Ok(())
@@ -691,7 +795,7 @@ impl Machine<'_> {
     }
 
     fn extend_dict(&mut self, dict: Id, pairs: Vec<(Id, Id)>) -> Res<()> {
-        match &mut self.objs[dict as usize] {
+        match &mut self.arena.objs[dict as usize] {
             Obj::Dict(d) => {
                 d.items.extend(pairs);
                 Ok(())
@@ -705,7 +809,7 @@ impl Machine<'_> {
     }
 
     fn extend_set(&mut self, set: Id, items: Vec<Id>) -> Res<()> {
-        match &mut self.objs[set as usize] {
+        match &mut self.arena.objs[set as usize] {
             Obj::Set(v) => {
                 v.extend(items);
                 Ok(())
@@ -735,7 +839,7 @@ impl Machine<'_> {
 
     pub(super) fn tuple_items(&self, id: Id, op: &'static str) -> Res<Vec<Id>> {
         match self.get(id) {
-            Obj::Tuple(items) => Ok(items.clone()),
+            Obj::Tuple(t) => Ok(self.arena.tuple(*t).to_vec()),
             _ => Err(self.bad(op, "arguments are not a tuple")),
         }
     }
@@ -838,6 +942,39 @@ mod tests {
             Obj::Dict(d) => assert_eq!(d.items.len(), 1),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_memo_keeps_indices_near_and_far() {
+        let mut memo = Memo::default();
+        // Far past the end, then the indices before it, then past it.
+        memo.put(10_000, 7);
+        for i in 0..10_002 {
+            if i != 10_000 {
+                memo.put(i, i);
+            }
+        }
+        assert_eq!(memo.get(10_000), Some(7));
+        assert_eq!(memo.get(10_001), Some(10_001));
+        assert_eq!(memo.len, 10_002);
+        memo.put(10_000, 8);
+        assert_eq!((memo.get(10_000), memo.len), (Some(8), 10_002));
+        assert_eq!(memo.get(20_000), None);
+    }
+
+    #[test]
+    fn shared_objects_are_not_copied() {
+        // (None, False, 1, ()) twice: the same four objects, and two tuples in the pool.
+        let data = b"\x80\x02(N\x89K\x01)t(N\x89K\x01)t\x86.";
+        let arena = run_ok(data);
+        assert_eq!(arena.objs.len(), SHARED + 3);
+        assert_eq!(arena.pool.len(), 4 + 4 + 2);
+        let items = arena.sequence(arena.root).unwrap();
+        assert_eq!(arena.sequence(items[0]), arena.sequence(items[1]));
+        assert_eq!(
+            arena.sequence(items[0]).unwrap(),
+            [NONE_ID, FALSE_ID, SMALL_INTS + 1, EMPTY_TUPLE_ID]
+        );
     }
 
     #[test]
