@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
+use super::budget::{Budget, Exhausted};
 use super::crc::Crcs;
 use super::detect::Format;
 use super::options::ReadOptions;
@@ -52,6 +53,9 @@ pub(crate) struct Parsed<'a> {
     pub safetensors_metadata: Option<IndexMap<String, String>>,
     /// A TorchScript archive's class declarations.
     pub script_classes: Option<ScriptClasses>,
+    /// The file's memory budget, charged with what the parsed file keeps: what building
+    /// values may still use.
+    pub budget: Budget,
 }
 
 /// A parsed file with what reading its tensors needs: its path (for errors) and the options
@@ -129,6 +133,15 @@ pub(crate) fn top_level_entry(arena: &Arena, key: &str) -> Option<Id> {
             _ => None,
         }),
         _ => None,
+    }
+}
+
+/// The error of a file whose memory budget ran out.
+pub(crate) fn out_of_budget(path: &Path) -> impl FnOnce(Exhausted) -> Error + '_ {
+    move |e| Error::LimitExceeded {
+        path: path.to_path_buf(),
+        limit: "max_memory",
+        max: e.max,
     }
 }
 

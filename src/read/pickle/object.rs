@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tch::Kind;
 
 use super::torch::Global;
+use crate::read::budget::{heap, heap_of};
 
 /// An index into the arena.
 pub(crate) type Id = u32;
@@ -96,6 +97,12 @@ impl TensorRef {
     pub(crate) fn stride(&self) -> &[i64] {
         &self.shape[self.shape.len() / 2..]
     }
+
+    /// What a description costs the memory budget, in the arena's vector of them and on
+    /// the heap (its storage is charged with the [`Obj::Storage`] it shares).
+    pub(crate) fn cost(&self) -> u64 {
+        std::mem::size_of::<TensorRef>() as u64 + heap_of(self.shape.len(), 8)
+    }
 }
 
 /// An object of the machine.
@@ -128,6 +135,40 @@ pub(crate) enum Obj {
 }
 
 impl Obj {
+    /// What the object's own allocations cost the memory budget (its inline 32 bytes
+    /// aside): a string's bytes, a list's items, a boxed part. A tuple's items are in the
+    /// arena's pool, charged there.
+    pub(crate) fn heap_bytes(&self) -> u64 {
+        let arc = |inner: usize| heap(2 * std::mem::size_of::<usize>() + inner);
+        match self {
+            Obj::Str(s) | Obj::Device(s) => heap(s.capacity()),
+            Obj::Bytes(b) | Obj::BigInt(b) => heap(b.capacity()),
+            Obj::List(v) | Obj::Set(v) => heap_of(v.capacity(), 4),
+            Obj::Dict(d) => heap_of(d.items.capacity(), 8),
+            Obj::Class(c) => {
+                heap(std::mem::size_of::<ClassRef>())
+                    + heap(c.module.capacity())
+                    + heap(c.name.capacity())
+            }
+            Obj::Object(o) => {
+                heap(std::mem::size_of::<OpaqueObj>())
+                    + heap_of(o.args.capacity(), 4)
+                    + heap_of(o.kwargs.capacity(), 8)
+                    + heap_of(o.list_items.capacity(), 4)
+                    + heap_of(o.dict_items.capacity(), 8)
+            }
+            Obj::Storage(s) => arc(std::mem::size_of::<StorageRef>()) + heap(s.key.capacity()),
+            Obj::None
+            | Obj::Bool(_)
+            | Obj::Int(_)
+            | Obj::Float(_)
+            | Obj::Tuple(_)
+            | Obj::Global(_)
+            | Obj::Tensor(_)
+            | Obj::Dtype(_) => 0,
+        }
+    }
+
     pub(crate) fn type_name(&self) -> &'static str {
         match self {
             Obj::None => "NoneType",
@@ -192,6 +233,8 @@ pub(crate) struct Arena {
     pub tensors: Vec<TensorRef>,
     /// The `_metadata` attribute a `BUILD` gave a state dict's `OrderedDict`, by the dict.
     pub metadata: HashMap<Id, Id>,
+    /// How many objects the pickle made, each shared object counted each time.
+    pub made: u64,
 }
 
 impl Arena {

@@ -6,7 +6,11 @@
 //! `BUILD` do with torch's callables, and what a persistent id names, is in [`super::torch`].
 //!
 //! Every length the pickle declares is checked against what is left of it before anything
-//! is allocated, and objects, memo entries and tensors count against [`ReadLimits`].
+//! is allocated, and objects, memo entries and tensors count against [`ReadLimits`]. Every
+//! allocation is charged to the file's memory [`Budget`]: what the arena keeps as it is
+//! made, what the run frees at its end (the stack, the marks, the memo) apart, and copies
+//! that memo references make cheap to ask for before they are made (see
+//! [`crate::read::budget`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use super::object::{
 use super::opcodes::*;
 use super::torch::{resolve_global, Flavor, GlobalRefusal, Resolved};
 use crate::error::PickleError;
+use crate::read::budget::{heap, heap_of, Budget};
 use crate::read::{ReadLimits, ReadOptions};
 
 /// A failure at a byte offset of the pickle.
@@ -45,6 +50,12 @@ pub(super) struct Machine<'a> {
     memo: Memo,
     /// Objects made so far, shared ones included, for `max_objects`.
     made: u64,
+    budget: &'a mut Budget,
+    /// What of the budget's charges the run frees at its end.
+    transient: u64,
+    /// The longest the stack and the marks have been, charged.
+    stack_peak: usize,
+    marks_peak: usize,
     pub(super) limits: &'a ReadLimits,
     pub(super) flavor: Flavor,
     /// Refuse globals outside the allowlist, as `torch.load(weights_only=True)` does,
@@ -81,10 +92,11 @@ impl Memo {
         self.get(index).is_some()
     }
 
-    /// Stores `id` at `index`; returns how many slots the dense vector grew by.
-    fn put(&mut self, index: u32, id: Id) -> usize {
+    /// Stores `id` at `index`; returns what that cost the budget.
+    fn put(&mut self, index: u32, id: Id) -> u64 {
         let i = index as usize;
         let before = self.dense.len();
+        let sparse = self.sparse.len();
         if i < before {
             if self.dense[i] == UNSET && self.sparse.remove(&index).is_none() {
                 self.len += 1;
@@ -97,22 +109,32 @@ impl Memo {
         } else if self.sparse.insert(index, id).is_none() {
             self.len += 1;
         }
-        self.dense.len() - before
+        // A map entry of 9 bytes, in a table at most 7/8 full that doubles as it grows.
+        let new_sparse = self.sparse.len().saturating_sub(sparse) as u64;
+        4 * (self.dense.len() - before) as u64 + 32 * new_sparse
     }
 }
 
+/// What an object costs in the arena's vector of them.
+const OBJ_COST: u64 = std::mem::size_of::<Obj>() as u64;
+
 /// Runs the pickle in `data` (which may be followed by other bytes: the legacy format
-/// concatenates pickles) with the limits of `options` and its `weights_only` rule. Returns
-/// the arena and the number of bytes the pickle took.
+/// concatenates pickles) with the limits of `options` and its `weights_only` rule, charging
+/// `budget`. Returns the arena and the number of bytes the pickle took; the budget keeps
+/// what the arena costs.
 pub(crate) fn run(
     data: &[u8],
     flavor: Flavor,
     options: &ReadOptions,
+    budget: &mut Budget,
 ) -> Result<(Arena, usize), Failure> {
     let limits = &options.limits;
     if data.len() as u64 > limits.max_pickle_bytes {
         return Err(Failure::Limit("max_pickle_bytes", limits.max_pickle_bytes));
     }
+    budget
+        .charge(SHARED as u64 * OBJ_COST)
+        .map_err(|e| Failure::Limit("max_memory", e.max))?;
     let mut arena = Arena::default();
     arena.objs.reserve_exact(SHARED);
     arena.objs.extend([
@@ -132,6 +154,10 @@ pub(crate) fn run(
         marks: Vec::new(),
         memo: Memo::default(),
         made: 0,
+        budget,
+        transient: 0,
+        stack_peak: 0,
+        marks_peak: 0,
         limits,
         flavor,
         weights_only: options.weights_only,
@@ -139,8 +165,10 @@ pub(crate) fn run(
     };
     let root = m.execute()?;
     let used = m.pos;
+    m.budget.release(m.transient);
     let mut arena = m.arena;
     arena.root = root;
+    arena.made = m.made;
     Ok((arena, used))
 }
 
@@ -193,7 +221,13 @@ impl Machine<'_> {
                 // A hint for buffered readers; the length is not needed here.
                 self.u64()?;
             }
-            MARK => self.marks.push(self.stack.len()),
+            MARK => {
+                self.marks.push(self.stack.len());
+                if self.marks.len() > self.marks_peak {
+                    self.marks_peak = self.marks.len();
+                    self.charge_transient(std::mem::size_of::<usize>() as u64)?;
+                }
+            }
             POP => {
                 if self.stack.len() > self.floor() {
                     self.stack.pop();
@@ -433,7 +467,10 @@ impl Machine<'_> {
                     return self.push_id(id);
                 }
                 let (module, name) = match (self.get(module_id), self.get(name_id)) {
-                    (Obj::Str(m), Obj::Str(n)) => (m.clone(), n.clone()),
+                    (Obj::Str(m), Obj::Str(n)) => {
+                        self.afford(heap(m.len()) + heap(n.len()))?;
+                        (m.clone(), n.clone())
+                    }
                     _ => {
                         return Err(
                             self.err(PickleError::Malformed("STACK_GLOBAL needs two strings"))
@@ -442,6 +479,7 @@ impl Machine<'_> {
                 };
                 self.push_global(&module, &name)?;
                 let id = self.top()?;
+                self.charge_transient(32)?;
                 self.stack_globals.insert((module_id, name_id), id);
                 Ok(())
             }
@@ -470,7 +508,10 @@ impl Machine<'_> {
                 let args = self.pop()?;
                 let cls = self.pop()?;
                 match self.get(kw) {
-                    Obj::Dict(d) => kwargs.clone_from(&d.items),
+                    Obj::Dict(d) => {
+                        self.afford(heap_of(d.items.len(), 8))?;
+                        kwargs.clone_from(&d.items);
+                    }
                     _ => return Err(self.bad("NEWOBJ_EX", "keyword arguments are not a dict")),
                 }
                 (cls, self.tuple_items(args, "NEWOBJ_EX")?)
@@ -622,8 +663,30 @@ impl Machine<'_> {
             .map_err(|_| self.err(PickleError::InvalidLiteral))
     }
 
+    /// Charges the budget `bytes` that the arena keeps.
+    pub(super) fn charge(&mut self, bytes: u64) -> Res<()> {
+        self.budget
+            .charge(bytes)
+            .map_err(|e| Failure::Limit("max_memory", e.max))
+    }
+
+    /// Charges the budget `bytes` that the run frees at its end.
+    fn charge_transient(&mut self, bytes: u64) -> Res<()> {
+        self.charge(bytes)?;
+        self.transient += bytes;
+        Ok(())
+    }
+
+    /// Fails unless `bytes` more fit the budget: before a copy of that size is made, which
+    /// is charged once it is part of an object.
+    pub(super) fn afford(&self, bytes: u64) -> Res<()> {
+        self.budget
+            .check(bytes)
+            .map_err(|e| Failure::Limit("max_memory", e.max))
+    }
+
     /// Adds `obj` to the arena, or gives the shared object equal to it (see
-    /// [`super::object::SHARED`]).
+    /// [`super::object::SHARED`]). The object is charged with what it holds.
     pub(super) fn alloc(&mut self, obj: Obj) -> Res<Id> {
         if self.made >= self.limits.max_objects {
             return Err(Failure::Limit("max_objects", self.limits.max_objects));
@@ -642,6 +705,7 @@ impl Machine<'_> {
         }
         let id = Id::try_from(self.arena.objs.len())
             .map_err(|_| Failure::Limit("max_objects", self.limits.max_objects))?;
+        self.charge(OBJ_COST + obj.heap_bytes())?;
         self.arena.objs.push(obj);
         Ok(id)
     }
@@ -653,6 +717,10 @@ impl Machine<'_> {
 
     fn push_id(&mut self, id: Id) -> Res<()> {
         self.stack.push(id);
+        if self.stack.len() > self.stack_peak {
+            self.stack_peak = self.stack.len();
+            self.charge_transient(4)?;
+        }
         Ok(())
     }
 
@@ -672,13 +740,14 @@ impl Machine<'_> {
         self.alloc(Obj::Tuple(span))
     }
 
-    /// Where a tuple of `len` items goes in the pool: at its end.
-    fn span(&self, len: usize) -> Res<Span> {
+    /// Where a tuple of `len` items goes in the pool: at its end, where they are charged.
+    fn span(&mut self, len: usize) -> Res<Span> {
         let too_many = || Failure::Limit("max_objects", self.limits.max_objects);
         let start = u32::try_from(self.arena.pool.len()).map_err(|_| too_many())?;
-        let len = u32::try_from(len).map_err(|_| too_many())?;
-        start.checked_add(len).ok_or_else(too_many)?;
-        Ok(Span { start, len })
+        let n = u32::try_from(len).map_err(|_| too_many())?;
+        start.checked_add(n).ok_or_else(too_many)?;
+        self.charge(4 * len as u64)?;
+        Ok(Span { start, len: n })
     }
 
     fn floor(&self) -> usize {
@@ -715,8 +784,8 @@ impl Machine<'_> {
                 self.limits.max_memo_entries,
             ));
         }
-        self.memo.put(index, top);
-        Ok(())
+        let cost = self.memo.put(index, top);
+        self.charge_transient(cost)
     }
 
     fn memo_get(&mut self, index: u32) -> Res<()> {
@@ -780,42 +849,33 @@ impl Machine<'_> {
         Ok(items.chunks(2).map(|c| (c[0], c[1])).collect())
     }
 
+    // Items added to a container come off the stack, where they were charged; the
+    // container is charged what its allocation grows by.
+
     fn extend_list(&mut self, list: Id, items: Vec<Id>) -> Res<()> {
-        match &mut self.arena.objs[list as usize] {
-            Obj::List(v) => {
-                v.extend(items);
-                Ok(())
-            }
-            Obj::Object(o) => {
-                o.list_items.extend(items);
-                Ok(())
-            }
-            _ => Err(self.err(PickleError::Malformed("APPEND on a non-list"))),
-        }
+        let grown = match &mut self.arena.objs[list as usize] {
+            Obj::List(v) => grow(v, items),
+            Obj::Object(o) => grow(&mut o.list_items, items),
+            _ => return Err(self.err(PickleError::Malformed("APPEND on a non-list"))),
+        };
+        self.charge(grown)
     }
 
     fn extend_dict(&mut self, dict: Id, pairs: Vec<(Id, Id)>) -> Res<()> {
-        match &mut self.arena.objs[dict as usize] {
-            Obj::Dict(d) => {
-                d.items.extend(pairs);
-                Ok(())
-            }
-            Obj::Object(o) => {
-                o.dict_items.extend(pairs);
-                Ok(())
-            }
-            _ => Err(self.err(PickleError::Malformed("SETITEM on a non-dict"))),
-        }
+        let grown = match &mut self.arena.objs[dict as usize] {
+            Obj::Dict(d) => grow(&mut d.items, pairs),
+            Obj::Object(o) => grow(&mut o.dict_items, pairs),
+            _ => return Err(self.err(PickleError::Malformed("SETITEM on a non-dict"))),
+        };
+        self.charge(grown)
     }
 
     fn extend_set(&mut self, set: Id, items: Vec<Id>) -> Res<()> {
-        match &mut self.arena.objs[set as usize] {
-            Obj::Set(v) => {
-                v.extend(items);
-                Ok(())
-            }
-            _ => Err(self.err(PickleError::Malformed("ADDITEMS on a non-set"))),
-        }
+        let grown = match &mut self.arena.objs[set as usize] {
+            Obj::Set(v) => grow(v, items),
+            _ => return Err(self.err(PickleError::Malformed("ADDITEMS on a non-set"))),
+        };
+        self.charge(grown)
     }
 
     fn push_global(&mut self, module: &str, name: &str) -> Res<()> {
@@ -837,12 +897,25 @@ impl Machine<'_> {
         }
     }
 
+    /// A copy of a tuple's items (a memoized tuple may be large: the copy must fit the
+    /// budget).
     pub(super) fn tuple_items(&self, id: Id, op: &'static str) -> Res<Vec<Id>> {
         match self.get(id) {
-            Obj::Tuple(t) => Ok(self.arena.tuple(*t).to_vec()),
+            Obj::Tuple(t) => {
+                self.afford(heap_of(t.len(), 4))?;
+                Ok(self.arena.tuple(*t).to_vec())
+            }
             _ => Err(self.bad(op, "arguments are not a tuple")),
         }
     }
+}
+
+/// Appends `items` to `v`; returns what its allocation grew by.
+fn grow<T>(v: &mut Vec<T>, items: Vec<T>) -> u64 {
+    let size = std::mem::size_of::<T>();
+    let before = heap_of(v.capacity(), size);
+    v.extend(items);
+    heap_of(v.capacity(), size) - before
 }
 
 /// A Python int from pickle's little-endian two's complement bytes.
@@ -925,12 +998,18 @@ fn decode_raw_unicode_escape(line: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn run_with(data: &[u8], limits: ReadLimits) -> Result<Arena, Failure> {
+        let options = ReadOptions::new().limits(limits);
+        let mut budget = Budget::for_file(&options.limits, data.len() as u64);
+        run(data, Flavor::Zip, &options, &mut budget).map(|(arena, _)| arena)
+    }
+
     fn run_ok(data: &[u8]) -> Arena {
-        run(data, Flavor::Zip, &ReadOptions::new()).unwrap().0
+        run_with(data, ReadLimits::default()).unwrap()
     }
 
     fn run_err(data: &[u8]) -> Failure {
-        run(data, Flavor::Zip, &ReadOptions::new()).unwrap_err()
+        run_with(data, ReadLimits::default()).unwrap_err()
     }
 
     #[test]
@@ -975,6 +1054,32 @@ mod tests {
             arena.sequence(items[0]).unwrap(),
             [NONE_ID, FALSE_ID, SMALL_INTS + 1, EMPTY_TUPLE_ID]
         );
+    }
+
+    #[test]
+    fn the_stack_marks_and_memo_are_charged_then_released() {
+        // 10,000 marks, then 10,000 memoized Nones on the stack: 80 KB of marks, 40 KB of
+        // stack, 40 KB of memo, and no objects.
+        let mut data = b"\x80\x02".to_vec();
+        data.extend(b"(".repeat(10_000));
+        data.extend(b"N\x94".repeat(10_000));
+        data.push(b'.');
+        let options = ReadOptions::new();
+        let mut budget = Budget::for_file(&options.limits, 0);
+        let before = budget.used();
+        let (arena, _) = run(&data, Flavor::Zip, &options, &mut budget).unwrap();
+        assert_eq!(arena.objs.len(), SHARED);
+        // The run keeps only what the arena holds.
+        assert_eq!(budget.used() - before, SHARED as u64 * OBJ_COST);
+        let limits = ReadLimits {
+            max_memory_base: crate::read::budget::FIXED_COST + 100_000,
+            max_memory_per_file_byte: 0,
+            ..ReadLimits::default()
+        };
+        assert!(matches!(
+            run_with(&data, limits),
+            Err(Failure::Limit("max_memory", _))
+        ));
     }
 
     #[test]
