@@ -270,6 +270,67 @@ refused!(
     }
 );
 
+// The memory budget: files of a few hundred bytes to 400 KB that would make the reader
+// allocate gigabytes (tests/budget.rs measures what each costs). Each is refused while it
+// is opened, with the budget of its size.
+
+/// Asserts that `file` fails to open with `max_memory`, its budget by the default limits.
+fn over_budget(file: &str) {
+    let path = hostile(file);
+    let len = std::fs::metadata(&path).unwrap().len();
+    match Checkpoint::open(&path).map(|_| ()) {
+        Err(Error::LimitExceeded {
+            limit: "max_memory",
+            max,
+            ..
+        }) => assert_eq!(max, ReadLimits::default().max_memory(len), "{file}"),
+        other => panic!("{file}: {other:?}"),
+    }
+}
+
+#[test]
+fn none_opcodes_inflated_past_the_budget() {
+    // 400 MiB of pickle in 400 KB, refused before it is inflated.
+    over_budget("none_bomb.pth");
+}
+
+#[test]
+fn marks_past_the_budget() {
+    over_budget("marks_bomb.pth");
+}
+
+#[test]
+fn memo_copies_past_the_budget() {
+    for file in [
+        "memo_copy_torch_size.pth",
+        "memo_copy_set.pth",
+        "memo_copy_ordered_dict.pth",
+        "memo_copy_codecs_encode.pth",
+        "memo_copy_rebuild_tensor.pth",
+        "memo_copy_opaque_args.pth",
+        "memo_copy_9k.pth",
+    ] {
+        over_budget(file);
+    }
+}
+
+#[test]
+fn the_budget_is_configurable() {
+    // Half the budget of its size: the pickle itself no longer fits.
+    let path = hostile("marks_bomb.pth");
+    let mut limits = ReadLimits::default();
+    limits.max_memory_base = 32 << 20;
+    limits.max_memory_per_file_byte = 0;
+    assert!(matches!(
+        Checkpoint::open_with(&path, &ReadOptions::new().limits(limits)).map(|_| ()),
+        Err(Error::LimitExceeded {
+            limit: "max_memory",
+            max: 33_554_432,
+            ..
+        })
+    ));
+}
+
 // Globals outside the allowlist: read as data, never imported or called.
 
 /// Checks a file whose root is a call of `module.name` (or the bare global when `called` is

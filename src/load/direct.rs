@@ -35,7 +35,7 @@ pub(crate) fn readable_in_place<'f>(
         .options
         .kind
         .is_some_and(|k| is_floating(t.dtype) && t.dtype != k);
-    if cast || !is_contiguous(&t.size, &t.stride) {
+    if cast || !is_contiguous(t.size(), t.stride()) {
         return None;
     }
     let elem = t.dtype.elt_size_in_bytes() as u64;
@@ -47,7 +47,7 @@ pub(crate) fn readable_in_place<'f>(
 /// Whether the bytes of `t` at `offset` can be read as they are into `dst`: same dtype,
 /// little-endian, a contiguous CPU tensor of as many elements.
 pub(crate) fn is_direct(t: &TensorRef, big_endian: bool, dst: &Tensor) -> bool {
-    let numel: i64 = t.size.iter().product();
+    let numel: i64 = t.size().iter().product();
     !big_endian
         && dst.device() == Device::Cpu
         && dst.kind() == t.dtype

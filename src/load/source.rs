@@ -125,7 +125,9 @@ impl SourceDict for LazyStateDict<'_> {
 
     fn same_shape(&self, index: usize, dst: &Tensor) -> bool {
         self.get_index(index).is_some_and(|(_, t)| match t.entry() {
-            LazyEntry::File { file, index } => file.parsed.arena.tensors[*index].size == dst.size(),
+            LazyEntry::File { file, index } => {
+                file.parsed.arena.tensors[*index].size() == dst.size()
+            }
             LazyEntry::Memory(t) => t.defined() && t.f_is_same_size(dst).unwrap_or(false),
         })
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
+use super::budget::{Budget, Exhausted};
 use super::crc::Crcs;
 use super::detect::Format;
 use super::options::ReadOptions;
@@ -52,6 +53,9 @@ pub(crate) struct Parsed<'a> {
     pub safetensors_metadata: Option<IndexMap<String, String>>,
     /// A TorchScript archive's class declarations.
     pub script_classes: Option<ScriptClasses>,
+    /// The file's memory budget, charged with what the parsed file keeps: what building
+    /// values may still use.
+    pub budget: Budget,
 }
 
 /// A parsed file with what reading its tensors needs: its path (for errors) and the options
@@ -132,6 +136,15 @@ pub(crate) fn top_level_entry(arena: &Arena, key: &str) -> Option<Id> {
     }
 }
 
+/// The error of a file whose memory budget ran out.
+pub(crate) fn out_of_budget(path: &Path) -> impl FnOnce(Exhausted) -> Error + '_ {
+    move |e| Error::LimitExceeded {
+        path: path.to_path_buf(),
+        limit: "max_memory",
+        max: e.max,
+    }
+}
+
 /// Turns a pickle machine failure into the crate's error, naming the file and record.
 pub(crate) fn pickle_error(path: &Path, entry: &str, failure: Failure) -> Error {
     let path = path.to_path_buf();
@@ -196,20 +209,21 @@ pub(crate) fn check_tensors(
         if t.offset < 0 {
             return Err(invalid(format!("negative storage offset {}", t.offset)));
         }
-        if let Some(d) = t.size.iter().find(|&&d| d < 0) {
-            return Err(invalid(format!("negative size {d} in {:?}", t.size)));
+        if let Some(d) = t.size().iter().find(|&&d| d < 0) {
+            return Err(invalid(format!("negative size {d} in {:?}", t.size())));
         }
-        if let Some(s) = t.stride.iter().find(|&&s| s < 0) {
-            return Err(invalid(format!("negative stride {s} in {:?}", t.stride)));
+        if let Some(s) = t.stride().iter().find(|&&s| s < 0) {
+            return Err(invalid(format!("negative stride {s} in {:?}", t.stride())));
         }
         let overflow = || {
             invalid(format!(
                 "size {:?} and stride {:?} overflow",
-                t.size, t.stride
+                t.size(),
+                t.stride()
             ))
         };
         let numel = t
-            .size
+            .size()
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(overflow)?;
@@ -219,9 +233,9 @@ pub(crate) fn check_tensors(
         let end = if numel == 0 {
             offset
         } else {
-            t.size
+            t.size()
                 .iter()
-                .zip(&t.stride)
+                .zip(t.stride())
                 .try_fold(offset, |acc, (&d, &s)| {
                     (d as u64 - 1)
                         .checked_mul(s as u64)
@@ -235,8 +249,8 @@ pub(crate) fn check_tensors(
                 "a {} tensor of size {:?}, stride {:?} and offset {} needs {} elements; the \
                  storage holds {}",
                 crate::pyfmt::dtype_name(t.dtype),
-                t.size,
-                t.stride,
+                t.size(),
+                t.stride(),
                 t.offset,
                 end,
                 available

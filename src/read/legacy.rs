@@ -8,7 +8,9 @@ use std::path::Path;
 
 use tch::Kind;
 
+use super::budget::{heap, Budget};
 use super::crc::Crcs;
+use super::index::out_of_budget;
 use super::pickle::{self, Arena, Flavor, Obj};
 use super::{check_tensors, pickle_error, Format, Parsed, ReadOptions, Source, StorageLoc};
 use crate::error::{Error, PickleError};
@@ -16,10 +18,18 @@ use crate::error::{Error, PickleError};
 const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 const PROTOCOL_VERSION: i64 = 1001;
 
+/// What the memory budget is charged for each storage, besides its name (kept twice): its
+/// entries in the maps of element types and locations.
+const STORAGE_COST: u64 = 256;
+
+/// Parses the file's five pickles and locates its storages, charging `budget`. The pickles
+/// are read through the memory map, whose pages stay resident: their bytes are charged
+/// too.
 pub(crate) fn parse<'a>(
     path: &Path,
     source: Source<'a>,
     options: &ReadOptions,
+    mut budget: Budget,
 ) -> Result<Parsed<'a>, Error> {
     let bytes = source.bytes();
     let limits = &options.limits;
@@ -36,19 +46,21 @@ pub(crate) fn parse<'a>(
     let mut next = |name: &str, flavor: Flavor| -> Result<Arena, Error> {
         let end = pos.saturating_add(max).min(bytes.len());
         let capped = end < bytes.len();
-        let (arena, used) = pickle::run(&bytes[pos..end], flavor, options).map_err(|f| {
-            match f {
-                // Cut short by the limit, not by the file.
-                pickle::Failure::Pickle(_, PickleError::Truncated) if capped => {
-                    Error::LimitExceeded {
-                        path: path.to_path_buf(),
-                        limit: "max_pickle_bytes",
-                        max: limits.max_pickle_bytes,
+        let (arena, used) =
+            pickle::run(&bytes[pos..end], flavor, options, &mut budget).map_err(|f| {
+                match f {
+                    // Cut short by the limit, not by the file.
+                    pickle::Failure::Pickle(_, PickleError::Truncated) if capped => {
+                        Error::LimitExceeded {
+                            path: path.to_path_buf(),
+                            limit: "max_pickle_bytes",
+                            max: limits.max_pickle_bytes,
+                        }
                     }
+                    f => pickle_error(path, name, shift(f, pos)),
                 }
-                f => pickle_error(path, name, shift(f, pos)),
-            }
-        })?;
+            })?;
+        budget.charge(used as u64).map_err(out_of_budget(path))?;
         pos += used;
         Ok(arena)
     };
@@ -112,6 +124,8 @@ pub(crate) fn parse<'a>(
         dtypes.entry(&t.storage.key).or_insert(t.dtype);
     }
 
+    let kept: u64 = keys.iter().map(|k| STORAGE_COST + 2 * heap(k.len())).sum();
+    budget.charge(kept).map_err(out_of_budget(path))?;
     let mut storages = HashMap::new();
     for key in &keys {
         let record = format!("storage {key}");
@@ -164,6 +178,7 @@ pub(crate) fn parse<'a>(
         entry: "object".to_string(),
         safetensors_metadata: None,
         script_classes: None,
+        budget,
     })
 }
 

@@ -1,6 +1,15 @@
 //! From a parsed file to values: tensors are read here, each storage once. Opaque objects
 //! become [`Object`]s (or, for the classes of [`super::known`], plain values); state dicts
 //! are found in dicts here and in module objects in [`super::module`].
+//!
+//! Building values is bounded twice: by a count of values proportional to the pickle
+//! (`max_values`), and by what is left of the file's memory budget once its parsed form is
+//! paid for. Each value is charged what it allocates: its slot in its container, its
+//! string's bytes, an object's parts. A tensor of the file is made once per materializer
+//! and shared by every reference to it, as Python shares it: the tensor, its bytes and
+//! libtorch's bookkeeping of it (measured: about 0.8 KiB for a view) are the tensors a
+//! value holds, which the budget's bound leaves out; each further reference is a handle,
+//! charged.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -8,9 +17,10 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::index::OpenFile;
+use super::budget::{heap, heap_of, Budget};
+use super::index::{out_of_budget, OpenFile};
 use super::known;
-use super::pickle::{DictObj, Id, Obj, PickleError, StorageRef};
+use super::pickle::{Id, Obj, PickleError, StorageRef};
 use super::pread::{bytes, read_all, From, Read};
 use super::source::map_open_file;
 use super::torch_zip::inflate_into;
@@ -32,13 +42,23 @@ pub(crate) struct Materializer<'c, 'a> {
     mapped: Option<Option<Tensor>>,
     values: u64,
     max_values: u64,
+    /// What the file's memory budget leaves for values.
+    budget: Budget,
+    /// Each tensor of the arena a value holds, made once and shared.
+    tensor_values: HashMap<usize, Tensor>,
 }
+
+/// What a value costs in its container's allocation.
+const VALUE: usize = std::mem::size_of::<Value>();
+/// What a further handle on a tensor costs.
+const TENSOR_HANDLE: u64 = heap(16);
 
 impl<'c, 'a> Materializer<'c, 'a> {
     pub(crate) fn new(file: &'c OpenFile<'a>) -> Self {
         let (path, parsed, options) = (file.path.as_path(), &file.parsed, &file.options);
         let limits = &options.limits;
-        let proportional = (parsed.arena.objs.len() as u64).saturating_mul(16) + 65_536;
+        let made = (parsed.arena.objs.len() as u64).max(parsed.arena.made);
+        let proportional = made.saturating_mul(16) + 65_536;
         Materializer {
             path,
             parsed,
@@ -47,7 +67,14 @@ impl<'c, 'a> Materializer<'c, 'a> {
             mapped: None,
             values: 0,
             max_values: limits.max_values.min(proportional),
+            budget: parsed.budget.clone(),
+            tensor_values: HashMap::new(),
         }
+    }
+
+    /// Charges `bytes` to the memory budget.
+    pub(super) fn charge(&mut self, bytes: u64) -> Result<(), Error> {
+        self.budget.charge(bytes).map_err(out_of_budget(self.path))
     }
 
     pub(super) fn pickle_error(&self, kind: PickleError) -> Error {
@@ -100,8 +127,32 @@ impl<'c, 'a> Materializer<'c, 'a> {
             _ => 1,
         };
         self.spend(weight)?;
+        // What the value allocates besides the items it holds, which are charged as they
+        // are made.
+        let own = match obj {
+            Obj::Str(s) | Obj::Device(s) => heap(s.len()),
+            Obj::Bytes(b) | Obj::BigInt(b) => heap(b.len()),
+            Obj::List(v) | Obj::Set(v) => heap_of(v.len(), VALUE),
+            Obj::Tuple(t) => heap_of(t.len(), VALUE),
+            Obj::Dict(d) => heap_of(d.items.len(), 2 * VALUE),
+            Obj::Class(c) => heap(c.module.len()) + heap(c.name.len()),
+            Obj::Global(_) => 2 * heap(32),
+            Obj::Object(o) => {
+                let class = arena.class_of(o);
+                class.map_or(0, |c| heap(c.module.len()) + heap(c.name.len()))
+                    + heap_of(o.args.len() + o.list_items.len(), VALUE)
+                    + heap_of(o.kwargs.len() + o.dict_items.len(), 2 * VALUE)
+                    + heap(VALUE)
+            }
+            _ => 0,
+        };
+        self.charge(own)?;
         let list = |this: &mut Self, ids: &[Id]| -> Result<Vec<Value>, Error> {
-            ids.iter().map(|&i| this.convert(i, depth + 1)).collect()
+            let mut out = Vec::with_capacity(ids.len());
+            for &i in ids {
+                out.push(this.convert(i, depth + 1)?);
+            }
+            Ok(out)
         };
         Ok(match obj {
             Obj::None => Value::None,
@@ -112,9 +163,12 @@ impl<'c, 'a> Materializer<'c, 'a> {
             Obj::Str(s) => Value::Str(s.clone()),
             Obj::Bytes(b) => Value::Bytes(b.clone()),
             Obj::List(ids) => Value::List(list(self, ids)?),
-            Obj::Tuple(ids) => Value::Tuple(list(self, ids)?),
+            Obj::Tuple(t) => Value::Tuple(list(self, arena.tuple(*t))?),
             Obj::Set(ids) => Value::Set(list(self, ids)?),
             Obj::Dict(d) => {
+                // The sets of keys seen, freed once the dict is made.
+                let seen_cost = 48 * d.items.len() as u64;
+                self.charge(seen_cost)?;
                 let mut items = Vec::with_capacity(d.items.len());
                 let mut seen_str: HashSet<&str> = HashSet::new();
                 let mut seen_int: HashSet<i64> = HashSet::new();
@@ -134,17 +188,18 @@ impl<'c, 'a> Materializer<'c, 'a> {
                     }
                     items.push((self.convert(k, depth + 1)?, self.convert(v, depth + 1)?));
                 }
-                let metadata = match d.metadata {
+                let metadata = match arena.metadata_of(id) {
                     Some(m) => Some(self.metadata(m)?),
                     None => None,
                 };
+                self.budget.release(seen_cost);
                 Value::Dict(Dict {
                     items,
                     ordered: d.ordered,
                     metadata,
                 })
             }
-            Obj::Tensor(i) => Value::Tensor(self.tensor(*i)?),
+            Obj::Tensor(i) => Value::Tensor(self.tensor_value(*i)?),
             Obj::Device(d) => Value::Device(d.clone()),
             Obj::Dtype(k) => Value::Dtype(*k),
             Obj::Global(g) => {
@@ -192,6 +247,19 @@ impl<'c, 'a> Materializer<'c, 'a> {
         })
     }
 
+    /// Tensor `index` of the arena for a value: made once, then shared. The first is part
+    /// of the tensors the value holds; each further reference costs a handle, charged.
+    fn tensor_value(&mut self, index: usize) -> Result<Tensor, Error> {
+        if let Some(t) = self.tensor_values.get(&index) {
+            let t = t.shallow_clone();
+            self.charge(TENSOR_HANDLE)?;
+            return Ok(t);
+        }
+        let t = self.tensor(index)?;
+        self.tensor_values.insert(index, t.shallow_clone());
+        Ok(t)
+    }
+
     /// A state dict's `_metadata`: a dict of module prefix to a dict of attributes.
     fn metadata(&mut self, id: Id) -> Result<Metadata, Error> {
         let malformed = || PickleError::Malformed("_metadata is not a dict of dicts keyed by str");
@@ -204,11 +272,14 @@ impl<'c, 'a> Materializer<'c, 'a> {
             let (Obj::Str(prefix), Obj::Dict(attrs)) = (arena.get(k), arena.get(v)) else {
                 return Err(self.pickle_error(malformed()));
             };
+            // An entry of an index map: its slot, a hash, the index's table, the key.
+            self.charge(64 + heap(prefix.len()) + heap_of(attrs.items.len(), 128))?;
             let mut entry = indexmap::IndexMap::with_capacity(attrs.items.len());
             for &(a, b) in &attrs.items {
                 let Obj::Str(name) = arena.get(a) else {
                     return Err(self.pickle_error(malformed()));
                 };
+                self.charge(heap(name.len()))?;
                 entry.insert(name.clone(), self.convert(b, 2)?);
             }
             out.insert(prefix.clone(), entry);
@@ -261,11 +332,9 @@ impl<'c, 'a> Materializer<'c, 'a> {
         let Some(entries) = entries else {
             return Err(self.not_a_state_dict(id, at));
         };
-        let metadata = match arena.get(id) {
-            Obj::Dict(DictObj {
-                metadata: Some(m), ..
-            }) => Some(self.metadata(*m)?),
-            _ => None,
+        let metadata = match arena.metadata_of(id) {
+            Some(m) => Some(self.metadata(m)?),
+            None => None,
         };
         self.checked(SdEntries { entries, metadata })
     }
@@ -350,7 +419,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                 let t = &arena.tensors[*i];
                 format!(
                     "a tensor of shape {} ({})",
-                    pyfmt::Shape(&t.size),
+                    pyfmt::Shape(t.size()),
                     pyfmt::dtype_name(t.dtype)
                 )
             }
@@ -456,7 +525,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
         // `start` (a multiple of 16 where non-zero) is where the storage begins in `buffer`.
         let base = start as i64 / elem + t.storage.view.map_or(0, |(offset, _)| offset);
         let out = typed
-            .f_as_strided(&t.size, &t.stride, Some(base + t.offset))
+            .f_as_strided(t.size(), t.stride(), Some(base + t.offset))
             .map_err(self.torch_error(what.clone()))?;
         let out = self.place(out, &what)?;
         if t.requires_grad && out.is_floating_point() {

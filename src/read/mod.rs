@@ -19,6 +19,7 @@
 //!
 //! This module imports nothing from the layers above it (state dicts, loading, models).
 
+pub(crate) mod budget;
 mod crc;
 mod detect;
 mod index;
@@ -73,12 +74,20 @@ pub(crate) fn parse<'a>(
     let start = std::time::Instant::now();
     let len = source.len();
     let opened = parse_any(path.clone(), source, options)?;
-    let (format, tensors) = match &opened {
-        Opened::Single(f) => (f.parsed.format, f.parsed.arena.tensors.len()),
-        Opened::Sharded(s) => (Format::ShardedIndex, s.num_tensors()),
+    let (format, tensors, charged) = match &opened {
+        Opened::Single(f) => {
+            let budget = &f.parsed.budget;
+            let charged = format!(
+                ", {} of its {} bytes of memory",
+                budget.used(),
+                budget.max()
+            );
+            (f.parsed.format, f.parsed.arena.tensors.len(), charged)
+        }
+        Opened::Sharded(s) => (Format::ShardedIndex, s.num_tensors(), String::new()),
     };
     log::debug!(
-        "{}: {format:?}, {len} bytes, {tensors} tensors, parsed in {:.2} ms",
+        "{}: {format:?}, {len} bytes, {tensors} tensors, parsed in {:.2} ms{charged}",
         path.display(),
         start.elapsed().as_secs_f64() * 1e3
     );
@@ -125,10 +134,11 @@ fn parse_single<'a>(
     format: Format,
     options: &ReadOptions,
 ) -> Result<OpenFile<'a>, Error> {
+    let budget = budget::Budget::for_file(&options.limits, source.len());
     let parsed = match format {
-        Format::TorchZip | Format::TorchScript => torch_zip::parse(&path, source, options)?,
-        Format::TorchLegacy => legacy::parse(&path, source, options)?,
-        Format::Safetensors => safetensors_file::parse(&path, source, &options.limits)?,
+        Format::TorchZip | Format::TorchScript => torch_zip::parse(&path, source, options, budget)?,
+        Format::TorchLegacy => legacy::parse(&path, source, options, budget)?,
+        Format::Safetensors => safetensors_file::parse(&path, source, &options.limits, budget)?,
         Format::ShardedIndex => {
             return Err(Error::ShardIndex {
                 path,

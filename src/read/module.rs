@@ -29,6 +29,7 @@ use std::borrow::Cow;
 
 use indexmap::IndexMap;
 
+use super::budget::heap;
 use super::materialize::{Materializer, SdEntries};
 use super::pickle::{Id, Obj, OpaqueObj, PickleError};
 use crate::error::Error;
@@ -125,6 +126,11 @@ impl<'c> Materializer<'c, '_> {
             return Err(self.pickle_error(PickleError::TooDeep(max_depth)));
         }
         self.spend(1)?;
+        // A visit reads the module's attributes several times (what it is, then each of
+        // its dicts); a module shared by many parents is read at each visit. That work is
+        // charged to the memory budget, so that it is bounded with the rest.
+        let attributes = self.parsed.arena.attributes(object).len() as u64;
+        self.charge(64 * attributes + 128 + heap(prefix.len()))?;
         let (tensors, children, version) = match style {
             Style::Pickled => self.pickled_module(object, &prefix, at)?,
             Style::Script => self.script_module(object, &prefix, at)?,
@@ -140,6 +146,8 @@ impl<'c> Materializer<'c, '_> {
                 Style::Pickled => format!("{prefix}{name}"),
                 Style::Script => format!("{prefix}{name}").replace('|', "."),
             };
+            // The entry, and its key.
+            self.charge(32 + heap(key.len()))?;
             sd.entries.push((Cow::Owned(key), tensor));
         }
         for (name, child) in children {

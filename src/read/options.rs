@@ -6,14 +6,63 @@ use tch::{Device, Kind};
 use crate::error::Error;
 
 /// Bounds on what a checkpoint may make this crate do. A file that would pass one gets
-/// [`Error::LimitExceeded`]. The defaults admit checkpoints of millions of tensors; lower
-/// them for files from strangers.
+/// [`Error::LimitExceeded`] naming it. The defaults admit checkpoints of millions of tensors;
+/// lower them for files from strangers.
+///
+/// # The memory budget
+///
+/// One budget bounds the memory that opening a file and building its value take:
+/// [`max_memory`](Self::max_memory) bytes for a file of a given size, by default 256 MiB
+/// plus 8 bytes per byte of the file.
+///
+/// - Everything the reader allocates for a file counts against it: the pickle (inflated,
+///   when the archive stores it deflated: a deflated `data.pkl` may expand only within the
+///   budget), every object the pickle machine makes with its strings and items, its stack,
+///   marks and memo, the descriptions of tensors and storages, the records of opaque
+///   objects, and then the [`Value`](crate::Value)s that
+///   [`Checkpoint::value`](crate::Checkpoint::value) builds. 8 MiB of it are set aside for
+///   the reader's own working memory.
+/// - What a memo reference copies (`torch.Size(memo)`, `set(memo)`, `OrderedDict(memo)`,
+///   `_codecs.encode(memo)`, a tensor rebuilt with a memoized size, an object's arguments)
+///   is checked before it is copied and charged once copied, so a small file cannot make
+///   large copies, and the work a file can cause is bounded with its memory.
+/// - Tensors come on top: their bytes, and libtorch's bookkeeping of each tensor a value
+///   holds (about 0.8 KiB). Each tensor the file describes is made once per value, however
+///   often the pickle names it.
+///
+/// A file that needs more fails with [`Error::LimitExceeded`], `limit: "max_memory"` and
+/// `max` its budget in bytes. A `torch.save` state dict needs about 700 bytes of the budget
+/// per tensor to open and 400 more for its value: a state dict of a million tensors opens
+/// and reads within the budget of even its smallest file (every tensor a view of one
+/// storage, about 100 bytes of file per tensor). The header of a safetensors file costs the
+/// `safetensors` crate up to 20 bytes per byte to parse, so a file of hundreds of
+/// thousands of tiny tensors may exceed it. Each shard of a sharded checkpoint has a
+/// budget of its own.
+///
+/// ```
+/// use tch_state_dict::{ReadLimits, ReadOptions};
+///
+/// // 64 MiB plus 4 bytes per byte of the file, for files from strangers.
+/// let mut limits = ReadLimits::default();
+/// limits.max_memory_base = 64 << 20;
+/// limits.max_memory_per_file_byte = 4;
+/// assert_eq!(limits.max_memory(1 << 20), (64 << 20) + (4 << 20));
+/// let options = ReadOptions::new().limits(limits);
+/// # let _ = options;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReadLimits {
+    /// The memory budget's fixed part, in bytes: see [`max_memory`](Self::max_memory).
+    /// Default: 256 MiB.
+    pub max_memory_base: u64,
+    /// The memory budget's part per byte of the file: see [`max_memory`](Self::max_memory).
+    /// Default: 8.
+    pub max_memory_per_file_byte: u64,
     /// The largest pickle (`data.pkl`) in bytes. Default: 1 GiB.
     pub max_pickle_bytes: u64,
-    /// The most objects a pickle may create. Default: 256 M.
+    /// The most objects a pickle may create, each `None`, bool or small int counted though
+    /// the reader shares them. Default: 256 M.
     pub max_objects: u64,
     /// The most memo entries a pickle may store. Default: 64 M.
     pub max_memo_entries: u64,
@@ -33,6 +82,8 @@ pub struct ReadLimits {
 impl Default for ReadLimits {
     fn default() -> Self {
         ReadLimits {
+            max_memory_base: 256 << 20,
+            max_memory_per_file_byte: 8,
             max_pickle_bytes: 1 << 30,
             max_objects: 256 << 20,
             max_memo_entries: 64 << 20,
@@ -41,6 +92,17 @@ impl Default for ReadLimits {
             max_values: 256 << 20,
             max_compression_ratio: 1100,
         }
+    }
+}
+
+impl ReadLimits {
+    /// The memory budget of a file of `file_len` bytes: `max_memory_base +
+    /// max_memory_per_file_byte × file_len` (saturating), 256 MiB + 8 × `file_len` by
+    /// default. See [the memory budget](Self#the-memory-budget).
+    pub fn max_memory(&self, file_len: u64) -> u64 {
+        self.max_memory_per_file_byte
+            .saturating_mul(file_len)
+            .saturating_add(self.max_memory_base)
     }
 }
 

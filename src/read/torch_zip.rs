@@ -19,7 +19,9 @@ use std::path::Path;
 
 use zip::{CompressionMethod, ZipArchive};
 
+use super::budget::{heap, Budget};
 use super::crc::{check_crc, Crcs};
+use super::index::out_of_budget;
 use super::pickle::{self, Flavor};
 use super::torchscript::{self, ScriptClasses};
 use super::{
@@ -41,16 +43,27 @@ struct Records {
     code: Vec<(String, StorageLoc, u32)>,
 }
 
-/// Parses the archive, runs its pickle and checks every tensor against its storage.
+/// What the memory budget is charged for each storage record, besides its name (kept
+/// twice): its entries in the maps of locations and CRCs, and the zip reader's own entry
+/// while it reads the directory.
+const RECORD_COST: u64 = 320;
+
+/// Parses the archive, runs its pickle and checks every tensor against its storage,
+/// charging `budget`.
 ///
 /// A file is parsed through small reads, not through the memory map: finding each record's
 /// data means reading its local header, and through a map each such read would make the
 /// kernel map (and count as resident) the 64 KiB around it, which for a checkpoint of many
 /// tensors is a sizeable part of the file.
+///
+/// Records read whole (`data.pkl`, `byteorder`, code) are charged, inflated, before they
+/// are read, and released once read: a deflated `data.pkl` may expand only within the
+/// budget, whatever its compression ratio.
 pub(crate) fn parse<'a>(
     path: &Path,
     source: Source<'a>,
     options: &ReadOptions,
+    mut budget: Budget,
 ) -> Result<Parsed<'a>, Error> {
     let limits = &options.limits;
     let records = match &source {
@@ -60,6 +73,10 @@ pub(crate) fn parse<'a>(
         }
         other => records(path, Cursor::new(other.bytes()), source.len(), limits)?,
     };
+    let kept: u64 = (records.storages.keys())
+        .map(|key| RECORD_COST + 2 * heap(key.len()))
+        .sum();
+    budget.charge(kept).map_err(out_of_budget(path))?;
     if records.script && options.weights_only {
         return Err(Error::TorchScript {
             path: path.to_path_buf(),
@@ -81,7 +98,8 @@ pub(crate) fn parse<'a>(
     let big_endian = match &records.byteorder {
         None => false,
         Some((loc, crc)) => {
-            match read_checked(path, &source, loc, &record("byteorder"), *crc)?.as_slice() {
+            let bytes = read_charged(path, &source, loc, &record("byteorder"), *crc, &budget)?;
+            match bytes.as_slice() {
                 b"little" => false,
                 b"big" => true,
                 other => {
@@ -97,12 +115,16 @@ pub(crate) fn parse<'a>(
             }
         }
     };
+    let pickle_cost = read_cost(&pickle_loc);
+    budget.charge(pickle_cost).map_err(out_of_budget(path))?;
     let pickle_bytes = read_checked(path, &source, &pickle_loc, &data_pkl, pickle_crc)?;
-    let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, options)
+    let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, options, &mut budget)
         .map_err(|f| pickle_error(path, &data_pkl, f))?;
+    drop(pickle_bytes);
+    budget.release(pickle_cost);
     check_tensors(path, &arena, &records.storages, &record("data/"))?;
     let script_classes = if records.script {
-        Some(script_classes(path, &source, &records, limits)?)
+        Some(script_classes(path, &source, &records, limits, &budget)?)
     } else {
         None
     };
@@ -120,7 +142,33 @@ pub(crate) fn parse<'a>(
         entry: data_pkl,
         safetensors_metadata: None,
         script_classes,
+        budget,
     })
+}
+
+/// What reading a record whole costs while it is held: its bytes, and for a deflated
+/// record the compressed bytes too while it is inflated.
+fn read_cost(loc: &StorageLoc) -> u64 {
+    match *loc {
+        StorageLoc::Range { len, .. } => heap(len as usize),
+        StorageLoc::Deflated {
+            compressed, len, ..
+        } => heap(len as usize) + heap(compressed as usize),
+    }
+}
+
+/// [`read_checked`], once `budget` has room for the record; the record is freed by the
+/// caller before anything else is charged.
+fn read_charged(
+    path: &Path,
+    source: &Source<'_>,
+    loc: &StorageLoc,
+    record: &str,
+    crc: u32,
+    budget: &Budget,
+) -> Result<Vec<u8>, Error> {
+    budget.check(read_cost(loc)).map_err(out_of_budget(path))?;
+    read_checked(path, source, loc, record, crc)
 }
 
 /// The class declarations of a TorchScript archive's code, read as text. The code records
@@ -130,6 +178,7 @@ fn script_classes(
     source: &Source<'_>,
     records: &Records,
     limits: &ReadLimits,
+    budget: &Budget,
 ) -> Result<ScriptClasses, Error> {
     let total = records
         .code
@@ -147,13 +196,8 @@ fn script_classes(
         let Some(module) = torchscript::module_of_record(rel) else {
             continue;
         };
-        let bytes = read_checked(
-            path,
-            source,
-            loc,
-            &format!("{}/code/{rel}", records.root),
-            *crc,
-        )?;
+        let record = format!("{}/code/{rel}", records.root);
+        let bytes = read_charged(path, source, loc, &record, *crc, budget)?;
         torchscript::read_declarations(&module, &String::from_utf8_lossy(&bytes), &mut classes);
     }
     Ok(classes)

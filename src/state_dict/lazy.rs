@@ -100,7 +100,7 @@ impl<'a> LazyTensor<'a> {
     /// The shape, as `Tensor::size` gives it.
     pub fn size(&self) -> Vec<i64> {
         match &self.entry {
-            LazyEntry::File { file, index } => file.parsed.arena.tensors[*index].size.clone(),
+            LazyEntry::File { file, index } => file.parsed.arena.tensors[*index].size().to_vec(),
             LazyEntry::Memory(t) => t.size(),
         }
     }

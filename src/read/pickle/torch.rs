@@ -4,6 +4,13 @@
 //! `_rebuild_tensor_v2` call becomes a [`TensorRef`], an `OrderedDict()` call an empty dict,
 //! a `BUILD` on a state dict keeps its `_metadata`. Everything here is data; nothing is
 //! imported or called.
+//!
+//! The arguments of these calls are often memo references, so a call of a few bytes may
+//! ask for a copy of a large object (`torch.Size(memo)`, `set(memo)`, `OrderedDict(memo)`,
+//! `_codecs.encode(memo)`, a rebuild with a memoized size): every copy is checked against
+//! the memory budget before it is made, and charged with the object it becomes.
+
+use std::sync::Arc;
 
 use tch::Kind;
 
@@ -11,6 +18,7 @@ use super::object::{DictObj, Id, Obj, StorageRef, TensorRef};
 use super::vm::{Failure, Machine, Res};
 use crate::dtype;
 use crate::error::PickleError;
+use crate::read::budget::{heap, heap_of};
 
 /// The callables and types a checkpoint's pickle may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +158,6 @@ impl Machine<'_> {
                 self.alloc(Obj::Dict(DictObj {
                     items,
                     ordered: true,
-                    metadata: None,
                 }))
             }
             Global::RebuildTensor | Global::RebuildTensorV2 | Global::RebuildTensorV3 => {
@@ -168,7 +175,7 @@ impl Machine<'_> {
                 match self.get(args[0]) {
                     Obj::Tensor(t) => {
                         let t = *t;
-                        self.tensors[t].requires_grad = requires_grad;
+                        self.arena.tensors[t].requires_grad = requires_grad;
                         Ok(args[0])
                     }
                     other => Err(self.bad(
@@ -207,16 +214,19 @@ impl Machine<'_> {
             Global::TorchSize => {
                 let dims = match args.as_slice() {
                     [] => Vec::new(),
-                    [d] => match self.get(*d) {
-                        Obj::Tuple(v) | Obj::List(v) => v.clone(),
-                        _ => return Err(self.bad(name, "takes a tuple")),
+                    [d] => match self.arena.sequence(*d) {
+                        Some(v) => {
+                            self.afford(2 * heap_of(v.len(), 4))?;
+                            v.to_vec()
+                        }
+                        None => return Err(self.bad(name, "takes a tuple")),
                     },
                     _ => return Err(self.bad(name, "takes one argument")),
                 };
                 for &d in &dims {
                     self.int(d, name, "a dimension")?;
                 }
-                self.alloc(Obj::Tuple(dims))
+                self.tuple_of(&dims)
             }
             Global::TorchDevice => {
                 let device = match args.as_slice() {
@@ -232,31 +242,48 @@ impl Machine<'_> {
             }
             Global::CodecsEncode => {
                 let (text, encoding) = match args.as_slice() {
-                    [t] => (self.string(*t, name, "the text")?, "utf-8".to_string()),
-                    [t, e] => (
-                        self.string(*t, name, "the text")?,
-                        self.string(*e, name, "the encoding")?,
-                    ),
+                    [t] => (*t, "utf-8".to_string()),
+                    [t, e] => (*t, self.string(*e, name, "the encoding")?),
                     _ => return Err(self.bad(name, "takes one or two arguments")),
                 };
-                let bytes = match encoding.to_ascii_lowercase().as_str() {
-                    "latin1" | "latin-1" | "iso-8859-1" => text
-                        .chars()
+                let text = match self.get(text) {
+                    Obj::Str(s) => s,
+                    other => {
+                        return Err(self.bad(
+                            name,
+                            format!("the text has type {}, not str", other.type_name()),
+                        ))
+                    }
+                };
+                self.afford(heap(text.len()))?;
+                let latin1 = match encoding.to_ascii_lowercase().as_str() {
+                    "latin1" | "latin-1" | "iso-8859-1" => true,
+                    "utf-8" | "utf8" => false,
+                    _ => return Err(self.bad(name, format!("unsupported encoding {encoding:?}"))),
+                };
+                // ASCII is the same in both, and std checks it fast.
+                let bytes = if !latin1 || text.is_ascii() {
+                    text.as_bytes().to_vec()
+                } else {
+                    text.chars()
                         .map(|c| u8::try_from(u32::from(c)).ok())
                         .collect::<Option<Vec<u8>>>()
-                        .ok_or_else(|| self.bad(name, "text outside latin-1"))?,
-                    "utf-8" | "utf8" => text.into_bytes(),
-                    _ => return Err(self.bad(name, format!("unsupported encoding {encoding:?}"))),
+                        .ok_or_else(|| self.bad(name, "text outside latin-1"))?
                 };
                 self.alloc(Obj::Bytes(bytes))
             }
             Global::Set | Global::FrozenSet => {
                 let items = match args.as_slice() {
                     [] => Vec::new(),
-                    [items] => match self.get(*items) {
-                        Obj::List(v) | Obj::Tuple(v) | Obj::Set(v) => v.clone(),
-                        _ => return Err(self.bad(name, "takes a list")),
-                    },
+                    [items] => {
+                        let v = match (self.arena.sequence(*items), self.get(*items)) {
+                            (Some(v), _) => v,
+                            (None, Obj::Set(v)) => v.as_slice(),
+                            _ => return Err(self.bad(name, "takes a list")),
+                        };
+                        self.afford(heap_of(v.len(), 4))?;
+                        v.to_vec()
+                    }
                     _ => return Err(self.bad(name, "takes one argument")),
                 };
                 self.alloc(Obj::Set(items))
@@ -281,10 +308,13 @@ impl Machine<'_> {
             ));
         }
         let storage = match self.get(args[0]) {
-            Obj::Storage(s) => s.clone(),
+            Obj::Storage(s) => Arc::clone(s),
             other => return Err(self.bad(name, format!("storage has type {}", other.type_name()))),
         };
         let offset = self.int(args[1], name, "storage_offset")?;
+        // Copies of what may be memoized tuples, kept once in the description.
+        let dims = |id| self.arena.sequence(id).map_or(0, <[Id]>::len);
+        self.afford(3 * heap_of(dims(args[2]) + dims(args[3]), 8))?;
         let size = self.ints(args[2], name, "size")?;
         let stride = self.ints(args[3], name, "stride")?;
         let requires_grad = if args.len() > 4 {
@@ -307,18 +337,14 @@ impl Machine<'_> {
         if size.len() != stride.len() {
             return Err(self.bad(name, "size and stride differ in length"));
         }
-        if self.tensors.len() as u64 >= self.limits.max_tensors {
+        if self.arena.tensors.len() as u64 >= self.limits.max_tensors {
             return Err(Failure::Limit("max_tensors", self.limits.max_tensors));
         }
-        let index = self.tensors.len();
-        self.tensors.push(TensorRef {
-            storage,
-            dtype,
-            offset,
-            size,
-            stride,
-            requires_grad,
-        });
+        let index = self.arena.tensors.len();
+        let mut tensor = TensorRef::new(storage, dtype, offset, &size, &stride);
+        tensor.requires_grad = requires_grad;
+        self.charge(tensor.cost())?;
+        self.arena.tensors.push(tensor);
         self.alloc(Obj::Tensor(index))
     }
 
@@ -326,7 +352,7 @@ impl Machine<'_> {
     pub(super) fn storage(&self, pid: Id) -> Res<StorageRef> {
         let bad = |reason: &str| self.err(PickleError::PersistentId(reason.to_string()));
         let items = match self.get(pid) {
-            Obj::Tuple(items) => items,
+            Obj::Tuple(t) => self.arena.tuple(*t),
             other => {
                 return Err(bad(&format!(
                     "a value of type {}, not a tuple",
@@ -351,14 +377,17 @@ impl Machine<'_> {
             _ => return Err(bad("the second item is not a storage type")),
         };
         let key = match self.get(items[2]) {
-            Obj::Str(s) => s.clone(),
+            Obj::Str(s) => {
+                self.afford(heap(s.len()))?;
+                s.clone()
+            }
             Obj::Int(i) => i.to_string(),
             _ => return Err(bad("the key is not a str")),
         };
-        let location = match self.get(items[3]) {
-            Obj::Str(s) => s.clone(),
-            _ => return Err(bad("the location is not a str")),
-        };
+        // The location (`cpu`, `cuda:0`) is checked, not kept: see `Obj::Storage`.
+        if !matches!(self.get(items[3]), Obj::Str(_)) {
+            return Err(bad("the location is not a str"));
+        }
         match self.get(items[4]) {
             Obj::Int(n) if *n >= 0 => {}
             _ => return Err(bad("the size is not a non-negative int")),
@@ -366,7 +395,8 @@ impl Machine<'_> {
         let view = if expected == 6 {
             match self.get(items[5]) {
                 Obj::None => None,
-                Obj::Tuple(v) if v.len() == 3 => {
+                Obj::Tuple(t) if t.len() == 3 => {
+                    let v = self.arena.tuple(*t);
                     let offset = match self.get(v[1]) {
                         Obj::Int(i) if *i >= 0 => *i,
                         _ => return Err(bad("a view offset that is not a non-negative int")),
@@ -382,12 +412,7 @@ impl Machine<'_> {
         } else {
             None
         };
-        Ok(StorageRef {
-            key,
-            dtype,
-            location,
-            view,
-        })
+        Ok(StorageRef { key, dtype, view })
     }
 
     /// `BUILD`: the state of an object, kept where a torch object has a place for it.
@@ -398,7 +423,7 @@ impl Machine<'_> {
                 // (dict, slots) pair. A state dict's `_metadata` lives there.
                 let attrs = match self.get(state) {
                     Obj::Dict(d) => Some(d),
-                    Obj::Tuple(v) if v.len() == 2 => match self.get(v[0]) {
+                    Obj::Tuple(t) if t.len() == 2 => match self.get(self.arena.tuple(*t)[0]) {
                         Obj::Dict(d) => Some(d),
                         Obj::None => None,
                         _ => return Err(self.err(PickleError::BadBuild("dict with this state"))),
@@ -406,16 +431,19 @@ impl Machine<'_> {
                     Obj::None => None,
                     _ => return Err(self.err(PickleError::BadBuild("dict with this state"))),
                 };
+                // The state may be a memoized dict given to many BUILDs: its search is
+                // charged as a copy of its ids would be.
+                let searched = attrs.map_or(0, |d| d.items.len());
                 let metadata = attrs.and_then(|d| {
                     d.items.iter().find_map(|&(k, v)| match self.get(k) {
                         Obj::Str(s) if s == "_metadata" => Some(v),
                         _ => None,
                     })
                 });
+                self.charge(8 * searched as u64)?;
                 if let Some(m) = metadata {
-                    if let Obj::Dict(d) = &mut self.objs[obj as usize] {
-                        d.metadata = Some(m);
-                    }
+                    self.charge(32)?;
+                    self.arena.metadata.insert(obj, m);
                 }
                 Ok(())
             }
@@ -427,7 +455,7 @@ impl Machine<'_> {
                 Err(self.err(PickleError::Malformed("BUILD twice on one object")))
             }
             Obj::Object(_) => {
-                if let Obj::Object(o) = &mut self.objs[obj as usize] {
+                if let Obj::Object(o) = &mut self.arena.objs[obj as usize] {
                     o.state = Some(state);
                 }
                 Ok(())
@@ -437,14 +465,15 @@ impl Machine<'_> {
     }
 
     fn pair_list(&self, id: Id, callable: &'static str) -> Res<Vec<(Id, Id)>> {
-        let items = match self.get(id) {
-            Obj::List(v) | Obj::Tuple(v) => v,
-            _ => return Err(self.bad(callable, "takes a list of pairs")),
-        };
+        let items = self
+            .arena
+            .sequence(id)
+            .ok_or_else(|| self.bad(callable, "takes a list of pairs"))?;
+        self.afford(heap_of(items.len(), 8))?;
         items
             .iter()
-            .map(|&p| match self.get(p) {
-                Obj::Tuple(kv) | Obj::List(kv) if kv.len() == 2 => Ok((kv[0], kv[1])),
+            .map(|&p| match self.arena.sequence(p) {
+                Some(&[k, v]) => Ok((k, v)),
                 _ => Err(self.bad(callable, "takes a list of pairs")),
             })
             .collect()
@@ -462,13 +491,14 @@ impl Machine<'_> {
     }
 
     fn ints(&self, id: Id, callable: &'static str, what: &str) -> Res<Vec<i64>> {
-        let items = match self.get(id) {
-            Obj::Tuple(v) | Obj::List(v) => v,
-            other => {
+        let items = match self.arena.sequence(id) {
+            Some(v) => v,
+            None => {
+                let other = self.get(id);
                 return Err(self.bad(
                     callable,
                     format!("{what} has type {}, not tuple", other.type_name()),
-                ))
+                ));
             }
         };
         items.iter().map(|&i| self.int(i, callable, what)).collect()
@@ -487,7 +517,10 @@ impl Machine<'_> {
 
     fn string(&self, id: Id, callable: &'static str, what: &str) -> Res<String> {
         match self.get(id) {
-            Obj::Str(s) => Ok(s.clone()),
+            Obj::Str(s) => {
+                self.afford(heap(s.len()))?;
+                Ok(s.clone())
+            }
             other => Err(self.bad(
                 callable,
                 format!("{what} has type {}, not str", other.type_name()),
@@ -501,11 +534,96 @@ mod tests {
     use super::super::object::Arena;
     use super::super::vm::run;
     use super::*;
+    use crate::read::budget::{Budget, FIXED_COST};
     use crate::read::ReadOptions;
 
     fn run_with(data: &[u8], weights_only: bool) -> Result<Arena, Failure> {
         let options = ReadOptions::new().weights_only(weights_only);
-        run(data, Flavor::Zip, &options).map(|(arena, _)| arena)
+        let mut budget = Budget::for_file(&options.limits, data.len() as u64);
+        run(data, Flavor::Zip, &options, &mut budget).map(|(arena, _)| arena)
+    }
+
+    /// Runs `data` with `extra` bytes of budget beyond the fixed cost, none per byte.
+    fn run_budget(data: &[u8], extra: u64) -> Result<Arena, Failure> {
+        let limits = crate::ReadLimits {
+            max_memory_base: FIXED_COST + extra,
+            max_memory_per_file_byte: 0,
+            ..crate::ReadLimits::default()
+        };
+        let options = ReadOptions::new().limits(limits);
+        let mut budget = Budget::for_file(&options.limits, data.len() as u64);
+        run(data, Flavor::Zip, &options, &mut budget).map(|(arena, _)| arena)
+    }
+
+    /// A pickle that memoizes `callable` as 0 and `arg` as 1, then pops the result of
+    /// `call` 100 times.
+    fn copies(callable: &[u8], arg: &[u8], call: &[u8]) -> Vec<u8> {
+        let mut p = b"\x80\x02".to_vec();
+        p.extend_from_slice(callable);
+        p.extend_from_slice(b"q\x000");
+        p.extend_from_slice(arg);
+        p.extend_from_slice(b"q\x010");
+        for _ in 0..100 {
+            p.extend_from_slice(call);
+            p.push(b'0');
+        }
+        p.extend_from_slice(b"N.");
+        p
+    }
+
+    #[test]
+    fn every_copy_a_memo_reference_asks_for_is_charged() {
+        // Objects of 1,000 items, copied 100 times: 400 KB to 1.6 MB of copies.
+        let ints = [b"(".as_slice(), &b"K\x01".repeat(1000)].concat();
+        let tuple = [ints.as_slice(), b"t"].concat();
+        let list = [b"]", ints.as_slice(), b"e"].concat();
+        let pairs = [b"(".as_slice(), &b"K\x01K\x02\x86".repeat(1000), b"l"].concat();
+        let text = [b"X\xa0\x0f\x00\x00".as_slice(), &b"x".repeat(4000)].concat();
+        let storage = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQ";
+        let rebuild = [
+            b"h\x00(".as_slice(),
+            storage,
+            b"K\x00h\x01h\x01\x89ccollections\nOrderedDict\n)RtR",
+        ]
+        .concat();
+        let cases: [(&str, Vec<u8>); 6] = [
+            (
+                "torch.Size",
+                copies(b"ctorch\nSize\n", &tuple, b"h\x00h\x01\x85R"),
+            ),
+            (
+                "set",
+                copies(b"c__builtin__\nset\n", &list, b"h\x00h\x01\x85R"),
+            ),
+            (
+                "OrderedDict",
+                copies(b"ccollections\nOrderedDict\n", &pairs, b"h\x00h\x01\x85R"),
+            ),
+            (
+                "_codecs.encode",
+                copies(b"c_codecs\nencode\n", &text, b"h\x00h\x01\x85R"),
+            ),
+            (
+                "_rebuild_tensor_v2",
+                copies(b"ctorch._utils\n_rebuild_tensor_v2\n", &tuple, &rebuild),
+            ),
+            (
+                "an opaque class",
+                copies(b"cfakepkg\nThing\n", &tuple, b"h\x00h\x01R"),
+            ),
+        ];
+        for (what, data) in &cases {
+            if let Err(e) = run_budget(data, 4 << 20) {
+                panic!("{what}: {e:?}");
+            }
+            assert!(
+                matches!(
+                    run_budget(data, 200_000),
+                    Err(Failure::Limit("max_memory", _))
+                ),
+                "{what}"
+            );
+        }
     }
 
     #[test]

@@ -6,14 +6,23 @@
 //! `BUILD` do with torch's callables, and what a persistent id names, is in [`super::torch`].
 //!
 //! Every length the pickle declares is checked against what is left of it before anything
-//! is allocated, and objects, memo entries and tensors count against [`ReadLimits`].
+//! is allocated, and objects, memo entries and tensors count against [`ReadLimits`]. Every
+//! allocation is charged to the file's memory [`Budget`]: what the arena keeps as it is
+//! made, what the run frees at its end (the stack, the marks, the memo) apart, and copies
+//! that memo references make cheap to ask for before they are made (see
+//! [`crate::read::budget`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::object::{Arena, ClassRef, DictObj, Id, Obj, OpaqueObj, TensorRef};
+use super::object::{
+    Arena, ClassRef, DictObj, Id, Obj, OpaqueObj, Span, EMPTY_TUPLE_ID, FALSE_ID, NONE_ID, SHARED,
+    SMALL_INTS, TRUE_ID,
+};
 use super::opcodes::*;
 use super::torch::{resolve_global, Flavor, GlobalRefusal, Resolved};
 use crate::error::PickleError;
+use crate::read::budget::{heap, heap_of, Budget};
 use crate::read::{ReadLimits, ReadOptions};
 
 /// A failure at a byte offset of the pickle.
@@ -34,11 +43,19 @@ pub(super) struct Machine<'a> {
     pos: usize,
     /// Offset of the opcode being run, for errors.
     op_pos: usize,
-    pub(super) objs: Vec<Obj>,
+    /// What the run builds; its root is set at `STOP`.
+    pub(super) arena: Arena,
     stack: Vec<Id>,
     marks: Vec<usize>,
-    memo: HashMap<u32, Id>,
-    pub(super) tensors: Vec<TensorRef>,
+    memo: Memo,
+    /// Objects made so far, shared ones included, for `max_objects`.
+    made: u64,
+    budget: &'a mut Budget,
+    /// What of the budget's charges the run frees at its end.
+    transient: u64,
+    /// The longest the stack and the marks have been, charged.
+    stack_peak: usize,
+    marks_peak: usize,
     pub(super) limits: &'a ReadLimits,
     pub(super) flavor: Flavor,
     /// Refuse globals outside the allowlist, as `torch.load(weights_only=True)` does,
@@ -49,27 +66,98 @@ pub(super) struct Machine<'a> {
     stack_globals: HashMap<(Id, Id), Id>,
 }
 
+/// The memo: a vector indexed by memo index, as picklers number their entries 0, 1, 2...,
+/// and a map for indices far past its end.
+#[derive(Default)]
+struct Memo {
+    dense: Vec<Id>,
+    sparse: HashMap<u32, Id>,
+    len: u64,
+}
+
+/// A slot of [`Memo::dense`] that holds nothing.
+const UNSET: Id = Id::MAX;
+/// How far past the end of [`Memo::dense`] an index may be and still extend it.
+const DENSE_GAP: usize = 4096;
+
+impl Memo {
+    fn get(&self, index: u32) -> Option<Id> {
+        match self.dense.get(index as usize) {
+            Some(&id) if id != UNSET => Some(id),
+            _ => self.sparse.get(&index).copied(),
+        }
+    }
+
+    fn contains(&self, index: u32) -> bool {
+        self.get(index).is_some()
+    }
+
+    /// Stores `id` at `index`; returns what that cost the budget.
+    fn put(&mut self, index: u32, id: Id) -> u64 {
+        let i = index as usize;
+        let before = self.dense.len();
+        let sparse = self.sparse.len();
+        if i < before {
+            if self.dense[i] == UNSET && self.sparse.remove(&index).is_none() {
+                self.len += 1;
+            }
+            self.dense[i] = id;
+        } else if i <= before + DENSE_GAP && !self.sparse.contains_key(&index) {
+            self.dense.resize(i, UNSET);
+            self.dense.push(id);
+            self.len += 1;
+        } else if self.sparse.insert(index, id).is_none() {
+            self.len += 1;
+        }
+        // A map entry of 9 bytes, in a table at most 7/8 full that doubles as it grows.
+        let new_sparse = self.sparse.len().saturating_sub(sparse) as u64;
+        4 * (self.dense.len() - before) as u64 + 32 * new_sparse
+    }
+}
+
+/// What an object costs in the arena's vector of them.
+const OBJ_COST: u64 = std::mem::size_of::<Obj>() as u64;
+
 /// Runs the pickle in `data` (which may be followed by other bytes: the legacy format
-/// concatenates pickles) with the limits of `options` and its `weights_only` rule. Returns
-/// the arena and the number of bytes the pickle took.
+/// concatenates pickles) with the limits of `options` and its `weights_only` rule, charging
+/// `budget`. Returns the arena and the number of bytes the pickle took; the budget keeps
+/// what the arena costs.
 pub(crate) fn run(
     data: &[u8],
     flavor: Flavor,
     options: &ReadOptions,
+    budget: &mut Budget,
 ) -> Result<(Arena, usize), Failure> {
     let limits = &options.limits;
     if data.len() as u64 > limits.max_pickle_bytes {
         return Err(Failure::Limit("max_pickle_bytes", limits.max_pickle_bytes));
     }
+    budget
+        .charge(SHARED as u64 * OBJ_COST)
+        .map_err(|e| Failure::Limit("max_memory", e.max))?;
+    let mut arena = Arena::default();
+    arena.objs.reserve_exact(SHARED);
+    arena.objs.extend([
+        Obj::None,
+        Obj::Bool(false),
+        Obj::Bool(true),
+        Obj::Tuple(Span { start: 0, len: 0 }),
+    ]);
+    arena.objs.extend((0..256).map(Obj::Int));
+    debug_assert_eq!(arena.objs.len(), SHARED);
     let mut m = Machine {
         data,
         pos: 0,
         op_pos: 0,
-        objs: Vec::new(),
+        arena,
         stack: Vec::new(),
         marks: Vec::new(),
-        memo: HashMap::new(),
-        tensors: Vec::new(),
+        memo: Memo::default(),
+        made: 0,
+        budget,
+        transient: 0,
+        stack_peak: 0,
+        marks_peak: 0,
         limits,
         flavor,
         weights_only: options.weights_only,
@@ -77,14 +165,11 @@ pub(crate) fn run(
     };
     let root = m.execute()?;
     let used = m.pos;
-    Ok((
-        Arena {
-            objs: m.objs,
-            root,
-            tensors: m.tensors,
-        },
-        used,
-    ))
+    m.budget.release(m.transient);
+    let mut arena = m.arena;
+    arena.root = root;
+    arena.made = m.made;
+    Ok((arena, used))
 }
 
 impl Machine<'_> {
@@ -136,7 +221,13 @@ impl Machine<'_> {
                 // A hint for buffered readers; the length is not needed here.
                 self.u64()?;
             }
-            MARK => self.marks.push(self.stack.len()),
+            MARK => {
+                self.marks.push(self.stack.len());
+                if self.marks.len() > self.marks_peak {
+                    self.marks_peak = self.marks.len();
+                    self.charge_transient(std::mem::size_of::<usize>() as u64)?;
+                }
+            }
             POP => {
                 if self.stack.len() > self.floor() {
                     self.stack.pop();
@@ -149,7 +240,7 @@ impl Machine<'_> {
             }
             DUP => {
                 let top = self.top()?;
-                self.stack.push(top);
+                self.push_id(top)?;
             }
             _ => return Err(self.unknown(op)),
         }
@@ -172,7 +263,8 @@ impl Machine<'_> {
                 self.memo_put(i)
             }
             MEMOIZE => {
-                let i = self.memo.len() as u32;
+                // Python numbers it len(memo); more than 2^32 entries is past any limit.
+                let i = u32::try_from(self.memo.len).unwrap_or(u32::MAX);
                 self.memo_put(i)
             }
             GET => {
@@ -295,24 +387,30 @@ impl Machine<'_> {
     /// New containers, empty or of the items on the stack.
     fn push_container(&mut self, op: u8) -> Res<()> {
         let obj = match op {
-            EMPTY_TUPLE => Obj::Tuple(Vec::new()),
+            EMPTY_TUPLE => return self.push_id(EMPTY_TUPLE_ID),
             EMPTY_LIST => Obj::List(Vec::new()),
             EMPTY_DICT => Obj::Dict(DictObj::default()),
             EMPTY_SET => Obj::Set(Vec::new()),
-            TUPLE => Obj::Tuple(self.pop_mark()?),
+            TUPLE => {
+                let mark = self
+                    .marks
+                    .pop()
+                    .ok_or(Failure::Pickle(self.op_pos as u64, PickleError::NoMark))?;
+                return self.push_tuple(mark);
+            }
             TUPLE1 | TUPLE2 | TUPLE3 => {
                 let n = (op - TUPLE1 + 1) as usize;
                 if self.stack.len() < self.floor() + n {
                     return Err(self.err(PickleError::StackUnderflow));
                 }
-                Obj::Tuple(self.stack.split_off(self.stack.len() - n))
+                return self.push_tuple(self.stack.len() - n);
             }
             LIST => Obj::List(self.pop_mark()?),
             DICT => {
                 let items = self.pop_mark()?;
                 Obj::Dict(DictObj {
                     items: self.pairs(items)?,
-                    ..DictObj::default()
+                    ordered: false,
                 })
             }
             FROZENSET => Obj::Set(self.pop_mark()?),
@@ -366,11 +464,13 @@ impl Machine<'_> {
                 let name_id = self.pop()?;
                 let module_id = self.pop()?;
                 if let Some(&id) = self.stack_globals.get(&(module_id, name_id)) {
-                    self.stack.push(id);
-                    return Ok(());
+                    return self.push_id(id);
                 }
                 let (module, name) = match (self.get(module_id), self.get(name_id)) {
-                    (Obj::Str(m), Obj::Str(n)) => (m.clone(), n.clone()),
+                    (Obj::Str(m), Obj::Str(n)) => {
+                        self.afford(heap(m.len()) + heap(n.len()))?;
+                        (m.clone(), n.clone())
+                    }
                     _ => {
                         return Err(
                             self.err(PickleError::Malformed("STACK_GLOBAL needs two strings"))
@@ -379,6 +479,7 @@ impl Machine<'_> {
                 };
                 self.push_global(&module, &name)?;
                 let id = self.top()?;
+                self.charge_transient(32)?;
                 self.stack_globals.insert((module_id, name_id), id);
                 Ok(())
             }
@@ -407,7 +508,10 @@ impl Machine<'_> {
                 let args = self.pop()?;
                 let cls = self.pop()?;
                 match self.get(kw) {
-                    Obj::Dict(d) => kwargs.clone_from(&d.items),
+                    Obj::Dict(d) => {
+                        self.afford(heap_of(d.items.len(), 8))?;
+                        kwargs.clone_from(&d.items);
+                    }
                     _ => return Err(self.bad("NEWOBJ_EX", "keyword arguments are not a dict")),
                 }
                 (cls, self.tuple_items(args, "NEWOBJ_EX")?)
@@ -435,8 +539,7 @@ impl Machine<'_> {
             }
             _ => self.call(callable, args)?,
         };
-        self.stack.push(obj);
-        Ok(())
+        self.push_id(obj)
     }
 
     /// A call of a class outside the allowlist: an opaque object that records it.
@@ -479,7 +582,7 @@ impl Machine<'_> {
             BINPERSID => {
                 let pid = self.pop()?;
                 let storage = self.storage(pid)?;
-                self.push(Obj::Storage(storage))
+                self.push(Obj::Storage(Arc::new(storage)))
             }
             PERSID => Err(self.err(PickleError::PersistentId(
                 "a text persistent id; torch.save writes tuples".into(),
@@ -560,19 +663,91 @@ impl Machine<'_> {
             .map_err(|_| self.err(PickleError::InvalidLiteral))
     }
 
+    /// Charges the budget `bytes` that the arena keeps.
+    pub(super) fn charge(&mut self, bytes: u64) -> Res<()> {
+        self.budget
+            .charge(bytes)
+            .map_err(|e| Failure::Limit("max_memory", e.max))
+    }
+
+    /// Charges the budget `bytes` that the run frees at its end.
+    fn charge_transient(&mut self, bytes: u64) -> Res<()> {
+        self.charge(bytes)?;
+        self.transient += bytes;
+        Ok(())
+    }
+
+    /// Fails unless `bytes` more fit the budget: before a copy of that size is made, which
+    /// is charged once it is part of an object.
+    pub(super) fn afford(&self, bytes: u64) -> Res<()> {
+        self.budget
+            .check(bytes)
+            .map_err(|e| Failure::Limit("max_memory", e.max))
+    }
+
+    /// Adds `obj` to the arena, or gives the shared object equal to it (see
+    /// [`super::object::SHARED`]). The object is charged with what it holds.
     pub(super) fn alloc(&mut self, obj: Obj) -> Res<Id> {
-        if self.objs.len() as u64 >= self.limits.max_objects {
+        if self.made >= self.limits.max_objects {
             return Err(Failure::Limit("max_objects", self.limits.max_objects));
         }
-        let id = self.objs.len() as Id;
-        self.objs.push(obj);
+        self.made += 1;
+        let shared = match obj {
+            Obj::None => Some(NONE_ID),
+            Obj::Bool(false) => Some(FALSE_ID),
+            Obj::Bool(true) => Some(TRUE_ID),
+            Obj::Int(i @ 0..=255) => Some(SMALL_INTS + i as Id),
+            Obj::Tuple(Span { len: 0, .. }) => Some(EMPTY_TUPLE_ID),
+            _ => None,
+        };
+        if let Some(id) = shared {
+            return Ok(id);
+        }
+        let id = Id::try_from(self.arena.objs.len())
+            .map_err(|_| Failure::Limit("max_objects", self.limits.max_objects))?;
+        self.charge(OBJ_COST + obj.heap_bytes())?;
+        self.arena.objs.push(obj);
         Ok(id)
     }
 
     fn push(&mut self, obj: Obj) -> Res<()> {
         let id = self.alloc(obj)?;
+        self.push_id(id)
+    }
+
+    fn push_id(&mut self, id: Id) -> Res<()> {
         self.stack.push(id);
+        if self.stack.len() > self.stack_peak {
+            self.stack_peak = self.stack.len();
+            self.charge_transient(4)?;
+        }
         Ok(())
+    }
+
+    /// A tuple of the items of the stack from `from` on, which leave the stack.
+    fn push_tuple(&mut self, from: usize) -> Res<()> {
+        let span = self.span(self.stack.len() - from)?;
+        self.arena.pool.extend_from_slice(&self.stack[from..]);
+        self.stack.truncate(from);
+        let id = self.alloc(Obj::Tuple(span))?;
+        self.push_id(id)
+    }
+
+    /// A new tuple of `items`.
+    pub(super) fn tuple_of(&mut self, items: &[Id]) -> Res<Id> {
+        let span = self.span(items.len())?;
+        self.arena.pool.extend_from_slice(items);
+        self.alloc(Obj::Tuple(span))
+    }
+
+    /// Where a tuple of `len` items goes in the pool: at its end, where they are charged.
+    fn span(&mut self, len: usize) -> Res<Span> {
+        let too_many = || Failure::Limit("max_objects", self.limits.max_objects);
+        let start = u32::try_from(self.arena.pool.len()).map_err(|_| too_many())?;
+        let n = u32::try_from(len).map_err(|_| too_many())?;
+        start.checked_add(n).ok_or_else(too_many)?;
+        self.charge(4 * len as u64)?;
+        Ok(Span { start, len: n })
     }
 
     fn floor(&self) -> usize {
@@ -603,24 +778,22 @@ impl Machine<'_> {
 
     fn memo_put(&mut self, index: u32) -> Res<()> {
         let top = self.top()?;
-        if self.memo.len() as u64 >= self.limits.max_memo_entries && !self.memo.contains_key(&index)
-        {
+        if self.memo.len >= self.limits.max_memo_entries && !self.memo.contains(index) {
             return Err(Failure::Limit(
                 "max_memo_entries",
                 self.limits.max_memo_entries,
             ));
         }
-        self.memo.insert(index, top);
-        Ok(())
+        let cost = self.memo.put(index, top);
+        self.charge_transient(cost)
     }
 
     fn memo_get(&mut self, index: u32) -> Res<()> {
-        let id = *self
+        let id = self
             .memo
-            .get(&index)
+            .get(index)
             .ok_or_else(|| self.err(PickleError::MemoNotFound(index)))?;
-        self.stack.push(id);
-        Ok(())
+        self.push_id(id)
     }
 
     /// `n` bytes of the pickle, `n` checked against what is left of it first.
@@ -659,7 +832,7 @@ impl Machine<'_> {
     }
 
     pub(super) fn get(&self, id: Id) -> &Obj {
-        &self.objs[id as usize]
+        self.arena.get(id)
     }
 
     fn parse_decimal(&self, line: &[u8]) -> Res<i64> {
@@ -676,42 +849,33 @@ impl Machine<'_> {
         Ok(items.chunks(2).map(|c| (c[0], c[1])).collect())
     }
 
+    // Items added to a container come off the stack, where they were charged; the
+    // container is charged what its allocation grows by.
+
     fn extend_list(&mut self, list: Id, items: Vec<Id>) -> Res<()> {
-        match &mut self.objs[list as usize] {
-            Obj::List(v) => {
-                v.extend(items);
-                Ok(())
-            }
-            Obj::Object(o) => {
-                o.list_items.extend(items);
-                Ok(())
-            }
-            _ => Err(self.err(PickleError::Malformed("APPEND on a non-list"))),
-        }
+        let grown = match &mut self.arena.objs[list as usize] {
+            Obj::List(v) => grow(v, items),
+            Obj::Object(o) => grow(&mut o.list_items, items),
+            _ => return Err(self.err(PickleError::Malformed("APPEND on a non-list"))),
+        };
+        self.charge(grown)
     }
 
     fn extend_dict(&mut self, dict: Id, pairs: Vec<(Id, Id)>) -> Res<()> {
-        match &mut self.objs[dict as usize] {
-            Obj::Dict(d) => {
-                d.items.extend(pairs);
-                Ok(())
-            }
-            Obj::Object(o) => {
-                o.dict_items.extend(pairs);
-                Ok(())
-            }
-            _ => Err(self.err(PickleError::Malformed("SETITEM on a non-dict"))),
-        }
+        let grown = match &mut self.arena.objs[dict as usize] {
+            Obj::Dict(d) => grow(&mut d.items, pairs),
+            Obj::Object(o) => grow(&mut o.dict_items, pairs),
+            _ => return Err(self.err(PickleError::Malformed("SETITEM on a non-dict"))),
+        };
+        self.charge(grown)
     }
 
     fn extend_set(&mut self, set: Id, items: Vec<Id>) -> Res<()> {
-        match &mut self.objs[set as usize] {
-            Obj::Set(v) => {
-                v.extend(items);
-                Ok(())
-            }
-            _ => Err(self.err(PickleError::Malformed("ADDITEMS on a non-set"))),
-        }
+        let grown = match &mut self.arena.objs[set as usize] {
+            Obj::Set(v) => grow(v, items),
+            _ => return Err(self.err(PickleError::Malformed("ADDITEMS on a non-set"))),
+        };
+        self.charge(grown)
     }
 
     fn push_global(&mut self, module: &str, name: &str) -> Res<()> {
@@ -733,12 +897,25 @@ impl Machine<'_> {
         }
     }
 
+    /// A copy of a tuple's items (a memoized tuple may be large: the copy must fit the
+    /// budget).
     pub(super) fn tuple_items(&self, id: Id, op: &'static str) -> Res<Vec<Id>> {
         match self.get(id) {
-            Obj::Tuple(items) => Ok(items.clone()),
+            Obj::Tuple(t) => {
+                self.afford(heap_of(t.len(), 4))?;
+                Ok(self.arena.tuple(*t).to_vec())
+            }
             _ => Err(self.bad(op, "arguments are not a tuple")),
         }
     }
+}
+
+/// Appends `items` to `v`; returns what its allocation grew by.
+fn grow<T>(v: &mut Vec<T>, items: Vec<T>) -> u64 {
+    let size = std::mem::size_of::<T>();
+    let before = heap_of(v.capacity(), size);
+    v.extend(items);
+    heap_of(v.capacity(), size) - before
 }
 
 /// A Python int from pickle's little-endian two's complement bytes.
@@ -821,12 +998,18 @@ fn decode_raw_unicode_escape(line: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn run_with(data: &[u8], limits: ReadLimits) -> Result<Arena, Failure> {
+        let options = ReadOptions::new().limits(limits);
+        let mut budget = Budget::for_file(&options.limits, data.len() as u64);
+        run(data, Flavor::Zip, &options, &mut budget).map(|(arena, _)| arena)
+    }
+
     fn run_ok(data: &[u8]) -> Arena {
-        run(data, Flavor::Zip, &ReadOptions::new()).unwrap().0
+        run_with(data, ReadLimits::default()).unwrap()
     }
 
     fn run_err(data: &[u8]) -> Failure {
-        run(data, Flavor::Zip, &ReadOptions::new()).unwrap_err()
+        run_with(data, ReadLimits::default()).unwrap_err()
     }
 
     #[test]
@@ -838,6 +1021,65 @@ mod tests {
             Obj::Dict(d) => assert_eq!(d.items.len(), 1),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_memo_keeps_indices_near_and_far() {
+        let mut memo = Memo::default();
+        // Far past the end, then the indices before it, then past it.
+        memo.put(10_000, 7);
+        for i in 0..10_002 {
+            if i != 10_000 {
+                memo.put(i, i);
+            }
+        }
+        assert_eq!(memo.get(10_000), Some(7));
+        assert_eq!(memo.get(10_001), Some(10_001));
+        assert_eq!(memo.len, 10_002);
+        memo.put(10_000, 8);
+        assert_eq!((memo.get(10_000), memo.len), (Some(8), 10_002));
+        assert_eq!(memo.get(20_000), None);
+    }
+
+    #[test]
+    fn shared_objects_are_not_copied() {
+        // (None, False, 1, ()) twice: the same four objects, and two tuples in the pool.
+        let data = b"\x80\x02(N\x89K\x01)t(N\x89K\x01)t\x86.";
+        let arena = run_ok(data);
+        assert_eq!(arena.objs.len(), SHARED + 3);
+        assert_eq!(arena.pool.len(), 4 + 4 + 2);
+        let items = arena.sequence(arena.root).unwrap();
+        assert_eq!(arena.sequence(items[0]), arena.sequence(items[1]));
+        assert_eq!(
+            arena.sequence(items[0]).unwrap(),
+            [NONE_ID, FALSE_ID, SMALL_INTS + 1, EMPTY_TUPLE_ID]
+        );
+    }
+
+    #[test]
+    fn the_stack_marks_and_memo_are_charged_then_released() {
+        // 10,000 marks, then 10,000 memoized Nones on the stack: 80 KB of marks, 40 KB of
+        // stack, 40 KB of memo, and no objects.
+        let mut data = b"\x80\x02".to_vec();
+        data.extend(b"(".repeat(10_000));
+        data.extend(b"N\x94".repeat(10_000));
+        data.push(b'.');
+        let options = ReadOptions::new();
+        let mut budget = Budget::for_file(&options.limits, 0);
+        let before = budget.used();
+        let (arena, _) = run(&data, Flavor::Zip, &options, &mut budget).unwrap();
+        assert_eq!(arena.objs.len(), SHARED);
+        // The run keeps only what the arena holds.
+        assert_eq!(budget.used() - before, SHARED as u64 * OBJ_COST);
+        let limits = ReadLimits {
+            max_memory_base: crate::read::budget::FIXED_COST + 100_000,
+            max_memory_per_file_byte: 0,
+            ..ReadLimits::default()
+        };
+        assert!(matches!(
+            run_with(&data, limits),
+            Err(Failure::Limit("max_memory", _))
+        ));
     }
 
     #[test]

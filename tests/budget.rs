@@ -1,0 +1,296 @@
+//! The memory budget over the whole hostile corpus: opening a file of S bytes and building
+//! its value grows peak RSS by at most 256 MiB + 8·S, plus the bytes of the tensors it
+//! reads, and takes at most 10 s for S ≤ 1 MB.
+//!
+//! Each file is read in a child process (this test binary run again on one test), which
+//! resets its peak resident set (`VmHWM`, through `/proc/self/clear_refs`) just before
+//! `Checkpoint::open` and reads it just after `value()`; an error from either is fine, a
+//! crash or an abort is not. The bound is the one the crate promises, written here as
+//! numbers rather than read from `ReadLimits`, so that a change of the defaults that breaks
+//! the promise fails here.
+//!
+//! And the other side of the budget: the real fixtures, and a state dict of many tensors,
+//! open and read within it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+use tch_state_dict::{Checkpoint, Error, ReadLimits, ReadOptions, StateDict, Value};
+
+const CHILD: &str = "TCH_STATE_DICT_BUDGET_CHILD";
+/// Files to measure with `measure_files`, separated by newlines.
+const FILES: &str = "TCH_STATE_DICT_BUDGET_FILES";
+const BASE: u64 = 256 << 20;
+const PER_BYTE: u64 = 8;
+const MAX_SECS: f64 = 10.0;
+
+/// A field of `/proc/self/status`, in bytes.
+fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The bytes of the tensors in `v`, each counted once per appearance.
+fn tensor_bytes(v: &Value) -> u64 {
+    match v {
+        Value::Tensor(t) => (t.numel() * t.kind().elt_size_in_bytes()) as u64,
+        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
+            items.iter().map(tensor_bytes).sum()
+        }
+        Value::Dict(d) => d
+            .items
+            .iter()
+            .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
+            .sum(),
+        Value::Object(o) => {
+            o.args().iter().map(tensor_bytes).sum::<u64>()
+                + o.state().map_or(0, tensor_bytes)
+                + o.list_items().iter().map(tensor_bytes).sum::<u64>()
+                + o.dict_items()
+                    .iter()
+                    .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
+                    .sum::<u64>()
+        }
+        _ => 0,
+    }
+}
+
+#[test]
+#[ignore = "the child process of the budget tests; run by them"]
+fn child() {
+    let Ok(path) = std::env::var(CHILD) else {
+        return;
+    };
+    // Resets VmHWM to the current resident set (Linux 4.0 and later).
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = if reset {
+        status_bytes("VmRSS:")
+    } else {
+        status_bytes("VmHWM:")
+    };
+    let start = Instant::now();
+    let opened = Checkpoint::open(&path);
+    let open_growth = status_bytes("VmHWM:").saturating_sub(before);
+    let open_secs = start.elapsed().as_secs_f64();
+    let result = opened.and_then(|c| c.value());
+    let secs = start.elapsed().as_secs_f64();
+    let growth = status_bytes("VmHWM:").saturating_sub(before);
+    let (tensors, outcome) = match &result {
+        Ok(v) => (tensor_bytes(v), "ok".to_string()),
+        Err(e) => (0, format!("{e:?}").chars().take(120).collect()),
+    };
+    drop(result);
+    println!(
+        "budget: growth={growth} open_growth={open_growth} tensors={tensors} secs={secs:.3} \
+         open_secs={open_secs:.3} outcome={outcome}"
+    );
+}
+
+struct Measured {
+    growth: u64,
+    open_growth: u64,
+    open_secs: f64,
+    tensors: u64,
+    secs: f64,
+    outcome: String,
+}
+
+/// Opens `path` and builds its value in a child process.
+fn measure(path: &Path) -> Measured {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--include-ignored", "--nocapture"])
+        .env(CHILD, path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: the child failed ({}): {stdout}\n{}",
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("budget: "))
+        .unwrap_or_else(|| panic!("{}: no result in {stdout}", path.display()));
+    let field = |name: &str| -> &str {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(name).and_then(|f| f.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    Measured {
+        growth: field("growth").parse().unwrap(),
+        open_growth: field("open_growth").parse().unwrap(),
+        open_secs: field("open_secs").parse().unwrap(),
+        tensors: field("tensors").parse().unwrap(),
+        secs: field("secs").parse().unwrap(),
+        outcome: line.split_once("outcome=").unwrap().1.to_string(),
+    }
+}
+
+/// Every file under `dir`, recursively, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Measures `files`, two children at a time, and returns each with its size and result.
+fn measure_all(files: &[PathBuf]) -> Vec<(PathBuf, u64, Measured)> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(path) = files.get(i) else { break };
+                let len = std::fs::metadata(path).unwrap().len();
+                let m = measure(path);
+                results.lock().unwrap().push((path.clone(), len, m));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    results
+}
+
+fn report(results: &[(PathBuf, u64, Measured)]) {
+    for (path, len, m) in results {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        eprintln!(
+            "{:>10} B  open {:>8.1} MiB {:>6.2} s  value {:>8.1} MiB {:>6.2} s  {}  {}",
+            len,
+            mib(m.open_growth),
+            m.open_secs,
+            mib(m.growth),
+            m.secs,
+            path.display(),
+            m.outcome
+        );
+    }
+}
+
+#[test]
+fn every_hostile_file_stays_within_the_memory_budget() {
+    let dir = common::test_file("fixtures/hostile");
+    let files = files_under(&dir);
+    assert!(files.len() >= 30, "{} files", files.len());
+    let start = Instant::now();
+    let results = measure_all(&files);
+    report(&results);
+    eprintln!(
+        "{} files in {:.1} s",
+        results.len(),
+        start.elapsed().as_secs_f64()
+    );
+    for (path, len, m) in &results {
+        let bound = BASE + PER_BYTE * len + m.tensors;
+        assert!(
+            m.growth <= bound,
+            "{}: peak RSS grew by {} B, past 256 MiB + 8 × {len} B (+ {} B of tensors) = {bound} B ({})",
+            path.display(),
+            m.growth,
+            m.tensors,
+            m.outcome
+        );
+        if *len <= 1_000_000 {
+            assert!(
+                m.secs <= MAX_SECS,
+                "{}: took {:.1} s ({})",
+                path.display(),
+                m.secs,
+                m.outcome
+            );
+        }
+    }
+}
+
+/// `TCH_STATE_DICT_BUDGET_FILES=a.pth scripts/cargo test --release --test budget
+/// measure_files -- --ignored --nocapture`: the same measurement of any files, printed.
+#[test]
+#[ignore = "measures the files named in TCH_STATE_DICT_BUDGET_FILES"]
+fn measure_files() {
+    let Ok(list) = std::env::var(FILES) else {
+        return;
+    };
+    let files: Vec<PathBuf> = list.lines().map(PathBuf::from).collect();
+    for path in &files {
+        let len = std::fs::metadata(path).unwrap().len();
+        let m = measure(path);
+        report(&[(path.clone(), len, m)]);
+    }
+}
+
+#[test]
+fn every_real_fixture_opens_and_reads_within_the_default_budget() {
+    let mut files = files_under(&common::test_file("fixtures/pytorch"));
+    files.extend(files_under(&common::test_file("fixtures/training")));
+    assert!(files.len() >= 30, "{} files", files.len());
+    for path in &files {
+        let read = Checkpoint::open(path).and_then(|c| c.value());
+        assert!(read.is_ok(), "{}: {:?}", path.display(), read.err());
+    }
+}
+
+#[test]
+fn a_state_dict_of_many_tensors_needs_less_than_eight_bytes_per_byte_of_its_file() {
+    let dir = std::env::temp_dir().join(format!("tch-state-dict-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("many.pth");
+    let sd: StateDict = (0..20_000)
+        .map(|i| {
+            (
+                format!("layers.{i}.weight"),
+                Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+            )
+        })
+        .collect();
+    sd.save(&path).unwrap();
+    drop(sd);
+    // No room beyond the file's 8 bytes per byte but 16 MiB for the reader's own working
+    // memory: opened, and its whole value read.
+    let limits = |per_byte| {
+        let mut limits = ReadLimits::default();
+        limits.max_memory_base = 16 << 20;
+        limits.max_memory_per_file_byte = per_byte;
+        ReadOptions::new().limits(limits)
+    };
+    let ckpt = Checkpoint::open_with(&path, &limits(8)).unwrap();
+    assert_eq!(ckpt.value().unwrap().as_dict().unwrap().items.len(), 20_000);
+    assert_eq!(ckpt.state_dict().unwrap().len(), 20_000);
+    // One byte per byte is too little.
+    assert!(matches!(
+        Checkpoint::open_with(&path, &limits(1)).map(|_| ()),
+        Err(Error::LimitExceeded {
+            limit: "max_memory",
+            ..
+        })
+    ));
+    std::fs::remove_dir_all(&dir).ok();
+}
