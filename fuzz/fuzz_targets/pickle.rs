@@ -7,9 +7,12 @@
 use std::io::{Cursor, Write};
 
 use libfuzzer_sys::fuzz_target;
-use tch_state_dict::{Checkpoint, ReadLimits, ReadOptions};
+use tch_state_dict::Checkpoint;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
+
+#[path = "common.rs"]
+mod common;
 
 fn wrap(pickle: &[u8]) -> Vec<u8> {
     let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
@@ -22,7 +25,9 @@ fn wrap(pickle: &[u8]) -> Vec<u8> {
     add("archive/byteorder", b"little");
     for key in 0..4u8 {
         // Distinct, non-trivial contents: every dtype sees varied bit patterns.
-        let storage: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37).wrapping_add(key)).collect();
+        let storage: Vec<u8> = (0..64u8)
+            .map(|i| i.wrapping_mul(37).wrapping_add(key))
+            .collect();
         add(&format!("archive/data/{key}"), &storage);
     }
     zip.finish().expect("finish").into_inner()
@@ -30,10 +35,7 @@ fn wrap(pickle: &[u8]) -> Vec<u8> {
 
 fuzz_target!(|data: &[u8]| {
     let bytes = wrap(data);
-    let mut limits = ReadLimits::default();
-    limits.max_objects = 100_000;
-    limits.max_values = 1_000_000;
-    let options = ReadOptions::new().limits(limits);
+    let options = common::options();
     if let Ok(ckpt) = Checkpoint::from_bytes(&bytes, &options) {
         let _ = ckpt.value();
         let _ = ckpt.state_dict();
