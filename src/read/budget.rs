@@ -97,7 +97,8 @@ pub(crate) const fn heap(n: usize) -> u64 {
     if n == 0 {
         return 0;
     }
-    let chunk = (n as u64 + 8 + 15) & !15;
+    // Saturating: a size a file declares may be near 2^64 (the budget refuses it).
+    let chunk = (n as u64).saturating_add(8 + 15) & !15;
     if chunk < 32 {
         32
     } else {
@@ -121,6 +122,7 @@ mod tests {
         assert_eq!(heap(24), 32);
         assert_eq!(heap(25), 48);
         assert_eq!(heap(1000), 1008);
+        assert!(heap(usize::MAX) > 1 << 62);
     }
 
     #[test]
