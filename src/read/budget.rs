@@ -25,8 +25,10 @@
 //! copy nothing are charged as if they copied the ids they walk, so that the work a file
 //! can cause is bounded along with its memory.
 //!
-//! Measured (`tests/budget.rs`, `measure_files`) on `torch.save` state dicts of a million
-//! one-element tensors, the charges come to 1.1 to 1.3 times the growth of peak RSS.
+//! Measured (`tests/budget.rs`, `measure_files`, release build) on files of a million
+//! one-element tensors, the most charged while opening comes to 1.01 times the growth of
+//! peak RSS for a `torch.save` state dict whose tensors view one storage, 1.14 for one of a
+//! million storages, and 1.28 for a safetensors file: the fixed cost is the margin.
 
 use super::options::ReadLimits;
 
@@ -95,7 +97,8 @@ pub(crate) const fn heap(n: usize) -> u64 {
     if n == 0 {
         return 0;
     }
-    let chunk = (n as u64 + 8 + 15) & !15;
+    // Saturating: a size a file declares may be near 2^64 (the budget refuses it).
+    let chunk = (n as u64).saturating_add(8 + 15) & !15;
     if chunk < 32 {
         32
     } else {
@@ -119,6 +122,7 @@ mod tests {
         assert_eq!(heap(24), 32);
         assert_eq!(heap(25), 48);
         assert_eq!(heap(1000), 1008);
+        assert!(heap(usize::MAX) > 1 << 62);
     }
 
     #[test]

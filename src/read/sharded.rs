@@ -11,8 +11,12 @@
 //! it is parsed.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::index::OpenFile;
 use super::materialize::Materializer;
@@ -36,11 +40,8 @@ pub(crate) fn parse(
         path: path.to_path_buf(),
         reason,
     };
-    let json: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
+    let map = weight_map(bytes)
+        .map_err(|e| invalid(format!("not JSON: {e}")))?
         .ok_or_else(|| invalid("no \"weight_map\" object".into()))?;
     let dir = match path.parent() {
         Some(dir) if from_path && dir.as_os_str().is_empty() => PathBuf::from("."),
@@ -54,9 +55,9 @@ pub(crate) fn parse(
     let mut files: HashMap<String, usize> = HashMap::new();
     let mut names: Vec<String> = Vec::new();
     let mut entries = Vec::with_capacity(map.len());
-    for (key, file) in map {
+    for (key, file) in &map {
         let file = file
-            .as_str()
+            .as_deref()
             .ok_or_else(|| invalid(format!("the shard of {key:?} is not a string")))?;
         let relative = Path::new(file);
         let plain = relative
@@ -110,6 +111,125 @@ pub(crate) fn parse(
         entries,
         shards,
     })
+}
+
+/// An index's `weight_map`: each key and its shard's name (`None` for a value that is not
+/// a string), in order, a key given twice keeping its first place and its last value, as
+/// `serde_json`'s map keeps them; `None` when there is no `weight_map` object.
+///
+/// The JSON is read without building a tree of it: everything but the `weight_map`'s keys
+/// and names is skipped as it is read, so that an index costs about what its keys and
+/// names do, whatever else it holds (a tree of `[0,0,0,...]` costs 40 bytes per byte).
+type WeightMap = IndexMap<String, Option<String>>;
+
+fn weight_map(bytes: &[u8]) -> Result<Option<WeightMap>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let map = de.deserialize_any(Part::Index)?;
+    de.end()?;
+    Ok(map.and_then(Found::into_map))
+}
+
+/// Which part of an index a value is read as: any other JSON value there is skipped, and
+/// reads as nothing.
+#[derive(Clone, Copy)]
+enum Part {
+    /// The top level: an object, whose `weight_map` is kept.
+    Index,
+    /// The `weight_map`: an object of keys and shard names.
+    Map,
+    /// A shard's name: a string.
+    Name,
+}
+
+/// What a [`Part`] found.
+enum Found {
+    Map(WeightMap),
+    Name(String),
+}
+
+impl Found {
+    fn into_map(self) -> Option<WeightMap> {
+        match self {
+            Found::Map(m) => Some(m),
+            Found::Name(_) => None,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Part {
+    type Value = Option<Found>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Part {
+    type Value = Option<Found>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        match self {
+            Part::Index => {
+                let mut found = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "weight_map" {
+                        found = map.next_value_seed(Part::Map)?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(found)
+            }
+            Part::Map => {
+                let mut out = WeightMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let name = match map.next_value_seed(Part::Name)? {
+                        Some(Found::Name(name)) => Some(name),
+                        _ => None,
+                    };
+                    out.insert(key, name);
+                }
+                Ok(Some(Found::Map(out)))
+            }
+            Part::Name => {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+        }
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(matches!(self, Part::Name).then(|| Found::Name(v.to_string())))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
 
 /// The directories a shard may lie in, symlinks resolved: the index's own directory, and
@@ -198,5 +318,44 @@ impl Shards {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod weight_map_tests {
+    use super::*;
+
+    /// What reading the index as a `serde_json::Value` gives: the reader's reference.
+    fn reference(bytes: &[u8]) -> Result<Option<WeightMap>, ()> {
+        let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| ())?;
+        Ok(json.get("weight_map").and_then(|m| m.as_object()).map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string)))
+                .collect()
+        }))
+    }
+
+    #[test]
+    fn the_weight_map_reads_as_a_json_value_would() {
+        for text in [
+            r#"{"weight_map": {"b": "s1", "a": "s2"}, "metadata": {"total_size": 8}}"#,
+            r#"{"metadata": [0, 0, {"x": [1, 2.5, null, true]}], "weight_map": {"a": "s"}}"#,
+            r#"{"weight_map": {"a": "s1", "b": "s2", "a": "s3"}}"#,
+            r#"{"weight_map": {"a": 1, "b": ["s"], "c": {"d": "s"}, "e": null, "f": "s"}}"#,
+            r#"{"weight_map": "s"}"#,
+            r#"{"weight_map": {"a": "s"}, "weight_map": [1]}"#,
+            r#"{"weight_map": [1], "weight_map": {"a": "s"}}"#,
+            r#"{"metadata": {}}"#,
+            r#"[{"weight_map": {"a": "s"}}]"#,
+            r#""weight_map""#,
+            "1",
+            "null",
+            r#"{"weight_map": {"a": "s"}} x"#,
+            r#"{"weight_map": {"a": "s"}"#,
+            r#"{"weight_map": {"a": "\u00e9\n"}}"#,
+        ] {
+            let ours = weight_map(text.as_bytes()).map_err(|_| ());
+            assert_eq!(ours, reference(text.as_bytes()), "{text}");
+        }
     }
 }
