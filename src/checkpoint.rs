@@ -180,7 +180,9 @@ impl<'a> Checkpoint<'a> {
     /// # Errors
     ///
     /// [`Error::Pickle`] for values nested too deep or duplicate dict keys;
-    /// [`Error::LimitExceeded`] for memo expansions past the budget of values; read errors
+    /// [`Error::LimitExceeded`] for memo expansions past the budget of values (`max_values`)
+    /// or values past what the file's memory budget leaves (`max_memory`, see
+    /// [`ReadLimits`](crate::ReadLimits#the-memory-budget)); read errors
     /// of the storages.
     pub fn value(&self) -> Result<Value, Error> {
         match &self.inner {

@@ -17,6 +17,10 @@
 //!    share one here. Loads into a model skip this step where they can: `load/` reads each
 //!    tensor's byte range straight into the model's tensor.
 //!
+//! Steps 2 and 3 are charged to one memory budget per file ([`budget`],
+//! [`ReadLimits::max_memory`]): 256 MiB plus 8 bytes per byte of the file by default, the
+//! tensors a value holds apart.
+//!
 //! This module imports nothing from the layers above it (state dicts, loading, models).
 
 pub(crate) mod budget;

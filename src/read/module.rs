@@ -80,7 +80,8 @@ impl<'c> Materializer<'c, '_> {
     /// [`Error::InvalidModule`] for a module whose parameters, buffers or children are not
     /// what a module holds; [`Error::Pickle`] with [`PickleError::TooDeep`] for modules
     /// nested deeper than the depth limit (or a module that contains itself);
-    /// [`Error::LimitExceeded`] past the budget of values (modules shared many times).
+    /// [`Error::LimitExceeded`] past the budget of values (modules shared many times) or
+    /// the memory budget.
     pub(crate) fn module_entries(
         &mut self,
         object: &'c OpaqueObj,
