@@ -30,7 +30,7 @@ use super::direct::{is_direct, readable_in_place};
 use super::plan::PlannedCopy;
 use super::source::{Entry, SourceDict};
 use crate::error::Error;
-use crate::read::{bytes, read_all_with, From, Materializer, OpenFile, Read, Source};
+use crate::read::{bytes, read_all_with, read_file_tensors, From, OpenFile, Read, Source};
 
 enum Route<'s> {
     Copy(&'s Tensor),
@@ -208,24 +208,16 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
 /// Materializes the tensors of the `Pending` routes, file by file, each file's storages read
 /// once.
 fn materialize_pending(routes: &mut [Route<'_>]) -> Result<(), Error> {
-    let mut groups: Vec<(&OpenFile<'_>, Vec<usize>, Vec<usize>)> = Vec::new();
-    for (position, route) in routes.iter().enumerate() {
-        if let Route::Pending(file, index) = route {
-            match groups.iter_mut().find(|(f, _, _)| std::ptr::eq(*f, *file)) {
-                Some((_, indices, positions)) => {
-                    indices.push(*index);
-                    positions.push(position);
-                }
-                None => groups.push((file, vec![*index], vec![position])),
-            }
-        }
-    }
-    let mut read = Vec::new();
-    for (file, indices, positions) in groups {
-        let tensors = Materializer::new(file).tensors(&indices)?;
-        read.extend(positions.into_iter().zip(tensors));
-    }
-    for (position, tensor) in read {
+    let (positions, wanted): (Vec<usize>, Vec<(&OpenFile<'_>, usize)>) = routes
+        .iter()
+        .enumerate()
+        .filter_map(|(position, route)| match route {
+            Route::Pending(file, index) => Some((position, (*file, *index))),
+            _ => None,
+        })
+        .unzip();
+    let tensors = read_file_tensors(&wanted)?;
+    for (position, tensor) in positions.into_iter().zip(tensors) {
         routes[position] = Route::Materialized(tensor);
     }
     Ok(())

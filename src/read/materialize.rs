@@ -30,6 +30,30 @@ use crate::error::Error;
 use crate::pyfmt;
 use crate::value::{Dict, Metadata, Object, Value};
 
+/// Reads the file tensors `wanted` (each a file and a tensor index in it), in order. The
+/// tensors of one file are read by one [`Materializer`], so its storages are read once, in
+/// one parallel pass, and tensors that shared a storage in Python share one here.
+pub(crate) fn read_file_tensors(wanted: &[(&OpenFile<'_>, usize)]) -> Result<Vec<Tensor>, Error> {
+    let mut groups: Vec<(&OpenFile<'_>, Vec<usize>, Vec<usize>)> = Vec::new();
+    for (position, &(file, index)) in wanted.iter().enumerate() {
+        match groups.iter_mut().find(|(f, _, _)| std::ptr::eq(*f, file)) {
+            Some((_, indices, positions)) => {
+                indices.push(index);
+                positions.push(position);
+            }
+            None => groups.push((file, vec![index], vec![position])),
+        }
+    }
+    let mut out: Vec<Option<Tensor>> = (0..wanted.len()).map(|_| None).collect();
+    for (file, indices, positions) in groups {
+        let tensors = Materializer::new(file).tensors(&indices)?;
+        for (position, tensor) in positions.into_iter().zip(tensors) {
+            out[position] = Some(tensor);
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
 /// Reads the tensors and values of one opened file. Each storage is read once and cached, so
 /// tensors that shared a storage in Python share one here.
 pub(crate) struct Materializer<'c, 'a> {

@@ -49,7 +49,7 @@ pub use detect::Format;
 pub(crate) use index::{
     check_tensors, pickle_error, top_level_entry, OpenFile, Parsed, StorageLoc,
 };
-pub(crate) use materialize::Materializer;
+pub(crate) use materialize::{read_file_tensors, Materializer};
 pub use options::{ReadLimits, ReadOptions};
 pub(crate) use pickle::{Id, Obj, TensorRef};
 pub(crate) use pread::{bytes, bytes_mut, is_contiguous, read_all_with, From, Read};

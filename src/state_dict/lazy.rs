@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::pyfmt;
 #[cfg(doc)]
 use crate::read::ReadOptions;
-use crate::read::{Materializer, OpenFile};
+use crate::read::{read_file_tensors, Materializer, OpenFile};
 use crate::value::{shallow_clone_metadata, Metadata};
 
 /// A state dict whose tensors are still in the checkpoint file: keys in order, each with its
@@ -363,30 +363,22 @@ impl<'a> LazyStateDict<'a> {
     ///
     /// As [`LazyTensor::read`].
     pub fn into_state_dict(self) -> Result<StateDict, Error> {
+        let wanted: Vec<(&OpenFile<'a>, usize)> = self
+            .entries
+            .values()
+            .filter_map(|entry| match &entry.entry {
+                LazyEntry::File { file, index } => Some((&**file, *index)),
+                LazyEntry::Memory(_) => None,
+            })
+            .collect();
+        // Entries of one file are read together, each file's storages once.
+        let mut read = read_file_tensors(&wanted)?.into_iter();
         let mut tensors: Vec<Option<Tensor>> = Vec::with_capacity(self.entries.len());
-        // Entries of one file are read together, in groups by file.
-        let mut groups: Vec<(&OpenFile<'a>, Vec<usize>, Vec<usize>)> = Vec::new();
-        for (position, entry) in self.entries.values().enumerate() {
-            match &entry.entry {
-                LazyEntry::Memory(t) => tensors.push(Some(t.shallow_clone())),
-                LazyEntry::File { file, index } => {
-                    tensors.push(None);
-                    let file: &OpenFile<'a> = file;
-                    match groups.iter_mut().find(|(f, _, _)| std::ptr::eq(*f, file)) {
-                        Some((_, indices, positions)) => {
-                            indices.push(*index);
-                            positions.push(position);
-                        }
-                        None => groups.push((file, vec![*index], vec![position])),
-                    }
-                }
-            }
-        }
-        for (file, indices, positions) in &groups {
-            let read = Materializer::new(file).tensors(indices)?;
-            for (position, tensor) in positions.iter().zip(read) {
-                tensors[*position] = Some(tensor);
-            }
+        for entry in self.entries.values() {
+            tensors.push(match &entry.entry {
+                LazyEntry::Memory(t) => Some(t.shallow_clone()),
+                LazyEntry::File { .. } => read.next(),
+            });
         }
         let mut sd = StateDict::with_capacity(self.entries.len());
         for (key, tensor) in self.entries.keys().zip(tensors) {
