@@ -23,11 +23,26 @@ pub enum Format {
     ShardedIndex,
 }
 
-/// The pickle protocol 2 header and LONG1 of torch's legacy magic number
-/// 0x1950a86a20f9469cfc6c.
-const LEGACY_MAGIC: [u8; 14] = [
-    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
-];
+/// torch's legacy magic number 0x1950a86a20f9469cfc6c, as the 10 little-endian bytes of a
+/// pickle `LONG1`.
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
+/// Whether `bytes` begin with the first pickle of a legacy `torch.save` file: the magic
+/// number, read opcode by opcode. `PROTO n` (2 to 5), then from protocol 4 an optional
+/// `FRAME` with its 8-byte length, then `LONG1` of 10 bytes holding the magic number. A byte
+/// prefix would only match protocol 2: `torch.save(obj, f, pickle_protocol=4,
+/// _use_new_zipfile_serialization=False)` puts a `FRAME` before the number.
+fn is_legacy(bytes: &[u8]) -> bool {
+    use crate::read::pickle::opcodes::{FRAME, LONG1, PROTO};
+    let [PROTO, protocol @ 2..=5, rest @ ..] = bytes else {
+        return false;
+    };
+    let rest = match rest {
+        [FRAME, _, _, _, _, _, _, _, _, after @ ..] if *protocol >= 4 => after,
+        _ => rest,
+    };
+    matches!(rest, [LONG1, 10, magic @ ..] if magic.starts_with(&LEGACY_MAGIC))
+}
 
 /// Tells a checkpoint's format from its first bytes.
 pub(crate) fn detect(path: &Path, bytes: &[u8]) -> Result<Format, Error> {
@@ -41,7 +56,7 @@ pub(crate) fn detect(path: &Path, bytes: &[u8]) -> Result<Format, Error> {
     if bytes.starts_with(b"version https://git-lfs.github.com/spec") {
         return Err(Error::LfsPointer { path });
     }
-    if bytes.starts_with(&LEGACY_MAGIC) {
+    if is_legacy(bytes) {
         return Ok(Format::TorchLegacy);
     }
     // safetensors: a little-endian u64 header length, then the JSON header. A real length
@@ -89,4 +104,66 @@ fn describe_unknown(bytes: &[u8]) -> String {
     });
     let kind = if is_text { "text" } else { "binary data" };
     format!("{kind} of {} bytes", bytes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAGIC_LONG1: [u8; 12] = [
+        0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+    ];
+
+    fn pickle(protocol: u8, frame: bool) -> Vec<u8> {
+        let mut p = vec![0x80, protocol];
+        if frame {
+            p.push(0x95);
+            p.extend_from_slice(&13u64.to_le_bytes());
+        }
+        p.extend_from_slice(&MAGIC_LONG1);
+        p.push(b'.');
+        p
+    }
+
+    fn format_of(bytes: &[u8]) -> Result<Format, Error> {
+        detect(Path::new("x.pth"), bytes)
+    }
+
+    #[test]
+    fn legacy_files_of_every_protocol_from_2_to_5_are_detected() {
+        for protocol in 2..=5 {
+            assert_eq!(
+                format_of(&pickle(protocol, false)).unwrap(),
+                Format::TorchLegacy
+            );
+        }
+        // torch.save's pickles of protocol 4 and 5 begin with a FRAME.
+        for protocol in 4..=5 {
+            assert_eq!(
+                format_of(&pickle(protocol, true)).unwrap(),
+                Format::TorchLegacy
+            );
+        }
+    }
+
+    #[test]
+    fn other_pickles_are_not_legacy_files() {
+        // FRAME exists from protocol 4 only.
+        let early_frame = pickle(3, true);
+        // Another number, a protocol that does not exist, a pickle cut short.
+        let mut other_number = pickle(2, false);
+        other_number[4] ^= 1;
+        let cut = &pickle(4, true)[..15];
+        for bytes in [&early_frame[..], &other_number, cut, b"\x80\x04K\x01."] {
+            assert!(
+                matches!(format_of(bytes), Err(Error::UnknownFormat { ref found, .. }) if found.contains("pickle")),
+                "{bytes:x?}"
+            );
+        }
+        // No pickle protocol 6 exists: not a pickle at all.
+        assert!(matches!(
+            format_of(&pickle(6, false)),
+            Err(Error::UnknownFormat { ref found, .. }) if found.starts_with("binary data")
+        ));
+    }
 }
