@@ -182,12 +182,48 @@ impl<'a> Checkpoint<'a> {
     /// [`Error::Pickle`] for values nested too deep or duplicate dict keys;
     /// [`Error::LimitExceeded`] for memo expansions past the budget of values (`max_values`)
     /// or values past what the file's memory budget leaves (`max_memory`, see
-    /// [`ReadLimits`](crate::ReadLimits#the-memory-budget)); read errors
+    /// [`ReadLimits`](crate::ReadLimits#the-memory-budget)); [`Error::UnsupportedDtype`] for a
+    /// tensor of a dtype this crate cannot hold, naming its path from the root
+    /// (`model.buf`; see [`value_with_unreadable`](Self::value_with_unreadable)); read errors
     /// of the storages.
     pub fn value(&self) -> Result<Value, Error> {
         match &self.inner {
             Inner::Single(f) => Materializer::new(f).value(f.parsed.arena.root),
             Inner::Sharded(_) => Ok(Value::from(self.state_dict()?)),
+        }
+    }
+
+    /// As [`value`](Self::value), except that a tensor of a dtype this crate cannot hold
+    /// (`torch.uint64`) is described as [`Value::Unreadable`] instead of refused: what the
+    /// file holds, to show it (`tch-state-dict inspect` prints this).
+    ///
+    /// # Errors
+    ///
+    /// As [`value`](Self::value), [`Error::UnsupportedDtype`] excepted.
+    pub fn value_with_unreadable(&self) -> Result<Value, Error> {
+        match &self.inner {
+            Inner::Single(f) => Materializer::new(f)
+                .with_unreadable()
+                .value(f.parsed.arena.root),
+            Inner::Sharded(_) => {
+                let lazy = self.lazy_state_dict()?;
+                let mut items = Vec::with_capacity(lazy.len());
+                for (key, t) in lazy.iter() {
+                    let value = match t.kind() {
+                        Some(_) => Value::Tensor(t.read()?),
+                        None => Value::Unreadable {
+                            dtype: t.dtype_name().to_string(),
+                            shape: t.size(),
+                        },
+                    };
+                    items.push((Value::Str(key.to_string()), value));
+                }
+                Ok(Value::Dict(crate::value::Dict {
+                    items,
+                    ordered: true,
+                    metadata: None,
+                }))
+            }
         }
     }
 
@@ -253,7 +289,7 @@ impl<'a> Checkpoint<'a> {
                     .map(|(key, index)| {
                         (
                             key.into_owned(),
-                            LazyTensor::in_file(Arc::clone(file), index),
+                            LazyTensor::in_file(Arc::clone(file), index, sd.from_module),
                         )
                     })
                     .collect();
@@ -275,7 +311,7 @@ impl<'a> Checkpoint<'a> {
                         },
                     };
                     let file: Arc<OpenFile<'a>> = shards.shards[shard].clone();
-                    entries.insert(key.to_string(), LazyTensor::in_file(file, index));
+                    entries.insert(key.to_string(), LazyTensor::in_file(file, index, false));
                 }
                 if let (Some(key), true) = (at, entries.is_empty()) {
                     return Err(self.key_not_found(key));

@@ -59,7 +59,7 @@ pub(crate) const DTYPES: [DtypeInfo; 20] = [
     row("float32", &["float"], Kind::Float, Some(Dtype::F32), Some("FloatStorage"), true, 4),
     row("float64", &["double"], Kind::Double, Some(Dtype::F64), Some("DoubleStorage"), true, 8),
     row("complex32", &["chalf"], Kind::ComplexHalf, None, Some("ComplexHalfStorage"), false, 4),
-    row("complex64", &["cfloat"], Kind::ComplexFloat, None, Some("ComplexFloatStorage"), true, 8),
+    row("complex64", &["cfloat"], Kind::ComplexFloat, Some(Dtype::C64), Some("ComplexFloatStorage"), true, 8),
     row("complex128", &["cdouble"], Kind::ComplexDouble, None, Some("ComplexDoubleStorage"), true, 16),
     row("bool", &[], Kind::Bool, Some(Dtype::BOOL), Some("BoolStorage"), true, 1),
     row("qint8", &[], Kind::QInt8, None, Some("QInt8Storage"), false, 1),
@@ -98,22 +98,169 @@ pub(crate) fn swap_unit(kind: Kind) -> usize {
     }
 }
 
-/// PyTorch dtypes that tch has no [`Kind`] for. A pickle naming one (`torch.uint16`) is
-/// refused as an unsupported dtype, not as a disallowed global.
-pub(crate) const TORCH_ONLY_NAMES: [&str; 9] = [
-    "uint16",
-    "uint32",
-    "uint64",
-    "quint4x2",
-    "quint2x4",
-    "bits8",
-    "bits16",
-    "float8_e8m0fnu",
-    "float4_e2m1fn_x2",
+/// A PyTorch dtype that this crate cannot hold as a tch tensor: tch has no [`Kind`] for it
+/// (`uint16`, `float8_e8m0fnu`), or libtorch's ops for it are not what a state dict needs
+/// (quantized dtypes, `complex32`). A file may still hold one: the entry is listed with this
+/// name and refused only when it is read (`Error::UnsupportedDtype`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct OtherDtype {
+    /// PyTorch's name, without `torch.` (safetensors' name for safetensors-only dtypes).
+    pub name: &'static str,
+    /// Other names PyTorch gives it.
+    pub aliases: &'static [&'static str],
+    /// Bits per element (4 and 6 for safetensors' MX formats, 8 or more otherwise).
+    pub bits: usize,
+    /// torch's typed storage class, where it has one.
+    pub storage_class: Option<&'static str>,
+    /// The safetensors dtype, where it has one.
+    pub safetensors: Option<Dtype>,
+}
+
+const fn other(
+    name: &'static str,
+    aliases: &'static [&'static str],
+    bits: usize,
+    storage_class: Option<&'static str>,
+    safetensors: Option<Dtype>,
+) -> OtherDtype {
+    OtherDtype {
+        name,
+        aliases,
+        bits,
+        storage_class,
+        safetensors,
+    }
+}
+
+/// Every dtype a file may name that is not a row of [`DTYPES`] that pickles may hold.
+#[rustfmt::skip]
+pub(crate) const OTHER_DTYPES: [OtherDtype; 33] = [
+    other("uint16", &[], 16, None, Some(Dtype::U16)),
+    other("uint32", &[], 32, None, Some(Dtype::U32)),
+    other("uint64", &[], 64, None, Some(Dtype::U64)),
+    other("complex32", &["chalf"], 32, Some("ComplexHalfStorage"), None),
+    other("qint8", &[], 8, Some("QInt8Storage"), None),
+    other("quint8", &[], 8, Some("QUInt8Storage"), None),
+    other("qint32", &[], 32, Some("QInt32Storage"), None),
+    other("quint4x2", &[], 8, Some("QUInt4x2Storage"), None),
+    other("quint2x4", &[], 8, Some("QUInt2x4Storage"), None),
+    other("bits1x8", &[], 8, None, None),
+    other("bits2x4", &[], 8, None, None),
+    other("bits4x2", &[], 8, None, None),
+    other("bits8", &[], 8, None, None),
+    other("bits16", &[], 16, None, None),
+    other("float8_e8m0fnu", &[], 8, None, Some(Dtype::F8_E8M0)),
+    other("float4_e2m1fn_x2", &[], 8, None, None),
+    other("uint1", &[], 8, None, None),
+    other("uint2", &[], 8, None, None),
+    other("uint3", &[], 8, None, None),
+    other("uint4", &[], 8, None, None),
+    other("uint5", &[], 8, None, None),
+    other("uint6", &[], 8, None, None),
+    other("uint7", &[], 8, None, None),
+    other("int1", &[], 8, None, None),
+    other("int2", &[], 8, None, None),
+    other("int3", &[], 8, None, None),
+    other("int4", &[], 8, None, None),
+    other("int5", &[], 8, None, None),
+    other("int6", &[], 8, None, None),
+    other("int7", &[], 8, None, None),
+    // safetensors' MX formats: one element is 4 or 6 bits; torch has no dtype for them.
+    other("F4", &[], 4, None, Some(Dtype::F4)),
+    other("F6_E2M3", &[], 6, None, Some(Dtype::F6_E2M3)),
+    other("F6_E3M2", &[], 6, None, Some(Dtype::F6_E3M2)),
 ];
 
-/// torch storage classes of dtypes that tch has no [`Kind`] for, refused the same way.
-pub(crate) const TORCH_ONLY_STORAGE_CLASSES: [&str; 2] = ["QUInt4x2Storage", "QUInt2x4Storage"];
+/// A dtype as a file names it: one that tch holds, or one that this crate lists and refuses
+/// to read ([`OtherDtype`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileDtype {
+    /// A dtype that pickles may hold, as its tch kind.
+    Kind(Kind),
+    /// A dtype this crate cannot hold.
+    Other(&'static OtherDtype),
+}
+
+impl FileDtype {
+    /// The tch kind, for a dtype this crate reads.
+    pub(crate) fn kind(self) -> Option<Kind> {
+        match self {
+            FileDtype::Kind(k) => Some(k),
+            FileDtype::Other(_) => None,
+        }
+    }
+
+    /// PyTorch's name, without `torch.`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FileDtype::Kind(k) => of_kind(k).name,
+            FileDtype::Other(o) => o.name,
+        }
+    }
+
+    /// Bits per element.
+    pub(crate) fn bits(self) -> usize {
+        match self {
+            FileDtype::Kind(k) => 8 * of_kind(k).elt_size,
+            FileDtype::Other(o) => o.bits,
+        }
+    }
+
+    /// Bytes per element, rounded up (1 for the sub-byte formats).
+    pub(crate) fn elt_size(self) -> usize {
+        self.bits().div_ceil(8)
+    }
+
+    /// The unit whose bytes a big-endian file reverses (see [`swap_unit`]).
+    pub(crate) fn swap_unit(self) -> usize {
+        match self {
+            FileDtype::Kind(k) => swap_unit(k),
+            FileDtype::Other(o) if o.name == "complex32" => 2,
+            FileDtype::Other(_) => self.elt_size(),
+        }
+    }
+}
+
+impl From<Kind> for FileDtype {
+    fn from(kind: Kind) -> Self {
+        FileDtype::Kind(kind)
+    }
+}
+
+/// The dtype of a PyTorch name (`float32`) or alias (`float`, `chalf`), readable or not.
+pub(crate) fn file_dtype_by_name(name: &str) -> Option<FileDtype> {
+    let pickled = by_name(name).filter(|d| d.pickled).map(|d| d.kind.into());
+    pickled.or_else(|| {
+        OTHER_DTYPES
+            .iter()
+            .find(|o| o.name == name || o.aliases.contains(&name))
+            .map(FileDtype::Other)
+    })
+}
+
+/// The dtype of a typed storage class (`FloatStorage`, `QInt8Storage`), readable or not.
+pub(crate) fn file_dtype_by_storage_class(class: &str) -> Option<FileDtype> {
+    let pickled = by_storage_class(class)
+        .filter(|d| d.pickled)
+        .map(|d| d.kind.into());
+    pickled.or_else(|| {
+        OTHER_DTYPES
+            .iter()
+            .find(|o| o.storage_class == Some(class))
+            .map(FileDtype::Other)
+    })
+}
+
+/// The dtype of a safetensors dtype, readable or not.
+pub(crate) fn file_dtype_by_safetensors(dtype: Dtype) -> Option<FileDtype> {
+    let known = by_safetensors(dtype).map(|d| d.kind.into());
+    known.or_else(|| {
+        OTHER_DTYPES
+            .iter()
+            .find(|o| o.safetensors == Some(dtype))
+            .map(FileDtype::Other)
+    })
+}
 
 /// The row of a kind.
 pub(crate) fn of_kind(kind: Kind) -> &'static DtypeInfo {
@@ -192,7 +339,13 @@ mod tests {
             }
             for name in std::iter::once(&d.name).chain(d.aliases) {
                 assert!(names.insert(*name), "{name} twice");
-                assert!(!TORCH_ONLY_NAMES.contains(name), "{name}");
+                let other = OTHER_DTYPES
+                    .iter()
+                    .any(|o| o.name == *name || o.aliases.contains(name));
+                assert_eq!(
+                    other, !d.pickled,
+                    "{name}: in OTHER_DTYPES exactly when not pickled"
+                );
             }
             // safetensors -> Kind -> safetensors.
             if let Some(st) = d.safetensors {
@@ -205,10 +358,50 @@ mod tests {
                 assert!(class.ends_with("Storage"), "{class}");
                 assert_eq!(by_storage_class(class).map(|r| r.kind), Some(d.kind));
                 assert!(classes.insert(class), "{class} twice");
-                assert!(!TORCH_ONLY_STORAGE_CLASSES.contains(&class), "{class}");
+                let other = OTHER_DTYPES.iter().any(|o| o.storage_class == Some(class));
+                assert_eq!(other, !d.pickled, "{class}");
             }
         }
         assert_eq!(by_name("uint16").map(|d| d.kind), None);
+        // Every dtype a file may name resolves once, readable or not.
+        let mut other_names = HashSet::new();
+        for o in &OTHER_DTYPES {
+            for name in std::iter::once(&o.name).chain(o.aliases) {
+                assert!(other_names.insert(*name), "{name} twice");
+                assert_eq!(
+                    file_dtype_by_name(name),
+                    Some(FileDtype::Other(o)),
+                    "{name}"
+                );
+            }
+            if let Some(class) = o.storage_class {
+                assert_eq!(
+                    file_dtype_by_storage_class(class),
+                    Some(FileDtype::Other(o))
+                );
+            }
+            if let Some(st) = o.safetensors {
+                assert_eq!(file_dtype_by_safetensors(st), Some(FileDtype::Other(o)));
+            }
+        }
+        assert_eq!(
+            file_dtype_by_name("float"),
+            Some(FileDtype::Kind(Kind::Float))
+        );
+        // Every safetensors dtype is a row: a file of any of them opens.
+        use Dtype::*;
+        for st in [
+            BOOL, F4, F6_E2M3, F6_E3M2, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, U16, F16, BF16,
+            I32, U32, F32, C64, F64, I64, U64,
+        ] {
+            let d = file_dtype_by_safetensors(st).unwrap_or_else(|| panic!("{st:?}"));
+            assert_eq!(d.bits(), st.bitsize(), "{st:?}");
+        }
+        assert_eq!(file_dtype_by_name("qint8").and_then(FileDtype::kind), None);
+        assert_eq!(
+            file_dtype_by_safetensors(Dtype::C64),
+            Some(FileDtype::Kind(Kind::ComplexFloat))
+        );
         assert_eq!(by_name("float").map(|d| d.kind), Some(Kind::Float));
         assert_eq!(
             by_storage_class("LongStorage").map(|d| d.kind),

@@ -188,12 +188,19 @@ pub enum Error {
         name: String,
     },
 
-    /// A dtype this crate cannot hold (quantized, unsigned 16-bit and wider, ...).
-    #[error("{}: unsupported dtype {dtype}", path.display())]
+    /// A tensor of a dtype this crate cannot hold as a tch tensor (`torch.uint16`,
+    /// `torch.uint32`, `torch.uint64`, `torch.complex32`, quantized dtypes,
+    /// `torch.float8_e8m0fnu`, `torch.float4_e2m1fn_x2`, safetensors' `F4` and `F6`), when it
+    /// is read, materialized or loaded. A file holding one still opens, and its entry is
+    /// listed (`LazyTensor::dtype_name`), so that `pop` or `retain` can drop it.
+    #[error("{}: {}unsupported dtype {dtype}", path.display(), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
     UnsupportedDtype {
         /// The file.
         path: PathBuf,
-        /// The dtype or storage type, as the file names it.
+        /// The entry: a state dict's key, or for a whole value the path to the tensor from
+        /// the root (`model.buf`, `optimizer.state.0.step`); `None` where no key names it.
+        key: Option<String>,
+        /// PyTorch's name of the dtype: `torch.uint64`.
         dtype: String,
     },
 
@@ -207,6 +214,25 @@ pub enum Error {
         storage: String,
         /// What is wrong.
         reason: String,
+    },
+
+    /// A storage whose bytes in the file (its zip record, or a legacy file's size header) are
+    /// not the size its persistent id declares. `torch.load` refuses it too: "record size
+    /// (24 bytes) does not match expected size (4398046511104 bytes ...)".
+    #[error(
+        "{}: storage {storage}: record size ({found} bytes) does not match expected size \
+         ({expected} bytes)",
+        path.display()
+    )]
+    StorageSizeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The storage's key.
+        storage: String,
+        /// The size the pickle declares, in bytes (saturated at `u64::MAX`).
+        expected: u64,
+        /// The size the file holds, in bytes.
+        found: u64,
     },
 
     /// The file exceeds one of [`ReadLimits`](crate::ReadLimits).
@@ -374,6 +400,24 @@ pub enum Error {
         #[source]
         source: tch::TchError,
     },
+}
+
+impl Error {
+    /// This error, met inside the value under `segment` (a dict key, a list index): an
+    /// unsupported dtype's key gains the segment in front (`model` + `buf` = `model.buf`).
+    pub(crate) fn under(self, segment: impl FnOnce() -> String) -> Error {
+        match self {
+            Error::UnsupportedDtype { path, key, dtype } => {
+                let segment = segment();
+                let key = Some(match key {
+                    Some(k) => format!("{segment}.{k}"),
+                    None => segment,
+                });
+                Error::UnsupportedDtype { path, key, dtype }
+            }
+            other => other,
+        }
+    }
 }
 
 impl From<LoadError> for Error {

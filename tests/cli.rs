@@ -140,6 +140,37 @@ fn inspect_prints_the_tree() {
     );
 }
 
+/// A tensor of a dtype this crate cannot read is listed with PyTorch's dtype name, not
+/// refused; converting the file names the entry that cannot be written.
+#[test]
+fn inspect_lists_a_dtype_it_cannot_read() {
+    let path = test_file("fixtures/pytorch/unsupported_nested.pth");
+    let r = run(&["inspect", s(&path)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for line in [
+        "\"u64\"     tensor torch.Size([2]) uint64 (a dtype this crate cannot read)",
+        "\"c32\"     tensor torch.Size([2]) complex32 (a dtype this crate cannot read)",
+        "\"weight\"  tensor torch.Size([2, 3]) float32 (24 bytes)",
+    ] {
+        assert!(r.stdout.contains(line), "{line}\n{}", r.stdout);
+    }
+    let dir = tempdir("unsupported");
+    let r = run(&[
+        "convert",
+        s(&path),
+        s(&dir.join("out.safetensors")),
+        "--key",
+        "model",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("u16: unsupported dtype torch.uint16"),
+        "{}",
+        r.stderr
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn inspect_errors_are_displayed_and_exit_2() {
     let missing = test_file("fixtures/pytorch/no_such_file.pth");

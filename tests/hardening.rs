@@ -74,15 +74,34 @@ fn only_the_pickles_of_a_legacy_file_count_against_max_pickle_bytes() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The legacy file's persistent id declares its storage's size after the location `'cpu'`
+/// (and a memo put) as `BININT1 4`; this makes it `BININT numel`, 3 bytes longer.
+fn declare_storage_size(bytes: &mut Vec<u8>, numel: i32) {
+    let cpu = bytes
+        .windows(3)
+        .position(|w| w == b"cpu")
+        .expect("the location")
+        + 3;
+    let at = match bytes[cpu] {
+        b'q' => cpu + 2,
+        b'r' => cpu + 5,
+        _ => cpu,
+    };
+    assert_eq!(bytes[at..at + 2], [b'K', 4], "BININT1 4 after the location");
+    let binint: Vec<u8> = std::iter::once(b'J').chain(numel.to_le_bytes()).collect();
+    bytes.splice(at..at + 2, binint);
+}
+
 /// D6: a legacy checkpoint over 1 GiB (the default `max_pickle_bytes`) opens and loads. The
-/// file is sparse: its last storage is grown to 1 GiB and 16 bytes, of which the tensor
-/// views the first 16.
+/// file is sparse: its last storage is grown to 1 GiB and 16 bytes (its size header and its
+/// persistent id both say so), of which the tensor views the first 16.
 #[test]
 fn a_legacy_checkpoint_over_1_gib_is_read() {
     let dir = tempdir("legacy-big");
     let path = dir.join("big.pth");
     legacy_arange(&path, 4);
     let mut bytes = std::fs::read(&path).unwrap();
+    declare_storage_size(&mut bytes, (1 << 28) + 4);
     let header = bytes.len() - 16 - 8;
     assert_eq!(bytes[header..header + 8], 4i64.to_le_bytes());
     let numel: i64 = (1 << 28) + 4;

@@ -50,6 +50,16 @@ refused!(truncated_zip, "truncated_zip.pth", Error::Zip { .. });
 refused!(missing_data_pkl, "missing_data_pkl.pth", Error::MissingRecord { record, .. } if record == "archive/data.pkl");
 refused!(missing_storage, "missing_storage.pth", Error::MissingRecord { record, .. } if record == "archive/data/0");
 refused!(storage_shorter_than_its_tensor, "storage_too_short.pth", Error::InvalidTensor { storage, .. } if storage == "0");
+refused!(
+    record_shorter_than_declared,
+    "record_shorter_than_declared.pth",
+    Error::StorageSizeMismatch { storage, expected, found: 24, .. } if storage == "0" && *expected == 4 << 40
+);
+refused!(
+    record_longer_than_declared,
+    "record_longer_than_declared.pth",
+    Error::StorageSizeMismatch { storage, expected: 8, found: 16, .. } if storage == "0"
+);
 refused!(bad_byteorder, "bad_byteorder.pth", Error::InvalidRecord { record, .. } if record == "archive/byteorder");
 refused!(
     entry_past_the_end_of_the_file,
@@ -70,6 +80,42 @@ refused!(zip_duplicate_storage, "zip_duplicate_storage.pth", Error::InvalidRecor
 refused!(zip_duplicate_pickle, "zip_duplicate_pickle.pth", Error::InvalidRecord { record, reason, .. } if record == "archive/data.pkl" && reason.contains("twice"));
 refused!(zip_encrypted_storage, "zip_encrypted_storage.pth", Error::InvalidRecord { record, reason, .. } if record == "archive/data/0" && reason.contains("encrypted"));
 refused!(zip_encrypted_pickle, "zip_encrypted_pickle.pth", Error::InvalidRecord { record, reason, .. } if record == "archive/data.pkl" && reason.contains("encrypted"));
+
+/// torch.load refuses a storage whose record is not its declared size, shorter or longer, in
+/// the zip format and the legacy one, as this crate does; and reads the files whose sizes
+/// agree.
+#[test]
+fn torch_load_refuses_records_of_another_size_than_declared() {
+    let script = "import sys, torch\n\
+                  for p in sys.argv[1:]:\n\
+                  \x20   try:\n\
+                  \x20       torch.load(p, weights_only=False)\n\
+                  \x20       print('ok')\n\
+                  \x20   except RuntimeError as e:\n\
+                  \x20       print('size' in str(e))\n";
+    let files = [
+        "record_shorter_than_declared.pth",
+        "record_longer_than_declared.pth",
+        "legacy_size_mismatch.pth",
+    ];
+    let paths: Vec<String> = files
+        .iter()
+        .map(|f| hostile(f).to_string_lossy().into_owned())
+        .collect();
+    let out = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().collect::<Vec<_>>(), ["True", "True", "True"]);
+}
 
 /// What torch.load does with the D9 files: it refuses encrypted records, as this crate does,
 /// and reads duplicated ones, picking one of the two copies by the directory's order, which
@@ -603,7 +649,19 @@ refused!(
     }
 );
 refused!(duplicate_keys, "duplicate_keys.pth", Error::Pickle { kind: PickleError::DuplicateKey(k), .. } if k == "w");
-refused!(quantized_storage, "qint8_storage.pth", Error::UnsupportedDtype { dtype, .. } if dtype == "torch.QInt8Storage");
+// A quantized storage opens (the entry is listed); reading it is refused, naming its key.
+refused!(quantized_storage, "qint8_storage.pth", Error::UnsupportedDtype { key: Some(key), dtype, .. } if dtype == "torch.qint8" && key == "w");
+
+#[test]
+fn a_quantized_storage_is_listed_before_it_is_refused() {
+    let sd = tch_state_dict::LazyStateDict::load(hostile("qint8_storage.pth")).unwrap();
+    let t = sd.get("w").unwrap();
+    assert_eq!(
+        (t.dtype_name(), t.kind(), t.size()),
+        ("qint8", None, vec![16])
+    );
+    assert!(matches!(t.read(), Err(Error::UnsupportedDtype { key: Some(k), .. }) if k == "w"));
+}
 
 // Legacy format.
 refused!(
@@ -612,6 +670,11 @@ refused!(
     Error::InvalidRecord { .. }
 );
 refused!(legacy_view_out_of_bounds, "legacy_view_out_of_bounds.pth", Error::InvalidTensor { storage, .. } if storage == "k");
+refused!(
+    legacy_size_mismatch,
+    "legacy_size_mismatch.pth",
+    Error::StorageSizeMismatch { storage, expected: 16, found: 24, .. } if storage == "k"
+);
 
 // Not checkpoints.
 refused!(empty_file, "empty.pth", Error::EmptyFile { .. });

@@ -142,7 +142,7 @@ fn every_fixture_loads_the_values_the_eager_path_loads() {
         for ((k, l), (ek, e)) in lazy.iter().zip(eager.iter()) {
             assert_eq!(k, ek, "{name}");
             assert_eq!(l.size(), e.size(), "{name} {k}");
-            assert_eq!(l.kind(), e.kind(), "{name} {k}");
+            assert_eq!(l.kind(), Some(e.kind()), "{name} {k}");
             assert!(!l.is_in_memory());
             // One tensor on demand.
             assert_eq!(
@@ -200,7 +200,7 @@ fn retain_sees_shapes_and_dtypes_without_reading() {
     let in_features = sd.get("fc.weight").unwrap().size()[1];
     sd.retain(|_, t| t.size() != [100, in_features] && t.size() != [100]);
     assert!(!sd.contains_key("fc.weight") && !sd.contains_key("fc.bias"));
-    sd.retain(|_, t| t.kind() == Kind::Float);
+    sd.retain(|_, t| t.kind() == Some(Kind::Float));
     assert!(sd.keys().all(|k| !k.ends_with("num_batches_tracked")));
     assert!(sd.nbytes() > 0);
 }
@@ -339,7 +339,7 @@ fn a_cast_asked_for_at_open_is_seen_by_the_load_as_by_the_eager_path() {
     load_state_dict(&b, &eager, true).unwrap();
     assert_eq!(model_hashes(&a), model_hashes(&b));
     for (k, t) in lazy.iter() {
-        assert_eq!(t.kind(), eager.get(k).unwrap().kind(), "{k}");
+        assert_eq!(t.kind(), Some(eager.get(k).unwrap().kind()), "{k}");
     }
 }
 
@@ -517,4 +517,70 @@ fn progress_is_reported_in_order_up_to_the_total() {
             assert_eq!(model_bytes, total);
         }
     }
+}
+
+/// A model whose keys are the readable entries of unsupported_dtypes.pth (`weight`,
+/// `bias`), plus `u64` as an int64 buffer when `with_u64`.
+fn model_for_unsupported(with_u64: bool) -> ModuleTree {
+    let mut tree = ModuleTree::new("Net");
+    tree.add_tensor("weight", Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)))
+        .unwrap();
+    if with_u64 {
+        tree.add_tensor("u64", Tensor::zeros([2], (Kind::Int64, Device::Cpu)))
+            .unwrap();
+    }
+    tree.add_tensor("bias", Tensor::zeros([2], (Kind::Float, Device::Cpu)))
+        .unwrap();
+    tree
+}
+
+/// An entry of a dtype tch cannot hold is refused when a load would read it, before anything
+/// is written and naming its key; popped, or left out as unexpected, it is never read.
+#[test]
+fn a_load_refuses_an_unsupported_entry_only_when_it_would_read_it() {
+    let path = fixture("unsupported_dtypes.pth");
+    let eager = {
+        let mut lazy = LazyStateDict::load(&path).unwrap();
+        lazy.retain(|_, t| t.kind().is_some());
+        lazy.into_state_dict().unwrap()
+    };
+
+    // The model has a u64 buffer: the entry would be read, so the load is refused, the
+    // dry run too, and the model is untouched.
+    let model = model_for_unsupported(true);
+    let before = model_hashes(&model);
+    let sd = LazyStateDict::load(&path).unwrap();
+    for result in [
+        load_state_dict(&model, &sd, false),
+        check_state_dict(&model, &sd, &LoadOptions::new().strict(false)),
+    ] {
+        assert!(
+            matches!(&result, Err(Error::UnsupportedDtype { key: Some(k), dtype, .. }) if k == "u64" && dtype == "torch.uint64"),
+            "{result:?}"
+        );
+    }
+    assert_eq!(model_hashes(&model), before);
+
+    // Popped: missing, and the rest loads.
+    let mut popped = sd.shallow_clone();
+    popped.pop("u64");
+    let report = load_state_dict(&model, &popped, false).unwrap();
+    assert_eq!(report.missing_keys, ["u64"]);
+    assert_eq!(report.unexpected_keys, ["u16", "u32", "c32", "e8m0", "f4"]);
+    assert!(model
+        .get("weight")
+        .unwrap()
+        .equal(eager.get("weight").unwrap()));
+    assert!(model.get("bias").unwrap().equal(eager.get("bias").unwrap()));
+
+    // A model without such keys: the entries are unexpected, never read; strictly, the
+    // usual error.
+    let model = model_for_unsupported(false);
+    let report = load_state_dict(&model, &sd, false).unwrap();
+    assert_eq!(report.unexpected_keys.len(), 6);
+    assert!(model.get("bias").unwrap().equal(eager.get("bias").unwrap()));
+    assert!(matches!(
+        load_state_dict(&model, &sd, true),
+        Err(Error::Load(e)) if e.unexpected_keys.len() == 6
+    ));
 }

@@ -130,6 +130,19 @@ fn legacy_format() {
     assert_eq!(sd.get("slice").unwrap().double_value(&[1]), -2.0);
 }
 
+/// Legacy files of pickle protocols 3 to 5, whose magic number follows PROTO and a FRAME.
+#[test]
+fn legacy_files_of_every_pickle_protocol() {
+    for protocol in 3..=5 {
+        let name = format!("legacy_protocol{protocol}.pth");
+        check_state_dict_file(&name);
+        assert_eq!(
+            Checkpoint::open(fixture(&name)).unwrap().format(),
+            Format::TorchLegacy
+        );
+    }
+}
+
 #[test]
 fn pickle_protocols_4_and_5() {
     check_state_dict_file("protocol4.pth");
@@ -161,6 +174,30 @@ fn archives_that_other_tools_write() {
 fn parameters_keep_requires_grad() {
     let sd = check_state_dict_file("parameters.pth");
     assert!(sd.values().all(Tensor::requires_grad));
+}
+
+/// `requires_grad` of `nn.Parameter`s and plain tensors of every dtype that can have it,
+/// complex ones included, as torch.load gives it (recorded in expected.json).
+#[test]
+fn requires_grad_for_every_dtype() {
+    let want = expected("parameters_dtypes.pth");
+    let check = |what: &str, sd: &StateDict| {
+        for (k, t) in sd.iter() {
+            let flag = want[k]["requires_grad"].as_bool().unwrap();
+            assert_eq!(t.requires_grad(), flag, "{what} {k}");
+        }
+        let complex = sd.get("c64").unwrap();
+        assert!(
+            complex.requires_grad(),
+            "{what}: a complex parameter that requires grad"
+        );
+    };
+    let path = fixture("parameters_dtypes.pth");
+    check("eager", &check_state_dict_file("parameters_dtypes.pth"));
+    let lazy = tch_state_dict::LazyStateDict::load(&path).unwrap();
+    check("lazy", &lazy.into_state_dict().unwrap());
+    let mmap = StateDict::load_with(&path, &ReadOptions::new().mmap(true)).unwrap();
+    check("mmap", &mmap);
 }
 
 #[test]
@@ -442,4 +479,144 @@ fn a_sharded_index_in_memory_has_no_shards_to_open() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The dtypes of unsupported_dtypes.pth, as Python names them, in order; `None` where tch
+/// holds them.
+const UNSUPPORTED: [(&str, Option<&str>); 8] = [
+    ("weight", None),
+    ("u16", Some("uint16")),
+    ("u32", Some("uint32")),
+    ("u64", Some("uint64")),
+    ("c32", Some("complex32")),
+    ("e8m0", Some("float8_e8m0fnu")),
+    ("f4", Some("float4_e2m1fn_x2")),
+    ("bias", None),
+];
+
+/// A tensor of a dtype tch has no kind for refuses its entry, not the file: the file opens,
+/// the entry is listed with PyTorch's dtype name, reading it is `UnsupportedDtype` naming
+/// the key, and the rest reads as Python wrote it once the entry is dropped. In the zip and
+/// legacy formats and in safetensors.
+#[test]
+fn an_unsupported_dtype_refuses_its_entry_not_the_file() {
+    for (name, count) in [
+        ("unsupported_dtypes.pth", 8),
+        ("unsupported_legacy.pth", 8),
+        ("unsupported.safetensors", 5),
+    ] {
+        let path = fixture(name);
+        let want: Vec<_> = if count == 8 {
+            UNSUPPORTED.to_vec()
+        } else {
+            UNSUPPORTED
+                .iter()
+                .copied()
+                .filter(|(k, _)| ["weight", "u16", "u32", "u64", "bias"].contains(k))
+                .collect()
+        };
+        assert_eq!(
+            Checkpoint::open(&path).unwrap().keys().len(),
+            count,
+            "{name}"
+        );
+        let mut lazy = tch_state_dict::LazyStateDict::load(&path).unwrap();
+        for (key, dtype) in &want {
+            let t = lazy.get(key).unwrap();
+            match dtype {
+                Some(dtype) => {
+                    assert_eq!((t.dtype_name(), t.kind()), (*dtype, None), "{name} {key}");
+                    let e = t.read().unwrap_err();
+                    assert!(
+                        matches!(&e, Error::UnsupportedDtype { key: Some(k), dtype: d, .. }
+                            if k == key && *d == format!("torch.{dtype}")),
+                        "{name}: {e:?}"
+                    );
+                    assert!(e.to_string().contains(name), "{e}");
+                }
+                None => assert_eq!(t.kind(), Some(Kind::Float), "{name} {key}"),
+            }
+        }
+        // Building every tensor is refused, at the first unreadable entry in the file's
+        // order (safetensors sorts its entries), by its key.
+        let (first_key, first_dtype) = lazy
+            .iter()
+            .find(|(_, t)| t.kind().is_none())
+            .map(|(k, t)| (k.to_string(), format!("torch.{}", t.dtype_name())))
+            .unwrap();
+        let first = |e: Error| matches!(e, Error::UnsupportedDtype { key: Some(k), dtype, .. } if k == first_key && dtype == first_dtype);
+        assert!(first(StateDict::load(&path).unwrap_err()), "{name}");
+        assert!(first(Value::load(&path).unwrap_err()), "{name}");
+        assert!(
+            first(lazy.shallow_clone().into_state_dict().unwrap_err()),
+            "{name}"
+        );
+        // Dropped, the rest reads as Python wrote it.
+        lazy.retain(|_, t| t.kind().is_some());
+        let sd = lazy.into_state_dict().unwrap();
+        let got: Vec<(String, &Tensor)> = sd.iter().map(|(k, t)| (k.to_string(), t)).collect();
+        assert_matches_python("unsupported_dtypes.pth", &got);
+    }
+}
+
+/// Nested, the error names the path from the root; `value_with_unreadable` describes the
+/// tensor instead, and a dtype value tch has no kind for (`torch.uint16`) is the global that
+/// names it, written back as such.
+#[test]
+fn an_unsupported_dtype_inside_a_checkpoint() {
+    let path = fixture("unsupported_nested.pth");
+    let e = Value::load(&path).unwrap_err();
+    assert!(
+        matches!(&e, Error::UnsupportedDtype { key: Some(k), .. } if k == "model.u16"),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .contains("model.u16: unsupported dtype torch.uint16"),
+        "{e}"
+    );
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let v = ckpt.value_with_unreadable().unwrap();
+    assert!(matches!(
+        v.get("model").unwrap().get("u64").unwrap(),
+        Value::Unreadable { dtype, shape } if dtype == "uint64" && shape == &[2]
+    ));
+    assert!(v
+        .get("model")
+        .unwrap()
+        .get("weight")
+        .unwrap()
+        .as_tensor()
+        .is_some());
+    let dtype = v.get("dtype").unwrap();
+    assert!(
+        matches!(dtype, Value::Global { module, name } if module == "torch" && name == "uint16"),
+        "{dtype:?}"
+    );
+    let lazy = tch_state_dict::LazyStateDict::load_key(&path, "model").unwrap();
+    assert_eq!(lazy.get("c32").unwrap().dtype_name(), "complex32");
+    // The global is written back as torch.uint16.
+    let dir = common::tempdir("unsupported-global");
+    let out = dir.join("dtype.pth");
+    Value::dict([("dtype", dtype.shallow_clone())])
+        .save(&out)
+        .unwrap();
+    let back = Value::load(&out).unwrap();
+    assert!(matches!(back.get("dtype").unwrap(), Value::Global { name, .. } if name == "uint16"));
+    let read = std::process::Command::new(common::python())
+        .args([
+            "-c",
+            "import sys, torch; print(torch.load(sys.argv[1], weights_only=True))",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&read.stdout);
+    assert_eq!(
+        text.trim(),
+        "{'dtype': torch.uint16}",
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }

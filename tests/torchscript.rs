@@ -223,3 +223,77 @@ fn weights_only_refuses_torchscript_as_pytorch_does() {
     load_checkpoint(&vs, fixture("scripted_linear.pt"), true).unwrap();
     assert_eq!(state_dict(&vs).unwrap().len(), 2);
 }
+
+/// `requires_grad` as PyTorch gives it for a module's state dict: `state_dict()` detaches
+/// every tensor, so `torch.jit.load(p).state_dict()` and `torch.load(p).state_dict()` have
+/// it false everywhere, whatever data.pkl records (an LSTM's weights, a buffer made with
+/// `requires_grad=True`). Compared with Python key by key, in one interpreter.
+#[test]
+fn a_modules_state_dict_has_requires_grad_as_pytorch_gives_it() {
+    let script = "import sys, torch\n\
+                  for p, key in zip(sys.argv[1::2], sys.argv[2::2]):\n\
+                  \x20   if p.endswith('.pt'):\n\
+                  \x20       m = torch.jit.load(p)\n\
+                  \x20   else:\n\
+                  \x20       m = torch.load(p, weights_only=False)\n\
+                  \x20       m = m[key] if key else m\n\
+                  \x20   flags = {k: v.requires_grad for k, v in m.state_dict().items()}\n\
+                  \x20   kept = {k: v.requires_grad for k, v in m.state_dict(keep_vars=True).items()}\n\
+                  \x20   print(p, sorted(flags.items()), any(kept.values()))\n";
+    let files = [
+        ("scripted_flags.pt", ""),
+        ("scripted.pt", ""),
+        ("sequential.pth", ""),
+        ("model_in_dict.pth", "model"),
+    ];
+    let mut args = Vec::new();
+    for (f, key) in files {
+        args.push(fixture(f).to_string_lossy().into_owned());
+        args.push(key.to_string());
+    }
+    let out = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for ((f, key), line) in files.iter().zip(&lines) {
+        let path = fixture(f);
+        let sd = if key.is_empty() {
+            StateDict::load(&path).unwrap()
+        } else {
+            StateDict::load_key(&path, key).unwrap()
+        };
+        let mut flags: Vec<(String, bool)> = sd
+            .iter()
+            .map(|(k, t)| (k.to_string(), t.requires_grad()))
+            .collect();
+        flags.sort();
+        let flags: Vec<String> = flags
+            .iter()
+            .map(|(k, g)| format!("('{k}', {})", if *g { "True" } else { "False" }))
+            .collect();
+        // Python: `path [(key, flag), ...] any_kept`; the file stores some flags true, so
+        // the test would see a reader that kept them.
+        let want = line.strip_prefix(path.to_str().unwrap()).unwrap().trim();
+        let (want_flags, any_kept) = want.rsplit_once(' ').unwrap();
+        assert_eq!(any_kept, "True", "{f}: the fixture stores requires_grad");
+        assert_eq!(format!("[{}]", flags.join(", ")), want_flags, "{f}");
+        // The lazy route reads them the same.
+        let lazy = if key.is_empty() {
+            LazyStateDict::load(&path).unwrap()
+        } else {
+            LazyStateDict::load_key(&path, key).unwrap()
+        };
+        for (k, t) in lazy.iter() {
+            assert!(!t.read().unwrap().requires_grad(), "{f} {k}");
+        }
+    }
+}

@@ -126,23 +126,25 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
                 let big_endian = file.parsed.big_endian;
                 match readable_in_place(file, index) {
                     Some((t, offset)) if is_direct(t, big_endian, c.dst) => {
-                        let len = c.dst.numel() * t.dtype.elt_size_in_bytes();
+                        let len = c.dst.numel() * t.dtype.elt_size();
                         Route::Direct(file, offset, len)
                     }
-                    Some((t, offset)) => {
-                        match Convert::new(
+                    // A dtype tch cannot hold was refused by the plan; materializing would
+                    // refuse it again.
+                    Some((t, offset)) => match t.dtype.kind().and_then(|kind| {
+                        Convert::new(
                             c.key,
                             c.dst,
-                            t.dtype,
+                            kind,
                             big_endian,
                             offset,
                             from(file),
                             &file.path,
-                        ) {
-                            Some(convert) => Route::Convert(convert),
-                            None => Route::Pending(file, index),
-                        }
-                    }
+                        )
+                    }) {
+                        Some(convert) => Route::Convert(convert),
+                        None => Route::Pending(file, index),
+                    },
                     None => Route::Pending(file, index),
                 }
             }

@@ -34,11 +34,11 @@ pub(crate) fn readable_in_place<'f>(
     let cast = file
         .options
         .kind
-        .is_some_and(|k| is_floating(t.dtype) && t.dtype != k);
+        .is_some_and(|k| t.dtype.kind().is_some_and(|d| is_floating(d) && d != k));
     if cast || !is_contiguous(t.size(), t.stride()) {
         return None;
     }
-    let elem = t.dtype.elt_size_in_bytes() as u64;
+    let elem = t.dtype.elt_size() as u64;
     // Checked when the checkpoint was opened: the whole extent lies inside the storage.
     let base = t.storage.view.map_or(0, |(offset, _)| offset) as u64;
     Some((t, start + (base + t.offset as u64) * elem))
@@ -50,7 +50,7 @@ pub(crate) fn is_direct(t: &TensorRef, big_endian: bool, dst: &Tensor) -> bool {
     let numel: i64 = t.size().iter().product();
     !big_endian
         && dst.device() == Device::Cpu
-        && dst.kind() == t.dtype
+        && t.dtype.kind() == Some(dst.kind())
         && dst.is_contiguous()
         && dst.numel() as i64 == numel
 }

@@ -43,7 +43,7 @@ use crate::value::{Metadata, Value};
 use commit::Tracker;
 use plan::plan;
 pub use source::StateDictSource;
-use source::{Any, SourceDict};
+use source::{Any, Entry, SourceDict};
 
 /// How [`load_state_dict_with`] loads. Setters cannot fail and name their default.
 ///
@@ -227,6 +227,14 @@ fn load<M: StateDictModule + ?Sized, D: SourceDict + ?Sized>(
     let plan = plan(&tree, sd, options);
     if let Some(error) = plan.error {
         return Err(error.into());
+    }
+    // An entry that would be loaded but is of a dtype this crate cannot read (a uint64
+    // buffer) is refused before anything is written; left out (popped, unexpected), it is
+    // never read.
+    for c in &plan.copies {
+        if let Entry::File(file, index) = sd.entry(c.src) {
+            file.check_readable(index, Some(c.key))?;
+        }
     }
     if !write {
         return Ok(plan.report);

@@ -125,7 +125,7 @@ impl SourceDict for LazyStateDict<'_> {
 
     fn same_shape(&self, index: usize, dst: &Tensor) -> bool {
         self.get_index(index).is_some_and(|(_, t)| match t.entry() {
-            LazyEntry::File { file, index } => {
+            LazyEntry::File { file, index, .. } => {
                 file.parsed.arena.tensors[*index].size() == dst.size()
             }
             LazyEntry::Memory(t) => t.defined() && t.f_is_same_size(dst).unwrap_or(false),
@@ -139,7 +139,7 @@ impl SourceDict for LazyStateDict<'_> {
     fn entry(&self, index: usize) -> Entry<'_> {
         let (_, t) = self.get_index(index).expect("planned from this state dict");
         match t.entry() {
-            LazyEntry::File { file, index } => Entry::File(file, *index),
+            LazyEntry::File { file, index, .. } => Entry::File(file, *index),
             LazyEntry::Memory(t) => Entry::Memory(t),
         }
     }

@@ -125,6 +125,39 @@ impl<'a> OpenFile<'a> {
     }
 }
 
+impl OpenFile<'_> {
+    /// [`Error::UnsupportedDtype`] when tensor `index` is of a dtype this crate cannot read,
+    /// naming `key`, or else the key a dict of the file holds it under.
+    pub(crate) fn check_readable(&self, index: usize, key: Option<&str>) -> Result<(), Error> {
+        let dtype = self.parsed.arena.tensors[index].dtype;
+        if dtype.kind().is_some() {
+            return Ok(());
+        }
+        let key = key.map(str::to_string).or_else(|| self.key_of(index));
+        Err(Error::UnsupportedDtype {
+            path: self.path.clone(),
+            key,
+            dtype: format!("torch.{}", dtype.name()),
+        })
+    }
+
+    /// The key under which a dict of the file holds tensor `index`, for errors: a search of
+    /// the whole arena, made only when an error needs it.
+    fn key_of(&self, index: usize) -> Option<String> {
+        let arena = &self.parsed.arena;
+        arena.objs.iter().find_map(|obj| match obj {
+            Obj::Dict(d) => d
+                .items
+                .iter()
+                .find_map(|&(k, v)| match (arena.get(k), arena.get(v)) {
+                    (Obj::Str(k), Obj::Tensor(i)) if *i == index => Some(k.clone()),
+                    _ => None,
+                }),
+            _ => None,
+        })
+    }
+}
+
 /// The value under a string key of the top-level dict.
 pub(crate) fn top_level_entry(arena: &Arena, key: &str) -> Option<Id> {
     match arena.get(arena.root) {
@@ -163,7 +196,6 @@ pub(crate) fn pickle_error(path: &Path, entry: &str, failure: Failure) -> Error 
             module,
             name,
         },
-        Failure::UnsupportedDtype(dtype) => Error::UnsupportedDtype { path, dtype },
         Failure::Limit(limit, max) => Error::LimitExceeded { path, limit, max },
     }
 }
@@ -189,7 +221,23 @@ pub(crate) fn check_tensors(
                 path: path.to_path_buf(),
                 record: format!("{record_prefix}{}", t.storage.key),
             })?;
-        let elem = t.dtype.elt_size_in_bytes() as u64;
+        // The storage holds what its persistent id declares, exactly, as torch.load asks.
+        let storage_elem = t.storage.dtype.map_or(1, |d| d.elt_size() as u64);
+        let expected = t.storage.numel.saturating_mul(storage_elem);
+        if expected != loc.len() {
+            return Err(Error::StorageSizeMismatch {
+                path: path.to_path_buf(),
+                storage: t.storage.key.clone(),
+                expected,
+                found: loc.len(),
+            });
+        }
+        // safetensors' 4- and 6-bit formats: the safetensors crate checked the tensor's bytes
+        // against its shape, and such a tensor is never read.
+        if t.dtype.bits() % 8 != 0 {
+            continue;
+        }
+        let elem = t.dtype.elt_size() as u64;
         let storage_elems = loc.len() / elem;
         let available = match t.storage.view {
             None => storage_elems,
@@ -248,7 +296,7 @@ pub(crate) fn check_tensors(
             return Err(invalid(format!(
                 "a {} tensor of size {:?}, stride {:?} and offset {} needs {} elements; the \
                  storage holds {}",
-                crate::pyfmt::dtype_name(t.dtype),
+                t.dtype.name(),
                 t.size(),
                 t.stride(),
                 t.offset,

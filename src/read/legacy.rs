@@ -6,13 +6,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use tch::Kind;
-
 use super::budget::{heap, Budget};
 use super::crc::Crcs;
 use super::index::out_of_budget;
 use super::pickle::{self, Arena, Flavor, Obj};
 use super::{check_tensors, pickle_error, Format, Parsed, ReadOptions, Source, StorageLoc};
+use crate::dtype::FileDtype;
 use crate::error::{Error, PickleError};
 
 const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
@@ -111,17 +110,15 @@ pub(crate) fn parse<'a>(
         }
     };
 
-    // Each storage's element type, from the persistent ids that named it.
-    let mut dtypes: HashMap<&str, Kind> = HashMap::new();
+    // Each storage's element size, from the persistent id that named it: the size header
+    // counts elements of a typed storage, bytes of an untyped one (`torch.UntypedStorage`,
+    // which torch.save uses for uint16, float8 and the other dtypes of
+    // `_rebuild_tensor_v3`).
+    let mut dtypes: HashMap<&str, usize> = HashMap::new();
     for obj in &arena.objs {
         if let Obj::Storage(s) = obj {
-            if let Some(kind) = s.dtype {
-                dtypes.insert(&s.key, kind);
-            }
+            dtypes.insert(&s.key, s.dtype.map_or(1, FileDtype::elt_size));
         }
-    }
-    for t in &arena.tensors {
-        dtypes.entry(&t.storage.key).or_insert(t.dtype);
     }
 
     let kept: u64 = keys.iter().map(|k| STORAGE_COST + 2 * heap(k.len())).sum();
@@ -129,7 +126,7 @@ pub(crate) fn parse<'a>(
     let mut storages = HashMap::new();
     for key in &keys {
         let record = format!("storage {key}");
-        let kind = *dtypes
+        let elem = *dtypes
             .get(key.as_str())
             .ok_or_else(|| invalid(&record, "no persistent id names it".into()))?;
         let header_end = pos
@@ -139,7 +136,7 @@ pub(crate) fn parse<'a>(
         let numel = i64::from_le_bytes(bytes[pos..header_end].try_into().expect("8 bytes"));
         let len = u64::try_from(numel)
             .ok()
-            .and_then(|n| n.checked_mul(kind.elt_size_in_bytes() as u64))
+            .and_then(|n| n.checked_mul(elem as u64))
             .ok_or_else(|| invalid(&record, format!("a size of {numel} elements")))?;
         let end = (header_end as u64)
             .checked_add(len)

@@ -25,7 +25,7 @@ use super::pread::{bytes, read_all, From, Read};
 use super::source::map_open_file;
 use super::torch_zip::inflate_into;
 use super::{Parsed, ReadOptions, Source, StorageLoc};
-use crate::dtype::swap_unit;
+use crate::dtype::{is_floating, FileDtype};
 use crate::error::Error;
 use crate::pyfmt;
 use crate::value::{Dict, Metadata, Object, Value};
@@ -70,6 +70,9 @@ pub(crate) struct Materializer<'c, 'a> {
     budget: Budget,
     /// Each tensor of the arena a value holds, made once and shared.
     tensor_values: HashMap<usize, Tensor>,
+    /// Whether a tensor of a dtype tch cannot hold becomes [`Value::Unreadable`] rather
+    /// than an error.
+    unreadable: bool,
 }
 
 /// What a value costs in its container's allocation.
@@ -93,7 +96,14 @@ impl<'c, 'a> Materializer<'c, 'a> {
             max_values: limits.max_values.min(proportional),
             budget: parsed.budget.clone(),
             tensor_values: HashMap::new(),
+            unreadable: false,
         }
+    }
+
+    /// Values with tensors this crate cannot hold described as [`Value::Unreadable`].
+    pub(crate) fn with_unreadable(mut self) -> Self {
+        self.unreadable = true;
+        self
     }
 
     /// Charges `bytes` to the memory budget.
@@ -171,10 +181,15 @@ impl<'c, 'a> Materializer<'c, 'a> {
             _ => 0,
         };
         self.charge(own)?;
+        // An unreadable tensor's error names its path from the root: each list gives it an
+        // index, each dict a key.
         let list = |this: &mut Self, ids: &[Id]| -> Result<Vec<Value>, Error> {
             let mut out = Vec::with_capacity(ids.len());
-            for &i in ids {
-                out.push(this.convert(i, depth + 1)?);
+            for (n, &i) in ids.iter().enumerate() {
+                out.push(
+                    this.convert(i, depth + 1)
+                        .map_err(|e| e.under(|| n.to_string()))?,
+                );
             }
             Ok(out)
         };
@@ -210,7 +225,11 @@ impl<'c, 'a> Materializer<'c, 'a> {
                         };
                         return Err(self.pickle_error(PickleError::DuplicateKey(key)));
                     }
-                    items.push((self.convert(k, depth + 1)?, self.convert(v, depth + 1)?));
+                    let key = self.convert(k, depth + 1)?;
+                    let value = self
+                        .convert(v, depth + 1)
+                        .map_err(|e| e.under(|| segment(&key)))?;
+                    items.push((key, value));
                 }
                 let metadata = match arena.metadata_of(id) {
                     Some(m) => Some(self.metadata(m)?),
@@ -223,9 +242,26 @@ impl<'c, 'a> Materializer<'c, 'a> {
                     metadata,
                 })
             }
-            Obj::Tensor(i) => Value::Tensor(self.tensor_value(*i)?),
+            Obj::Tensor(i) => {
+                let t = &arena.tensors[*i];
+                if self.unreadable && t.dtype.kind().is_none() {
+                    Value::Unreadable {
+                        dtype: t.dtype.name().to_string(),
+                        shape: t.size().to_vec(),
+                    }
+                } else {
+                    Value::Tensor(self.tensor_value(*i)?)
+                }
+            }
             Obj::Device(d) => Value::Device(d.clone()),
-            Obj::Dtype(k) => Value::Dtype(*k),
+            // A dtype tch has no kind for is the global that names it (`torch.uint16`).
+            Obj::Dtype(d) => match d.kind() {
+                Some(kind) => Value::Dtype(kind),
+                None => Value::Global {
+                    module: "torch".to_string(),
+                    name: d.name().to_string(),
+                },
+            },
             Obj::Global(g) => {
                 let (module, name) = g.module_and_name();
                 Value::Global {
@@ -360,7 +396,11 @@ impl<'c, 'a> Materializer<'c, 'a> {
             Some(m) => Some(self.metadata(m)?),
             None => None,
         };
-        self.checked(SdEntries { entries, metadata })
+        self.checked(SdEntries {
+            entries,
+            metadata,
+            from_module: false,
+        })
     }
 
     /// `sd`, once no key appears twice in it.
@@ -444,7 +484,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                 format!(
                     "a tensor of shape {} ({})",
                     pyfmt::Shape(t.size()),
-                    pyfmt::dtype_name(t.dtype)
+                    t.dtype.name()
                 )
             }
             Obj::Int(i) => format!("the int {i}"),
@@ -458,7 +498,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
             }
             Obj::Bytes(b) => format!("{} bytes", b.len()),
             Obj::Device(d) => format!("torch.device({})", pyfmt::repr_str(d)),
-            Obj::Dtype(k) => format!("torch.{}", pyfmt::dtype_name(*k)),
+            Obj::Dtype(d) => format!("torch.{}", d.name()),
             Obj::Global(g) => {
                 let (module, name) = g.module_and_name();
                 format!("the global {module}.{name}")
@@ -536,15 +576,23 @@ impl<'c, 'a> Materializer<'c, 'a> {
     }
 
     /// Tensor `index` of the arena: a view of its storage, placed and cast as asked.
+    ///
+    /// A tensor of a dtype tch cannot hold is [`Error::UnsupportedDtype`] with no key: the
+    /// caller names the entry.
     pub(crate) fn tensor(&mut self, index: usize) -> Result<Tensor, Error> {
         let t = &self.parsed.arena.tensors[index];
+        let kind = t.dtype.kind().ok_or_else(|| Error::UnsupportedDtype {
+            path: self.path.to_path_buf(),
+            key: None,
+            dtype: format!("torch.{}", t.dtype.name()),
+        })?;
         let (buffer, start) = self.storage(&t.storage, t.dtype)?;
         let what = format!("tensor of storage {}", t.storage.key);
-        let elem = t.dtype.elt_size_in_bytes() as i64;
+        let elem = t.dtype.elt_size() as i64;
         let bytes = buffer.size()[0];
         let typed = buffer
             .f_narrow(0, 0, bytes / elem * elem)
-            .and_then(|s| s.f_view_dtype(t.dtype))
+            .and_then(|s| s.f_view_dtype(kind))
             .map_err(self.torch_error(what.clone()))?;
         // `start` (a multiple of 16 where non-zero) is where the storage begins in `buffer`.
         let base = start as i64 / elem + t.storage.view.map_or(0, |(offset, _)| offset);
@@ -552,7 +600,10 @@ impl<'c, 'a> Materializer<'c, 'a> {
             .f_as_strided(t.size(), t.stride(), Some(base + t.offset))
             .map_err(self.torch_error(what.clone()))?;
         let out = self.place(out, &what)?;
-        if t.requires_grad && out.is_floating_point() {
+        // Only floating-point and complex tensors can require gradients, as in PyTorch.
+        let differentiable =
+            is_floating(kind) || matches!(kind, Kind::ComplexFloat | Kind::ComplexDouble);
+        if t.requires_grad && differentiable {
             if let Ok(with_grad) = out.f_set_requires_grad(true) {
                 return Ok(with_grad);
             }
@@ -580,13 +631,13 @@ impl<'c, 'a> Materializer<'c, 'a> {
 
     /// The bytes of a storage, read once: a 1-D uint8 tensor and the offset at which the
     /// storage starts in it (0 for a copy, the file offset for a view of the mapped file).
-    fn storage(&mut self, storage: &StorageRef, dtype: Kind) -> Result<(Tensor, u64), Error> {
+    fn storage(&mut self, storage: &StorageRef, dtype: FileDtype) -> Result<(Tensor, u64), Error> {
         if let Some((t, start)) = self.storages.get(&storage.key) {
             return Ok((t.shallow_clone(), *start));
         }
         let loc = self.parsed.storages[&storage.key].clone();
         let what = format!("storage {}", storage.key);
-        let elem = swap_unit(storage.dtype.unwrap_or(dtype));
+        let elem = storage.dtype.unwrap_or(dtype).swap_unit();
         let (tensor, offset) = match loc {
             StorageLoc::Range { start, len } => match self.mapped_file(start) {
                 Some(file) => (file, start),
@@ -688,6 +739,15 @@ unsafe fn tensor_bytes(buffer: &Tensor, len: usize) -> &[u8] {
     unsafe { bytes(buffer.data_ptr() as *const u8, len) }
 }
 
+/// A dict key as a segment of a path to a value: a `str` as it is, anything else as
+/// Python's repr.
+fn segment(key: &Value) -> String {
+    match key {
+        Value::Str(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// A 1-D uint8 tensor holding a copy of `bytes`.
 fn from_bytes(bytes: &[u8]) -> Result<Tensor, tch::TchError> {
     Tensor::f_from_data_size(bytes, &[bytes.len() as i64], Kind::Uint8)
@@ -706,4 +766,8 @@ fn swap_bytes(bytes: &mut [u8], elem: usize) {
 pub(crate) struct SdEntries<'c> {
     pub entries: Vec<(Cow<'c, str>, usize)>,
     pub metadata: Option<Metadata>,
+    /// Whether it is a module's `state_dict()`, whose tensors PyTorch detaches: read without
+    /// `requires_grad`, as `model.state_dict()` and `torch.jit.load(p).state_dict()` give
+    /// them.
+    pub from_module: bool,
 }

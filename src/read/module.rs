@@ -93,6 +93,7 @@ impl<'c> Materializer<'c, '_> {
         let mut sd = SdEntries {
             entries: Vec::new(),
             metadata: Some(Metadata::new()),
+            from_module: true,
         };
         self.walk(object, style, String::new(), 0, at, &mut sd)?;
         Ok(Some(sd))

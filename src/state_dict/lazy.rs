@@ -82,14 +82,22 @@ pub(crate) enum LazyEntry<'a> {
     File {
         file: Arc<OpenFile<'a>>,
         index: usize,
+        /// Read without `requires_grad`: an entry of a module's `state_dict()`, which
+        /// detaches every tensor (a whole pickled module, a TorchScript archive).
+        detached: bool,
     },
     Memory(Tensor),
 }
 
 impl<'a> LazyTensor<'a> {
-    pub(crate) fn in_file(file: Arc<OpenFile<'a>>, index: usize) -> Self {
+    /// Tensor `index` of `file`; `detached` for an entry of a module's `state_dict()`.
+    pub(crate) fn in_file(file: Arc<OpenFile<'a>>, index: usize, detached: bool) -> Self {
         LazyTensor {
-            entry: LazyEntry::File { file, index },
+            entry: LazyEntry::File {
+                file,
+                index,
+                detached,
+            },
         }
     }
 
@@ -100,31 +108,56 @@ impl<'a> LazyTensor<'a> {
     /// The shape, as `Tensor::size` gives it.
     pub fn size(&self) -> Vec<i64> {
         match &self.entry {
-            LazyEntry::File { file, index } => file.parsed.arena.tensors[*index].size().to_vec(),
+            LazyEntry::File { file, index, .. } => {
+                file.parsed.arena.tensors[*index].size().to_vec()
+            }
             LazyEntry::Memory(t) => t.size(),
         }
     }
 
     /// The dtype [`read`](Self::read) gives: the saved one, or the cast that
-    /// [`ReadOptions::kind`] asked for.
-    pub fn kind(&self) -> Kind {
+    /// [`ReadOptions::kind`] asked for. `None` for a dtype that tch has no kind for, or that
+    /// this crate does not read (`torch.uint64`, `torch.complex32`, quantized dtypes; see
+    /// [`dtype_name`](Self::dtype_name)): reading or loading the entry is
+    /// [`Error::UnsupportedDtype`], and `pop` or `retain` can drop it.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), tch_state_dict::Error> {
+    /// // Drop the entries that cannot be read (a uint64 buffer), then read the rest.
+    /// let mut sd = tch_state_dict::LazyStateDict::load("ckpt.pth")?;
+    /// sd.retain(|_, t| t.kind().is_some());
+    /// let sd = sd.into_state_dict()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn kind(&self) -> Option<Kind> {
         match &self.entry {
-            LazyEntry::File { file, index } => {
-                let saved = file.parsed.arena.tensors[*index].dtype;
-                match file.options.kind {
+            LazyEntry::File { file, index, .. } => {
+                let saved = file.parsed.arena.tensors[*index].dtype.kind()?;
+                Some(match file.options.kind {
                     Some(kind) if is_floating(saved) => kind,
                     _ => saved,
-                }
+                })
             }
-            LazyEntry::Memory(t) => t.f_kind().unwrap_or(Kind::Float),
+            LazyEntry::Memory(t) => t.f_kind().ok(),
         }
     }
 
-    /// The dtype as stored in the file (for a tensor in memory, its dtype).
-    pub fn saved_kind(&self) -> Kind {
+    /// The dtype as stored in the file (for a tensor in memory, its dtype); `None` as for
+    /// [`kind`](Self::kind).
+    pub fn saved_kind(&self) -> Option<Kind> {
         match &self.entry {
-            LazyEntry::File { file, index } => file.parsed.arena.tensors[*index].dtype,
-            LazyEntry::Memory(t) => t.f_kind().unwrap_or(Kind::Float),
+            LazyEntry::File { file, index, .. } => file.parsed.arena.tensors[*index].dtype.kind(),
+            LazyEntry::Memory(t) => t.f_kind().ok(),
+        }
+    }
+
+    /// PyTorch's name of the dtype as stored (`float32`, `uint64`, `complex32`), for every
+    /// entry, readable or not.
+    pub fn dtype_name(&self) -> &'static str {
+        match &self.entry {
+            LazyEntry::File { file, index, .. } => file.parsed.arena.tensors[*index].dtype.name(),
+            LazyEntry::Memory(t) => t.f_kind().map_or("undefined", pyfmt::dtype_name),
         }
     }
 
@@ -133,9 +166,26 @@ impl<'a> LazyTensor<'a> {
         self.size().iter().map(|&d| d.max(0) as usize).product()
     }
 
-    /// The size of the values in bytes, in [`kind`](Self::kind).
+    /// The size of the values in bytes, in [`kind`](Self::kind) (in the stored dtype for
+    /// an entry that cannot be read).
     pub fn nbytes(&self) -> u64 {
-        self.numel() as u64 * self.kind().elt_size_in_bytes() as u64
+        let bits = match (&self.entry, self.kind()) {
+            (_, Some(kind)) => 8 * kind.elt_size_in_bytes() as u64,
+            (LazyEntry::File { file, index, .. }, None) => {
+                file.parsed.arena.tensors[*index].dtype.bits() as u64
+            }
+            (LazyEntry::Memory(_), None) => 0,
+        };
+        (self.numel() as u64 * bits).div_ceil(8)
+    }
+
+    /// [`Error::UnsupportedDtype`] naming `key` when the entry is in a file and of a dtype
+    /// this crate cannot read.
+    pub(crate) fn check_readable(&self, key: &str) -> Result<(), Error> {
+        match &self.entry {
+            LazyEntry::File { file, index, .. } => file.check_readable(*index, Some(key)),
+            LazyEntry::Memory(_) => Ok(()),
+        }
     }
 
     /// Whether the values are in memory (inserted, or read already) rather than in a file.
@@ -158,10 +208,20 @@ impl<'a> LazyTensor<'a> {
     /// # Errors
     ///
     /// [`Error::Io`] when the file cannot be read (truncated since it was opened);
-    /// [`Error::Torch`] when libtorch cannot allocate or place the tensor.
+    /// [`Error::Torch`] when libtorch cannot allocate or place the tensor;
+    /// [`Error::UnsupportedDtype`] for a dtype this crate cannot read (see
+    /// [`kind`](Self::kind)), naming the key the file holds it under.
     pub fn read(&self) -> Result<Tensor, Error> {
         match &self.entry {
-            LazyEntry::File { file, index } => Materializer::new(file).tensor(*index),
+            LazyEntry::File {
+                file,
+                index,
+                detached,
+            } => {
+                file.check_readable(*index, None)?;
+                let t = Materializer::new(file).tensor(*index)?;
+                Ok(if *detached { t.detach() } else { t })
+            }
             LazyEntry::Memory(t) => Ok(t.shallow_clone()),
         }
     }
@@ -169,9 +229,14 @@ impl<'a> LazyTensor<'a> {
     fn shallow_clone(&self) -> LazyTensor<'a> {
         LazyTensor {
             entry: match &self.entry {
-                LazyEntry::File { file, index } => LazyEntry::File {
+                LazyEntry::File {
+                    file,
+                    index,
+                    detached,
+                } => LazyEntry::File {
                     file: Arc::clone(file),
                     index: *index,
+                    detached: *detached,
                 },
                 LazyEntry::Memory(t) => LazyEntry::Memory(t.shallow_clone()),
             },
@@ -193,7 +258,7 @@ impl fmt::Debug for LazyTensor<'_> {
             f,
             "LazyTensor({}, {}, {})",
             pyfmt::Shape(&self.size()),
-            pyfmt::dtype_name(self.kind()),
+            self.kind().map_or(self.dtype_name(), pyfmt::dtype_name),
             if self.is_in_memory() {
                 "in memory"
             } else {
@@ -363,11 +428,15 @@ impl<'a> LazyStateDict<'a> {
     ///
     /// As [`LazyTensor::read`].
     pub fn into_state_dict(self) -> Result<StateDict, Error> {
+        // Every entry is readable before anything is read.
+        for (key, entry) in &self.entries {
+            entry.check_readable(key)?;
+        }
         let wanted: Vec<(&OpenFile<'a>, usize)> = self
             .entries
             .values()
             .filter_map(|entry| match &entry.entry {
-                LazyEntry::File { file, index } => Some((&**file, *index)),
+                LazyEntry::File { file, index, .. } => Some((&**file, *index)),
                 LazyEntry::Memory(_) => None,
             })
             .collect();
@@ -377,7 +446,9 @@ impl<'a> LazyStateDict<'a> {
         for entry in self.entries.values() {
             tensors.push(match &entry.entry {
                 LazyEntry::Memory(t) => Some(t.shallow_clone()),
-                LazyEntry::File { .. } => read.next(),
+                LazyEntry::File { detached, .. } => {
+                    read.next().map(|t| if *detached { t.detach() } else { t })
+                }
             });
         }
         let mut sd = StateDict::with_capacity(self.entries.len());
@@ -411,7 +482,9 @@ impl fmt::Display for LazyStateDict<'_> {
                 vec![
                     k.clone(),
                     pyfmt::Shape(&t.size()).to_string(),
-                    pyfmt::dtype_name(t.kind()).to_string(),
+                    t.kind()
+                        .map_or(t.dtype_name(), pyfmt::dtype_name)
+                        .to_string(),
                     match &t.entry {
                         LazyEntry::File { .. } => "in file".to_string(),
                         LazyEntry::Memory(t) => pyfmt::device_name(t.device()),

@@ -58,7 +58,8 @@ pub enum Value {
     Tensor(Tensor),
     /// A `torch.device`, as PyTorch prints it (`cpu`, `cuda:0`).
     Device(String),
-    /// A `torch.dtype`.
+    /// A `torch.dtype`. A dtype tch has no kind for (`torch.uint16`) is the
+    /// [`Global`](Value::Global) `torch.uint16`.
     Dtype(Kind),
     /// An instance of a class outside the allowlist (`argparse.Namespace`, a pickled
     /// `nn.Module`), or the result of a function outside it: what the pickle built with it,
@@ -73,6 +74,16 @@ pub enum Value {
         module: String,
         /// Its name (`list`).
         name: String,
+    },
+    /// A tensor of a dtype this crate cannot hold (`torch.uint64`; see
+    /// [`Error::UnsupportedDtype`](crate::Error::UnsupportedDtype)), described, not read.
+    /// Only [`Checkpoint::value_with_unreadable`](crate::Checkpoint::value_with_unreadable)
+    /// makes it, to show what a file holds; [`Value::load`] refuses such a tensor instead.
+    Unreadable {
+        /// PyTorch's name of its dtype, without `torch.`: `uint64`.
+        dtype: String,
+        /// Its shape.
+        shape: Vec<i64>,
     },
 }
 
@@ -212,6 +223,10 @@ impl Value {
                 module: module.clone(),
                 name: name.clone(),
             },
+            Value::Unreadable { dtype, shape } => Value::Unreadable {
+                dtype: dtype.clone(),
+                shape: shape.clone(),
+            },
         }
     }
 
@@ -234,6 +249,7 @@ impl Value {
             Value::Dtype(_) => "torch.dtype",
             Value::Object(_) => "object",
             Value::Global { .. } => "global",
+            Value::Unreadable { .. } => "Tensor",
         }
     }
 }

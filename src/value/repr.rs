@@ -43,6 +43,11 @@ impl fmt::Display for Value {
             Value::Dtype(k) => write!(f, "torch.{}", pyfmt::dtype_name(*k)),
             Value::Object(o) => o.fmt(f),
             Value::Global { module, name } => write!(f, "{module}.{name}"),
+            Value::Unreadable { dtype, shape } => write!(
+                f,
+                "tensor(size={}, dtype=torch.{dtype}, unreadable)",
+                pyfmt::Shape(shape)
+            ),
         }
     }
 }

@@ -249,14 +249,30 @@ impl Pickler {
                     ),
                 })
             }
-            Value::Global { module, name } => {
+            Value::Unreadable { dtype, .. } => {
                 return Err(Unwritable {
                     what: what.to_string(),
                     reason: format!(
-                        "the global {module}.{name} cannot be written: \
-                         torch.load(weights_only=True) would refuse it"
+                        "a tensor of dtype torch.{dtype}, which this crate cannot hold"
                     ),
                 })
+            }
+            Value::Global { module, name } => {
+                // A torch dtype tch has no kind for (`torch.uint16`), which
+                // torch.load(weights_only=True) allows.
+                let dtype = (module == "torch")
+                    .then(|| dtype::file_dtype_by_name(name))
+                    .flatten();
+                let Some(dtype) = dtype else {
+                    return Err(Unwritable {
+                        what: what.to_string(),
+                        reason: format!(
+                            "the global {module}.{name} cannot be written: \
+                             torch.load(weights_only=True) would refuse it"
+                        ),
+                    });
+                };
+                self.global("torch", dtype.name());
             }
         }
         Ok(())

@@ -102,8 +102,8 @@ pub fn run(
                     k.to_string(),
                     format!(
                         "{} in a, {} in b, {}",
-                        dtype_name(ta.kind()),
-                        dtype_name(tb.kind()),
+                        dtype_of(ta),
+                        dtype_of(tb),
                         match d {
                             Ok(d) => format!("max |a - b| = {}", number(*d)),
                             Err(why) => format!("values not compared: {why}"),
@@ -157,7 +157,12 @@ fn summary(sd: &LazyStateDict<'_>) -> String {
 
 /// `[100, 2048] float32`.
 fn describe(t: &LazyTensor<'_>) -> String {
-    format!("{:?} {}", t.size(), dtype_name(t.kind()))
+    format!("{:?} {}", t.size(), dtype_of(t))
+}
+
+/// The dtype a read gives, or the stored one where it cannot be read (`uint64`).
+fn dtype_of(t: &LazyTensor<'_>) -> &'static str {
+    t.kind().map_or(t.dtype_name(), dtype_name)
 }
 
 fn same_order(a: &LazyStateDict<'_>, b: &LazyStateDict<'_>) -> bool {
@@ -186,6 +191,17 @@ fn table(out: &mut impl Write, rows: impl Iterator<Item = [String; 2]>) -> std::
 fn compare(ta: &LazyTensor<'_>, tb: &LazyTensor<'_>) -> Result<Compared, Failure> {
     if ta.size() != tb.size() {
         return Ok(Compared::Shape);
+    }
+    if ta.kind().is_none() || tb.kind().is_none() {
+        if ta.dtype_name() != tb.dtype_name() {
+            return Ok(Compared::Dtype(Err(
+                "this crate cannot read the dtype".into()
+            )));
+        }
+        return Ok(Compared::Unavailable(format!(
+            "this crate cannot read {}",
+            ta.dtype_name()
+        )));
     }
     let (a, b) = (ta.read()?, tb.read()?);
     let same_kind = a.kind() == b.kind();

@@ -20,7 +20,8 @@ use tch_state_dict::{dtype_name, Checkpoint, Error, ReadOptions, Value};
 /// level has no `key`.
 pub fn inspect(path: &Path, key: Option<&str>) -> Result<String, Error> {
     let ckpt = Checkpoint::open_with(path, &ReadOptions::new().mmap(true))?;
-    let value = ckpt.value()?;
+    // A tensor this crate cannot hold (uint64) is listed, not refused.
+    let value = ckpt.value_with_unreadable()?;
     let shown = match key {
         None => &value,
         Some(key) => value.get(key).ok_or_else(|| Error::KeyNotFound {
@@ -136,6 +137,12 @@ fn write_value(out: &mut impl Write, v: &Value, indent: usize) -> fmt::Result {
         Value::Tensor(t) => {
             writeln!(out, "{}", tensor_line(t))?;
         }
+        Value::Unreadable { dtype, shape } => {
+            writeln!(
+                out,
+                "tensor torch.Size({shape:?}) {dtype} (a dtype this crate cannot read)"
+            )?;
+        }
         Value::Str(s) => {
             writeln!(out, "{s:?}")?;
         }
@@ -205,7 +212,7 @@ fn write_value(out: &mut impl Write, v: &Value, indent: usize) -> fmt::Result {
 /// Whether a value holds a tensor anywhere inside it.
 fn holds_tensors(v: &Value) -> bool {
     match v {
-        Value::Tensor(_) => true,
+        Value::Tensor(_) | Value::Unreadable { .. } => true,
         Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
             items.iter().any(holds_tensors)
         }

@@ -15,9 +15,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tch::Kind;
-
 use super::torch::Global;
+use crate::dtype::FileDtype;
 use crate::read::budget::{heap, heap_of};
 
 /// An index into the arena.
@@ -52,7 +51,10 @@ pub(crate) struct StorageRef {
     /// The record key (`data/<key>` in a zip, the storage key in a legacy file).
     pub key: String,
     /// The storage's element type; `None` for an untyped (byte) storage.
-    pub dtype: Option<Kind>,
+    pub dtype: Option<FileDtype>,
+    /// Its size as the persistent id declares it: elements of `dtype`, or bytes for an
+    /// untyped storage. The record must hold exactly this much, as `torch.load` requires.
+    pub numel: u64,
     /// Legacy views: the element offset into the root storage, and the view's length.
     pub view: Option<(i64, i64)>,
 }
@@ -63,7 +65,7 @@ pub(crate) struct TensorRef {
     /// Shared with the [`Obj::Storage`] it was rebuilt from and the other tensors that view
     /// it.
     pub storage: Arc<StorageRef>,
-    pub dtype: Kind,
+    pub dtype: FileDtype,
     /// In elements of `dtype`, from the start of the storage (or legacy view).
     pub offset: i64,
     /// The size, then the stride, in one allocation.
@@ -75,7 +77,7 @@ impl TensorRef {
     /// A tensor of `size` and `stride`, which the caller has checked are of one length.
     pub(crate) fn new(
         storage: Arc<StorageRef>,
-        dtype: Kind,
+        dtype: FileDtype,
         offset: i64,
         size: &[i64],
         stride: &[i64],
@@ -131,7 +133,7 @@ pub(crate) enum Obj {
     /// An index into [`Arena::tensors`].
     Tensor(usize),
     Device(String),
-    Dtype(Kind),
+    Dtype(FileDtype),
 }
 
 impl Obj {

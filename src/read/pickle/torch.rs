@@ -12,11 +12,9 @@
 
 use std::sync::Arc;
 
-use tch::Kind;
-
 use super::object::{DictObj, Id, Obj, StorageRef, TensorRef};
 use super::vm::{Failure, Machine, Res};
-use crate::dtype;
+use crate::dtype::{self, FileDtype};
 use crate::error::PickleError;
 use crate::read::budget::{heap, heap_of};
 
@@ -30,8 +28,9 @@ pub(crate) enum Global {
     RebuildParameter,
     RebuildParameterWithState,
     RebuildFromTypeV2,
-    /// `torch.FloatStorage` and friends; `None` for `torch.UntypedStorage`.
-    StorageType(Option<Kind>),
+    /// `torch.FloatStorage` and friends (`torch.QInt8Storage` too, whose tensors are
+    /// refused when read); `None` for `torch.UntypedStorage`.
+    StorageType(Option<FileDtype>),
     TorchSize,
     TorchDevice,
     CodecsEncode,
@@ -45,12 +44,15 @@ impl Global {
     /// Its module and name, as a pickle names it (`torch`, `FloatStorage`).
     pub(crate) fn module_and_name(self) -> (&'static str, &'static str) {
         match self {
-            Global::StorageType(Some(kind)) => (
+            Global::StorageType(Some(FileDtype::Kind(kind))) => (
                 "torch",
                 dtype::of_kind(kind)
                     .storage_class
                     .unwrap_or("UntypedStorage"),
             ),
+            Global::StorageType(Some(FileDtype::Other(o))) => {
+                ("torch", o.storage_class.unwrap_or("UntypedStorage"))
+            }
             Global::StorageType(None) => ("torch", "UntypedStorage"),
             other => other.name().rsplit_once('.').unwrap_or(("builtins", "?")),
         }
@@ -80,17 +82,14 @@ impl Global {
 /// The result of resolving a `GLOBAL`.
 pub(super) enum Resolved {
     Callable(Global),
-    Dtype(Kind),
+    /// `torch.float32`, or a dtype this crate lists but cannot hold (`torch.uint16`): a file
+    /// naming one opens, and only reading its tensors is refused.
+    Dtype(FileDtype),
 }
 
-/// Why a global was refused: not on the allowlist, or a torch type this crate cannot hold.
-pub(super) enum GlobalRefusal {
-    Disallowed,
-    UnsupportedDtype,
-}
-
-/// What `module.name` is to a checkpoint: an allowlisted callable, a dtype, or refused.
-pub(super) fn resolve_global(module: &str, name: &str) -> Result<Resolved, GlobalRefusal> {
+/// What `module.name` is to a checkpoint: an allowlisted callable, a dtype, or `None`:
+/// not on the allowlist.
+pub(super) fn resolve_global(module: &str, name: &str) -> Option<Resolved> {
     use Global::*;
     let g = match (module, name) {
         ("collections", "OrderedDict") => OrderedDict,
@@ -108,25 +107,13 @@ pub(super) fn resolve_global(module: &str, name: &str) -> Result<Resolved, Globa
         ("builtins" | "__builtin__", "frozenset") => FrozenSet,
         ("torch" | "torch._tensor", "Tensor") => TensorType,
         ("torch.nn.parameter" | "torch.nn", "Parameter") => ParameterType,
-        ("torch", n) if n.ends_with("Storage") => match dtype::by_storage_class(n) {
-            Some(d) if d.pickled => StorageType(Some(d.kind)),
-            Some(_) => return Err(GlobalRefusal::UnsupportedDtype),
-            None if dtype::TORCH_ONLY_STORAGE_CLASSES.contains(&n) => {
-                return Err(GlobalRefusal::UnsupportedDtype)
-            }
-            None => return Err(GlobalRefusal::Disallowed),
-        },
-        ("torch", n) => match dtype::by_name(n) {
-            Some(d) if d.pickled => return Ok(Resolved::Dtype(d.kind)),
-            Some(_) => return Err(GlobalRefusal::UnsupportedDtype),
-            None if dtype::TORCH_ONLY_NAMES.contains(&n) => {
-                return Err(GlobalRefusal::UnsupportedDtype)
-            }
-            None => return Err(GlobalRefusal::Disallowed),
-        },
-        _ => return Err(GlobalRefusal::Disallowed),
+        ("torch", n) if n.ends_with("Storage") => {
+            StorageType(Some(dtype::file_dtype_by_storage_class(n)?))
+        }
+        ("torch", n) => return dtype::file_dtype_by_name(n).map(Resolved::Dtype),
+        _ => return None,
     };
-    Ok(Resolved::Callable(g))
+    Some(Resolved::Callable(g))
 }
 
 /// Which persistent ids the container uses.
@@ -324,7 +311,7 @@ impl Machine<'_> {
         };
         let dtype = if g == Global::RebuildTensorV3 {
             match self.get(args[6]) {
-                Obj::Dtype(k) => *k,
+                Obj::Dtype(d) => *d,
                 other => {
                     return Err(self.bad(name, format!("dtype has type {}", other.type_name())))
                 }
@@ -388,10 +375,10 @@ impl Machine<'_> {
         if !matches!(self.get(items[3]), Obj::Str(_)) {
             return Err(bad("the location is not a str"));
         }
-        match self.get(items[4]) {
-            Obj::Int(n) if *n >= 0 => {}
+        let numel = match self.get(items[4]) {
+            Obj::Int(n) if *n >= 0 => *n as u64,
             _ => return Err(bad("the size is not a non-negative int")),
-        }
+        };
         let view = if expected == 6 {
             match self.get(items[5]) {
                 Obj::None => None,
@@ -412,7 +399,12 @@ impl Machine<'_> {
         } else {
             None
         };
-        Ok(StorageRef { key, dtype, view })
+        Ok(StorageRef {
+            key,
+            dtype,
+            numel,
+            view,
+        })
     }
 
     /// `BUILD`: the state of an object, kept where a torch object has a place for it.
@@ -632,9 +624,12 @@ mod tests {
             run_with(b"\x80\x02cos\nsystem\n.", true).unwrap_err(),
             Failure::Disallowed(2, ref m, ref n) if m == "os" && n == "system"
         ));
+        // A dtype this crate cannot hold is a value, not a refusal: only reading a tensor
+        // of it is refused.
+        let arena = run_with(b"\x80\x02ctorch\nuint16\n.", true).unwrap();
         assert!(matches!(
-            run_with(b"\x80\x02ctorch\nuint16\n.", false).unwrap_err(),
-            Failure::UnsupportedDtype(ref n) if n == "torch.uint16"
+            arena.get(arena.root),
+            Obj::Dtype(d) if d.name() == "uint16" && d.kind().is_none()
         ));
     }
 

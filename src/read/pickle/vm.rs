@@ -20,7 +20,7 @@ use super::object::{
     SMALL_INTS, TRUE_ID,
 };
 use super::opcodes::*;
-use super::torch::{resolve_global, Flavor, GlobalRefusal, Resolved};
+use super::torch::{resolve_global, Flavor, Resolved};
 use crate::error::PickleError;
 use crate::read::budget::{heap, heap_of, Budget};
 use crate::read::{ReadLimits, ReadOptions};
@@ -30,7 +30,6 @@ use crate::read::{ReadLimits, ReadOptions};
 pub(crate) enum Failure {
     Pickle(u64, PickleError),
     Disallowed(u64, String, String),
-    UnsupportedDtype(String),
     Limit(&'static str, u64),
 }
 
@@ -880,20 +879,17 @@ impl Machine<'_> {
 
     fn push_global(&mut self, module: &str, name: &str) -> Res<()> {
         match resolve_global(module, name) {
-            Ok(Resolved::Callable(g)) => self.push(Obj::Global(g)),
-            Ok(Resolved::Dtype(kind)) => self.push(Obj::Dtype(kind)),
-            Err(GlobalRefusal::Disallowed) if self.weights_only => Err(Failure::Disallowed(
+            Some(Resolved::Callable(g)) => self.push(Obj::Global(g)),
+            Some(Resolved::Dtype(d)) => self.push(Obj::Dtype(d)),
+            None if self.weights_only => Err(Failure::Disallowed(
                 self.op_pos as u64,
                 module.to_string(),
                 name.to_string(),
             )),
-            Err(GlobalRefusal::Disallowed) => self.push(Obj::Class(Box::new(ClassRef {
+            None => self.push(Obj::Class(Box::new(ClassRef {
                 module: module.to_string(),
                 name: name.to_string(),
             }))),
-            Err(GlobalRefusal::UnsupportedDtype) => {
-                Err(Failure::UnsupportedDtype(format!("{module}.{name}")))
-            }
         }
     }
 
