@@ -6,10 +6,15 @@
 //! (`max_values`), and by what is left of the file's memory budget once its parsed form is
 //! paid for. Each value is charged what it allocates: its slot in its container, its
 //! string's bytes, an object's parts. A tensor of the file is made once per materializer
-//! and shared by every reference to it, as Python shares it: the tensor, its bytes and
-//! libtorch's bookkeeping of it (measured: about 0.8 KiB for a view) are the tensors a
-//! value holds, which the budget's bound leaves out; each further reference is a handle,
-//! charged.
+//! and shared by every reference to it, as Python shares it; each further reference is a
+//! handle, charged.
+//!
+//! Tensors are charged too, all of them before libtorch makes the first
+//! ([`TENSOR_COST`], [`STORAGE_COST`]): libtorch's bookkeeping of each tensor and storage,
+//! and each storage's bytes (none for a view of the mapped file). Before this charge, a
+//! safetensors file of a million one-element tensors (59 MB) grew peak RSS by 2.1 GB when
+//! opened and read as a value and as a state dict, far past its budget; now each read is
+//! refused with `LimitExceeded` before it makes its tensors (`tests/budget.rs`).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -79,6 +84,16 @@ pub(crate) struct Materializer<'c, 'a> {
 const VALUE: usize = std::mem::size_of::<Value>();
 /// What a further handle on a tensor costs.
 const TENSOR_HANDLE: u64 = heap(16);
+/// What making one tensor costs beyond its bytes: libtorch's `TensorImpl` with its sizes and
+/// strides, and the entry that holds it in a state dict. Measured (`tests/budget.rs`,
+/// `measure_files`): a million one-element views of one storage grew peak RSS by 885 bytes
+/// each as a `StateDict`.
+pub(crate) const TENSOR_COST: u64 = 896;
+/// What reading one storage costs beyond its bytes (charged rounded up to 64): its buffer's
+/// `TensorImpl` and `StorageImpl`, and its entry in the materializer's map. Measured with
+/// the above: 200,000 one-element tensors, each with a storage, grew peak RSS by 1565 bytes
+/// each as a value, of which the value's own items are charged as values are.
+pub(crate) const STORAGE_COST: u64 = 512;
 
 impl<'c, 'a> Materializer<'c, 'a> {
     pub(crate) fn new(file: &'c OpenFile<'a>) -> Self {
@@ -140,8 +155,11 @@ impl<'c, 'a> Materializer<'c, 'a> {
         Ok(())
     }
 
-    /// The object `id` as a value, with its tensors read.
+    /// The object `id` as a value, with its tensors read: every tensor of the file is
+    /// charged to the budget first.
     pub(crate) fn value(&mut self, id: Id) -> Result<Value, Error> {
+        let all: Vec<usize> = (0..self.parsed.arena.tensors.len()).collect();
+        self.charge_tensors(&all)?;
         self.convert(id, 0)
     }
 
@@ -297,7 +315,12 @@ impl<'c, 'a> Materializer<'c, 'a> {
                     dict_items: pairs(self, &o.dict_items)?,
                 };
                 match known::decode(object) {
-                    Value::Tensor(t) => Value::Tensor(self.place(t, "a numpy array")?),
+                    Value::Tensor(t) => {
+                        // The array's copy as a tensor: its bytes were charged as bytes.
+                        let bytes = (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+                        self.charge(TENSOR_COST + bytes)?;
+                        Value::Tensor(self.place(t, "a numpy array")?)
+                    }
                     other => other,
                 }
             }
@@ -315,7 +338,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
             self.charge(TENSOR_HANDLE)?;
             return Ok(t);
         }
-        let t = self.tensor(index)?;
+        let t = self.make_tensor(index)?;
         self.tensor_values.insert(index, t.shallow_clone());
         Ok(t)
     }
@@ -359,6 +382,13 @@ impl<'c, 'a> Materializer<'c, 'a> {
         if let Obj::Object(o) = arena.get(id) {
             return match self.module_entries(o, at)? {
                 Some(sd) => self.checked(sd),
+                // A value of a known kind (bytes, a numpy array, a path) is no state dict.
+                None if arena
+                    .class_of(o)
+                    .is_some_and(|c| known::is_known(&c.module, &c.name)) =>
+                {
+                    Err(self.not_a_state_dict(id, at))
+                }
                 None => {
                     let class = arena.class_of(o).cloned().unwrap_or_default();
                     Err(Error::OpaqueObject {
@@ -510,10 +540,62 @@ impl<'c, 'a> Materializer<'c, 'a> {
     }
 
     /// The tensors `indices` of the arena, as [`tensor`](Self::tensor) makes them, with the
-    /// storages they need read first in one parallel pass.
+    /// storages they need read first in one parallel pass. All of them are charged to the
+    /// budget before the first is made.
     pub(crate) fn tensors(&mut self, indices: &[usize]) -> Result<Vec<Tensor>, Error> {
+        self.charge_tensors(indices)?;
         self.prefetch(indices)?;
-        indices.iter().map(|&i| self.tensor(i)).collect()
+        indices.iter().map(|&i| self.make_tensor(i)).collect()
+    }
+
+    /// Charges the budget for making the tensors `indices` (each once): libtorch's
+    /// bookkeeping of each tensor, and of each storage not read yet with its bytes (none for
+    /// a storage viewed in the mapped file), and the copy a cast asked for makes. A file of a
+    /// million tiny tensors is refused here, before libtorch makes any of them.
+    fn charge_tensors(&mut self, indices: &[usize]) -> Result<(), Error> {
+        let arena = &self.parsed.arena;
+        let mut cost = 0u64;
+        // A tensor named twice is charged twice: an upper bound.
+        let mut seen_storages: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+        for &i in indices {
+            let t = &arena.tensors[i];
+            cost = cost.saturating_add(TENSOR_COST);
+            let numel = t
+                .size()
+                .iter()
+                .fold(1u64, |n, &d| n.saturating_mul(d as u64));
+            if let (Some(kind), Some(saved)) = (self.options.kind, t.dtype.kind()) {
+                if is_floating(saved) && saved != kind {
+                    cost =
+                        cost.saturating_add(numel.saturating_mul(kind.elt_size_in_bytes() as u64));
+                }
+            }
+            let key = t.storage.key.as_str();
+            if self.storages.contains_key(key) || !seen_storages.insert(key) {
+                continue;
+            }
+            let Some(loc) = self.parsed.storages.get(key) else {
+                continue;
+            };
+            let bytes = match *loc {
+                StorageLoc::Range { start, .. } if self.may_map(start) => 0,
+                // A big-endian storage is swapped in a copy of its own, then copied.
+                StorageLoc::Range { len, .. } if self.parsed.big_endian => len.saturating_mul(2),
+                _ => loc.len(),
+            };
+            cost = cost
+                .saturating_add(STORAGE_COST)
+                .saturating_add(bytes.div_ceil(64).saturating_mul(64));
+        }
+        self.charge(cost)
+    }
+
+    /// Whether a storage at `start` may be a view of the mapped file (`ReadOptions::mmap`).
+    fn may_map(&self, start: u64) -> bool {
+        self.options.mmap
+            && !self.parsed.big_endian
+            && start.is_multiple_of(16)
+            && matches!(self.parsed.source, Source::Mapped(..))
     }
 
     /// Reads the stored, little-endian storages of `indices` that are not read yet, all in
@@ -575,11 +657,18 @@ impl<'c, 'a> Materializer<'c, 'a> {
         }
     }
 
-    /// Tensor `index` of the arena: a view of its storage, placed and cast as asked.
+    /// Tensor `index` of the arena: a view of its storage, placed and cast as asked, and
+    /// charged to the budget.
     ///
     /// A tensor of a dtype tch cannot hold is [`Error::UnsupportedDtype`] with no key: the
     /// caller names the entry.
     pub(crate) fn tensor(&mut self, index: usize) -> Result<Tensor, Error> {
+        self.charge_tensors(&[index])?;
+        self.make_tensor(index)
+    }
+
+    /// [`tensor`](Self::tensor), charged already.
+    fn make_tensor(&mut self, index: usize) -> Result<Tensor, Error> {
         let t = &self.parsed.arena.tensors[index];
         let kind = t.dtype.kind().ok_or_else(|| Error::UnsupportedDtype {
             path: self.path.to_path_buf(),

@@ -19,7 +19,8 @@
 //!
 //! Steps 2 and 3 are charged to one memory budget per file ([`budget`],
 //! [`ReadLimits::max_memory`]): 256 MiB plus 8 bytes per byte of the file by default, the
-//! tensors a value holds apart.
+//! tensors that values and state dicts hold included (their bytes and libtorch's
+//! bookkeeping of each). Loads straight into a model make no tensors and charge none.
 //!
 //! This module imports nothing from the layers above it (state dicts, loading, models).
 

@@ -26,18 +26,23 @@ use crate::error::Error;
 ///   `_codecs.encode(memo)`, a tensor rebuilt with a memoized size, an object's arguments)
 ///   is checked before it is copied and charged once copied, so a small file cannot make
 ///   large copies, and the work a file can cause is bounded with its memory.
-/// - Tensors come on top: their bytes, and libtorch's bookkeeping of each tensor a value
-///   holds (measured: 0.75 KiB for a view of a storage, 0.4 KiB more for each storage read).
-///   Each tensor the file describes is made once per value, however often the pickle names
-///   it.
+/// - The tensors a value or a state dict holds, charged before libtorch makes the first:
+///   libtorch's bookkeeping of each (896 bytes a tensor, 512 more a storage, measured) and
+///   each storage's bytes (none for a view of the mapped file, `ReadOptions::mmap`). Each
+///   tensor the file describes is made once per value, however often the pickle names it.
+///   Each read has the budget that opening left: `value()` and `state_dict()` of one
+///   [`Checkpoint`](crate::Checkpoint) are two reads.
 ///
 /// A file that needs more fails with [`Error::LimitExceeded`], `limit: "max_memory"` and
 /// `max` its budget in bytes. A `torch.save` state dict needs about 730 bytes of the budget
-/// per tensor to open and 340 more for its value: a state dict of a million tensors opens
-/// and reads within the budget of even its smallest file (every tensor a view of one
-/// storage, about 100 bytes of file per tensor), and so does a safetensors file of a
-/// million one-element tensors (its header is charged 7 bytes per byte to read). Each shard
-/// of a sharded checkpoint has a budget of its own.
+/// per tensor to open, and about 1.5 KiB more per tensor to read (2 KiB for a tensor with a
+/// storage of its own), besides its bytes: real checkpoints, whose tensors are KiBs to GiBs,
+/// read well within the default budget; a file of a million one-element tensors (about 100
+/// bytes of file each) opens, but reading its tensors is refused, before any is made. Raise
+/// [`max_memory_per_file_byte`](Self::max_memory_per_file_byte) for such a file you trust.
+/// Loading a file straight into a model ([`load_checkpoint`](crate::load_checkpoint), a
+/// [`LazyStateDict`](crate::LazyStateDict)) makes no tensors and is not charged for them.
+/// Each shard of a sharded checkpoint has a budget of its own.
 ///
 /// ```
 /// use tch_state_dict::{ReadLimits, ReadOptions};
