@@ -620,3 +620,26 @@ fn an_unsupported_dtype_inside_a_checkpoint() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Quantized tensors (`_rebuild_qtensor`, per tensor and per channel) are entries of a dtype
+/// this crate cannot hold: listed, refused when read, and the rest reads.
+#[test]
+fn quantized_tensors_are_listed_and_refused_when_read() {
+    let path = fixture("quantized.pth");
+    let mut lazy = tch_state_dict::LazyStateDict::load(&path).unwrap();
+    let dtypes: Vec<(&str, &str)> = lazy.iter().map(|(k, t)| (k, t.dtype_name())).collect();
+    assert_eq!(
+        dtypes,
+        [("weight", "float32"), ("q", "qint8"), ("qc", "quint8")]
+    );
+    assert_eq!(lazy.get("qc").unwrap().size(), [2, 3]);
+    let e = Value::load(&path).unwrap_err();
+    assert!(
+        matches!(&e, Error::UnsupportedDtype { key: Some(k), dtype, .. } if k == "q" && dtype == "torch.qint8"),
+        "{e:?}"
+    );
+    lazy.retain(|_, t| t.kind().is_some());
+    let sd = lazy.into_state_dict().unwrap();
+    let got: Vec<(String, &Tensor)> = sd.iter().map(|(k, t)| (k.to_string(), t)).collect();
+    assert_matches_python("quantized.pth", &got);
+}

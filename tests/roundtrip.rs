@@ -266,3 +266,30 @@ fn saving_over_a_mapped_checkpoint_keeps_its_tensors_valid() {
     assert_eq!(common::hashes(&sd), before);
     assert_eq!(StateDict::load(&path).unwrap().len(), 1);
 }
+
+/// A set inside a dict key or a set was a frozenset in Python, which
+/// `torch.load(weights_only=True)` refuses: the save is refused, naming why, and writes
+/// nothing; a set as a value is written.
+#[test]
+fn a_frozenset_is_not_written() {
+    let dir = tempdir("frozenset");
+    let path = dir.join("frozen.pth");
+    let key = Value::Tuple(vec![Value::Set(vec![Value::Int(1)])]);
+    let frozen = Value::Dict(tch_state_dict::Dict {
+        items: vec![(key, Value::Int(2))],
+        ordered: false,
+        metadata: None,
+    });
+    let e = frozen.save(&path).unwrap_err();
+    assert!(
+        matches!(&e, Error::Unwritable { reason, .. } if reason.contains("frozenset")),
+        "{e:?}"
+    );
+    assert!(!path.exists());
+    let nested = Value::Set(vec![Value::Set(vec![])]);
+    assert!(matches!(nested.save(&path), Err(Error::Unwritable { .. })));
+    let plain = Value::dict([("s", Value::Set(vec![Value::Int(1), Value::Int(2)]))]);
+    plain.save(&path).unwrap();
+    assert!(matches!(Value::load(&path).unwrap().get("s"), Some(Value::Set(v)) if v.len() == 2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

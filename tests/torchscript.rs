@@ -244,7 +244,6 @@ fn a_modules_state_dict_has_requires_grad_as_pytorch_gives_it() {
         ("scripted_flags.pt", ""),
         ("scripted.pt", ""),
         ("sequential.pth", ""),
-        ("model_in_dict.pth", "model"),
     ];
     let mut args = Vec::new();
     for (f, key) in files {

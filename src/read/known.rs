@@ -23,6 +23,20 @@ use tch::{Kind, Tensor};
 use crate::value::{Object, Value};
 
 /// The plain value `object` stands for, or the object itself.
+/// Whether [`decode`] may read objects of class `module.name` as plain values: such an
+/// object is data of a known kind, not an opaque object.
+pub(crate) fn is_known(module: &str, name: &str) -> bool {
+    matches!(
+        (module, name),
+        (
+            "numpy.core.multiarray" | "numpy._core.multiarray",
+            "scalar" | "_reconstruct"
+        ) | ("pathlib" | "pathlib._local", _)
+            | ("datetime", "datetime" | "date" | "time")
+            | ("builtins" | "__builtin__", "bytes" | "bytearray")
+    )
+}
+
 pub(crate) fn decode(object: Object) -> Value {
     let decoded = match (object.module.as_str(), object.name.as_str()) {
         ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => numpy_scalar(&object),
@@ -36,6 +50,7 @@ pub(crate) fn decode(object: Object) -> Value {
         {
             Some(Value::Bytes(Vec::new()))
         }
+        ("builtins" | "__builtin__", "bytearray") if object.state.is_none() => bytearray(&object),
         _ => None,
     };
     decoded.unwrap_or(Value::Object(object))
@@ -179,6 +194,29 @@ fn numpy_array(o: &Object) -> Option<Value> {
 }
 
 /// A `pathlib` path, from its parts, as `str(path)`.
+/// `bytearray(...)` as pickle protocols 2 to 4 write it: `bytearray()`, `bytearray(b'..')`
+/// (protocol 3 and later), or `bytearray('..', 'latin-1')` (protocol 2, the bytes as the
+/// code points of a str). A `bytes` value, as [`Value::Bytes`] holds both.
+fn bytearray(o: &Object) -> Option<Value> {
+    if !o.kwargs.is_empty() || !o.list_items.is_empty() || !o.dict_items.is_empty() {
+        return None;
+    }
+    let bytes = match o.args.as_slice() {
+        [] => Vec::new(),
+        [Value::Bytes(b)] => b.clone(),
+        [Value::Str(s), Value::Str(encoding)] => match encoding.to_ascii_lowercase().as_str() {
+            "latin-1" | "latin1" | "iso-8859-1" => s
+                .chars()
+                .map(|c| u8::try_from(u32::from(c)).ok())
+                .collect::<Option<Vec<u8>>>()?,
+            "utf-8" | "utf8" => s.as_bytes().to_vec(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(Value::Bytes(bytes))
+}
+
 fn path(class: &str, o: &Object) -> Option<Value> {
     let windows = match class {
         "PosixPath" | "PurePosixPath" | "Path" | "PurePath" => false,
@@ -304,6 +342,31 @@ mod tests {
             vec![spec.into(), Value::Bool(false), Value::Bool(true)],
             Some(Value::Tuple(vec![Value::Int(3), endian.into()])),
         ))
+    }
+
+    #[test]
+    fn bytearrays_are_bytes() {
+        let decoded = |module: &str, args: Vec<Value>| match decode(object(
+            module,
+            "bytearray",
+            args,
+            None,
+        )) {
+            Value::Bytes(b) => Some(b),
+            _ => None,
+        };
+        assert_eq!(decoded("builtins", vec![]), Some(vec![]));
+        assert_eq!(
+            decoded("builtins", vec![Value::Bytes(vec![0, 255])]),
+            Some(vec![0, 255])
+        );
+        // Protocol 2: the bytes as the code points of a str, in latin-1.
+        let latin1 = vec![Value::Str("M\u{ff}\u{0}".into()), "latin-1".into()];
+        assert_eq!(decoded("__builtin__", latin1), Some(vec![b'M', 255, 0]));
+        // Anything else stays an object.
+        assert_eq!(decoded("builtins", vec![Value::Int(3)]), None);
+        let other = vec![Value::Str("x".into()), "cp1252".into()];
+        assert_eq!(decoded("builtins", other), None);
     }
 
     #[test]

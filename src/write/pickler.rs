@@ -40,6 +40,9 @@ pub(crate) struct Pickler {
     next_memo: u32,
     pub storages: Vec<StorageOut>,
     seen: HashMap<Identity, usize>,
+    /// How many dict keys and set items the value being written is inside: a set there was
+    /// a `frozenset` in Python.
+    hashable: usize,
 }
 
 const MAX_DEPTH: usize = 1000;
@@ -65,6 +68,7 @@ impl Pickler {
             next_memo: 0,
             storages: Vec::new(),
             seen: HashMap::new(),
+            hashable: 0,
         }
     }
 
@@ -217,10 +221,23 @@ impl Pickler {
                 }
                 self.op(TUPLE);
             }
+            // A set inside a dict key or a set was a frozenset, which
+            // torch.load(weights_only=True) refuses (and a set there cannot be hashed).
+            Value::Set(_) if self.hashable > 0 => {
+                return Err(Unwritable {
+                    what: what.to_string(),
+                    reason: "a set inside a dict key or a set (a frozenset) cannot be \
+                             written: torch.load(weights_only=True) would refuse it"
+                        .to_string(),
+                })
+            }
             Value::Set(items) => {
                 self.global("builtins", "set");
                 self.op(EMPTY_LIST);
-                self.batch(items, APPENDS, what, depth)?;
+                self.hashable += 1;
+                let written = self.batch(items, APPENDS, what, depth);
+                self.hashable -= 1;
+                written?;
                 self.op(TUPLE1);
                 self.op(REDUCE);
             }
@@ -307,7 +324,10 @@ impl Pickler {
         for chunk in d.items.chunks(1000) {
             self.op(MARK);
             for (k, v) in chunk {
-                self.value(k, what, depth + 1)?;
+                self.hashable += 1;
+                let written = self.value(k, what, depth + 1);
+                self.hashable -= 1;
+                written?;
                 let inner = match k {
                     Value::Str(s) => s.as_str(),
                     _ => what,

@@ -25,6 +25,12 @@ pub(crate) enum Global {
     RebuildTensor,
     RebuildTensorV2,
     RebuildTensorV3,
+    /// `_rebuild_qtensor`: a quantized tensor, described so that its entry is listed and
+    /// refused when read (this crate holds no quantized tensors).
+    RebuildQTensor,
+    /// `torch.per_tensor_affine` and the other quantization schemes, arguments of
+    /// `_rebuild_qtensor`.
+    QScheme(&'static str),
     RebuildParameter,
     RebuildParameterWithState,
     RebuildFromTypeV2,
@@ -54,6 +60,7 @@ impl Global {
                 ("torch", o.storage_class.unwrap_or("UntypedStorage"))
             }
             Global::StorageType(None) => ("torch", "UntypedStorage"),
+            Global::QScheme(name) => ("torch", name),
             other => other.name().rsplit_once('.').unwrap_or(("builtins", "?")),
         }
     }
@@ -64,6 +71,8 @@ impl Global {
             Global::RebuildTensor => "torch._utils._rebuild_tensor",
             Global::RebuildTensorV2 => "torch._utils._rebuild_tensor_v2",
             Global::RebuildTensorV3 => "torch._utils._rebuild_tensor_v3",
+            Global::RebuildQTensor => "torch._utils._rebuild_qtensor",
+            Global::QScheme(_) => "a torch quantization scheme",
             Global::RebuildParameter => "torch._utils._rebuild_parameter",
             Global::RebuildParameterWithState => "torch._utils._rebuild_parameter_with_state",
             Global::RebuildFromTypeV2 => "torch._tensor._rebuild_from_type_v2",
@@ -87,6 +96,15 @@ pub(super) enum Resolved {
     Dtype(FileDtype),
 }
 
+/// torch's quantization schemes, as `_rebuild_qtensor`'s arguments name them.
+const QSCHEMES: [&str; 5] = [
+    "per_tensor_affine",
+    "per_channel_affine",
+    "per_tensor_symmetric",
+    "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
+];
+
 /// What `module.name` is to a checkpoint: an allowlisted callable, a dtype, or `None`:
 /// not on the allowlist.
 pub(super) fn resolve_global(module: &str, name: &str) -> Option<Resolved> {
@@ -96,6 +114,14 @@ pub(super) fn resolve_global(module: &str, name: &str) -> Option<Resolved> {
         ("torch._utils", "_rebuild_tensor") => RebuildTensor,
         ("torch._utils", "_rebuild_tensor_v2") => RebuildTensorV2,
         ("torch._utils", "_rebuild_tensor_v3") => RebuildTensorV3,
+        ("torch._utils", "_rebuild_qtensor") => RebuildQTensor,
+        ("torch", n) if QSCHEMES.contains(&n) => QScheme(
+            QSCHEMES
+                .iter()
+                .find(|&&q| q == n)
+                .copied()
+                .unwrap_or_default(),
+        ),
         ("torch._utils", "_rebuild_parameter") => RebuildParameter,
         ("torch._utils", "_rebuild_parameter_with_state") => RebuildParameterWithState,
         ("torch._tensor", "_rebuild_from_type_v2") => RebuildFromTypeV2,
@@ -147,9 +173,10 @@ impl Machine<'_> {
                     ordered: true,
                 }))
             }
-            Global::RebuildTensor | Global::RebuildTensorV2 | Global::RebuildTensorV3 => {
-                self.rebuild_tensor(g, &args)
-            }
+            Global::RebuildTensor
+            | Global::RebuildTensorV2
+            | Global::RebuildTensorV3
+            | Global::RebuildQTensor => self.rebuild_tensor(g, &args),
             Global::RebuildParameter | Global::RebuildParameterWithState => {
                 let expected = if g == Global::RebuildParameter { 3 } else { 4 };
                 if args.len() != expected {
@@ -188,6 +215,7 @@ impl Machine<'_> {
                         Global::RebuildTensor
                         | Global::RebuildTensorV2
                         | Global::RebuildTensorV3
+                        | Global::RebuildQTensor
                         | Global::RebuildParameter
                         | Global::RebuildParameterWithState,
                     ) => {}
@@ -275,9 +303,10 @@ impl Machine<'_> {
                 };
                 self.alloc(Obj::Set(items))
             }
-            Global::StorageType(_) | Global::TensorType | Global::ParameterType => {
-                Err(self.err(PickleError::NotCallable(name)))
-            }
+            Global::StorageType(_)
+            | Global::TensorType
+            | Global::ParameterType
+            | Global::QScheme(_) => Err(self.err(PickleError::NotCallable(name))),
         }
     }
 
@@ -286,6 +315,8 @@ impl Machine<'_> {
         let (min, max) = match g {
             Global::RebuildTensor => (4, 4),
             Global::RebuildTensorV2 => (6, 7),
+            // (storage, offset, size, stride, quantizer_params, requires_grad, hooks)
+            Global::RebuildQTensor => (7, 7),
             _ => (7, 8),
         };
         if args.len() < min || args.len() > max {
@@ -304,10 +335,10 @@ impl Machine<'_> {
         self.afford(3 * heap_of(dims(args[2]) + dims(args[3]), 8))?;
         let size = self.ints(args[2], name, "size")?;
         let stride = self.ints(args[3], name, "stride")?;
-        let requires_grad = if args.len() > 4 {
-            self.boolean(args[4], name, "requires_grad")?
-        } else {
-            false
+        let requires_grad = match g {
+            Global::RebuildQTensor => self.boolean(args[5], name, "requires_grad")?,
+            _ if args.len() > 4 => self.boolean(args[4], name, "requires_grad")?,
+            _ => false,
         };
         let dtype = if g == Global::RebuildTensorV3 {
             match self.get(args[6]) {
