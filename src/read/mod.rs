@@ -170,5 +170,8 @@ fn open_source(path: &Path) -> Result<Source<'static>, Error> {
     // SAFETY: see `map_file`: the map is read only while parsing, and tensors are read from
     // the file with positional reads, never through the map.
     let map = unsafe { map_file(&file) }.map_err(io)?;
-    Ok(Source::Mapped(map, file))
+    Ok(Source::Mapped(
+        std::sync::Arc::new(map),
+        std::sync::Arc::new(file),
+    ))
 }

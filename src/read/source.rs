@@ -4,11 +4,13 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The bytes of a checkpoint.
 pub(crate) enum Source<'a> {
-    /// A file, mapped for parsing and kept open for reading tensors into a model.
-    Mapped(memmap2::Mmap, File),
+    /// A file, mapped for parsing and kept open for reading tensors into a model; shared by
+    /// the entries of a file that holds several checkpoints (a DCP `.distcp` file).
+    Mapped(Arc<memmap2::Mmap>, Arc<File>),
     Owned(Vec<u8>),
     Borrowed(&'a [u8]),
 }
