@@ -11,7 +11,8 @@ TORCHVISION_VERSION=0.26.0
 SAFETENSORS_VERSION=0.7.0
 NUMPY_VERSION=2.4.6
 PACKAGING_VERSION=26.4
-_tsd_requirements="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION safetensors==$SAFETENSORS_VERSION numpy==$NUMPY_VERSION packaging==$PACKAGING_VERSION"
+ZSTANDARD_VERSION=0.25.0
+_tsd_requirements="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION safetensors==$SAFETENSORS_VERSION numpy==$NUMPY_VERSION packaging==$PACKAGING_VERSION zstandard==$ZSTANDARD_VERSION"
 
 _tsd_python=${TCH_STATE_DICT_BASE_PYTHON:-python3}
 if ! command -v "$_tsd_python" >/dev/null 2>&1; then
