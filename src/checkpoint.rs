@@ -14,6 +14,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 use crate::error::Error;
+use crate::read::dcp::Dcp;
 use crate::read::{
     self, top_level_entry, Format, Id, Materializer, Obj, OpenFile, Opened, ReadOptions, Shards,
     Source,
@@ -55,6 +56,7 @@ pub struct Checkpoint<'a> {
 enum Inner<'a> {
     Single(Arc<OpenFile<'a>>),
     Sharded(Shards),
+    Distributed(Dcp),
 }
 
 impl Checkpoint<'static> {
@@ -120,6 +122,7 @@ impl<'a> Checkpoint<'a> {
         let inner = match opened {
             Opened::Single(file) => Inner::Single(Arc::new(*file)),
             Opened::Sharded(shards) => Inner::Sharded(shards),
+            Opened::Distributed(dcp) => Inner::Distributed(dcp),
         };
         Checkpoint { path, inner }
     }
@@ -129,6 +132,7 @@ impl<'a> Checkpoint<'a> {
         match &self.inner {
             Inner::Single(f) => f.parsed.format,
             Inner::Sharded(_) => Format::ShardedIndex,
+            Inner::Distributed(_) => Format::Distributed,
         }
     }
 
@@ -156,6 +160,7 @@ impl<'a> Checkpoint<'a> {
                 }
             }
             Inner::Sharded(s) => s.keys(),
+            Inner::Distributed(d) => d.keys(),
         }
     }
 
@@ -164,6 +169,7 @@ impl<'a> Checkpoint<'a> {
         match &self.inner {
             Inner::Single(f) => f.parsed.arena.tensors.len(),
             Inner::Sharded(s) => s.num_tensors(),
+            Inner::Distributed(d) => d.num_tensors(),
         }
     }
 
@@ -171,7 +177,7 @@ impl<'a> Checkpoint<'a> {
     pub fn safetensors_metadata(&self) -> Option<&IndexMap<String, String>> {
         match &self.inner {
             Inner::Single(f) => f.parsed.safetensors_metadata.as_ref(),
-            Inner::Sharded(_) => None,
+            Inner::Sharded(_) | Inner::Distributed(_) => None,
         }
     }
 
@@ -190,6 +196,7 @@ impl<'a> Checkpoint<'a> {
         match &self.inner {
             Inner::Single(f) => Materializer::new(f).value(f.parsed.arena.root),
             Inner::Sharded(_) => Ok(Value::from(self.state_dict()?)),
+            Inner::Distributed(d) => d.value(false),
         }
     }
 
@@ -205,6 +212,7 @@ impl<'a> Checkpoint<'a> {
             Inner::Single(f) => Materializer::new(f)
                 .with_unreadable()
                 .value(f.parsed.arena.root),
+            Inner::Distributed(d) => d.value(true),
             Inner::Sharded(_) => {
                 let lazy = self.lazy_state_dict()?;
                 let mut items = Vec::with_capacity(lazy.len());
@@ -315,6 +323,25 @@ impl<'a> Checkpoint<'a> {
                 }
                 if let (Some(key), true) = (at, entries.is_empty()) {
                     return Err(self.key_not_found(key));
+                }
+                Ok(LazyStateDict::from_parts(entries, None, None))
+            }
+            Inner::Distributed(dcp) => {
+                let mut entries = crate::state_dict::Map::default();
+                for (key, tensor) in dcp.tensors_under(at) {
+                    entries.insert(key, LazyTensor::chunked(tensor));
+                }
+                match (at, entries.is_empty()) {
+                    (Some(key), true) if dcp.keys().iter().any(|k| k == key) => {
+                        return Err(Error::NotAStateDict {
+                            path: self.path.clone(),
+                            at: Some(key.to_string()),
+                            found: "values that are not tensors".to_string(),
+                            entries: Vec::new(),
+                        })
+                    }
+                    (Some(key), true) => return Err(self.key_not_found(key)),
+                    _ => {}
                 }
                 Ok(LazyStateDict::from_parts(entries, None, None))
             }

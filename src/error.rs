@@ -235,6 +235,31 @@ pub enum Error {
         found: u64,
     },
 
+    /// A DCP checkpoint (`torch.distributed.checkpoint`) whose `.metadata` or `.distcp`
+    /// files are not what DCP writes: `field` names the part (`storage_data`,
+    /// `_StorageInfo.relative_path`, `TensorProperties.dtype`, ...).
+    #[error("{}: {field}: {reason}", path.display())]
+    InvalidDistributed {
+        /// The `.metadata` file, or the `.distcp` file.
+        path: PathBuf,
+        /// The field of DCP's metadata that is wrong.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A DCP tensor whose chunks do not tile it: a chunk outside its shape, two that
+    /// overlap, or a gap. Found before anything is read.
+    #[error("{}: {key}: {reason}", path.display())]
+    ChunkLayout {
+        /// The `.metadata` file.
+        path: PathBuf,
+        /// The tensor's flattened key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The file exceeds one of [`ReadLimits`](crate::ReadLimits).
     #[error("{}: exceeds the limit {limit} = {max}", path.display())]
     LimitExceeded {

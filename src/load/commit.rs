@@ -107,50 +107,112 @@ impl<'p> Tracker<'p> {
     }
 }
 
+/// What a copy reads from: a tensor in memory, or tensor `index` of a file.
+enum Src<'s> {
+    Memory(&'s Tensor),
+    File(&'s OpenFile<'s>, usize),
+}
+
+/// The route of copy `c` from `src`, noting each file read.
+fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut Vec<&'s OpenFile<'s>>) -> Route<'s> {
+    match src {
+        Src::Memory(t) => Route::Copy(t),
+        Src::File(file, index) => {
+            if !files.iter().any(|f| std::ptr::eq(*f, file)) {
+                files.push(file);
+            }
+            let big_endian = file.parsed.big_endian;
+            match readable_in_place(file, index) {
+                Some((t, offset)) if is_direct(t, big_endian, c.dst) => {
+                    let len = c.dst.numel() * t.dtype.elt_size();
+                    Route::Direct(file, offset, len)
+                }
+                // A dtype tch cannot hold was refused by the plan; materializing would
+                // refuse it again.
+                Some((t, offset)) => match t.dtype.kind().and_then(|kind| {
+                    Convert::new(
+                        c.key,
+                        c.dst,
+                        kind,
+                        big_endian,
+                        offset,
+                        from(file),
+                        &file.path,
+                    )
+                }) {
+                    Some(convert) => Route::Convert(convert),
+                    None => Route::Pending(file, index),
+                },
+                None => Route::Pending(file, index),
+            }
+        }
+    }
+}
+
+/// The box of `dst` that a DCP chunk fills: `dst` narrowed to `offsets` and `sizes` in each
+/// dimension (a view of the model's tensor).
+fn chunk_box(dst: &Tensor, offsets: &[i64], sizes: &[i64]) -> Result<Tensor, tch::TchError> {
+    let mut view = dst.shallow_clone();
+    for (d, (&o, &s)) in offsets.iter().zip(sizes).enumerate() {
+        view = view.f_narrow(d as i64, o, s)?;
+    }
+    Ok(view)
+}
+
 /// Writes every planned copy from `sd` into the model, without autograd.
+///
+/// A DCP tensor's copy becomes one copy per chunk, into the chunk's box of the model's
+/// tensor, each routed as a file tensor is: a box of contiguous rows (`Shard(0)`) is read
+/// in place; a strided box (`Shard(1)`) is materialized and copied.
 pub(crate) fn commit<D: SourceDict + ?Sized>(
     copies: &[PlannedCopy<'_>],
     sd: &D,
     progress: &Tracker<'_>,
 ) -> Result<(), Error> {
     let _no_grad = tch::no_grad_guard();
-    let mut routes: Vec<Route<'_>> = Vec::with_capacity(copies.len());
+    // The boxes of the model's tensors that chunks fill, made first so that the copies
+    // into them can borrow them.
+    let mut boxes: Vec<(usize, Tensor, &OpenFile<'_>, usize)> = Vec::new();
+    for (i, c) in copies.iter().enumerate() {
+        if let Entry::Chunked(t) = sd.entry(c.src) {
+            for chunk in &t.chunks {
+                if chunk.sizes.contains(&0) {
+                    continue;
+                }
+                let view = chunk_box(c.dst, &chunk.offsets, &chunk.sizes).map_err(|source| {
+                    Error::Copy {
+                        key: c.key.to_string(),
+                        source,
+                    }
+                })?;
+                boxes.push((i, view, &*chunk.file, chunk.index));
+            }
+        }
+    }
+    let mut expanded: Vec<PlannedCopy<'_>> = Vec::with_capacity(copies.len() + boxes.len());
+    let mut routes: Vec<Route<'_>> = Vec::with_capacity(copies.len() + boxes.len());
     let mut files: Vec<&OpenFile<'_>> = Vec::new();
     for c in copies {
-        let route = match sd.entry(c.src) {
-            Entry::Memory(t) => Route::Copy(t),
-            Entry::File(file, index) => {
-                if !files.iter().any(|f| std::ptr::eq(*f, file)) {
-                    files.push(file);
-                }
-                let big_endian = file.parsed.big_endian;
-                match readable_in_place(file, index) {
-                    Some((t, offset)) if is_direct(t, big_endian, c.dst) => {
-                        let len = c.dst.numel() * t.dtype.elt_size();
-                        Route::Direct(file, offset, len)
-                    }
-                    // A dtype tch cannot hold was refused by the plan; materializing would
-                    // refuse it again.
-                    Some((t, offset)) => match t.dtype.kind().and_then(|kind| {
-                        Convert::new(
-                            c.key,
-                            c.dst,
-                            kind,
-                            big_endian,
-                            offset,
-                            from(file),
-                            &file.path,
-                        )
-                    }) {
-                        Some(convert) => Route::Convert(convert),
-                        None => Route::Pending(file, index),
-                    },
-                    None => Route::Pending(file, index),
-                }
-            }
+        let src = match sd.entry(c.src) {
+            Entry::Memory(t) => Src::Memory(t),
+            Entry::File(file, index) => Src::File(file, index),
+            Entry::Chunked(_) => continue,
         };
-        routes.push(route);
+        routes.push(route_of(c, src, &mut files));
+        expanded.push(PlannedCopy { ..*c });
     }
+    for (i, view, file, index) in &boxes {
+        let c = PlannedCopy {
+            key: copies[*i].key,
+            dst: view,
+            src: copies[*i].src,
+            squeeze: false,
+        };
+        routes.push(route_of(&c, Src::File(file, *index), &mut files));
+        expanded.push(c);
+    }
+    let shared = shares_memory(copies);
+    let copies = expanded.as_slice();
 
     // Everything that can fail before a write fails here.
     for file in &files {
@@ -160,7 +222,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
 
     let threads = files.first().map_or(1, |f| f.options.read_threads());
     let done = |n: usize| progress.add(n);
-    if shares_memory(copies) || sources_overlap_destinations(copies, &routes) {
+    if shared || sources_overlap_destinations(copies, &routes) {
         for (c, route) in copies.iter().zip(&routes) {
             write(c, route, 1, &done)?;
         }
@@ -273,13 +335,14 @@ pub(crate) fn assign<D: SourceDict + ?Sized>(
     sd: &D,
 ) -> Result<(), Error> {
     let _no_grad = tch::no_grad_guard();
-    let mut routes: Vec<Route<'_>> = copies
-        .iter()
-        .map(|c| match sd.entry(c.src) {
+    let mut routes: Vec<Route<'_>> = Vec::with_capacity(copies.len());
+    for c in copies {
+        routes.push(match sd.entry(c.src) {
             Entry::Memory(t) => Route::Copy(t),
             Entry::File(file, index) => Route::Pending(file, index),
-        })
-        .collect();
+            Entry::Chunked(t) => Route::Materialized(t.read(Some(c.key))?),
+        });
+    }
     for route in &routes {
         if let Route::Pending(file, _) = route {
             file.check_before_write()?;

@@ -232,8 +232,12 @@ fn load<M: StateDictModule + ?Sized, D: SourceDict + ?Sized>(
     // buffer) is refused before anything is written; left out (popped, unexpected), it is
     // never read.
     for c in &plan.copies {
-        if let Entry::File(file, index) = sd.entry(c.src) {
-            file.check_readable(index, Some(c.key))?;
+        match sd.entry(c.src) {
+            Entry::File(file, index) => file.check_readable(index, Some(c.key))?,
+            Entry::Chunked(t) => {
+                t.check_readable(Some(c.key))?;
+            }
+            Entry::Memory(_) => {}
         }
     }
     if !write {

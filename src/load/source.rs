@@ -3,6 +3,7 @@
 //! in memory or a tensor's place in a file (dtype, layout, byte range, byte order), and the
 //! plan and commit work on that alone.
 
+use crate::read::dcp::ChunkedTensor;
 use tch::Tensor;
 
 use crate::read::OpenFile;
@@ -50,6 +51,8 @@ pub(crate) enum Entry<'s> {
     Memory(&'s Tensor),
     /// Tensor `index` of the file's parsed index.
     File(&'s OpenFile<'s>, usize),
+    /// A DCP tensor, in chunks.
+    Chunked(&'s ChunkedTensor),
 }
 
 /// What `load_state_dict` needs of a state dict: keys in order, shapes, `_metadata`, and
@@ -129,6 +132,7 @@ impl SourceDict for LazyStateDict<'_> {
                 file.parsed.arena.tensors[*index].size() == dst.size()
             }
             LazyEntry::Memory(t) => t.defined() && t.f_is_same_size(dst).unwrap_or(false),
+            LazyEntry::Chunked(t) => t.shape == dst.size(),
         })
     }
 
@@ -141,6 +145,7 @@ impl SourceDict for LazyStateDict<'_> {
         match t.entry() {
             LazyEntry::File { file, index, .. } => Entry::File(file, *index),
             LazyEntry::Memory(t) => Entry::Memory(t),
+            LazyEntry::Chunked(t) => Entry::Chunked(t),
         }
     }
 }

@@ -21,6 +21,10 @@ pub enum Format {
     Safetensors,
     /// A sharded checkpoint's `*.index.json` with its `weight_map`.
     ShardedIndex,
+    /// A `torch.distributed.checkpoint` (DCP) directory: `.metadata` and its `.distcp`
+    /// files, as FSDP2, DTensor and torchtitan write them. Told from the path (a directory
+    /// holding `.metadata`, or that file), not from bytes.
+    Distributed,
 }
 
 /// torch's legacy magic number 0x1950a86a20f9469cfc6c, as the 10 little-endian bytes of a

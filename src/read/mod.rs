@@ -26,6 +26,7 @@
 
 pub(crate) mod budget;
 mod crc;
+pub(crate) mod dcp;
 mod detect;
 mod index;
 mod known;
@@ -62,10 +63,32 @@ pub(crate) use source::{map_file, read_exact_at, Source};
 pub(crate) enum Opened<'a> {
     Single(Box<OpenFile<'a>>),
     Sharded(Shards),
+    Distributed(dcp::Dcp),
 }
 
-/// Opens and parses the checkpoint at `path`, whatever its format.
+/// The files a model directory may hold, in the order `from_pretrained(dir)` looks for them.
+const MODEL_FILES: [&str; 4] = [
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+];
+
+/// Opens and parses the checkpoint at `path`, whatever its format: a file, a DCP directory
+/// (or its `.metadata`), or a model directory (the first of [`MODEL_FILES`] in it).
 pub(crate) fn open_path(path: &Path, options: &ReadOptions) -> Result<Opened<'static>, Error> {
+    if let Some(metadata) = dcp::metadata_path(path) {
+        return Ok(Opened::Distributed(dcp::open(&metadata, options)?));
+    }
+    if path.is_dir() {
+        if let Some(file) = MODEL_FILES
+            .iter()
+            .map(|f| path.join(f))
+            .find(|f| f.is_file())
+        {
+            return open_path(&file, options);
+        }
+    }
     let source = open_source(path)?;
     parse(path.to_path_buf(), source, options)
 }
@@ -90,6 +113,7 @@ pub(crate) fn parse<'a>(
             (f.parsed.format, f.parsed.arena.tensors.len(), charged)
         }
         Opened::Sharded(s) => (Format::ShardedIndex, s.num_tensors(), String::new()),
+        Opened::Distributed(d) => (Format::Distributed, d.num_tensors(), String::new()),
     };
     log::debug!(
         "{}: {format:?}, {len} bytes, {tensors} tensors, parsed in {:.2} ms{charged}",
@@ -148,6 +172,13 @@ fn parse_single<'a>(
             return Err(Error::ShardIndex {
                 path,
                 reason: "a sharded index cannot be read as a single file".into(),
+            })
+        }
+        // Never detected from bytes.
+        Format::Distributed => {
+            return Err(Error::UnknownFormat {
+                path,
+                found: "a DCP directory's file".into(),
             })
         }
     };

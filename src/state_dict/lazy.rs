@@ -32,6 +32,7 @@ use super::StateDict;
 use crate::dtype::is_floating;
 use crate::error::Error;
 use crate::pyfmt;
+use crate::read::dcp::ChunkedTensor;
 #[cfg(doc)]
 use crate::read::ReadOptions;
 use crate::read::{read_file_tensors, Materializer, OpenFile};
@@ -87,6 +88,8 @@ pub(crate) enum LazyEntry<'a> {
         detached: bool,
     },
     Memory(Tensor),
+    /// A DCP tensor: chunks, each a tensor of a `.distcp` file, that tile its shape.
+    Chunked(Arc<ChunkedTensor>),
 }
 
 impl<'a> LazyTensor<'a> {
@@ -101,6 +104,13 @@ impl<'a> LazyTensor<'a> {
         }
     }
 
+    /// A DCP tensor.
+    pub(crate) fn chunked(tensor: Arc<ChunkedTensor>) -> Self {
+        LazyTensor {
+            entry: LazyEntry::Chunked(tensor),
+        }
+    }
+
     pub(crate) fn entry(&self) -> &LazyEntry<'a> {
         &self.entry
     }
@@ -112,6 +122,7 @@ impl<'a> LazyTensor<'a> {
                 file.parsed.arena.tensors[*index].size().to_vec()
             }
             LazyEntry::Memory(t) => t.size(),
+            LazyEntry::Chunked(t) => t.shape.clone(),
         }
     }
 
@@ -140,6 +151,7 @@ impl<'a> LazyTensor<'a> {
                 })
             }
             LazyEntry::Memory(t) => t.f_kind().ok(),
+            LazyEntry::Chunked(t) => t.read_kind(),
         }
     }
 
@@ -149,6 +161,7 @@ impl<'a> LazyTensor<'a> {
         match &self.entry {
             LazyEntry::File { file, index, .. } => file.parsed.arena.tensors[*index].dtype.kind(),
             LazyEntry::Memory(t) => t.f_kind().ok(),
+            LazyEntry::Chunked(t) => t.dtype.kind(),
         }
     }
 
@@ -158,6 +171,7 @@ impl<'a> LazyTensor<'a> {
         match &self.entry {
             LazyEntry::File { file, index, .. } => file.parsed.arena.tensors[*index].dtype.name(),
             LazyEntry::Memory(t) => t.f_kind().map_or("undefined", pyfmt::dtype_name),
+            LazyEntry::Chunked(t) => t.dtype.name(),
         }
     }
 
@@ -174,6 +188,7 @@ impl<'a> LazyTensor<'a> {
             (LazyEntry::File { file, index, .. }, None) => {
                 file.parsed.arena.tensors[*index].dtype.bits() as u64
             }
+            (LazyEntry::Chunked(t), None) => t.dtype.bits() as u64,
             (LazyEntry::Memory(_), None) => 0,
         };
         (self.numel() as u64 * bits).div_ceil(8)
@@ -185,6 +200,7 @@ impl<'a> LazyTensor<'a> {
         match &self.entry {
             LazyEntry::File { file, index, .. } => file.check_readable(*index, Some(key)),
             LazyEntry::Memory(_) => Ok(()),
+            LazyEntry::Chunked(t) => t.check_readable(Some(key)).map(|_| ()),
         }
     }
 
@@ -198,6 +214,7 @@ impl<'a> LazyTensor<'a> {
         match &self.entry {
             LazyEntry::File { file, .. } => Some(&file.path),
             LazyEntry::Memory(_) => None,
+            LazyEntry::Chunked(t) => Some(&t.path),
         }
     }
 
@@ -223,6 +240,7 @@ impl<'a> LazyTensor<'a> {
                 Ok(if *detached { t.detach() } else { t })
             }
             LazyEntry::Memory(t) => Ok(t.shallow_clone()),
+            LazyEntry::Chunked(t) => t.read(None),
         }
     }
 
@@ -239,6 +257,7 @@ impl<'a> LazyTensor<'a> {
                     detached: *detached,
                 },
                 LazyEntry::Memory(t) => LazyEntry::Memory(t.shallow_clone()),
+                LazyEntry::Chunked(t) => LazyEntry::Chunked(Arc::clone(t)),
             },
         }
     }
@@ -437,15 +456,16 @@ impl<'a> LazyStateDict<'a> {
             .values()
             .filter_map(|entry| match &entry.entry {
                 LazyEntry::File { file, index, .. } => Some((&**file, *index)),
-                LazyEntry::Memory(_) => None,
+                LazyEntry::Memory(_) | LazyEntry::Chunked(_) => None,
             })
             .collect();
         // Entries of one file are read together, each file's storages once.
         let mut read = read_file_tensors(&wanted)?.into_iter();
         let mut tensors: Vec<Option<Tensor>> = Vec::with_capacity(self.entries.len());
-        for entry in self.entries.values() {
+        for (key, entry) in &self.entries {
             tensors.push(match &entry.entry {
                 LazyEntry::Memory(t) => Some(t.shallow_clone()),
+                LazyEntry::Chunked(t) => Some(t.read(Some(key))?),
                 LazyEntry::File { detached, .. } => {
                     read.next().map(|t| if *detached { t.detach() } else { t })
                 }
@@ -487,6 +507,7 @@ impl fmt::Display for LazyStateDict<'_> {
                         .to_string(),
                     match &t.entry {
                         LazyEntry::File { .. } => "in file".to_string(),
+                        LazyEntry::Chunked(t) => format!("in {} chunks", t.chunks.len()),
                         LazyEntry::Memory(t) => pyfmt::device_name(t.device()),
                     },
                 ]

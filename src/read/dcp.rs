@@ -1,0 +1,931 @@
+//! torch.distributed.checkpoint (DCP) directories: `.metadata` and the `.distcp` files it
+//! names, as FSDP2, DTensor and torchtitan write them.
+//!
+//! # Design note
+//!
+//! `.metadata` is a pickle of DCP's dataclasses. It runs in the same restricted machine as
+//! every pickle (DCP's classes are opaque objects, never imported), and the objects are then
+//! read field by field: `state_dict_metadata` (each key's global shape, dtype and chunks, or a
+//! byte item), `storage_data` (where each chunk or item lies: a file, an offset, a length,
+//! transforms) and `planner_data` (each key's path in the nested dict). A field that is not
+//! what DCP writes is [`Error::InvalidDistributed`] naming it; PyTorch promises no
+//! compatibility for this format, so the reader checks what it uses and ignores the rest.
+//!
+//! Every item in a `.distcp` file is a whole `torch.save` zip (a chunk tensor, or a byte
+//! item's value). Each is parsed as its own checkpoint at open, from a window of the file's
+//! map, and its storage ranges are then moved to the file's offsets: a chunk becomes an
+//! ordinary [`OpenFile`] of the `.distcp` file, sharing its map and descriptor, so that the
+//! load reads it with the same routes as any file tensor (`pread` straight into the box of
+//! the model's tensor it fills, or converting reads). Nothing of a tensor is read at open. A
+//! zstd item (`stream.zstd/1`) is inflated at open into memory, within the memory budget,
+//! since its bytes cannot be read in place.
+//!
+//! Before any chunk is read, each tensor's chunks are checked to lie inside its shape, to
+//! not overlap and to cover it exactly ([`Error::ChunkLayout`]), and each chunk's own
+//! dtype and shape to be the metadata's.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use super::budget::Budget;
+use super::crc::Crcs;
+use super::detect::{detect, Format};
+use super::index::{out_of_budget, OpenFile, Parsed, StorageLoc};
+use super::pickle::{self, Flavor, Obj};
+use super::source::{map_file, open_regular, Source};
+use super::{pickle_error, torch_zip, Materializer, ReadOptions};
+use crate::dtype::{self, FileDtype};
+use crate::error::Error;
+use tch::{Kind, Tensor};
+
+use crate::value::{Dict, Object, Value};
+
+/// DCP's module of dataclasses.
+const METADATA_MODULE: &str = "torch.distributed.checkpoint.metadata";
+/// The one transform this reader applies.
+const ZSTD: &str = "stream.zstd";
+
+/// A DCP directory, opened: its entries in `state_dict_metadata` order.
+pub(crate) struct Dcp {
+    /// The `.metadata` file.
+    pub path: PathBuf,
+    pub entries: Vec<DcpEntry>,
+}
+
+/// One flattened key of a DCP checkpoint.
+pub(crate) struct DcpEntry {
+    /// The flattened key (`model.layer1.0.conv1.weight`).
+    pub key: String,
+    /// Its path in the nested dict (`('model', 'layer1.0.conv1.weight')`).
+    pub path: Vec<PathElem>,
+    pub item: DcpItem,
+}
+
+/// An element of a key's path: a dict key or a list index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PathElem {
+    Key(String),
+    Index(usize),
+}
+
+/// What a key holds.
+pub(crate) enum DcpItem {
+    Tensor(Arc<ChunkedTensor>),
+    /// A byte item: a `torch.save` of the value, opened.
+    Bytes(Arc<OpenFile<'static>>),
+}
+
+/// A tensor stored as chunks: boxes of the global tensor, each a tensor of its own file.
+pub(crate) struct ChunkedTensor {
+    /// The `.metadata` file, for errors.
+    pub path: PathBuf,
+    /// The options the checkpoint was opened with.
+    pub options: ReadOptions,
+    pub shape: Vec<i64>,
+    pub dtype: FileDtype,
+    pub chunks: Vec<Chunk>,
+}
+
+/// One box of a [`ChunkedTensor`]: at `offsets`, of `sizes`, holding tensor `index` of `file`.
+pub(crate) struct Chunk {
+    pub offsets: Vec<i64>,
+    pub sizes: Vec<i64>,
+    pub file: Arc<OpenFile<'static>>,
+    pub index: usize,
+}
+
+impl ChunkedTensor {
+    /// [`Error::UnsupportedDtype`] naming `key` for a dtype this crate cannot hold.
+    pub(crate) fn check_readable(&self, key: Option<&str>) -> Result<Kind, Error> {
+        self.dtype.kind().ok_or_else(|| Error::UnsupportedDtype {
+            path: self.path.clone(),
+            key: key.map(str::to_string),
+            dtype: format!("torch.{}", self.dtype.name()),
+        })
+    }
+
+    /// The dtype a read gives: the saved one, or the cast the options ask for.
+    pub(crate) fn read_kind(&self) -> Option<Kind> {
+        let saved = self.dtype.kind()?;
+        Some(match self.options.kind {
+            Some(kind) if crate::dtype::is_floating(saved) => kind,
+            _ => saved,
+        })
+    }
+
+    /// The whole tensor, assembled from its chunks (placed and cast as the options ask),
+    /// as `dcp_to_torch_save` gives it: one chunk read at a time into its box.
+    pub(crate) fn read(&self, key: Option<&str>) -> Result<Tensor, Error> {
+        self.check_readable(key)?;
+        let kind = self.read_kind().expect("readable");
+        let torch_error = |source| Error::Torch {
+            context: format!("{}: {}", self.path.display(), key.unwrap_or("a DCP tensor")),
+            source,
+        };
+        let out = Tensor::f_empty(self.shape.as_slice(), (kind, self.options.device))
+            .map_err(torch_error)?;
+        let _no_grad = tch::no_grad_guard();
+        for c in &self.chunks {
+            if c.sizes.contains(&0) {
+                continue;
+            }
+            let src = Materializer::new(&c.file).tensor(c.index)?;
+            let mut dst = out.shallow_clone();
+            for (d, (&o, &s)) in c.offsets.iter().zip(&c.sizes).enumerate() {
+                dst = dst.f_narrow(d as i64, o, s).map_err(torch_error)?;
+            }
+            dst.f_copy_(&src).map_err(torch_error)?;
+        }
+        Ok(out)
+    }
+}
+
+impl Dcp {
+    /// The tensors under `at` (all of them when `None`), in order, with the key under it:
+    /// the flattened key, or the rest of the path under `at`, joined with dots (for a
+    /// model, its state dict's keys).
+    pub(crate) fn tensors_under(&self, at: Option<&str>) -> Vec<(String, Arc<ChunkedTensor>)> {
+        self.entries
+            .iter()
+            .filter_map(|e| {
+                let DcpItem::Tensor(t) = &e.item else {
+                    return None;
+                };
+                let key = match at {
+                    None => e.key.clone(),
+                    Some(at) => match e.path.split_first() {
+                        Some((PathElem::Key(first), rest)) if first == at && !rest.is_empty() => {
+                            join(rest)
+                        }
+                        _ => return None,
+                    },
+                };
+                Some((key, Arc::clone(t)))
+            })
+            .collect()
+    }
+
+    /// The top-level keys of the nested dict, in order.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        for e in &self.entries {
+            if let Some(PathElem::Key(k)) = e.path.first() {
+                if !keys.contains(k) {
+                    keys.push(k.clone());
+                }
+            }
+        }
+        keys
+    }
+
+    /// The number of tensors.
+    pub(crate) fn num_tensors(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.item, DcpItem::Tensor(_)))
+            .count()
+    }
+
+    /// The nested value `dcp_to_torch_save` writes: each key set at its `planner_data` path
+    /// (dicts for str elements, lists padded with `None` for int ones), tensors whole, byte
+    /// items as their values. With `unreadable`, a tensor of a dtype this crate cannot hold
+    /// is [`Value::Unreadable`] instead of an error.
+    pub(crate) fn value(&self, unreadable: bool) -> Result<Value, Error> {
+        let mut root = Value::Dict(Dict::default());
+        // A list index past every key's count is no list DCP wrote.
+        let max_index = self.entries.len() + 1024;
+        for e in &self.entries {
+            let v = match &e.item {
+                DcpItem::Tensor(t) if unreadable && t.dtype.kind().is_none() => Value::Unreadable {
+                    dtype: t.dtype.name().to_string(),
+                    shape: t.shape.clone(),
+                },
+                DcpItem::Tensor(t) => Value::Tensor(t.read(Some(&e.key))?),
+                DcpItem::Bytes(file) => {
+                    let m = Materializer::new(file);
+                    let mut m = if unreadable { m.with_unreadable() } else { m };
+                    m.value(file.parsed.arena.root)
+                        .map_err(|err| err.under(|| e.key.clone()))?
+                }
+            };
+            set_element(&mut root, &e.path, v, max_index).map_err(|reason| {
+                Error::InvalidDistributed {
+                    path: self.path.clone(),
+                    field: "planner_data".to_string(),
+                    reason: format!("{}: {reason}", e.key),
+                }
+            })?;
+        }
+        Ok(root)
+    }
+}
+
+/// A path's elements joined with dots, as DCP flattens keys.
+fn join(path: &[PathElem]) -> String {
+    path.iter()
+        .map(|p| match p {
+            PathElem::Key(k) => k.clone(),
+            PathElem::Index(i) => i.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// DCP's `set_element`: `value` at `path` in `root`, making dicts and lists on the way.
+fn set_element(
+    root: &mut Value,
+    path: &[PathElem],
+    value: Value,
+    max_index: usize,
+) -> Result<(), String> {
+    let clash = || format!("its path {path:?} clashes with another key's");
+    let mut cur = root;
+    for (i, elem) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        let fresh = || match path.get(i + 1) {
+            Some(PathElem::Index(_)) => Value::List(Vec::new()),
+            _ => Value::Dict(Dict::default()),
+        };
+        let slot: &mut Value = match (elem, cur) {
+            (PathElem::Key(k), Value::Dict(d)) => {
+                let at = d.items.iter().position(|(dk, _)| dk.as_str() == Some(k));
+                let at = match at {
+                    Some(at) => at,
+                    None => {
+                        d.items.push((Value::Str(k.clone()), Value::None));
+                        d.items.len() - 1
+                    }
+                };
+                &mut d.items[at].1
+            }
+            (PathElem::Index(n), Value::List(items)) => {
+                if *n > max_index {
+                    return Err(format!("the list index {n} of its path"));
+                }
+                while items.len() <= *n {
+                    items.push(Value::None);
+                }
+                &mut items[*n]
+            }
+            _ => return Err(clash()),
+        };
+        if last {
+            if !matches!(slot, Value::None) {
+                return Err(clash());
+            }
+            *slot = value;
+            return Ok(());
+        }
+        if matches!(slot, Value::None) {
+            *slot = fresh();
+        }
+        cur = slot;
+    }
+    Err("an empty path".to_string())
+}
+
+/// The `.metadata` of `path`: the file itself, or the one inside the directory `path`.
+pub(crate) fn metadata_path(path: &Path) -> Option<PathBuf> {
+    if path.file_name() == Some(".metadata".as_ref()) {
+        return Some(path.to_path_buf());
+    }
+    let inside = path.join(".metadata");
+    (path.is_dir() && inside.is_file()).then_some(inside)
+}
+
+/// Opens the DCP checkpoint whose `.metadata` is `path`.
+pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
+    let dir = match path.parent() {
+        Some(d) if d.as_os_str().is_empty() => PathBuf::from("."),
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let metadata = read_metadata(path, options)?;
+    let invalid = |field: &str, reason: String| Error::InvalidDistributed {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        reason,
+    };
+    let root = class(&metadata, "Metadata").ok_or_else(|| {
+        invalid(
+            "Metadata",
+            format!("the pickle holds {}, not a Metadata", describe(&metadata)),
+        )
+    })?;
+    let sdm = root
+        .get_attr("state_dict_metadata")
+        .and_then(Value::as_dict)
+        .ok_or_else(|| invalid("state_dict_metadata", "missing or not a dict".into()))?;
+    let storage_data = root
+        .get_attr("storage_data")
+        .and_then(Value::as_dict)
+        .ok_or_else(|| invalid("storage_data", "missing or not a dict".into()))?;
+    let planner_data = match root.get_attr("planner_data") {
+        None | Some(Value::None) => None,
+        Some(Value::Dict(d)) => Some(d),
+        Some(other) => {
+            return Err(invalid(
+                "planner_data",
+                format!("a {}, not a dict", other.type_name()),
+            ))
+        }
+    };
+
+    // Where each chunk and item is: (fqn, offsets or None for a byte item) -> storage.
+    let mut places: HashMap<(String, Option<Vec<i64>>), Place> =
+        HashMap::with_capacity(storage_data.items.len());
+    for (k, v) in &storage_data.items {
+        let index = class(k, "MetadataIndex")
+            .ok_or_else(|| invalid("storage_data", format!("a key {}", describe(k))))?;
+        let fqn = index
+            .get_attr("fqn")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("MetadataIndex.fqn", "missing or not a str".into()))?;
+        let offset = match index.get_attr("offset") {
+            None | Some(Value::None) => None,
+            Some(o) => Some(ints(o).ok_or_else(|| {
+                invalid("MetadataIndex.offset", format!("{fqn}: not a torch.Size"))
+            })?),
+        };
+        let info = v
+            .as_object()
+            .filter(|o| {
+                o.qualified_name() == "torch.distributed.checkpoint.filesystem._StorageInfo"
+            })
+            .ok_or_else(|| invalid("storage_data", format!("{fqn}: a value {}", describe(v))))?;
+        let place = Place::of(info).map_err(|(field, reason)| {
+            invalid(&format!("_StorageInfo.{field}"), format!("{fqn}: {reason}"))
+        })?;
+        places.insert((fqn.to_string(), offset), place);
+    }
+
+    let mut files = Files::new(&dir, path, options);
+    let mut entries = Vec::with_capacity(sdm.items.len());
+    for (k, v) in &sdm.items {
+        let key = k
+            .as_str()
+            .ok_or_else(|| invalid("state_dict_metadata", format!("a key {}", describe(k))))?
+            .to_string();
+        let elem_path = match planner_data.and_then(|p| {
+            p.items
+                .iter()
+                .find(|(pk, _)| pk.as_str() == Some(&key))
+                .map(|(_, pv)| pv)
+        }) {
+            None | Some(Value::None) => vec![PathElem::Key(key.clone())],
+            Some(p) => key_path(p).ok_or_else(|| {
+                invalid(
+                    "planner_data",
+                    format!("{key}: {} is not a path", describe(p)),
+                )
+            })?,
+        };
+        let item = match v.as_object().map(|o| (o.module(), o.name())) {
+            Some((METADATA_MODULE, "BytesStorageMetadata")) => {
+                let place = places.get(&(key.clone(), None)).ok_or_else(|| {
+                    invalid(
+                        "storage_data",
+                        format!("{key}: no storage for the byte item"),
+                    )
+                })?;
+                DcpItem::Bytes(files.item(place, &key)?)
+            }
+            Some((METADATA_MODULE, "TensorStorageMetadata")) => {
+                let o = v.as_object().expect("matched an object");
+                DcpItem::Tensor(Arc::new(tensor(o, &key, &places, &mut files, &invalid)?))
+            }
+            _ => {
+                return Err(invalid(
+                    "state_dict_metadata",
+                    format!("{key}: {}", describe(v)),
+                ))
+            }
+        };
+        entries.push(DcpEntry {
+            key,
+            path: elem_path,
+            item,
+        });
+    }
+    Ok(Dcp {
+        path: path.to_path_buf(),
+        entries,
+    })
+}
+
+/// `.metadata` run through the pickle machine and read as a value (DCP's classes as opaque
+/// objects), within the file's memory budget.
+fn read_metadata(path: &Path, options: &ReadOptions) -> Result<Value, Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = open_regular(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len == 0 {
+        return Err(Error::EmptyFile {
+            path: path.to_path_buf(),
+        });
+    }
+    // SAFETY: see `map_file`: the map is only read while the pickle runs.
+    let map = unsafe { map_file(&file) }.map_err(io)?;
+    let mut budget = Budget::for_file(&options.limits, len);
+    // DCP's own classes are data here, whatever `weights_only` says: each field is checked.
+    let plain = options.clone().weights_only(false);
+    let (arena, used) = pickle::run(&map, Flavor::Plain, &plain, &mut budget)
+        .map_err(|f| pickle_error(path, ".metadata", f))?;
+    budget.charge(used as u64).map_err(out_of_budget(path))?;
+    let root = arena.root;
+    let parsed = Parsed {
+        source: Source::Owned(Vec::new()),
+        format: Format::Distributed,
+        arena,
+        storages: HashMap::new(),
+        crcs: Crcs::default(),
+        big_endian: false,
+        entry: ".metadata".to_string(),
+        safetensors_metadata: None,
+        script_classes: None,
+        budget,
+    };
+    let file = OpenFile::new(path.to_path_buf(), plain, parsed);
+    Materializer::new(&file).value(root)
+}
+
+/// A value as an instance of DCP's class `name`.
+fn class<'v>(v: &'v Value, name: &str) -> Option<&'v Object> {
+    v.as_object()
+        .filter(|o| o.module() == METADATA_MODULE && o.name() == name)
+}
+
+/// A short description of a value, for errors.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Object(o) => format!("an object of class {}", o.qualified_name()),
+        other => format!("a {}", other.type_name()),
+    }
+}
+
+/// A `torch.Size` (or tuple, or list) of ints.
+fn ints(v: &Value) -> Option<Vec<i64>> {
+    v.as_list()?.iter().map(Value::as_int).collect()
+}
+
+/// A `planner_data` path: a tuple of str and non-negative int elements.
+fn key_path(v: &Value) -> Option<Vec<PathElem>> {
+    let items = v.as_list()?;
+    if items.is_empty() {
+        return None;
+    }
+    items
+        .iter()
+        .map(|e| match e {
+            Value::Str(s) => Some(PathElem::Key(s.clone())),
+            Value::Int(i) => usize::try_from(*i).ok().map(PathElem::Index),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where a chunk or item is: `length` bytes at `offset` of `relative_path`, zstd-compressed
+/// when `zstd`.
+#[derive(Debug, Clone)]
+struct Place {
+    relative_path: String,
+    offset: u64,
+    length: u64,
+    zstd: bool,
+}
+
+impl Place {
+    fn of(info: &Object) -> Result<Place, (&'static str, String)> {
+        let relative_path = info
+            .get_attr("relative_path")
+            .and_then(Value::as_str)
+            .ok_or(("relative_path", "missing or not a str".to_string()))?
+            .to_string();
+        let offset = info
+            .get_attr("offset")
+            .and_then(Value::as_int)
+            .and_then(|o| u64::try_from(o).ok())
+            .ok_or(("offset", "missing or not a non-negative int".to_string()))?;
+        let length = info
+            .get_attr("length")
+            .and_then(Value::as_int)
+            .and_then(|o| u64::try_from(o).ok())
+            .ok_or(("length", "missing or not a non-negative int".to_string()))?;
+        let mut zstd = false;
+        match info.get_attr("transform_descriptors") {
+            None | Some(Value::None) => {}
+            Some(v) => {
+                let list = v
+                    .as_list()
+                    .ok_or(("transform_descriptors", "not a list".to_string()))?;
+                for t in list {
+                    let t = t.as_str().ok_or((
+                        "transform_descriptors",
+                        "an item that is not a str".to_string(),
+                    ))?;
+                    // `name[@domain]/version`; torch accepts any version of major 1.
+                    let (name, version) = t.rsplit_once('/').unwrap_or((t, ""));
+                    let major = version.split('.').next().unwrap_or("");
+                    if name != ZSTD || major != "1" || zstd {
+                        return Err((
+                            "transform_descriptors",
+                            format!("the transform {t:?} is not one this crate applies"),
+                        ));
+                    }
+                    zstd = true;
+                }
+            }
+        }
+        Ok(Place {
+            relative_path,
+            offset,
+            length,
+            zstd,
+        })
+    }
+}
+
+/// The `.distcp` files of a checkpoint, each opened and mapped once, inside its directory.
+struct Files<'o> {
+    dir: PathBuf,
+    metadata: &'o Path,
+    options: &'o ReadOptions,
+    /// The directory with symlinks resolved, once known.
+    root: Option<PathBuf>,
+    open: HashMap<String, (PathBuf, Arc<memmap2::Mmap>, Arc<std::fs::File>)>,
+}
+
+impl<'o> Files<'o> {
+    fn new(dir: &Path, metadata: &'o Path, options: &'o ReadOptions) -> Self {
+        Files {
+            dir: dir.to_path_buf(),
+            metadata,
+            options,
+            root: None,
+            open: HashMap::new(),
+        }
+    }
+
+    fn invalid(&self, field: &str, reason: String) -> Error {
+        Error::InvalidDistributed {
+            path: self.metadata.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        }
+    }
+
+    /// The file `name`, opened once: a plain relative path that resolves inside the
+    /// directory.
+    fn file(
+        &mut self,
+        name: &str,
+    ) -> Result<(PathBuf, Arc<memmap2::Mmap>, Arc<std::fs::File>), Error> {
+        if let Some(f) = self.open.get(name) {
+            return Ok(f.clone());
+        }
+        let relative = Path::new(name);
+        let plain = relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        if name.is_empty() || !plain {
+            return Err(self.invalid(
+                "_StorageInfo.relative_path",
+                format!("{name:?} is not a plain relative path"),
+            ));
+        }
+        let path = self.dir.join(relative);
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        if self.root.is_none() {
+            self.root = Some(
+                std::fs::canonicalize(&self.dir).map_err(|source| Error::Io {
+                    path: self.dir.clone(),
+                    source,
+                })?,
+            );
+        }
+        let real = std::fs::canonicalize(&path).map_err(io)?;
+        if !self.root.as_ref().is_some_and(|r| real.starts_with(r)) {
+            return Err(self.invalid(
+                "_StorageInfo.relative_path",
+                format!(
+                    "{name:?} is {}, outside the checkpoint's directory (through a symlink)",
+                    real.display()
+                ),
+            ));
+        }
+        let file = open_regular(&path).map_err(io)?;
+        // SAFETY: see `map_file`: the map is read only to parse the items; tensors are read
+        // from the file with positional reads.
+        let map = unsafe { map_file(&file) }.map_err(io)?;
+        let entry = (path, Arc::new(map), Arc::new(file));
+        self.open.insert(name.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// The item at `place`, for `key`: its `torch.save` zip parsed, its storages at their
+    /// offsets in the file (or, inflated, in memory).
+    fn item(&mut self, place: &Place, key: &str) -> Result<Arc<OpenFile<'static>>, Error> {
+        let (path, map, file) = self.file(&place.relative_path)?;
+        let end = place
+            .offset
+            .checked_add(place.length)
+            .filter(|&e| e <= map.len() as u64)
+            .ok_or_else(|| {
+                self.invalid(
+                    "_StorageInfo.offset",
+                    format!(
+                        "{key}: {} bytes at {} of {}, past its end ({} bytes)",
+                        place.length,
+                        place.offset,
+                        place.relative_path,
+                        map.len()
+                    ),
+                )
+            })?;
+        let window = &map[place.offset as usize..end as usize];
+        let not_a_zip = |reason: String| {
+            self.invalid(
+                "_StorageInfo",
+                format!(
+                    "{key}: the bytes at {} of {} are not a torch.save zip: {reason}",
+                    place.offset, place.relative_path
+                ),
+            )
+        };
+        let options = self.options;
+        let budget = Budget::for_file(&options.limits, place.length);
+        if place.zstd {
+            let bytes = inflate_zstd(window, &budget).map_err(|e| match e {
+                Inflate::Budget => Error::LimitExceeded {
+                    path: path.clone(),
+                    limit: "max_memory",
+                    max: budget.max(),
+                },
+                Inflate::Io(e) => not_a_zip(format!("zstd: {e}")),
+            })?;
+            match detect(&path, &bytes) {
+                Ok(Format::TorchZip) => {}
+                _ => return Err(not_a_zip("not a zip once inflated".into())),
+            }
+            let len = bytes.len() as u64;
+            let parsed = torch_zip::parse(
+                &path,
+                Source::Owned(bytes),
+                options,
+                Budget::for_file(&options.limits, len),
+            )?;
+            return Ok(Arc::new(OpenFile::new(path, options.clone(), parsed)));
+        }
+        match detect(&path, window) {
+            Ok(Format::TorchZip) => {}
+            _ => return Err(not_a_zip("no zip signature".into())),
+        }
+        let parsed = torch_zip::parse(&path, Source::Borrowed(window), options, budget)?;
+        // The storages at their places in the file, read through its shared descriptor.
+        let storages = parsed
+            .storages
+            .into_iter()
+            .map(|(k, loc)| {
+                let loc = match loc {
+                    StorageLoc::Range { start, len } => StorageLoc::Range {
+                        start: start + place.offset,
+                        len,
+                    },
+                    StorageLoc::Deflated {
+                        start,
+                        compressed,
+                        len,
+                    } => StorageLoc::Deflated {
+                        start: start + place.offset,
+                        compressed,
+                        len,
+                    },
+                };
+                (k, loc)
+            })
+            .collect();
+        let parsed = Parsed {
+            source: Source::Mapped(Arc::clone(&map), file),
+            format: parsed.format,
+            arena: parsed.arena,
+            storages,
+            crcs: parsed.crcs,
+            big_endian: parsed.big_endian,
+            entry: parsed.entry,
+            safetensors_metadata: None,
+            script_classes: parsed.script_classes,
+            budget: parsed.budget,
+        };
+        Ok(Arc::new(OpenFile::new(path, options.clone(), parsed)))
+    }
+}
+
+enum Inflate {
+    Budget,
+    Io(std::io::Error),
+}
+
+/// A zstd frame inflated, within what `budget` leaves (the frame does not say its size).
+fn inflate_zstd(compressed: &[u8], budget: &Budget) -> Result<Vec<u8>, Inflate> {
+    let max = budget.max().saturating_sub(budget.used());
+    let decoder = zstd::stream::read::Decoder::with_buffer(compressed).map_err(Inflate::Io)?;
+    let mut out = Vec::new();
+    let read = decoder
+        .single_frame()
+        .take(max.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(Inflate::Io)?;
+    if read as u64 > max {
+        return Err(Inflate::Budget);
+    }
+    Ok(out)
+}
+
+/// A `TensorStorageMetadata`: its shape, dtype and chunks, each chunk's item opened and
+/// checked against the metadata, and the chunks checked to tile the tensor.
+fn tensor(
+    o: &Object,
+    key: &str,
+    places: &HashMap<(String, Option<Vec<i64>>), Place>,
+    files: &mut Files<'_>,
+    invalid: &dyn Fn(&str, String) -> Error,
+) -> Result<ChunkedTensor, Error> {
+    let shape = o
+        .get_attr("size")
+        .and_then(ints)
+        .filter(|s| s.iter().all(|&d| d >= 0))
+        .ok_or_else(|| {
+            invalid(
+                "TensorStorageMetadata.size",
+                format!("{key}: not a torch.Size"),
+            )
+        })?;
+    let properties = o
+        .get_attr("properties")
+        .and_then(|p| class(p, "TensorProperties"))
+        .ok_or_else(|| {
+            invalid(
+                "TensorStorageMetadata.properties",
+                format!("{key}: missing or not a TensorProperties"),
+            )
+        })?;
+    // BUILD of a tuple: (dtype, layout, requires_grad, memory_format, pin_memory); older
+    // files give a dict with `dtype`.
+    let dtype_value = match properties.state() {
+        Some(Value::Tuple(t)) => t.first(),
+        _ => properties.get_attr("dtype"),
+    };
+    let dtype = match dtype_value {
+        Some(Value::Dtype(k)) => FileDtype::Kind(*k),
+        Some(Value::Global { module, name }) if module == "torch" => {
+            dtype::file_dtype_by_name(name)
+                .ok_or_else(|| invalid("TensorProperties.dtype", format!("{key}: torch.{name}")))?
+        }
+        _ => {
+            return Err(invalid(
+                "TensorProperties.dtype",
+                format!("{key}: missing or not a torch.dtype"),
+            ))
+        }
+    };
+    let chunk_values = o
+        .get_attr("chunks")
+        .and_then(Value::as_list)
+        .ok_or_else(|| invalid("TensorStorageMetadata.chunks", format!("{key}: not a list")))?;
+    let mut chunks = Vec::with_capacity(chunk_values.len());
+    for c in chunk_values {
+        let c = class(c, "ChunkStorageMetadata").ok_or_else(|| {
+            invalid(
+                "TensorStorageMetadata.chunks",
+                format!("{key}: an item {}", describe(c)),
+            )
+        })?;
+        let offsets = c.get_attr("offsets").and_then(ints);
+        let sizes = c.get_attr("sizes").and_then(ints);
+        let (Some(offsets), Some(sizes)) = (offsets, sizes) else {
+            return Err(invalid(
+                "ChunkStorageMetadata",
+                format!("{key}: offsets or sizes missing or not a torch.Size"),
+            ));
+        };
+        let place = places
+            .get(&(key.to_string(), Some(offsets.clone())))
+            .ok_or_else(|| {
+                invalid(
+                    "storage_data",
+                    format!("{key}: no storage for the chunk at {offsets:?}"),
+                )
+            })?;
+        let file = files.item(place, key)?;
+        let arena = &file.parsed.arena;
+        let Obj::Tensor(index) = *arena.get(arena.root) else {
+            return Err(invalid(
+                "_StorageInfo",
+                format!("{key}: the chunk at {offsets:?} holds no tensor"),
+            ));
+        };
+        let t = &arena.tensors[index];
+        if t.dtype != dtype || t.size() != sizes.as_slice() {
+            return Err(invalid(
+                "ChunkStorageMetadata",
+                format!(
+                    "{key}: the chunk at {offsets:?} is metadata's {} {sizes:?} but holds {} {:?}",
+                    dtype.name(),
+                    t.dtype.name(),
+                    t.size()
+                ),
+            ));
+        }
+        chunks.push(Chunk {
+            offsets,
+            sizes,
+            file,
+            index,
+        });
+    }
+    check_tiling(key, &shape, &chunks).map_err(|reason| Error::ChunkLayout {
+        path: files.metadata.to_path_buf(),
+        key: key.to_string(),
+        reason,
+    })?;
+    Ok(ChunkedTensor {
+        path: files.metadata.to_path_buf(),
+        options: files.options.clone(),
+        shape,
+        dtype,
+        chunks,
+    })
+}
+
+/// Whether `chunks` tile `shape`: each inside it, none overlapping another, and their
+/// volumes adding up to the tensor's, so that together they cover it exactly.
+fn check_tiling(key: &str, shape: &[i64], chunks: &[Chunk]) -> Result<(), String> {
+    let _ = key;
+    let mut volume = 0u128;
+    for c in chunks {
+        if c.offsets.len() != shape.len() || c.sizes.len() != shape.len() {
+            return Err(format!(
+                "the chunk at {:?} of size {:?} has not the tensor's {} dimensions",
+                c.offsets,
+                c.sizes,
+                shape.len()
+            ));
+        }
+        let inside = c
+            .offsets
+            .iter()
+            .zip(&c.sizes)
+            .zip(shape)
+            .all(|((&o, &s), &d)| o >= 0 && s >= 0 && o.checked_add(s).is_some_and(|e| e <= d));
+        if !inside {
+            return Err(format!(
+                "the chunk at {:?} of size {:?} is outside the shape {shape:?}",
+                c.offsets, c.sizes
+            ));
+        }
+        volume += c.sizes.iter().map(|&s| s as u128).product::<u128>();
+    }
+    // Two boxes overlap when their ranges overlap in every dimension; empty boxes never do.
+    // Sorted by their first offset, a box is compared only with those that start before it
+    // ends in the first dimension.
+    let mut order: Vec<&Chunk> = chunks
+        .iter()
+        .filter(|c| c.sizes.iter().all(|&s| s > 0))
+        .collect();
+    order.sort_by_key(|c| c.offsets.first().copied().unwrap_or(0));
+    for (i, a) in order.iter().enumerate() {
+        for b in &order[i + 1..] {
+            if let (Some(&a0), Some(&s0), Some(&b0)) =
+                (a.offsets.first(), a.sizes.first(), b.offsets.first())
+            {
+                if b0 >= a0 + s0 {
+                    break;
+                }
+            }
+            let overlap = (0..shape.len()).all(|d| {
+                a.offsets[d] < b.offsets[d] + b.sizes[d] && b.offsets[d] < a.offsets[d] + a.sizes[d]
+            });
+            if overlap {
+                return Err(format!(
+                    "the chunks at {:?} and {:?} overlap",
+                    a.offsets, b.offsets
+                ));
+            }
+        }
+    }
+    let numel: u128 = shape.iter().map(|&d| d as u128).product();
+    if volume != numel {
+        return Err(format!(
+            "the chunks hold {volume} of the tensor's {numel} elements: a gap"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! Checkpoints from distributed training: the DCP directories of
+//! tests/fixtures/make_distributed.py (real torch.distributed runs on CPU with gloo: one
+//! process, a file per item, 3 writer threads, zstd, 2 ranks of DTensor, FSDP2 with AdamW,
+//! torchtitan step folders), each read through every entry point and compared with what
+//! `dcp_to_torch_save` wrote from it (`<name>.pt`, read back by this crate, whose reading of
+//! torch.save files the differential test holds to torch.load); and model directories.
+
+mod common;
+
+use std::path::PathBuf;
+
+use tch::Kind;
+use tch_state_dict::{
+    load_checkpoint, load_state_dict, state_dict, Checkpoint, Error, Format, LazyStateDict,
+    ModuleTree, StateDict, Value,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    common::test_file(&format!("fixtures/distributed/{name}"))
+}
+
+/// The DCP directories, and the oracle each was converted to.
+const DCP: [(&str, &str); 8] = [
+    ("no_dist", "no_dist.pt"),
+    ("file_per_item", "file_per_item.pt"),
+    ("threads3", "threads3.pt"),
+    ("zstd", "zstd.pt"),
+    ("dtensor", "dtensor.pt"),
+    ("fsdp2", "fsdp2.pt"),
+    ("torchtitan/step-10", "torchtitan/step-10.pt"),
+    ("torchtitan_bytesio/step-3", "torchtitan_bytesio/step-3.pt"),
+];
+
+/// Where `a` and `b` differ, as values: tensors by dtype, shape and every byte; containers
+/// item by item in order; anything else by Python's repr.
+fn difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Tensor(x), Value::Tensor(y)) => {
+            if x.kind() != y.kind() || x.size() != y.size() {
+                return Some(format!(
+                    "{at}: {:?} {:?} against {:?} {:?}",
+                    x.kind(),
+                    x.size(),
+                    y.kind(),
+                    y.size()
+                ));
+            }
+            (common::hash_tensor(x) != common::hash_tensor(y))
+                .then(|| format!("{at}: other values"))
+        }
+        (Value::Dict(x), Value::Dict(y)) => {
+            if x.items.len() != y.items.len() {
+                let keys = |d: &tch_state_dict::Dict| {
+                    d.items
+                        .iter()
+                        .map(|(k, _)| k.to_string())
+                        .collect::<Vec<_>>()
+                };
+                return Some(format!("{at}: keys {:?} against {:?}", keys(x), keys(y)));
+            }
+            x.items
+                .iter()
+                .zip(&y.items)
+                .find_map(|((ka, va), (kb, vb))| {
+                    if ka.to_string() != kb.to_string() {
+                        return Some(format!("{at}: key {ka} against {kb}"));
+                    }
+                    difference(va, vb, &format!("{at}[{ka}]"))
+                })
+        }
+        (Value::List(x), Value::List(y)) | (Value::Tuple(x), Value::Tuple(y)) => {
+            if x.len() != y.len() {
+                return Some(format!("{at}: {} items against {}", x.len(), y.len()));
+            }
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (p, q))| difference(p, q, &format!("{at}[{i}]")))
+        }
+        _ => (a.to_string() != b.to_string()).then(|| format!("{at}: {a} against {b}")),
+    }
+}
+
+#[test]
+fn every_layout_reads_as_dcp_to_torch_save_wrote_it() {
+    for (dir, oracle) in DCP {
+        let path = fixture(dir);
+        let want = Value::load(fixture(oracle)).unwrap_or_else(|e| panic!("{oracle}: {e}"));
+        let ckpt = Checkpoint::open(&path).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        assert_eq!(ckpt.format(), Format::Distributed, "{dir}");
+        let got = ckpt.value().unwrap_or_else(|e| panic!("{dir}: {e}"));
+        if let Some(d) = difference(&got, &want, dir) {
+            panic!("{d}");
+        }
+        // The directory's `.metadata` opens the same checkpoint.
+        let by_file = Value::load(path.join(".metadata")).unwrap();
+        assert!(
+            difference(&by_file, &want, dir).is_none(),
+            "{dir}/.metadata"
+        );
+        let keys: Vec<String> = want
+            .as_dict()
+            .unwrap()
+            .items
+            .iter()
+            .map(|(k, _)| k.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ckpt.keys(), keys, "{dir}");
+    }
+}
+
+/// `load_key(dir, "model")` is `torch.load(converted)["model"]`, through the eager and the
+/// lazy route; nothing is read when the lazy state dict is made.
+#[test]
+fn the_state_dict_under_a_key_is_the_converted_files() {
+    for (dir, oracle, key) in [
+        ("no_dist", "no_dist.pt", "model"),
+        ("fsdp2", "fsdp2.pt", "model"),
+        ("torchtitan/step-10", "torchtitan/step-10.pt", "model"),
+        ("zstd", "zstd.pt", "model"),
+    ] {
+        let want = StateDict::load_key(fixture(oracle), key).unwrap();
+        let eager = StateDict::load_key(fixture(dir), key).unwrap();
+        let lazy = LazyStateDict::load_key(fixture(dir), key).unwrap();
+        assert_eq!(
+            lazy.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
+        for (k, t) in lazy.iter() {
+            let w = want.get(k).unwrap();
+            assert_eq!(
+                (t.size(), t.kind()),
+                (w.size(), Some(w.kind())),
+                "{dir} {k}"
+            );
+            assert!(!t.is_in_memory());
+        }
+        assert_eq!(common::hashes(&eager), common::hashes(&want), "{dir}");
+        assert_eq!(
+            common::hashes(&lazy.into_state_dict().unwrap()),
+            common::hashes(&want),
+            "{dir}"
+        );
+    }
+    // The top level of a DCP checkpoint is its flattened tensors.
+    let flat = LazyStateDict::load(fixture("fsdp2")).unwrap();
+    assert!(flat.contains_key("model.fc1.weight"));
+    assert!(flat.contains_key("optim.state.fc1.weight.exp_avg"));
+    assert!(matches!(
+        StateDict::load_key(fixture("fsdp2"), "nothing"),
+        Err(Error::KeyNotFound { .. })
+    ));
+}
+
+/// A model whose keys and shapes are `sd`'s, zero-filled, in `kind` for floating-point ones.
+fn blank(sd: &StateDict, kind: Option<Kind>) -> ModuleTree {
+    common::blank_model(sd, kind)
+}
+
+/// Loading straight into a model fills each tensor chunk by chunk: `Shard(0)` rows,
+/// `Shard(1)` columns, replicated and empty chunks; strictly, with the values of the
+/// converted file; and into a model of another dtype, converted.
+#[test]
+fn a_dcp_checkpoint_loads_straight_into_a_model() {
+    for (dir, oracle, key) in [
+        ("dtensor", "dtensor.pt", None),
+        ("fsdp2", "fsdp2.pt", Some("model")),
+        ("torchtitan/step-10", "torchtitan/step-10.pt", Some("model")),
+        ("zstd", "zstd.pt", Some("model")),
+        ("threads3", "threads3.pt", Some("model")),
+    ] {
+        let want = match key {
+            Some(k) => StateDict::load_key(fixture(oracle), k).unwrap(),
+            None => {
+                // dtensor's top level mixes tensors and an int: its tensors.
+                let mut sd = LazyStateDict::load(fixture(dir)).unwrap();
+                sd.retain(|_, _| true);
+                let v = Value::load(fixture(oracle)).unwrap();
+                let mut out = StateDict::new();
+                for (k, v) in &v.as_dict().unwrap().items {
+                    if let Some(t) = v.as_tensor() {
+                        out.insert(k.as_str().unwrap(), t.shallow_clone());
+                    }
+                }
+                out
+            }
+        };
+        let sd = match key {
+            Some(k) => LazyStateDict::load_key(fixture(dir), k).unwrap(),
+            None => LazyStateDict::load(fixture(dir)).unwrap(),
+        };
+        let model = blank(&want, None);
+        let report = load_state_dict(&model, &sd, true).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        assert!(report.missing_keys.is_empty(), "{dir}");
+        assert_eq!(
+            common::hashes(&state_dict(&model).unwrap()),
+            common::hashes(&want),
+            "{dir}"
+        );
+        // Into bf16: each chunk converted.
+        let bf16 = blank(&want, Some(Kind::BFloat16));
+        load_state_dict(&bf16, &sd, true).unwrap();
+        for (k, t) in state_dict(&bf16).unwrap().iter() {
+            let w = want.get(k).unwrap();
+            let expected = if w.is_floating_point() {
+                w.to_kind(Kind::BFloat16)
+            } else {
+                w.shallow_clone()
+            };
+            assert!(t.equal(&expected), "{dir} {k} in bf16");
+        }
+    }
+    // load_checkpoint takes the directory of a flat DCP state dict.
+    let want = {
+        let v = Value::load(fixture("dtensor.pt")).unwrap();
+        let mut out = StateDict::new();
+        for (k, v) in &v.as_dict().unwrap().items {
+            if let Some(t) = v.as_tensor() {
+                out.insert(k.as_str().unwrap(), t.shallow_clone());
+            }
+        }
+        out
+    };
+    let model = blank(&want, None);
+    load_checkpoint(&model, fixture("dtensor"), true).unwrap();
+    assert_eq!(
+        common::hashes(&state_dict(&model).unwrap()),
+        common::hashes(&want)
+    );
+}
+
+/// A directory holding `model.safetensors`, its sharded index, or `pytorch_model.bin` opens
+/// as that file, as `from_pretrained(dir)` finds it; a directory holding none is refused.
+#[test]
+fn model_directories_open_as_their_weights_file() {
+    for (dir, file) in [
+        ("model_dir", "model_dir/model.safetensors"),
+        ("bin_dir", "bin_dir/pytorch_model.bin"),
+        ("sharded_dir", "sharded_dir/model.safetensors.index.json"),
+        ("hf", "hf/model.safetensors.index.json"),
+    ] {
+        let from_dir = StateDict::load(fixture(dir)).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        let from_file = StateDict::load(fixture(file)).unwrap();
+        assert!(!from_dir.is_empty());
+        assert_eq!(
+            common::hashes(&from_dir),
+            common::hashes(&from_file),
+            "{dir}"
+        );
+    }
+    let empty = common::tempdir("empty-dir");
+    assert!(matches!(Checkpoint::open(&empty), Err(Error::Io { .. })));
+    std::fs::remove_dir_all(&empty).unwrap();
+}
