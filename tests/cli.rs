@@ -574,3 +574,41 @@ fn diff_lists_every_difference_and_exits_1() {
     assert_eq!(r.stdout, "");
     assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
 }
+
+/// The tool takes DCP directories wherever it takes a checkpoint: inspect prints the nested
+/// value, convert writes the state dict under a key, diff compares it with what
+/// `dcp_to_torch_save` wrote, and check loads it into nothing it does not fit.
+#[test]
+fn the_tool_reads_dcp_directories() {
+    let dcp = test_file("fixtures/distributed/fsdp2");
+    let converted = test_file("fixtures/distributed/fsdp2.pt");
+    let r = run(&["inspect", s(&dcp)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .starts_with(&format!("{} (Distributed, ", dcp.display())),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("\"fc1.weight\""), "{}", r.stdout);
+    let dir = tempdir("dcp");
+    let out = dir.join("model.safetensors");
+    let r = run(&["convert", s(&dcp), s(&out), "--key", "model"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(&["diff", s(&out), s(&converted), "--key-b", "model"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = run(&[
+        "diff",
+        s(&dcp.join(".metadata")),
+        s(&converted),
+        "--key",
+        "model",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.ends_with("5 of 5 common tensors equal\n"),
+        "{}",
+        r.stdout
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -107,10 +107,14 @@ impl<'p> Tracker<'p> {
     }
 }
 
-/// What a copy reads from: a tensor in memory, or tensor `index` of a file.
+/// What a copy reads from: a tensor in memory, tensor `index` of a file, or a piece of a
+/// file tensor laid out contiguous in the file: its elements from byte `offset` on, as many
+/// as the destination holds.
+#[derive(Clone, Copy)]
 enum Src<'s> {
     Memory(&'s Tensor),
     File(&'s OpenFile<'s>, usize),
+    Piece(&'s OpenFile<'s>, u64, usize),
 }
 
 /// The route of copy `c` from `src`, noting each file read.
@@ -146,7 +150,64 @@ fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut Vec<&'s OpenFile<
                 None => Route::Pending(file, index),
             }
         }
+        Src::Piece(file, offset, index) => {
+            if !files.iter().any(|f| std::ptr::eq(*f, file)) {
+                files.push(file);
+            }
+            let t = &file.parsed.arena.tensors[index];
+            let big_endian = file.parsed.big_endian;
+            let kind = t.dtype.kind();
+            let direct = !big_endian
+                && c.dst.device() == tch::Device::Cpu
+                && kind == Some(c.dst.kind())
+                && c.dst.is_contiguous();
+            if direct {
+                return Route::Direct(file, offset, c.dst.numel() * t.dtype.elt_size());
+            }
+            match kind.and_then(|kind| {
+                Convert::new(
+                    c.key,
+                    c.dst,
+                    kind,
+                    big_endian,
+                    offset,
+                    from(file),
+                    &file.path,
+                )
+            }) {
+                Some(convert) => Route::Convert(convert),
+                None => Route::Pending(file, index),
+            }
+        }
     }
+}
+
+/// The fewest elements a piece of a strided box may have: below it, the box is read whole
+/// and copied, rather than in pieces.
+const MIN_PIECE: i64 = 256;
+
+/// A strided box of the model's tensor (a `Shard(1)` chunk's columns) as contiguous pieces,
+/// each with the byte offset in the file of its first element, for a chunk stored
+/// contiguous from `offset` with `elem`-byte elements: the box split along its leading
+/// dimensions until each piece is contiguous. `None` when the pieces would be smaller than
+/// [`MIN_PIECE`] elements.
+fn pieces(view: &Tensor, offset: u64, elem: u64) -> Option<Vec<(Tensor, u64)>> {
+    if view.is_contiguous() {
+        return Some(vec![(view.shallow_clone(), offset)]);
+    }
+    let size = view.size();
+    let (&rows, inner) = size.split_first()?;
+    let per_row: i64 = inner.iter().product();
+    if per_row < MIN_PIECE {
+        return None;
+    }
+    let mut out = Vec::with_capacity(rows as usize);
+    for r in 0..rows {
+        let row = view.f_select(0, r).ok()?;
+        let at = offset + (r * per_row) as u64 * elem;
+        out.extend(pieces(&row, at, elem)?);
+    }
+    Some(out)
 }
 
 /// The box of `dst` that a DCP chunk fills: `dst` narrowed to `offsets` and `sizes` in each
@@ -172,7 +233,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
     let _no_grad = tch::no_grad_guard();
     // The boxes of the model's tensors that chunks fill, made first so that the copies
     // into them can borrow them.
-    let mut boxes: Vec<(usize, Tensor, &OpenFile<'_>, usize)> = Vec::new();
+    let mut boxes: Vec<(usize, Tensor, Src<'_>)> = Vec::new();
     for (i, c) in copies.iter().enumerate() {
         if let Entry::Chunked(t) = sd.entry(c.src) {
             for chunk in &t.chunks {
@@ -185,7 +246,22 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
                         source,
                     }
                 })?;
-                boxes.push((i, view, &*chunk.file, chunk.index));
+                let file = &*chunk.file;
+                let in_place = readable_in_place(file, chunk.index);
+                let split = match in_place {
+                    Some((t, offset)) if !view.is_contiguous() => {
+                        pieces(&view, offset, t.dtype.elt_size() as u64)
+                    }
+                    _ => None,
+                };
+                match split {
+                    Some(pieces) => boxes.extend(
+                        pieces
+                            .into_iter()
+                            .map(|(piece, at)| (i, piece, Src::Piece(file, at, chunk.index))),
+                    ),
+                    None => boxes.push((i, view, Src::File(file, chunk.index))),
+                }
             }
         }
     }
@@ -201,14 +277,14 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
         routes.push(route_of(c, src, &mut files));
         expanded.push(PlannedCopy { ..*c });
     }
-    for (i, view, file, index) in &boxes {
+    for (i, view, src) in &boxes {
         let c = PlannedCopy {
             key: copies[*i].key,
             dst: view,
             src: copies[*i].src,
             squeeze: false,
         };
-        routes.push(route_of(&c, Src::File(file, *index), &mut files));
+        routes.push(route_of(&c, *src, &mut files));
         expanded.push(c);
     }
     let shared = shares_memory(copies);
