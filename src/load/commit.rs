@@ -23,9 +23,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use super::convert::{self, Convert};
+use super::convert::{self, Convert, CHUNK_BYTES};
 use super::direct::{is_direct, readable_in_place};
 use super::plan::PlannedCopy;
 use super::source::{Entry, SourceDict};
@@ -39,6 +39,10 @@ enum Route<'s> {
     Pending(&'s OpenFile<'s>, usize),
     Direct(&'s OpenFile<'s>, u64, usize),
     Convert(Convert<'s>),
+    /// Bytes at an offset of a file, in a dtype, read into a buffer of the destination's
+    /// shape, then copied into the destination, which is strided (a block of a DCP chunk's
+    /// box).
+    Staged(&'s OpenFile<'s>, u64, Kind),
 }
 
 fn from<'s>(file: &'s OpenFile<'s>) -> From<'s> {
@@ -176,36 +180,35 @@ fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut Vec<&'s OpenFile<
                 )
             }) {
                 Some(convert) => Route::Convert(convert),
-                None => Route::Pending(file, index),
+                // A strided block: read into a buffer of its own, then copied.
+                None => match kind {
+                    Some(kind) if !big_endian => Route::Staged(file, offset, kind),
+                    _ => Route::Pending(file, index),
+                },
             }
         }
     }
 }
 
-/// The fewest elements a piece of a strided box may have: below it, the box is read whole
-/// and copied, rather than in pieces.
-const MIN_PIECE: i64 = 256;
-
-/// A strided box of the model's tensor (a `Shard(1)` chunk's columns) as contiguous pieces,
-/// each with the byte offset in the file of its first element, for a chunk stored
-/// contiguous from `offset` with `elem`-byte elements: the box split along its leading
-/// dimensions until each piece is contiguous. `None` when the pieces would be smaller than
-/// [`MIN_PIECE`] elements.
-fn pieces(view: &Tensor, offset: u64, elem: u64) -> Option<Vec<(Tensor, u64)>> {
-    if view.is_contiguous() {
-        return Some(vec![(view.shallow_clone(), offset)]);
-    }
+/// A strided box of the model's tensor (a `Shard(1)` chunk's columns) as blocks of whole
+/// rows (along its first dimension) of about [`CHUNK_BYTES`] each, each with the byte offset
+/// in the file of its first element, for a chunk stored contiguous from `offset` with
+/// `elem`-byte elements: each block's bytes are contiguous in the file, though the block is
+/// strided in the model's tensor. `None` for a box of no dimension.
+fn blocks(view: &Tensor, offset: u64, elem: u64) -> Option<Vec<(Tensor, u64)>> {
     let size = view.size();
     let (&rows, inner) = size.split_first()?;
-    let per_row: i64 = inner.iter().product();
-    if per_row < MIN_PIECE {
-        return None;
-    }
-    let mut out = Vec::with_capacity(rows as usize);
-    for r in 0..rows {
-        let row = view.f_select(0, r).ok()?;
-        let at = offset + (r * per_row) as u64 * elem;
-        out.extend(pieces(&row, at, elem)?);
+    let row_bytes = (inner.iter().product::<i64>() as u64)
+        .saturating_mul(elem)
+        .max(1);
+    let per_block = (CHUNK_BYTES as u64 / row_bytes).max(1) as i64;
+    let mut out = Vec::with_capacity((rows / per_block + 1) as usize);
+    let mut r = 0;
+    while r < rows {
+        let n = per_block.min(rows - r);
+        let block = view.f_narrow(0, r, n).ok()?;
+        out.push((block, offset + r as u64 * row_bytes));
+        r += n;
     }
     Some(out)
 }
@@ -250,7 +253,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
                 let in_place = readable_in_place(file, chunk.index);
                 let split = match in_place {
                     Some((t, offset)) if !view.is_contiguous() => {
-                        pieces(&view, offset, t.dtype.elt_size() as u64)
+                        blocks(&view, offset, t.dtype.elt_size() as u64)
                     }
                     _ => None,
                 };
@@ -395,6 +398,21 @@ fn write(
             })
         }
         Route::Convert(convert) => convert::run_all(std::slice::from_ref(convert), threads, done),
+        Route::Staged(file, offset, kind) => {
+            let buffer =
+                Tensor::f_empty(c.dst.size(), (*kind, tch::Device::Cpu)).map_err(copy_error)?;
+            let read = Read {
+                dst: &buffer,
+                offset: *offset,
+                len: buffer.numel() * kind.elt_size_in_bytes(),
+                from: from(file),
+            };
+            read_all_with(&[read], threads, &|_| {}).map_err(|source| Error::Io {
+                path: file.path.clone(),
+                source,
+            })?;
+            copied(&buffer)
+        }
         // `commit` materializes every pending route before it writes anything.
         Route::Pending(_, index) => Err(Error::Io {
             path: "<load>".into(),
