@@ -180,6 +180,28 @@ fn sharded_files(subject: &Subject) -> PathBuf {
     index
 }
 
+/// The subject's checkpoint as a DCP directory `{'model': sd}` written by 2 ranks of real
+/// torch.distributed, every tensor `Shard(0)` (FSDP2's layout), once.
+fn dcp_files(subject: &Subject) -> PathBuf {
+    let dir = data_dir().join(format!("{}-dcp", subject.name));
+    if dir.join(".metadata").exists() {
+        return dir;
+    }
+    let pth = files(subject).pth;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/dcp_save.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(["from", pth.to_str().unwrap(), "", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
 /// A model with the subject's keys and shapes whose floating-point tensors are bf16.
 fn bf16_model(tree: &ModuleTree) -> ModuleTree {
     let mut out = ModuleTree::new("Bf16");
@@ -218,6 +240,8 @@ struct Row {
     floor_bf16: f64,
     /// The synthetic checkpoint's shards, loaded through their index.
     sharded: Option<f64>,
+    /// The same checkpoint as a 2-rank DCP directory (ResNets only), `load_key("model")`.
+    dcp: Option<f64>,
     tch: f64,
     torch_default: f64,
     torch_mmap: f64,
@@ -235,6 +259,7 @@ fn measure(subject: &mut Subject) -> Row {
         .name
         .starts_with("synthetic")
         .then(|| sharded_files(subject));
+    let dcp_dir = (!subject.name.starts_with("synthetic")).then(|| dcp_files(subject));
     let model = &subject.model;
     // The floor: the same bytes, already in memory, copied into the model's tensors with
     // memcpy on as many threads as the loaders use; and libtorch's copy_ of the same.
@@ -276,6 +301,12 @@ fn measure(subject: &mut Subject) -> Row {
     let sharded = sharded_index.as_ref().map(|index| {
         median_of(runs(&mut || {
             load_state_dict(model.as_ref(), &LazyStateDict::load(index).unwrap(), true).unwrap();
+        }))
+    });
+    let dcp = dcp_dir.as_ref().map(|dir| {
+        median_of(runs(&mut || {
+            let sd = LazyStateDict::load_key(dir, "model").unwrap();
+            load_state_dict(model.as_ref(), &sd, true).unwrap();
         }))
     });
     floor_runs.extend(runs(&mut || memcpy_all(&pairs, threads)));
@@ -343,6 +374,7 @@ fn measure(subject: &mut Subject) -> Row {
         fp32_into_bf16,
         floor_bf16,
         sharded,
+        dcp,
         tch,
         torch_default: py["default"].as_f64().unwrap(),
         torch_mmap: py["mmap"].as_f64().unwrap(),
@@ -558,12 +590,12 @@ fn main() {
         "\nthe paths users write, against the direct load (.pth → model), in ms and as a ratio"
     );
     println!(
-        "\n| checkpoint | direct | lazy: pop head, load non-strict | lazy: strip module., load | eager: StateDict::load + load_state_dict | PyTorch mmap=True | fp16 file → fp32 model | / fp32 floor | fp32 file → bf16 model | / bf16 floor | sharded (4 safetensors) |"
+        "\n| checkpoint | direct | lazy: pop head, load non-strict | lazy: strip module., load | eager: StateDict::load + load_state_dict | PyTorch mmap=True | fp16 file → fp32 model | / fp32 floor | fp32 file → bf16 model | / bf16 floor | sharded (4 safetensors) | DCP, 2 ranks, Shard(0) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.1} | {:.1} ({:.2}×) | {:.1} ({:.2}×) | {:.1} ({:.2}×) | {:.1} ({:.2}×) | {:.1} | {:.2}× | {:.1} | {:.2}× | {} |",
+            "| {} | {:.1} | {:.1} ({:.2}×) | {:.1} ({:.2}×) | {:.1} ({:.2}×) | {:.1} ({:.2}×) | {:.1} | {:.2}× | {:.1} | {:.2}× | {} | {} |",
             r.name,
             r.ours_pth,
             r.lazy_pop,
@@ -580,6 +612,8 @@ fn main() {
             r.fp32_into_bf16 / r.floor_bf16,
             r.sharded
                 .map_or("–".to_string(), |t| format!("{t:.1} ({:.2}×)", t / r.ours_st)),
+            r.dcp
+                .map_or("–".to_string(), |t| format!("{t:.1} ({:.2}×)", t / r.ours_pth)),
         );
     }
     let threads = tch::get_num_threads().max(1) as usize;

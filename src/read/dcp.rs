@@ -361,19 +361,24 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
         places.insert((fqn.to_string(), offset), place);
     }
 
+    let paths: HashMap<&str, &Value> = planner_data
+        .map(|p| {
+            p.items
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str()?, v)))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut files = Files::new(&dir, path, options);
-    let mut entries = Vec::with_capacity(sdm.items.len());
+    // First every entry with the items it needs (opened files, checked ranges), then the
+    // items parsed, across threads, then the tensors checked against them.
+    let mut pending = Vec::with_capacity(sdm.items.len());
     for (k, v) in &sdm.items {
         let key = k
             .as_str()
             .ok_or_else(|| invalid("state_dict_metadata", format!("a key {}", describe(k))))?
             .to_string();
-        let elem_path = match planner_data.and_then(|p| {
-            p.items
-                .iter()
-                .find(|(pk, _)| pk.as_str() == Some(&key))
-                .map(|(_, pv)| pv)
-        }) {
+        let elem_path = match paths.get(key.as_str()).copied() {
             None | Some(Value::None) => vec![PathElem::Key(key.clone())],
             Some(p) => key_path(p).ok_or_else(|| {
                 invalid(
@@ -390,17 +395,28 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
                         format!("{key}: no storage for the byte item"),
                     )
                 })?;
-                DcpItem::Bytes(files.item(place, &key)?)
+                Pending::Bytes(files.job(place, &key)?)
             }
             Some((METADATA_MODULE, "TensorStorageMetadata")) => {
                 let o = v.as_object().expect("matched an object");
-                DcpItem::Tensor(Arc::new(tensor(o, &key, &places, &mut files, &invalid)?))
+                Pending::Tensor(tensor(o, &key, &places, &mut files, &invalid)?)
             }
             _ => {
                 return Err(invalid(
                     "state_dict_metadata",
                     format!("{key}: {}", describe(v)),
                 ))
+            }
+        };
+        pending.push((key, elem_path, item));
+    }
+    let items = files.parse_all()?;
+    let mut entries = Vec::with_capacity(pending.len());
+    for (key, elem_path, item) in pending {
+        let item = match item {
+            Pending::Bytes(job) => DcpItem::Bytes(Arc::clone(&items[job])),
+            Pending::Tensor(t) => {
+                DcpItem::Tensor(Arc::new(t.finish(&key, &items, &files, &invalid)?))
             }
         };
         entries.push(DcpEntry {
@@ -413,6 +429,74 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
         path: path.to_path_buf(),
         entries,
     })
+}
+
+/// An entry before its items are parsed: a byte item's job, or a tensor's.
+enum Pending {
+    Bytes(usize),
+    Tensor(PendingTensor),
+}
+
+/// A tensor whose chunks are jobs: `(offsets, sizes, job)`.
+struct PendingTensor {
+    shape: Vec<i64>,
+    dtype: FileDtype,
+    chunks: Vec<(Vec<i64>, Vec<i64>, usize)>,
+}
+
+impl PendingTensor {
+    /// The tensor, each chunk's item checked against the metadata (a tensor of the chunk's
+    /// dtype and size), and the chunks checked to tile it.
+    fn finish(
+        self,
+        key: &str,
+        items: &[Arc<OpenFile<'static>>],
+        files: &Files<'_>,
+        invalid: &dyn Fn(&str, String) -> Error,
+    ) -> Result<ChunkedTensor, Error> {
+        let dtype = self.dtype;
+        let mut chunks = Vec::with_capacity(self.chunks.len());
+        for (offsets, sizes, job) in self.chunks {
+            let file = Arc::clone(&items[job]);
+            let arena = &file.parsed.arena;
+            let Obj::Tensor(index) = *arena.get(arena.root) else {
+                return Err(invalid(
+                    "_StorageInfo",
+                    format!("{key}: the chunk at {offsets:?} holds no tensor"),
+                ));
+            };
+            let t = &arena.tensors[index];
+            if t.dtype != dtype || t.size() != sizes.as_slice() {
+                return Err(invalid(
+                    "ChunkStorageMetadata",
+                    format!(
+                        "{key}: the chunk at {offsets:?} is metadata's {} {sizes:?} but holds {} {:?}",
+                        dtype.name(),
+                        t.dtype.name(),
+                        t.size()
+                    ),
+                ));
+            }
+            chunks.push(Chunk {
+                offsets,
+                sizes,
+                file,
+                index,
+            });
+        }
+        check_tiling(key, &self.shape, &chunks).map_err(|reason| Error::ChunkLayout {
+            path: files.metadata.to_path_buf(),
+            key: key.to_string(),
+            reason,
+        })?;
+        Ok(ChunkedTensor {
+            path: files.metadata.to_path_buf(),
+            options: files.options.clone(),
+            shape: self.shape,
+            dtype,
+            chunks,
+        })
+    }
 }
 
 /// `.metadata` run through the pickle machine and read as a value (DCP's classes as opaque
@@ -557,8 +641,13 @@ struct Files<'o> {
     options: &'o ReadOptions,
     /// The directory with symlinks resolved, once known.
     root: Option<PathBuf>,
-    open: HashMap<String, (PathBuf, Arc<memmap2::Mmap>, Arc<std::fs::File>)>,
+    open: HashMap<String, OpenDistcp>,
+    /// The items to parse: each place, the key it is for, and its file.
+    jobs: Vec<(Place, String, OpenDistcp)>,
 }
+
+/// A `.distcp` file, opened and mapped: its path, map and descriptor.
+type OpenDistcp = (PathBuf, Arc<memmap2::Mmap>, Arc<std::fs::File>);
 
 impl<'o> Files<'o> {
     fn new(dir: &Path, metadata: &'o Path, options: &'o ReadOptions) -> Self {
@@ -568,6 +657,7 @@ impl<'o> Files<'o> {
             options,
             root: None,
             open: HashMap::new(),
+            jobs: Vec::new(),
         }
     }
 
@@ -581,10 +671,7 @@ impl<'o> Files<'o> {
 
     /// The file `name`, opened once: a plain relative path that resolves inside the
     /// directory.
-    fn file(
-        &mut self,
-        name: &str,
-    ) -> Result<(PathBuf, Arc<memmap2::Mmap>, Arc<std::fs::File>), Error> {
+    fn file(&mut self, name: &str) -> Result<OpenDistcp, Error> {
         if let Some(f) = self.open.get(name) {
             return Ok(f.clone());
         }
@@ -630,11 +717,12 @@ impl<'o> Files<'o> {
         Ok(entry)
     }
 
-    /// The item at `place`, for `key`: its `torch.save` zip parsed, its storages at their
-    /// offsets in the file (or, inflated, in memory).
-    fn item(&mut self, place: &Place, key: &str) -> Result<Arc<OpenFile<'static>>, Error> {
-        let (path, map, file) = self.file(&place.relative_path)?;
-        let end = place
+    /// The item at `place`, for `key`, to parse: its file opened and its range checked
+    /// against the file; the number of the job.
+    fn job(&mut self, place: &Place, key: &str) -> Result<usize, Error> {
+        let opened = self.file(&place.relative_path)?;
+        let map = &opened.1;
+        place
             .offset
             .checked_add(place.length)
             .filter(|&e| e <= map.len() as u64)
@@ -650,6 +738,41 @@ impl<'o> Files<'o> {
                     ),
                 )
             })?;
+        self.jobs.push((place.clone(), key.to_string(), opened));
+        Ok(self.jobs.len() - 1)
+    }
+
+    /// Every job's item parsed, across the read threads.
+    fn parse_all(&self) -> Result<Vec<Arc<OpenFile<'static>>>, Error> {
+        let threads = self.options.read_threads().min(self.jobs.len()).max(1);
+        if threads == 1 {
+            return self.jobs.iter().map(|j| self.parse(j)).collect();
+        }
+        let per = self.jobs.len().div_ceil(threads);
+        let parsed: Vec<Result<Vec<Arc<OpenFile<'static>>>, Error>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .jobs
+                .chunks(per)
+                .map(|jobs| s.spawn(move || jobs.iter().map(|j| self.parse(j)).collect()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut out = Vec::with_capacity(self.jobs.len());
+        for part in parsed {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
+    /// The item of a job: its `torch.save` zip parsed, its storages at their offsets in the
+    /// file (or, inflated, in memory).
+    fn parse(&self, job: &(Place, String, OpenDistcp)) -> Result<Arc<OpenFile<'static>>, Error> {
+        let (place, key, (path, map, file)) = job;
+        let (path, file) = (path.clone(), Arc::clone(file));
+        let end = place.offset + place.length;
         let window = &map[place.offset as usize..end as usize];
         let not_a_zip = |reason: String| {
             self.invalid(
@@ -713,7 +836,7 @@ impl<'o> Files<'o> {
             })
             .collect();
         let parsed = Parsed {
-            source: Source::Mapped(Arc::clone(&map), file),
+            source: Source::Mapped(Arc::clone(map), file),
             format: parsed.format,
             arena: parsed.arena,
             storages,
@@ -757,7 +880,7 @@ fn tensor(
     places: &HashMap<(String, Option<Vec<i64>>), Place>,
     files: &mut Files<'_>,
     invalid: &dyn Fn(&str, String) -> Error,
-) -> Result<ChunkedTensor, Error> {
+) -> Result<PendingTensor, Error> {
     let shape = o
         .get_attr("size")
         .and_then(ints)
@@ -824,41 +947,10 @@ fn tensor(
                     format!("{key}: no storage for the chunk at {offsets:?}"),
                 )
             })?;
-        let file = files.item(place, key)?;
-        let arena = &file.parsed.arena;
-        let Obj::Tensor(index) = *arena.get(arena.root) else {
-            return Err(invalid(
-                "_StorageInfo",
-                format!("{key}: the chunk at {offsets:?} holds no tensor"),
-            ));
-        };
-        let t = &arena.tensors[index];
-        if t.dtype != dtype || t.size() != sizes.as_slice() {
-            return Err(invalid(
-                "ChunkStorageMetadata",
-                format!(
-                    "{key}: the chunk at {offsets:?} is metadata's {} {sizes:?} but holds {} {:?}",
-                    dtype.name(),
-                    t.dtype.name(),
-                    t.size()
-                ),
-            ));
-        }
-        chunks.push(Chunk {
-            offsets,
-            sizes,
-            file,
-            index,
-        });
+        let job = files.job(place, key)?;
+        chunks.push((offsets, sizes, job));
     }
-    check_tiling(key, &shape, &chunks).map_err(|reason| Error::ChunkLayout {
-        path: files.metadata.to_path_buf(),
-        key: key.to_string(),
-        reason,
-    })?;
-    Ok(ChunkedTensor {
-        path: files.metadata.to_path_buf(),
-        options: files.options.clone(),
+    Ok(PendingTensor {
         shape,
         dtype,
         chunks,
