@@ -709,6 +709,13 @@ impl<'o> Files<'o> {
             ));
         }
         let file = open_regular(&path).map_err(io)?;
+        // The file opened is the one checked, not a symlink swapped in since.
+        if !same_file(&file, &real) {
+            return Err(self.invalid(
+                "_StorageInfo.relative_path",
+                format!("{name:?} changed while it was opened"),
+            ));
+        }
         // SAFETY: see `map_file`: the map is read only to parse the items; tensors are read
         // from the file with positional reads.
         let map = unsafe { map_file(&file) }.map_err(io)?;
@@ -848,6 +855,23 @@ impl<'o> Files<'o> {
             budget: parsed.budget,
         };
         Ok(Arc::new(OpenFile::new(path, options.clone(), parsed)))
+    }
+}
+
+/// Whether `file` is the file at `real`: the same device and inode.
+fn same_file(file: &std::fs::File, real: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(real)) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, real);
+        true
     }
 }
 
