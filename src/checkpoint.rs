@@ -60,15 +60,21 @@ enum Inner<'a> {
 }
 
 impl Checkpoint<'static> {
-    /// Opens and parses the checkpoint at `path`, whatever its format.
+    /// Opens and parses the checkpoint at `path`, whatever its format: a file; a
+    /// `torch.distributed.checkpoint` directory or its `.metadata` ([`Format::Distributed`]);
+    /// or a model directory, opened as the first of `model.safetensors`,
+    /// `model.safetensors.index.json`, `pytorch_model.bin` and `pytorch_model.bin.index.json`
+    /// it holds.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the file cannot be read; a format error ([`Error::EmptyFile`],
-    /// [`Error::LfsPointer`], [`Error::UnknownFormat`]); and every error of a malformed or
-    /// hostile file ([`Error::Zip`], [`Error::MissingRecord`], [`Error::Pickle`],
-    /// [`Error::InvalidTensor`], [`Error::LimitExceeded`], [`Error::Safetensors`],
-    /// [`Error::ShardIndex`], ...). With
+    /// [`Error::Io`] when the file cannot be read (a directory holding none of these among
+    /// them); a format error ([`Error::EmptyFile`], [`Error::LfsPointer`],
+    /// [`Error::UnknownFormat`]); and every error of a malformed or hostile file
+    /// ([`Error::Zip`], [`Error::MissingRecord`], [`Error::Pickle`],
+    /// [`Error::InvalidTensor`], [`Error::StorageSizeMismatch`], [`Error::LimitExceeded`],
+    /// [`Error::Safetensors`], [`Error::ShardIndex`], [`Error::InvalidDistributed`],
+    /// [`Error::ChunkLayout`], ...). With
     /// [`ReadOptions::weights_only`](crate::ReadOptions::weights_only),
     /// [`Error::DisallowedGlobal`] and [`Error::TorchScript`] too.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
