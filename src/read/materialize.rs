@@ -22,6 +22,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use super::alloc::fresh_buffer;
 use super::budget::{heap, heap_of, Budget};
 use super::index::{out_of_budget, OpenFile};
 use super::known;
@@ -617,8 +618,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
         }
         let mut buffers = Vec::with_capacity(wanted.len());
         for (key, _, len) in &wanted {
-            let buffer = Tensor::f_empty([*len as i64], (Kind::Uint8, Device::Cpu))
-                .map_err(self.torch_error(format!("storage {key}")))?;
+            let buffer = fresh_buffer(*len).map_err(self.torch_error(format!("storage {key}")))?;
             buffers.push(buffer);
         }
         let from = self.from();
@@ -780,8 +780,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
     /// A new uint8 tensor holding the file's bytes `start..start + len`: read from the file
     /// straight into the tensor, or copied from memory, one copy either way.
     fn read_storage(&self, start: u64, len: usize, what: &str) -> Result<Tensor, Error> {
-        let tensor = Tensor::f_empty([len as i64], (Kind::Uint8, Device::Cpu))
-            .map_err(self.torch_error(what.to_string()))?;
+        let tensor = fresh_buffer(len).map_err(self.torch_error(what.to_string()))?;
         let read = [Read {
             dst: &tensor,
             offset: start,

@@ -24,6 +24,7 @@
 //!
 //! This module imports nothing from the layers above it (state dicts, loading, models).
 
+mod alloc;
 pub(crate) mod budget;
 mod crc;
 pub(crate) mod dcp;
