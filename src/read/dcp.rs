@@ -27,9 +27,9 @@
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::budget::Budget;
+use super::budget::{Budget, FIXED_COST};
 use super::crc::Crcs;
 use super::detect::{detect, Format};
 use super::index::{out_of_budget, OpenFile, Parsed, StorageLoc};
@@ -40,6 +40,9 @@ use crate::dtype::{self, FileDtype};
 use crate::error::Error;
 use tch::{Kind, Tensor};
 
+use indexmap::IndexMap;
+
+use super::materialize::TENSOR_COST;
 use crate::value::{Dict, Object, Value};
 
 /// DCP's module of dataclasses.
@@ -52,6 +55,9 @@ pub(crate) struct Dcp {
     /// The `.metadata` file.
     pub path: PathBuf,
     pub entries: Vec<DcpEntry>,
+    /// The checkpoint's one memory budget, for all its files together: charged with what
+    /// its items keep once parsed (and inflated), then with what values read.
+    budget: Mutex<Budget>,
 }
 
 /// One flattened key of a DCP checkpoint.
@@ -191,9 +197,15 @@ impl Dcp {
     /// The nested value `dcp_to_torch_save` writes: each key set at its `planner_data` path
     /// (dicts for str elements, lists padded with `None` for int ones), tensors whole, byte
     /// items as their values. With `unreadable`, a tensor of a dtype this crate cannot hold
-    /// is [`Value::Unreadable`] instead of an error.
+    /// is [`Value::Unreadable`] instead of an error. Every value is charged to the
+    /// checkpoint's one budget, before it is made.
     pub(crate) fn value(&self, unreadable: bool) -> Result<Value, Error> {
-        let mut root = Value::Dict(Dict::default());
+        let mut budget = self
+            .budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut root = Node::Dict(IndexMap::new());
         // A list index past every key's count is no list DCP wrote.
         let max_index = self.entries.len() + 1024;
         for e in &self.entries {
@@ -202,23 +214,102 @@ impl Dcp {
                     dtype: t.dtype.name().to_string(),
                     shape: t.shape.clone(),
                 },
-                DcpItem::Tensor(t) => Value::Tensor(t.read(Some(&e.key))?),
+                DcpItem::Tensor(t) => {
+                    let numel = t
+                        .shape
+                        .iter()
+                        .fold(1u64, |n, &d| n.saturating_mul(d as u64));
+                    let bytes = numel.saturating_mul(t.dtype.elt_size() as u64);
+                    budget
+                        .charge(TENSOR_COST.saturating_add(bytes))
+                        .map_err(out_of_budget(&self.path))?;
+                    Value::Tensor(t.read(Some(&e.key))?)
+                }
                 DcpItem::Bytes(file) => {
-                    let m = Materializer::new(file);
+                    let m = Materializer::new(file).with_budget(budget.clone());
                     let mut m = if unreadable { m.with_unreadable() } else { m };
-                    m.value(file.parsed.arena.root)
-                        .map_err(|err| err.under(|| e.key.clone()))?
+                    let v = m
+                        .value(file.parsed.arena.root)
+                        .map_err(|err| err.under(|| e.key.clone()))?;
+                    budget = m.budget().clone();
+                    v
                 }
             };
-            set_element(&mut root, &e.path, v, max_index).map_err(|reason| {
-                Error::InvalidDistributed {
+            // A key of the nested dicts: its slot, its string, an index entry.
+            budget
+                .charge(128 * e.path.len() as u64)
+                .map_err(out_of_budget(&self.path))?;
+            root.set(&e.path, v, max_index)
+                .map_err(|reason| Error::InvalidDistributed {
                     path: self.path.clone(),
                     field: "planner_data".to_string(),
                     reason: format!("{}: {reason}", e.key),
-                }
-            })?;
+                })?;
         }
-        Ok(root)
+        Ok(root.into_value())
+    }
+}
+
+/// The nested value being built: dicts by key (in a map, so that a million keys cost a
+/// million lookups, not their square), lists by index, and values.
+enum Node {
+    Dict(IndexMap<String, Node>),
+    List(Vec<Node>),
+    Leaf(Value),
+    /// A list's padding, `None` unless a key sets it.
+    Empty,
+}
+
+impl Node {
+    /// DCP's `set_element`: `value` at `path`, making dicts and lists on the way.
+    fn set(&mut self, path: &[PathElem], value: Value, max_index: usize) -> Result<(), String> {
+        let clash = || format!("its path {path:?} clashes with another key's");
+        let Some((first, rest)) = path.split_first() else {
+            return Err("an empty path".to_string());
+        };
+        let slot = match (first, self) {
+            (PathElem::Key(k), Node::Dict(d)) => d.entry(k.clone()).or_insert(Node::Empty),
+            (PathElem::Index(n), Node::List(items)) => {
+                if *n > max_index {
+                    return Err(format!("the list index {n} of its path"));
+                }
+                while items.len() <= *n {
+                    items.push(Node::Empty);
+                }
+                &mut items[*n]
+            }
+            _ => return Err(clash()),
+        };
+        if rest.is_empty() {
+            if !matches!(slot, Node::Empty) {
+                return Err(clash());
+            }
+            *slot = Node::Leaf(value);
+            return Ok(());
+        }
+        if matches!(slot, Node::Empty) {
+            *slot = match rest[0] {
+                PathElem::Index(_) => Node::List(Vec::new()),
+                PathElem::Key(_) => Node::Dict(IndexMap::new()),
+            };
+        }
+        slot.set(rest, value, max_index)
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            Node::Dict(d) => Value::Dict(Dict {
+                items: d
+                    .into_iter()
+                    .map(|(k, v)| (Value::Str(k), v.into_value()))
+                    .collect(),
+                ordered: false,
+                metadata: None,
+            }),
+            Node::List(items) => Value::List(items.into_iter().map(Node::into_value).collect()),
+            Node::Leaf(v) => v,
+            Node::Empty => Value::None,
+        }
     }
 }
 
@@ -231,59 +322,6 @@ fn join(path: &[PathElem]) -> String {
         })
         .collect::<Vec<_>>()
         .join(".")
-}
-
-/// DCP's `set_element`: `value` at `path` in `root`, making dicts and lists on the way.
-fn set_element(
-    root: &mut Value,
-    path: &[PathElem],
-    value: Value,
-    max_index: usize,
-) -> Result<(), String> {
-    let clash = || format!("its path {path:?} clashes with another key's");
-    let mut cur = root;
-    for (i, elem) in path.iter().enumerate() {
-        let last = i + 1 == path.len();
-        let fresh = || match path.get(i + 1) {
-            Some(PathElem::Index(_)) => Value::List(Vec::new()),
-            _ => Value::Dict(Dict::default()),
-        };
-        let slot: &mut Value = match (elem, cur) {
-            (PathElem::Key(k), Value::Dict(d)) => {
-                let at = d.items.iter().position(|(dk, _)| dk.as_str() == Some(k));
-                let at = match at {
-                    Some(at) => at,
-                    None => {
-                        d.items.push((Value::Str(k.clone()), Value::None));
-                        d.items.len() - 1
-                    }
-                };
-                &mut d.items[at].1
-            }
-            (PathElem::Index(n), Value::List(items)) => {
-                if *n > max_index {
-                    return Err(format!("the list index {n} of its path"));
-                }
-                while items.len() <= *n {
-                    items.push(Value::None);
-                }
-                &mut items[*n]
-            }
-            _ => return Err(clash()),
-        };
-        if last {
-            if !matches!(slot, Value::None) {
-                return Err(clash());
-            }
-            *slot = value;
-            return Ok(());
-        }
-        if matches!(slot, Value::None) {
-            *slot = fresh();
-        }
-        cur = slot;
-    }
-    Err("an empty path".to_string())
 }
 
 /// The `.metadata` of `path`: the file itself, or the one inside the directory `path`.
@@ -410,6 +448,13 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
         };
         pending.push((key, elem_path, item));
     }
+    let metadata_len = std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    files.start_budget(metadata_len);
     let items = files.parse_all()?;
     let mut entries = Vec::with_capacity(pending.len());
     for (key, elem_path, item) in pending {
@@ -425,9 +470,11 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
             item,
         });
     }
+    let budget = files.budget.take().expect("started");
     Ok(Dcp {
         path: path.to_path_buf(),
         entries,
+        budget,
     })
 }
 
@@ -644,6 +691,10 @@ struct Files<'o> {
     open: HashMap<String, OpenDistcp>,
     /// The items to parse: each place, the key it is for, and its file.
     jobs: Vec<(Place, String, OpenDistcp)>,
+    /// Each place's job: keys that name one item share it, parsed once.
+    by_place: HashMap<(String, u64, u64, bool), usize>,
+    /// The checkpoint's budget, once every file is known.
+    budget: Option<Mutex<Budget>>,
 }
 
 /// A `.distcp` file, opened and mapped: its path, map and descriptor.
@@ -658,6 +709,8 @@ impl<'o> Files<'o> {
             root: None,
             open: HashMap::new(),
             jobs: Vec::new(),
+            by_place: HashMap::new(),
+            budget: None,
         }
     }
 
@@ -727,6 +780,15 @@ impl<'o> Files<'o> {
     /// The item at `place`, for `key`, to parse: its file opened and its range checked
     /// against the file; the number of the job.
     fn job(&mut self, place: &Place, key: &str) -> Result<usize, Error> {
+        let id = (
+            place.relative_path.clone(),
+            place.offset,
+            place.length,
+            place.zstd,
+        );
+        if let Some(&job) = self.by_place.get(&id) {
+            return Ok(job);
+        }
         let opened = self.file(&place.relative_path)?;
         let map = &opened.1;
         place
@@ -746,7 +808,29 @@ impl<'o> Files<'o> {
                 )
             })?;
         self.jobs.push((place.clone(), key.to_string(), opened));
+        self.by_place.insert(id, self.jobs.len() - 1);
         Ok(self.jobs.len() - 1)
+    }
+
+    /// The checkpoint's budget: for the `.metadata` and every `.distcp` file together.
+    fn start_budget(&mut self, metadata_len: u64) {
+        let total = self.open.values().fold(metadata_len, |n, (_, map, _)| {
+            n.saturating_add(map.len() as u64)
+        });
+        self.budget = Some(Mutex::new(Budget::for_file(&self.options.limits, total)));
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Budget> {
+        let budget = self
+            .budget
+            .as_ref()
+            .expect("started before the items are parsed");
+        budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Charges the checkpoint's budget `bytes`, or `LimitExceeded` naming `path`.
+    fn charge(&self, path: &Path, bytes: u64) -> Result<(), Error> {
+        self.shared().charge(bytes).map_err(out_of_budget(path))
     }
 
     /// Every job's item parsed, across the read threads.
@@ -793,14 +877,21 @@ impl<'o> Files<'o> {
         let options = self.options;
         let budget = Budget::for_file(&options.limits, place.length);
         if place.zstd {
-            let bytes = inflate_zstd(window, &budget).map_err(|e| match e {
+            // Inflated one at a time, each within what the checkpoint's budget leaves, and
+            // charged before the next.
+            let mut shared = self.shared();
+            let bytes = inflate_zstd(window, &shared).map_err(|e| match e {
                 Inflate::Budget => Error::LimitExceeded {
                     path: path.clone(),
                     limit: "max_memory",
-                    max: budget.max(),
+                    max: shared.max(),
                 },
                 Inflate::Io(e) => not_a_zip(format!("zstd: {e}")),
             })?;
+            shared
+                .charge(bytes.len() as u64)
+                .map_err(out_of_budget(&path))?;
+            drop(shared);
             match detect(&path, &bytes) {
                 Ok(Format::TorchZip) => {}
                 _ => return Err(not_a_zip("not a zip once inflated".into())),
@@ -812,6 +903,7 @@ impl<'o> Files<'o> {
                 options,
                 Budget::for_file(&options.limits, len),
             )?;
+            self.charge(&path, kept(&parsed.budget))?;
             return Ok(Arc::new(OpenFile::new(path, options.clone(), parsed)));
         }
         match detect(&path, window) {
@@ -819,6 +911,7 @@ impl<'o> Files<'o> {
             _ => return Err(not_a_zip("no zip signature".into())),
         }
         let parsed = torch_zip::parse(&path, Source::Borrowed(window), options, budget)?;
+        self.charge(&path, kept(&parsed.budget))?;
         // The storages at their places in the file, read through its shared descriptor.
         let storages = parsed
             .storages
@@ -875,6 +968,11 @@ fn same_file(file: &std::fs::File, real: &Path) -> bool {
     }
 }
 
+/// What a parsed item keeps of its own budget, beyond the fixed cost every file is charged.
+fn kept(budget: &Budget) -> u64 {
+    budget.used().saturating_sub(FIXED_COST)
+}
+
 enum Inflate {
     Budget,
     Io(std::io::Error),
@@ -883,15 +981,25 @@ enum Inflate {
 /// A zstd frame inflated, within what `budget` leaves (the frame does not say its size).
 fn inflate_zstd(compressed: &[u8], budget: &Budget) -> Result<Vec<u8>, Inflate> {
     let max = budget.max().saturating_sub(budget.used());
-    let decoder = zstd::stream::read::Decoder::with_buffer(compressed).map_err(Inflate::Io)?;
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed)
+        .map_err(Inflate::Io)?
+        .single_frame();
+    // Read a piece at a time and appended, so that memory grows with the bytes inflated
+    // (`read_to_end` would zero the spare capacity it doubles into, touching up to twice
+    // what the budget allows).
     let mut out = Vec::new();
-    let read = decoder
-        .single_frame()
-        .take(max.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(Inflate::Io)?;
-    if read as u64 > max {
-        return Err(Inflate::Budget);
+    let mut piece = vec![0u8; 1 << 20];
+    loop {
+        let n = match decoder.read(&mut piece) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Inflate::Io(e)),
+        };
+        if (out.len() + n) as u64 > max {
+            return Err(Inflate::Budget);
+        }
+        out.extend_from_slice(&piece[..n]);
     }
     Ok(out)
 }

@@ -122,6 +122,18 @@ impl<'c, 'a> Materializer<'c, 'a> {
         self
     }
 
+    /// Values charged to `budget` instead of the file's own: the budget of a checkpoint of
+    /// many files (a DCP directory), whose items share it.
+    pub(crate) fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The budget as values have used it so far.
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
     /// Charges `bytes` to the memory budget.
     pub(super) fn charge(&mut self, bytes: u64) -> Result<(), Error> {
         self.budget.charge(bytes).map_err(out_of_budget(self.path))
