@@ -20,8 +20,8 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
 use tch_state_dict::{
-    check_state_dict, load_checkpoint, load_state_dict, state_dict, Checkpoint, LazyStateDict,
-    LoadOptions, ModuleTree, StateDict, StateDictModule,
+    check_state_dict, load_checkpoint, load_state_dict, load_state_dict_with, state_dict,
+    Checkpoint, LazyStateDict, LoadOptions, ModuleTree, StateDict, StateDictModule, Value,
 };
 
 const RUNS: usize = 15;
@@ -108,6 +108,8 @@ struct Files {
     dataparallel: PathBuf,
     /// The same values in fp16.
     half: PathBuf,
+    /// The same values in bf16.
+    bf16: PathBuf,
 }
 
 /// Writes the subject's checkpoint (random values) in each form, once.
@@ -119,8 +121,9 @@ fn files(subject: &Subject) -> Files {
         st: at(".safetensors"),
         dataparallel: at("-dataparallel.pth"),
         half: at("-fp16.pth"),
+        bf16: at("-bf16.pth"),
     };
-    if [&f.pth, &f.st, &f.dataparallel, &f.half]
+    if [&f.pth, &f.st, &f.dataparallel, &f.half, &f.bf16]
         .iter()
         .any(|p| !p.exists())
     {
@@ -147,6 +150,18 @@ fn files(subject: &Subject) -> Files {
             })
             .collect();
         half.save(&f.half).unwrap();
+        let bf16: StateDict = sd
+            .iter()
+            .map(|(k, t)| {
+                let t = if t.is_floating_point() {
+                    t.to_kind(Kind::BFloat16)
+                } else {
+                    t.shallow_clone()
+                };
+                (k.to_string(), t)
+            })
+            .collect();
+        bf16.save(&f.bf16).unwrap();
         sd.add_prefix("module.");
         sd.save(&f.dataparallel).unwrap();
     }
@@ -242,6 +257,18 @@ struct Row {
     sharded: Option<f64>,
     /// The same checkpoint as a 2-rank DCP directory (ResNets only), `load_key("model")`.
     dcp: Option<f64>,
+    /// The bf16 file into the fp32 model.
+    bf16_into_fp32: f64,
+    /// In-memory paths: `Value::load`; `LazyStateDict::into_state_dict`; `LazyTensor::read`
+    /// of every entry; `assign(true)` from the file.
+    value_load: f64,
+    into_state_dict: f64,
+    read_each: f64,
+    assign: f64,
+    /// With the file evicted from the page cache before each run: the direct load, and a
+    /// plain parallel read of the whole file into touched memory.
+    cold_direct: f64,
+    cold_read: f64,
     tch: f64,
     torch_default: f64,
     torch_mmap: f64,
@@ -254,6 +281,7 @@ fn measure(subject: &mut Subject) -> Row {
         st,
         dataparallel,
         half,
+        bf16: bf16_file,
     } = files(subject);
     let sharded_index = subject
         .name
@@ -298,6 +326,33 @@ fn measure(subject: &mut Subject) -> Row {
     let fp16_into_fp32 = median_of(runs(&mut || {
         load_checkpoint(model.as_ref(), &half, true).unwrap();
     }));
+    let bf16_into_fp32 = median_of(runs(&mut || {
+        load_checkpoint(model.as_ref(), &bf16_file, true).unwrap();
+    }));
+    let value_load = median_of(runs(&mut || {
+        drop(Value::load(&pth).unwrap());
+    }));
+    let into_state_dict = median_of(runs(&mut || {
+        drop(
+            LazyStateDict::load(&pth)
+                .unwrap()
+                .into_state_dict()
+                .unwrap(),
+        );
+    }));
+    let read_each = median_of(runs(&mut || {
+        let sd = LazyStateDict::load(&pth).unwrap();
+        let tensors: Vec<Tensor> = sd.values().map(|t| t.read().unwrap()).collect();
+        drop(tensors);
+    }));
+    let cold_direct = median_of(cold_runs(&pth, &mut || {
+        load_checkpoint(model.as_ref(), &pth, true).unwrap();
+    }));
+    let whole = Tensor::zeros([nbytes(&pth) as i64], (Kind::Uint8, Device::Cpu));
+    let cold_read = median_of(cold_runs(&pth, &mut || {
+        parallel_read(&pth, &whole, threads)
+    }));
+    drop(whole);
     let sharded = sharded_index.as_ref().map(|index| {
         median_of(runs(&mut || {
             load_state_dict(model.as_ref(), &LazyStateDict::load(index).unwrap(), true).unwrap();
@@ -339,6 +394,11 @@ fn measure(subject: &mut Subject) -> Row {
     let ours_two_step = median_of(runs(&mut || {
         load_state_dict(model.as_ref(), &StateDict::load(&pth).unwrap(), true).unwrap();
     }));
+    // Last of this crate's: assign replaces the model's tensors with the checkpoint's.
+    let assign = median_of(runs(&mut || {
+        let sd = LazyStateDict::load(&pth).unwrap();
+        load_state_dict_with(model.as_ref(), &sd, &LoadOptions::new().assign(true)).unwrap();
+    }));
     let tch = median_of(runs(&mut || {
         vs.load(&st).unwrap();
     }));
@@ -375,11 +435,64 @@ fn measure(subject: &mut Subject) -> Row {
         floor_bf16,
         sharded,
         dcp,
+        bf16_into_fp32,
+        value_load,
+        into_state_dict,
+        read_each,
+        assign,
+        cold_direct,
+        cold_read,
         tch,
         torch_default: py["default"].as_f64().unwrap(),
         torch_mmap: py["mmap"].as_f64().unwrap(),
         torch_st: py["safetensors"].as_f64().unwrap(),
     }
+}
+
+/// Evicts `path` from the page cache (`posix_fadvise(DONTNEED)`, after `fdatasync`).
+fn evict(path: &Path) {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a valid descriptor of a file this function opened; advice only.
+    unsafe {
+        libc::fdatasync(file.as_raw_fd());
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+/// `runs`, with `path` evicted from the page cache before each.
+fn cold_runs(path: &Path, f: &mut dyn FnMut()) -> Vec<f64> {
+    (0..RUNS.min(7))
+        .map(|_| {
+            evict(path);
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+/// The whole file read into `into` (touched already) by `threads` threads, each a range.
+fn parallel_read(path: &Path, into: &Tensor, threads: usize) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).unwrap();
+    let len = nbytes(path) as usize;
+    let base = into.data_ptr() as usize;
+    let per = len.div_ceil(threads.max(1));
+    std::thread::scope(|s| {
+        for t in 0..threads.max(1) {
+            let file = &file;
+            s.spawn(move || {
+                let start = (t * per).min(len);
+                let end = (start + per).min(len);
+                // SAFETY: disjoint ranges of a buffer of `len` bytes that outlives the scope.
+                let buf = unsafe {
+                    std::slice::from_raw_parts_mut((base + start) as *mut u8, end - start)
+                };
+                file.read_exact_at(buf, start as u64).unwrap();
+            });
+        }
+    });
 }
 
 /// Copies each source's bytes into its destination with memcpy, the tensors split across
@@ -539,8 +652,9 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     println!(
-        "tch-state-dict load benchmarks: {} intra-op threads, median of {RUNS} runs, times in ms",
-        tch::get_num_threads()
+        "tch-state-dict load benchmarks: {} intra-op threads, median of {RUNS} runs, times in ms; load average {}",
+        tch::get_num_threads(),
+        load_average()
     );
     let mut subjects = vec![resnet(Arch::ResNet18)];
     if !quick {
@@ -616,6 +730,36 @@ fn main() {
                 .map_or("–".to_string(), |t| format!("{t:.1} ({:.2}×)", t / r.ours_pth)),
         );
     }
+    println!("\nthe paths that hold a checkpoint in memory, and the converting and cold-cache loads, against the direct load and PyTorch's mmap route (ms and ratios)");
+    println!(
+        "\n| checkpoint | direct | eager: StateDict::load + load_state_dict | Value::load | LazyStateDict::into_state_dict | LazyTensor::read of every entry | assign(true) from the file | PyTorch mmap=True | bf16 file → fp32 model / floor | fp16 → fp32 / floor | fp32 → bf16 / bf16 floor | cold cache: direct | cold cache: parallel read of the file |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let both = |t: f64| {
+            format!(
+                "{t:.1} ({:.2}× direct, {:.2}× mmap)",
+                t / r.ours_pth,
+                t / r.torch_mmap
+            )
+        };
+        println!(
+            "| {} | {:.1} | {} | {} | {} | {} | {} | {:.1} | {:.2}× | {:.2}× | {:.2}× | {:.1} | {:.1} |",
+            r.name,
+            r.ours_pth,
+            both(r.ours_two_step),
+            both(r.value_load),
+            both(r.into_state_dict),
+            both(r.read_each),
+            both(r.assign),
+            r.torch_mmap,
+            r.bf16_into_fp32 / r.floor,
+            r.fp16_into_fp32 / r.floor,
+            r.fp32_into_bf16 / r.floor_bf16,
+            r.cold_direct,
+            r.cold_read,
+        );
+    }
     let threads = tch::get_num_threads().max(1) as usize;
     println!("\nwhere the time goes: parsing (Checkpoint::open), and the whole file copied by pread and by memcpy on {threads} threads (ms)");
     println!("\n| file | parse | pread | memcpy | pread / memcpy |");
@@ -643,4 +787,12 @@ fn main() {
         }
     }
     scale();
+    println!("\nload average at the end: {}", load_average());
+}
+
+/// The first three fields of /proc/loadavg: how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_string())
 }
