@@ -192,12 +192,29 @@ fn prefix_origin(prefix: &str) -> &'static str {
 
 /// The hints for a refused or partial load, in the order they are printed.
 ///
-/// `head_modules` are the modules that look like a classifier head (see `load.rs`).
+/// `head_modules` are the modules that look like a classifier head (see `load.rs`). Loads call
+/// [`hints_for_model`], which knows the model's keys; this is the tests' way in.
+#[cfg(test)]
 pub(crate) fn hints(
     missing: &[String],
     unexpected: &[String],
     mismatched: &[ShapeMismatch],
     head_modules: &[&str],
+) -> Vec<String> {
+    hints_for_model(missing, unexpected, mismatched, head_modules, None)
+}
+
+/// [`hints`], told by `model_has_prefix` whether any of the model's keys starts with a
+/// prefix (`"AuxLogits."`). Without it, the hint for unexpected keys under a submodule the
+/// model lacks judges from the keys it has: the model has that submodule when a missing key
+/// lies under it, and is taken to have it when the unexpected keys under it are all tensors
+/// of it (not of its own submodules), the common case of an extra buffer in a module.
+pub(crate) fn hints_for_model(
+    missing: &[String],
+    unexpected: &[String],
+    mismatched: &[ShapeMismatch],
+    head_modules: &[&str],
+    model_has_prefix: Option<&dyn Fn(&str) -> bool>,
 ) -> Vec<String> {
     let mut hints = Vec::new();
     let mut explained: HashSet<&str> = HashSet::new();
@@ -205,7 +222,19 @@ pub(crate) fn hints(
         hints.push(hint);
         explained.extend(covered);
     }
-    hints.extend(rename_hints(missing, unexpected, &explained));
+    if let Some((hint, covered)) = legacy_densenet_hint(missing, unexpected, &explained) {
+        hints.push(hint);
+        explained.extend(covered);
+    }
+    let (renames, renamed) = rename_hints(missing, unexpected, &explained);
+    hints.extend(renames);
+    explained.extend(renamed);
+    hints.extend(absent_submodule_hint(
+        missing,
+        unexpected,
+        &explained,
+        model_has_prefix,
+    ));
     hints.extend(head_hints(mismatched, head_modules));
     hints
 }
@@ -258,17 +287,17 @@ fn prefix_hint<'a>(
 }
 
 /// When an unexpected key is a missing one with one module renamed (`fc.weight` for
-/// `linear.weight`): one hint per renamed module path.
-fn rename_hints(
-    missing: &[String],
-    unexpected: &[String],
+/// `linear.weight`): one hint per renamed module path, and the unexpected keys paired.
+fn rename_hints<'a>(
+    missing: &'a [String],
+    unexpected: &'a [String],
     explained: &HashSet<&str>,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<&'a str>) {
     const MAX_HINTS: usize = 3;
     let mut used: HashSet<&str> = HashSet::new();
     // (from prefix, to prefix) -> pairs, in the order the missing keys come.
     type Group<'a> = ((String, String), Vec<(&'a str, &'a str)>);
-    let mut groups: Vec<Group<'_>> = Vec::new();
+    let mut groups: Vec<Group<'a>> = Vec::new();
     let mut group_index: HashMap<(String, String), usize> = HashMap::new();
     for m in missing.iter().filter(|m| !explained.contains(m.as_str())) {
         let ms: Vec<&str> = m.split('.').collect();
@@ -300,7 +329,11 @@ fn rename_hints(
             groups[id].1.push((u, m.as_str()));
         }
     }
-    groups
+    let hinted = groups.iter().take(MAX_HINTS);
+    let paired: Vec<&'a str> = hinted
+        .flat_map(|(_, pairs)| pairs.iter().map(|p| p.0))
+        .collect();
+    let hints = groups
         .into_iter()
         .take(MAX_HINTS)
         .map(|((from, to), pairs)| {
@@ -318,7 +351,96 @@ fn rename_hints(
                 quote(pairs.iter().map(|p| p.1).collect()),
             )
         })
-        .collect()
+        .collect();
+    (hints, paired)
+}
+
+/// The renames of torchvision's `densenet._load_state_dict`, as code a hint can print and as
+/// the function that decides whether to print it.
+const LEGACY_DENSENET_RENAME: &str = "state_dict.rename(|k| k.replace(\".norm.1.\", \".norm1.\")\
+     .replace(\".relu.1.\", \".relu1.\").replace(\".conv.1.\", \".conv1.\")\
+     .replace(\".norm.2.\", \".norm2.\").replace(\".relu.2.\", \".relu2.\")\
+     .replace(\".conv.2.\", \".conv2.\"))";
+
+fn rename_legacy_densenet(key: &str) -> String {
+    key.replace(".norm.1.", ".norm1.")
+        .replace(".relu.1.", ".relu1.")
+        .replace(".conv.1.", ".conv1.")
+        .replace(".norm.2.", ".norm2.")
+        .replace(".relu.2.", ".relu2.")
+        .replace(".conv.2.", ".conv2.")
+}
+
+/// When unexpected keys are missing ones in the layout of torchvision's published DenseNet
+/// files (`features.denseblock1.denselayer1.norm.1.weight` for `...norm1.weight`: names from
+/// before PyTorch forbade dots in module names, which torchvision renames as it loads them).
+fn legacy_densenet_hint<'a>(
+    missing: &'a [String],
+    unexpected: &'a [String],
+    explained: &HashSet<&str>,
+) -> Option<(String, Vec<&'a str>)> {
+    let missing_set: HashSet<&str> = missing.iter().map(String::as_str).collect();
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for u in unexpected
+        .iter()
+        .filter(|u| !explained.contains(u.as_str()))
+    {
+        let renamed = rename_legacy_densenet(u);
+        if renamed != *u {
+            if let Some(&m) = missing_set.get(renamed.as_str()) {
+                pairs.push((u, m));
+            }
+        }
+    }
+    let &(old, new) = pairs.first()?;
+    let hint = format!(
+        "the checkpoint's keys use the names of torchvision's published DenseNet files ({} \
+         keys, such as \"{old}\" for the model's \"{new}\"), which torchvision renames as it \
+         loads them; rename them first: {LEGACY_DENSENET_RENAME}",
+        pairs.len()
+    );
+    let covered = pairs.iter().flat_map(|&(u, m)| [u, m]).collect();
+    Some((hint, covered))
+}
+
+/// When the unexpected keys all lie under one submodule that the model does not have
+/// (torchvision's `AuxLogits.` for tch's inception_v3): the `retain` that drops it.
+fn absent_submodule_hint(
+    missing: &[String],
+    unexpected: &[String],
+    explained: &HashSet<&str>,
+    model_has_prefix: Option<&dyn Fn(&str) -> bool>,
+) -> Option<String> {
+    let keys: Vec<&str> = unexpected
+        .iter()
+        .map(String::as_str)
+        .filter(|k| !explained.contains(k))
+        .collect();
+    // The deepest module every key lies under: "AuxLogits." for "AuxLogits.fc.bias" and
+    // "AuxLogits.conv0.conv.weight".
+    let first = keys.first()?;
+    let mut prefix = &first[..first.rfind('.')? + 1];
+    for k in &keys[1..] {
+        while !k.starts_with(prefix) {
+            prefix = &prefix[..prefix[..prefix.len() - 1].rfind('.')? + 1];
+        }
+    }
+    let absent = match model_has_prefix {
+        Some(has) => !has(prefix),
+        None => {
+            !missing.iter().any(|m| m.starts_with(prefix))
+                && keys.iter().any(|k| k[prefix.len()..].contains('.'))
+        }
+    };
+    absent.then(|| {
+        format!(
+            "the unexpected keys all lie under \"{prefix}\", a submodule the model does not \
+             have ({} key{}); if the model is not meant to have it (an auxiliary head, say), \
+             drop it first: state_dict.retain(|k, _| !k.starts_with(\"{prefix}\"))",
+            keys.len(),
+            if keys.len() == 1 { "" } else { "s" }
+        )
+    })
 }
 
 /// When a classifier head's class count differs: name both fixes.
@@ -398,6 +520,82 @@ mod tests {
             &[]
         )
         .is_empty());
+    }
+
+    #[test]
+    fn absent_submodule_hint_names_the_prefix_and_the_retain_that_drops_it() {
+        let aux = s(&[
+            "AuxLogits.conv0.conv.weight",
+            "AuxLogits.conv0.bn.weight",
+            "AuxLogits.fc.weight",
+            "AuxLogits.fc.bias",
+        ]);
+        let h = hints(&[], &aux, &[], &[]);
+        assert_eq!(
+            h,
+            [
+                "the unexpected keys all lie under \"AuxLogits.\", a submodule the model does \
+              not have (4 keys); if the model is not meant to have it (an auxiliary head, \
+              say), drop it first: state_dict.retain(|k, _| !k.starts_with(\"AuxLogits.\"))"
+            ]
+        );
+        // The deepest module they share.
+        let h = hints(&[], &s(&["head.aux.a.weight", "head.aux.b.bias"]), &[], &[]);
+        assert!(h[0].contains("!k.starts_with(\"head.aux.\")"), "{h:?}");
+        // Not one module: no hint.
+        assert!(hints(&[], &s(&["aux.a.weight", "extra.b.weight"]), &[], &[]).is_empty());
+        // A missing key under it: the model has that module.
+        let missing = s(&["AuxLogits.fc.weight"]);
+        let unexpected = s(&["AuxLogits.conv0.conv.weight", "AuxLogits.conv1.conv.weight"]);
+        assert!(hints(&missing, &unexpected, &[], &[]).is_empty());
+        // Only tensors of the module itself, the common case of an extra buffer in a module
+        // the model has: no hint, unless the model's keys say the module is absent.
+        let extra = s(&["fc.extra_weight", "fc.extra_bias"]);
+        assert!(hints(&[], &extra, &[], &[]).is_empty());
+        let absent = |_: &str| false;
+        let h = hints_for_model(&[], &extra, &[], &[], Some(&absent));
+        assert!(h[0].contains("under \"fc.\""), "{h:?}");
+        let present = |p: &str| p == "AuxLogits.";
+        assert!(hints_for_model(&[], &aux, &[], &[], Some(&present)).is_empty());
+    }
+
+    #[test]
+    fn legacy_densenet_hint_gives_torchvisions_renames() {
+        let layer = "features.denseblock1.denselayer1";
+        let missing = s(&[
+            &format!("{layer}.norm1.weight"),
+            &format!("{layer}.conv1.weight"),
+            &format!("{layer}.norm2.running_var"),
+            &format!("{layer}.conv2.weight"),
+        ]);
+        let unexpected = s(&[
+            &format!("{layer}.norm.1.weight"),
+            &format!("{layer}.conv.1.weight"),
+            &format!("{layer}.norm.2.running_var"),
+            &format!("{layer}.conv.2.weight"),
+        ]);
+        let h = hints(&missing, &unexpected, &[], &[]);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(
+            h[0],
+            format!(
+                "the checkpoint's keys use the names of torchvision's published DenseNet files \
+                 (4 keys, such as \"{layer}.norm.1.weight\" for the model's \
+                 \"{layer}.norm1.weight\"), which torchvision renames as it loads them; \
+                 rename them first: state_dict.rename(|k| k.replace(\".norm.1.\", \
+                 \".norm1.\").replace(\".relu.1.\", \".relu1.\").replace(\".conv.1.\", \
+                 \".conv1.\").replace(\".norm.2.\", \".norm2.\").replace(\".relu.2.\", \
+                 \".relu2.\").replace(\".conv.2.\", \".conv2.\"))"
+            )
+        );
+        // What the hint prints is what decides it.
+        let renamed: Vec<String> = unexpected
+            .iter()
+            .map(|k| rename_legacy_densenet(k))
+            .collect();
+        assert_eq!(renamed, missing);
+        // A legacy-looking key with no missing counterpart: no hint.
+        assert!(hints(&[], &unexpected[..1], &[], &[]).is_empty());
     }
 
     #[test]

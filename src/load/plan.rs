@@ -109,7 +109,16 @@ pub(crate) fn plan<'a, D: SourceDict + ?Sized>(
         !messages.is_empty() || (options.strict && (!missing.is_empty() || !unexpected.is_empty()));
     if refused {
         let heads = head_modules(tree);
-        let hints = report::hints(&missing, &unexpected, &mismatched, &heads);
+        // Whether the model has any key under a prefix: told exactly, so that the hint for
+        // keys under a submodule the model lacks (inception's `AuxLogits.`) never guesses.
+        let has_prefix = |p: &str| tree.slots().any(|s| s.key.starts_with(p));
+        let hints = report::hints_for_model(
+            &missing,
+            &unexpected,
+            &mismatched,
+            &heads,
+            Some(&has_prefix),
+        );
         let error = LoadError {
             type_name: tree.type_name().to_string(),
             strict: options.strict,
