@@ -123,70 +123,54 @@ enum Src<'s> {
 
 /// The route of copy `c` from `src`, noting each file read.
 fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut Vec<&'s OpenFile<'s>>) -> Route<'s> {
-    match src {
-        Src::Memory(t) => Route::Copy(t),
-        Src::File(file, index) => {
-            if !files.iter().any(|f| std::ptr::eq(*f, file)) {
-                files.push(file);
-            }
-            let big_endian = file.parsed.big_endian;
-            match readable_in_place(file, index) {
-                Some((t, offset)) if is_direct(t, big_endian, c.dst) => {
-                    let len = c.dst.numel() * t.dtype.elt_size();
-                    Route::Direct(file, offset, len)
-                }
-                // A dtype tch cannot hold was refused by the plan; materializing would
-                // refuse it again.
-                Some((t, offset)) => match t.dtype.kind().and_then(|kind| {
-                    Convert::new(
-                        c.key,
-                        c.dst,
-                        kind,
-                        big_endian,
-                        offset,
-                        from(file),
-                        &file.path,
-                    )
-                }) {
-                    Some(convert) => Route::Convert(convert),
-                    None => Route::Pending(file, index),
-                },
-                None => Route::Pending(file, index),
-            }
+    let (file, index, offset) = match src {
+        Src::Memory(t) => return Route::Copy(t),
+        Src::File(file, index) => match readable_in_place(file, index) {
+            Some((_, offset)) => (file, index, Some(offset)),
+            None => (file, index, None),
+        },
+        Src::Piece(file, offset, index) => (file, index, Some(offset)),
+    };
+    if !files.iter().any(|f| std::ptr::eq(*f, file)) {
+        files.push(file);
+    }
+    // Not laid out contiguous in the file (strided, deflated): materialized, then copied.
+    let Some(offset) = offset else {
+        return Route::Pending(file, index);
+    };
+    let t = &file.parsed.arena.tensors[index];
+    let big_endian = file.parsed.big_endian;
+    // A whole tensor must hold as many elements as the model's (a piece holds what its
+    // destination does).
+    let numel_ok = matches!(src, Src::Piece(..)) || is_direct(t, big_endian, c.dst);
+    // A dtype tch cannot hold was refused by the plan; materializing would refuse it again.
+    let kind = t.dtype.kind();
+    let direct = numel_ok
+        && !big_endian
+        && c.dst.device() == tch::Device::Cpu
+        && kind == Some(c.dst.kind())
+        && c.dst.is_contiguous();
+    if direct {
+        return Route::Direct(file, offset, c.dst.numel() * t.dtype.elt_size());
+    }
+    let convert = kind.and_then(|kind| {
+        Convert::new(
+            c.key,
+            c.dst,
+            kind,
+            big_endian,
+            offset,
+            from(file),
+            &file.path,
+        )
+    });
+    match (convert, kind) {
+        (Some(convert), _) => Route::Convert(convert),
+        // A strided block of a DCP chunk's box: read into a buffer of its own, then copied.
+        (None, Some(kind)) if matches!(src, Src::Piece(..)) && !big_endian => {
+            Route::Staged(file, offset, kind)
         }
-        Src::Piece(file, offset, index) => {
-            if !files.iter().any(|f| std::ptr::eq(*f, file)) {
-                files.push(file);
-            }
-            let t = &file.parsed.arena.tensors[index];
-            let big_endian = file.parsed.big_endian;
-            let kind = t.dtype.kind();
-            let direct = !big_endian
-                && c.dst.device() == tch::Device::Cpu
-                && kind == Some(c.dst.kind())
-                && c.dst.is_contiguous();
-            if direct {
-                return Route::Direct(file, offset, c.dst.numel() * t.dtype.elt_size());
-            }
-            match kind.and_then(|kind| {
-                Convert::new(
-                    c.key,
-                    c.dst,
-                    kind,
-                    big_endian,
-                    offset,
-                    from(file),
-                    &file.path,
-                )
-            }) {
-                Some(convert) => Route::Convert(convert),
-                // A strided block: read into a buffer of its own, then copied.
-                None => match kind {
-                    Some(kind) if !big_endian => Route::Staged(file, offset, kind),
-                    _ => Route::Pending(file, index),
-                },
-            }
-        }
+        (None, _) => Route::Pending(file, index),
     }
 }
 
