@@ -138,34 +138,26 @@ fn files(subject: &Subject) -> Files {
         });
         sd.save(&f.pth).unwrap();
         sd.save(&f.st).unwrap();
-        let half: StateDict = sd
-            .iter()
-            .map(|(k, t)| {
-                let t = if t.is_floating_point() {
-                    t.to_kind(Kind::Half)
-                } else {
-                    t.shallow_clone()
-                };
-                (k.to_string(), t)
-            })
-            .collect();
-        half.save(&f.half).unwrap();
-        let bf16: StateDict = sd
-            .iter()
-            .map(|(k, t)| {
-                let t = if t.is_floating_point() {
-                    t.to_kind(Kind::BFloat16)
-                } else {
-                    t.shallow_clone()
-                };
-                (k.to_string(), t)
-            })
-            .collect();
-        bf16.save(&f.bf16).unwrap();
+        floats_as(&sd, Kind::Half).save(&f.half).unwrap();
+        floats_as(&sd, Kind::BFloat16).save(&f.bf16).unwrap();
         sd.add_prefix("module.");
         sd.save(&f.dataparallel).unwrap();
     }
     f
+}
+
+/// `sd` with its floating-point tensors in `kind`.
+fn floats_as(sd: &StateDict, kind: Kind) -> StateDict {
+    sd.iter()
+        .map(|(k, t)| {
+            let t = if t.is_floating_point() {
+                t.to_kind(kind)
+            } else {
+                t.shallow_clone()
+            };
+            (k.to_string(), t)
+        })
+        .collect()
 }
 
 /// The synthetic checkpoint as four safetensors shards and an index, once.
