@@ -1,10 +1,19 @@
 //! Links this crate's own binaries (tests, examples, benches, the `tch-state-dict` tool) to
-//! libtorch so that they run without LD_LIBRARY_PATH and keep CUDA.
+//! libtorch so that they run without LD_LIBRARY_PATH and keep CUDA. The flags depend on the
+//! target's linker, so they follow `CARGO_CFG_TARGET_OS`, the OS of the target being built
+//! (not `cfg!`, which in a build script describes the host the script runs on).
+//!
+//! On Linux (GNU ld and its flags):
 //!
 //! * `-Wl,-rpath=<libtorch lib>`: the binaries find libtorch at run time.
 //! * `-Wl,--no-as-needed -ltorch`: `libtorch.so` pulls in `libtorch_cuda.so`; without
 //!   `--no-as-needed` the linker drops it, since no symbol is used directly, and
 //!   `tch::Cuda::is_available()` is false on a GPU machine (tch issue #980).
+//!
+//! On macOS, whose linker (ld64) rejects `-rpath=` and has no `--no-as-needed`, only
+//! `-Wl,-rpath,<libtorch lib>`, its spelling of the same run path. Nothing more is needed
+//! there: ld64 keeps every dylib it is given, used or not, and libtorch for macOS has no CUDA
+//! library to keep. On other targets torch-sys reports no directory, and nothing is added.
 //!
 //! It also checks that libtorch is a 2.11 release (2.11.0, 2.11.1, ...), which torch-sys
 //! does not do when `LIBTORCH` points at a libtorch or a Python installation, and says what to
@@ -33,10 +42,16 @@ fn main() {
     if std::env::var_os("LIBTORCH_BYPASS_VERSION_CHECK").is_none() {
         check_version(Path::new(&lib));
     }
-    println!("cargo:rustc-link-arg=-Wl,-rpath={lib}");
-    println!("cargo:rustc-link-arg=-L{lib}");
-    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-    println!("cargo:rustc-link-arg=-ltorch");
+    match std::env::var("CARGO_CFG_TARGET_OS").as_deref() {
+        Ok("linux") => {
+            println!("cargo:rustc-link-arg=-Wl,-rpath={lib}");
+            println!("cargo:rustc-link-arg=-L{lib}");
+            println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+            println!("cargo:rustc-link-arg=-ltorch");
+        }
+        Ok("macos") => println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}"),
+        _ => {}
+    }
 }
 
 /// Reads the version of the libtorch whose `lib` directory is given: `build-version` in a
