@@ -6,19 +6,18 @@
 mod common;
 
 use std::io::{Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use tch::{Device, Kind, Tensor};
+use common::blank_model;
+use tch::Kind;
 use tch_state_dict::{
-    load_state_dict, state_dict, Checkpoint, Error, LazyStateDict, LoadOptions, ModuleTree,
-    StateDict,
+    load_state_dict, state_dict, Checkpoint, Error, LazyStateDict, LoadOptions, StateDict,
 };
 
-fn mixed_zip(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tch-state-dict-aon-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// The mixed zip of tests/oracle/mixed_zip.py, written under `dir`.
+fn mixed_zip(dir: &Path) -> PathBuf {
     let path = dir.join("mixed.pth");
-    common::run_python("oracle/mixed_zip.py", &[path.to_str().unwrap()], "");
+    common::oracle("oracle/mixed_zip.py", &[path.to_str().unwrap()], "");
     path
 }
 
@@ -45,21 +44,10 @@ fn corrupt_last_storage(path: &PathBuf) {
     file.write_all(&[0xff; 4]).unwrap();
 }
 
-/// A model with `sd`'s keys and shapes, in `kind` (the stored tensors are then converted as
-/// they are read) or in the file's dtypes (read straight into the model).
-fn blank_model(sd: &StateDict, kind: Option<Kind>) -> ModuleTree {
-    let mut tree = ModuleTree::new("Net");
-    for (k, t) in sd.iter() {
-        let kind = kind.unwrap_or(t.kind());
-        tree.add_tensor(k, Tensor::zeros(t.size(), (kind, Device::Cpu)))
-            .unwrap();
-    }
-    tree
-}
-
 #[test]
 fn a_corrupt_deflated_storage_fails_before_the_stored_ones_are_written() {
-    let path = mixed_zip("corrupt");
+    let dir = common::tempdir("corrupt");
+    let path = mixed_zip(&dir);
     let sd = StateDict::load(&path).unwrap();
     // Unharmed, the mixed file loads every value.
     let model = blank_model(&sd, None);

@@ -6,9 +6,11 @@
 //! Each file is read in a child process (this test binary run again on one test), which
 //! resets its peak resident set (`VmHWM`, through `/proc/self/clear_refs`) just before
 //! `Checkpoint::open` and reads it just after `value()`; an error from either is fine, a
-//! crash or an abort is not. The bound is the one the crate promises, written here as
-//! numbers rather than read from `ReadLimits`, so that a change of the defaults that breaks
-//! the promise fails here.
+//! crash or an abort is not. The child says whether the reset worked: where it cannot be
+//! done, an earlier peak would hide part of the growth, and the bound is skipped, saying so,
+//! rather than checked on a measurement that is short. The bound is the one the crate
+//! promises, written here as numbers rather than read from `ReadLimits`, so that a change of
+//! the defaults that breaks the promise fails here.
 //!
 //! And the other side of the budget: the real fixtures, and a state dict of many tensors,
 //! open and read within it.
@@ -27,21 +29,6 @@ const CHILD: &str = "TCH_STATE_DICT_BUDGET_CHILD";
 const FILES: &str = "TCH_STATE_DICT_BUDGET_FILES";
 const BASE: u64 = 256 << 20;
 const PER_BYTE: u64 = 8;
-
-/// A field of `/proc/self/status`, in bytes.
-fn status_bytes(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
 
 /// The bytes of the tensors in `v`, each counted once per appearance.
 fn tensor_bytes(v: &Value) -> u64 {
@@ -74,16 +61,13 @@ fn child() {
     let Ok(path) = std::env::var(CHILD) else {
         return;
     };
-    // Resets VmHWM to the current resident set (Linux 4.0 and later).
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let before = if reset {
-        status_bytes("VmRSS:")
-    } else {
-        status_bytes("VmHWM:")
-    };
+    // VmHWM reset to the current resident set; without the reset, growth is measured from
+    // the peak so far, which may hide some of it (the parent then checks no bound).
+    let reset = common::reset_peak_rss();
+    let before = reset.unwrap_or_else(common::peak_rss);
     let start = Instant::now();
     let opened = Checkpoint::open(&path);
-    let open_growth = status_bytes("VmHWM:").saturating_sub(before);
+    let open_growth = common::peak_rss().saturating_sub(before);
     let open_secs = start.elapsed().as_secs_f64();
     let (result, state_dict) = match &opened {
         Ok(c) => {
@@ -104,19 +88,23 @@ fn child() {
         Err(e) => (Err(format!("{e:?}")), String::new()),
     };
     let secs = start.elapsed().as_secs_f64();
-    let growth = status_bytes("VmHWM:").saturating_sub(before);
+    let growth = common::peak_rss().saturating_sub(before);
     let (tensors, outcome) = match &result {
         Ok(t) => (*t, "ok".to_string()),
         Err(e) => (0, e.chars().take(120).collect()),
     };
     println!(
-        "budget: growth={growth} open_growth={open_growth} tensors={tensors} secs={secs:.3} \
-         open_secs={open_secs:.3} outcome={outcome}; state_dict: {state_dict}"
+        "budget: reset={} growth={growth} open_growth={open_growth} tensors={tensors} secs={secs:.3} \
+         open_secs={open_secs:.3} outcome={outcome}; state_dict: {state_dict}",
+        reset.is_some()
     );
 }
 
 #[derive(Clone)]
 struct Measured {
+    /// Whether the child could reset its peak RSS before the read; without it, `growth` may
+    /// be short of the real growth.
+    reset: bool,
     growth: u64,
     open_growth: u64,
     open_secs: f64,
@@ -150,6 +138,7 @@ fn measure(path: &Path) -> Measured {
             .unwrap_or_else(|| panic!("no {name} in {line}"))
     };
     Measured {
+        reset: field("reset") == "true",
         growth: field("growth").parse().unwrap(),
         open_growth: field("open_growth").parse().unwrap(),
         open_secs: field("open_secs").parse().unwrap(),
@@ -226,6 +215,10 @@ fn every_hostile_file_stays_within_the_memory_budget() {
         results.len(),
         start.elapsed().as_secs_f64()
     );
+    if !results.iter().all(|(_, _, m)| m.reset) {
+        skip_bound("the hostile corpus");
+        return;
+    }
     for (path, len, m) in &results {
         let bound = BASE + PER_BYTE * len + m.tensors;
         assert!(
@@ -237,6 +230,12 @@ fn every_hostile_file_stays_within_the_memory_budget() {
             m.outcome
         );
     }
+}
+
+/// Says that the memory bound of `what` is not checked, and why (the reads themselves were
+/// checked: no crash, no abort).
+fn skip_bound(what: &str) {
+    common::skipped(&format!("the memory bound of {what}"), common::NO_RESET);
 }
 
 /// `TCH_STATE_DICT_BUDGET_FILES=a.pth scripts/cargo test --release --test budget
@@ -255,15 +254,85 @@ fn measure_files() {
     }
 }
 
+/// Every tensor of `v` (its record: dtype, shape, bytes) and every entry of a dtype this crate
+/// cannot hold, by a path of indices and keys.
+fn tensors(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    let mut all = |items: &mut dyn Iterator<Item = (String, &Value)>| {
+        for (k, item) in items {
+            tensors(item, &format!("{at}/{k}"), out);
+        }
+    };
+    match v {
+        Value::Tensor(t) => out.push((at.to_string(), format!("{:?}", common::record(t)))),
+        Value::Unreadable { dtype, shape } => {
+            out.push((at.to_string(), format!("unreadable {dtype} {shape:?}")))
+        }
+        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
+            all(&mut items.iter().enumerate().map(|(i, v)| (i.to_string(), v)))
+        }
+        Value::Dict(d) => all(&mut d
+            .items
+            .iter()
+            .flat_map(|(k, v)| [(format!("{k}#"), k), (k.to_string(), v)])),
+        Value::Object(o) => {
+            all(&mut o
+                .args()
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("arg{i}"), v)));
+            all(&mut o.state().into_iter().map(|v| ("state".to_string(), v)));
+            all(&mut o
+                .list_items()
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("item{i}"), v)));
+            all(&mut o
+                .dict_items()
+                .iter()
+                .flat_map(|(k, v)| [(format!("{k}#"), k), (k.to_string(), v)]));
+        }
+        _ => {}
+    }
+}
+
+/// Limits no file reaches.
+fn no_limits() -> ReadLimits {
+    let mut limits = ReadLimits::default();
+    limits.max_memory_base = 1 << 50;
+    limits.max_memory_per_file_byte = 1 << 10;
+    limits.max_pickle_bytes = u64::MAX;
+    limits.max_objects = u64::MAX;
+    limits.max_memo_entries = u64::MAX;
+    limits.max_depth = 10_000;
+    limits.max_tensors = u64::MAX;
+    limits.max_values = u64::MAX;
+    limits.max_compression_ratio = u64::MAX;
+    limits
+}
+
+/// The other side of the budget: every real fixture opens and reads within the default
+/// limits, and reads whole: the same tensors (dtype, shape, bytes) as a read without limits,
+/// and at least one.
 #[test]
 fn every_real_fixture_opens_and_reads_within_the_default_budget() {
     let mut files = files_under(&common::test_file("fixtures/pytorch"));
     files.extend(files_under(&common::test_file("fixtures/training")));
     assert!(files.len() >= 30, "{} files", files.len());
+    let unlimited = ReadOptions::new().limits(no_limits());
     for path in &files {
         // Files holding dtypes this crate cannot read are described, not read.
-        let read = Checkpoint::open(path).and_then(|c| c.value_with_unreadable());
-        assert!(read.is_ok(), "{}: {:?}", path.display(), read.err());
+        let read = |options: &ReadOptions| {
+            let value = Checkpoint::open_with(path, options)
+                .and_then(|c| c.value_with_unreadable())
+                .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            let mut found = Vec::new();
+            tensors(&value, "", &mut found);
+            found
+        };
+        let within = read(&ReadOptions::new());
+        let without = read(&unlimited);
+        assert!(!without.is_empty(), "{}: no tensors", path.display());
+        assert_eq!(within, without, "{}", path.display());
     }
 }
 
@@ -273,8 +342,7 @@ fn every_real_fixture_opens_and_reads_within_the_default_budget() {
 /// 200 bytes): within the default budget's 256 MiB, and refused, not made, without it.
 #[test]
 fn a_state_dict_of_many_tensors_parses_in_less_than_eight_bytes_per_byte_of_its_file() {
-    let dir = std::env::temp_dir().join(format!("tch-state-dict-budget-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tempdir("many");
     let path = dir.join("many.pth");
     let sd: StateDict = (0..20_000)
         .map(|i| {
@@ -320,7 +388,6 @@ fn a_state_dict_of_many_tensors_parses_in_less_than_eight_bytes_per_byte_of_its_
             ..
         })
     ));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A safetensors file of `n` one-element float32 tensors `t0`, `t1`, ..., written directly.
@@ -356,13 +423,16 @@ fn a_million_tiny_tensors_stay_within_the_budget() {
     let len = std::fs::metadata(&path).unwrap().len();
     let m = measure(&path);
     report(&[(path.clone(), len, m.clone())]);
-    std::fs::remove_dir_all(&dir).unwrap();
     let bound = BASE + PER_BYTE * len;
-    assert!(
-        m.growth <= bound,
-        "peak RSS grew by {} B, past 256 MiB + 8 × {len} B = {bound} B",
-        m.growth
-    );
+    if m.reset {
+        assert!(
+            m.growth <= bound,
+            "peak RSS grew by {} B, past 256 MiB + 8 × {len} B = {bound} B",
+            m.growth
+        );
+    } else {
+        skip_bound("a million tiny tensors");
+    }
     let allowed = |outcome: &str| outcome.starts_with("ok") || outcome.contains("LimitExceeded");
     assert!(allowed(&m.outcome), "value: {}", m.outcome);
     let state_dict = m.outcome.split_once("; state_dict: ").unwrap().1;
@@ -405,5 +475,4 @@ fn a_hundred_thousand_real_sized_tensors_open_and_load() {
         model.get("blocks.7.weight").unwrap().double_value(&[3, 4]),
         7.0
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,8 +3,13 @@
 
 mod common;
 
+use common::tempdir;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use serde_json::{json, Value as Json};
 
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
@@ -31,15 +36,51 @@ fn run(args: &[&str]) -> Run {
     }
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tch-state-dict-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// What Python's `load_state_dict` did in one case: raised (the error's text) or returned
+/// (the report's repr).
+#[derive(Debug, PartialEq)]
+enum Said {
+    Error(String),
+    Report(String),
+}
+
+/// What PyTorch says for each case `(name, checkpoint, key, classes, strict)`: the Python
+/// resnet8 of `classes` classes (tests/oracle/resnets.py) loading the checkpoint's state dict
+/// (under `key`). One call of the oracle for all of them.
+fn pytorch_says(cases: &[(&str, &Path, Option<&str>, i64, bool)]) -> HashMap<String, Said> {
+    let input: Json = cases
+        .iter()
+        .map(|(name, path, key, classes, strict)| {
+            json!({ "name": name, "arch": "resnet8", "classes": classes, "path": path,
+                    "key": key, "strict": strict })
+        })
+        .collect();
+    let out = common::oracle("oracle/resnets.py", &["load_messages"], &input.to_string());
+    let out: Json = serde_json::from_str(&out).expect("JSON from the oracle");
+    cases
+        .iter()
+        .map(|(name, ..)| {
+            let r = &out[*name];
+            let said = match (r["error"].as_str(), r["report"].as_str()) {
+                (Some(e), None) => Said::Error(e.to_string()),
+                (None, Some(report)) => Said::Report(report.to_string()),
+                _ => panic!("{name}: {r}"),
+            };
+            (name.to_string(), said)
+        })
+        .collect()
+}
+
+/// PyTorch's error text in `said`.
+fn error_text(said: &Said) -> &str {
+    match said {
+        Said::Error(e) => e,
+        other => panic!("PyTorch raised no error: {other:?}"),
+    }
 }
 
 /// A resnet8 training checkpoint `{'model': state_dict, 'epoch': 240}` with `classes`
@@ -168,7 +209,6 @@ fn inspect_lists_a_dtype_it_cannot_read() {
         "{}",
         r.stderr
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -369,6 +409,11 @@ fn convert_over_64_mib_reads_tensor_by_tensor() {
 fn check_prints_what_load_state_dict_would() {
     let dir = tempdir("check");
     let ckpt = resnet8_checkpoint(&dir, 100);
+    let python = pytorch_says(&[
+        ("fits", &ckpt, Some("model"), 100, true),
+        ("strict", &ckpt, Some("model"), 10, true),
+        ("not strict", &ckpt, Some("model"), 10, false),
+    ]);
 
     let r = run(&[
         "check",
@@ -380,9 +425,12 @@ fn check_prints_what_load_state_dict_would() {
         "--classes",
         "100",
     ]);
+    let Said::Report(fits) = &python["fits"] else {
+        panic!("{:?}", python["fits"])
+    };
     assert_eq!(
         (r.code, r.stdout.as_str(), r.stderr.as_str()),
-        (0, "<All keys matched successfully>\n", "")
+        (0, format!("{fits}\n").as_str(), "")
     );
 
     // A 10-class model: PyTorch's message and the hints, exactly as load_state_dict's error
@@ -391,12 +439,10 @@ fn check_prints_what_load_state_dict_would() {
     let model = ResNet::new(&vs, Arch::ResNet8, 10).expect("resnet8");
     let sd = StateDict::load_key(&ckpt, "model").expect("state dict");
     let expected = load_state_dict(&model, &sd, false).unwrap_err().to_string();
-    assert!(expected.starts_with(
-        "Error(s) in loading state_dict for ResNet:\n\tsize mismatch for fc.weight: copying a \
-         param with shape torch.Size([100, 64]) from checkpoint, the shape in current model is \
-         torch.Size([10, 64]).\n"
-    ));
-    for strictness in ["--strict", "--no-strict"] {
+    for (strictness, case) in [("--strict", "strict"), ("--no-strict", "not strict")] {
+        let pytorch = error_text(&python[case]);
+        assert!(pytorch.contains("size mismatch for fc.weight"), "{pytorch}");
+        assert_hints_follow(&expected, pytorch);
         let r = run(&[
             "check",
             s(&ckpt),
@@ -414,6 +460,18 @@ fn check_prints_what_load_state_dict_would() {
     }
 }
 
+/// `text` is PyTorch's `pytorch` text, then nothing but this crate's hints.
+fn assert_hints_follow(text: &str, pytorch: &str) {
+    let rest = text
+        .strip_prefix(pytorch)
+        .unwrap_or_else(|| panic!("PyTorch says\n{pytorch}\nthe tool\n{text}"));
+    assert!(
+        rest.lines()
+            .all(|l| l.is_empty() || l.starts_with("hint: ")),
+        "after PyTorch's text: {rest:?}"
+    );
+}
+
 #[test]
 fn check_strict_and_not() {
     let dir = tempdir("check-strict");
@@ -424,6 +482,10 @@ fn check_strict_and_not() {
     sd.pop("fc.bias");
     let headless = dir.join("headless.safetensors");
     sd.save(&headless).expect("save");
+    let python = pytorch_says(&[
+        ("not strict", &headless, None, 7, false),
+        ("strict", &headless, None, 7, true),
+    ]);
 
     let r = run(&[
         "check",
@@ -435,9 +497,18 @@ fn check_strict_and_not() {
         "--no-strict",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(
-        r.stdout,
-        "_IncompatibleKeys(missing_keys=['fc.weight', 'fc.bias'], unexpected_keys=[])\n"
+    let Said::Report(report) = &python["not strict"] else {
+        panic!("{:?}", python["not strict"])
+    };
+    assert!(
+        report.contains("missing_keys=['fc.weight', 'fc.bias']"),
+        "{report}"
+    );
+    assert_eq!(r.stdout, format!("{report}\n"));
+    let pytorch = error_text(&python["strict"]);
+    assert!(
+        pytorch.contains("Missing key(s) in state_dict"),
+        "{pytorch}"
     );
     // Strict is the default, as in PyTorch; the last of --strict and --no-strict wins.
     for args in [&[][..], &["--strict"][..], &["--no-strict", "--strict"][..]] {
@@ -445,14 +516,7 @@ fn check_strict_and_not() {
         all.extend_from_slice(args);
         let r = run(&all);
         assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
-        assert!(
-            r.stdout.starts_with(
-                "Error(s) in loading state_dict for ResNet:\n\tMissing key(s) in state_dict: \
-                 \"fc.weight\", \"fc.bias\". \n"
-            ),
-            "{args:?}: {}",
-            r.stdout
-        );
+        assert_hints_follow(&r.stdout, pytorch);
     }
 
     // Unreadable input is an error (2), not a "no" (1).
@@ -610,5 +674,4 @@ fn the_tool_reads_dcp_directories() {
         "{}",
         r.stdout
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }

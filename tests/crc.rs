@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::tempdir;
+
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
@@ -13,25 +15,18 @@ fn fixture(name: &str) -> PathBuf {
     common::test_file(&format!("fixtures/pytorch/{name}"))
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tch-state-dict-crc-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
 /// A copy of `src` at `dst` with record `suffix` corrupted by `mode` (`flip:N`, `crc`).
 fn corrupt(src: &Path, dst: &Path, suffix: &str, mode: &str) {
-    common::run_python("oracle/corrupt_zip.py", &[s(src), s(dst), suffix, mode], "");
+    common::oracle("oracle/corrupt_zip.py", &[s(src), s(dst), suffix, mode], "");
 }
 
 /// What `torch.load(path, weights_only=True)` makes of a file: `ok <keys>` or `error <type>`.
 fn torch_load(path: &Path) -> String {
-    common::run_python("oracle/corrupt_zip.py", &["load", s(path)], "")
+    common::oracle("oracle/corrupt_zip.py", &["load", s(path)], "")
         .trim()
         .to_string()
 }
@@ -56,7 +51,6 @@ fn a_corrupt_pickle_is_refused_where_torch_load_reads_it() {
     let e = Checkpoint::open(&path).map(|_| ()).unwrap_err();
     assert!(is_crc_mismatch(&e, "views/data.pkl"), "{e:?}");
     assert!(e.to_string().contains("views/data.pkl"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Where the first record's data begins: `data.pkl` is the first record torch.save writes.
@@ -73,7 +67,6 @@ fn a_corrupt_byteorder_is_refused() {
     corrupt(&fixture("views.pth"), &path, "byteorder", "crc");
     let e = Checkpoint::open(&path).map(|_| ()).unwrap_err();
     assert!(is_crc_mismatch(&e, "views/byteorder"), "{e:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -91,7 +84,6 @@ fn a_corrupt_small_storage_is_refused_when_it_is_read() {
     assert!(is_crc_mismatch(&e, "views/data/0"), "{e:?}");
     let e = StateDict::load(&path).unwrap_err();
     assert!(is_crc_mismatch(&e, "views/data/0"), "{e:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -101,7 +93,6 @@ fn a_deflated_storage_is_checked_as_it_is_inflated() {
     corrupt(&fixture("deflated.pth"), &path, "data/0", "crc");
     let e = StateDict::load(&path).unwrap_err();
     assert!(is_crc_mismatch(&e, "views/data/0"), "{e:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -110,21 +101,11 @@ fn zero_crcs_count_as_not_recorded() {
     let zero = StateDict::load_with(fixture("zero_crc.pth"), &options).unwrap();
     let views = StateDict::load(fixture("views.pth")).unwrap();
     assert_eq!(common::hashes(&zero), common::hashes(&views));
-    let model = blank_model(&views);
+    let model = common::blank_model(&views, None);
     Checkpoint::open_with(fixture("zero_crc.pth"), &options)
         .unwrap()
         .load_into(&model, &LoadOptions::new())
         .unwrap();
-}
-
-/// A model with the keys and shapes of `sd`, zero-filled.
-fn blank_model(sd: &StateDict) -> ModuleTree {
-    let mut tree = ModuleTree::new("Net");
-    for (k, t) in sd.iter() {
-        tree.add_tensor(k, Tensor::zeros(t.size(), (t.kind(), Device::Cpu)))
-            .unwrap();
-    }
-    tree
 }
 
 /// A large stored storage is read with `pread` and checked only when `verify_crc` asks; a
@@ -202,5 +183,4 @@ fn a_large_stored_storage_is_checked_when_asked() {
             .to_kind(Kind::Float)
             .equal(sd.get("large").unwrap()));
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

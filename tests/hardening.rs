@@ -4,39 +4,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::tempdir;
+
+use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 use tch_state_dict::{
     Checkpoint, Error, LoadOptions, ModuleTree, ReadLimits, ReadOptions, StateDict,
 };
 
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tch-state-dict-hardening-{tag}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// `torch.save({'w': torch.arange(n)}, path)` (float32) in the legacy format.
 fn legacy_arange(path: &Path, n: usize) {
     let script = format!(
-        "import torch\ntorch.save({{'w': torch.arange({n}.0)}}, {path:?}, \
+        "import sys, torch\ntorch.save({{'w': torch.arange({n}.0)}}, sys.argv[1], \
          _use_new_zipfile_serialization=False)\n"
     );
-    let out = std::process::Command::new(common::python())
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::oracle_code(&script, &[path.to_str().unwrap()]);
 }
 
 fn arange(n: i64) -> Tensor {
@@ -71,7 +54,6 @@ fn only_the_pickles_of_a_legacy_file_count_against_max_pickle_bytes() {
         ),
         "{e:?}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The legacy file's persistent id declares its storage's size after the location `'cpu'`
@@ -121,7 +103,6 @@ fn a_legacy_checkpoint_over_1_gib_is_read() {
         .unwrap();
     ckpt.load_into(&model, &LoadOptions::new()).unwrap();
     assert!(model.get("w").unwrap().equal(&arange(4)));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// D4: a big-endian file's complex tensors, each half of each element swapped on its own, as
@@ -133,17 +114,8 @@ fn big_endian_complex_tensors_match_torch_load() {
     let script = "import sys, torch\n\
                   for k, v in torch.load(sys.argv[1], weights_only=True).items():\n\
                   \x20   print(k, v.contiguous().numpy().tobytes().hex())\n";
-    let out = std::process::Command::new(common::python())
-        .args(["-c", script, path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let torch: Vec<(String, String)> = String::from_utf8(out.stdout)
-        .unwrap()
+    let out = common::oracle_code(script, &[path.to_str().unwrap()]);
+    let torch: Vec<(String, String)> = out
         .lines()
         .map(|l| {
             let (k, v) = l.split_once(' ').unwrap();
@@ -227,7 +199,6 @@ fn mmap_reads_the_file_opened_not_one_renamed_over_its_path() {
             "{line}"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A safetensors file of one tensor `name` of 2 floats, each `value`.
@@ -289,7 +260,6 @@ fn symlinks_cannot_take_a_sharded_index_outside_its_directory() {
     write_index(&index, &[("w", "c.safetensors")]);
     let sd = StateDict::load(&index).unwrap();
     assert_eq!(sd.get("w").unwrap().double_value(&[0]), 3.0);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The Hugging Face hub cache keeps a snapshot's files as symlinks into the repository's
@@ -316,7 +286,6 @@ fn a_sharded_checkpoint_in_the_hugging_face_cache_loads() {
     let sd = StateDict::load(&index).unwrap();
     assert_eq!(sd.keys().collect::<Vec<_>>(), ["a", "b"]);
     assert_eq!(sd.get("b").unwrap().double_value(&[1]), 2.0);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn mkfifo(path: &Path) {
@@ -368,7 +337,6 @@ fn a_fifo_is_refused_without_blocking() {
     // A directory is no checkpoint either.
     let e = Checkpoint::open(&dir).map(|_| ()).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// D10: an unknown format is described, never quoted: the path may name any file.
@@ -401,5 +369,4 @@ fn an_unknown_format_does_not_print_the_file() {
             assert!(!text.contains(leak), "{leak:?} in {text}");
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

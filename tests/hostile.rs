@@ -102,18 +102,7 @@ fn torch_load_refuses_records_of_another_size_than_declared() {
         .iter()
         .map(|f| hostile(f).to_string_lossy().into_owned())
         .collect();
-    let out = std::process::Command::new(common::python())
-        .arg("-c")
-        .arg(script)
-        .args(&paths)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = common::oracle_code(script, &paths);
     assert_eq!(text.lines().collect::<Vec<_>>(), ["True", "True", "True"]);
 }
 
@@ -139,19 +128,7 @@ fn torch_load_on_duplicate_and_encrypted_records() {
         .iter()
         .map(|f| hostile(f).to_string_lossy().into_owned())
         .collect();
-    let out = std::process::Command::new(common::python())
-        .arg("-c")
-        .arg(script)
-        .args(&paths)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
+    let lines: Vec<String> = common::oracle_code(script, &paths)
         .lines()
         .map(str::to_string)
         .collect();

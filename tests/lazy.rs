@@ -252,6 +252,7 @@ fn a_file_truncated_after_it_was_opened_is_refused_before_any_write() {
         .collect();
     sd.save(&path).unwrap();
     let lazy = LazyStateDict::load(&path).unwrap();
+    let ckpt = Checkpoint::open(&path).unwrap();
     let half = common::truncate_to_half(&path);
     for kind in [None, Some(Kind::Half)] {
         let model = blank_model(&sd, kind);
@@ -266,16 +267,18 @@ fn a_file_truncated_after_it_was_opened_is_refused_before_any_write() {
     // Reading one tensor past the new end is an I/O error, not a signal.
     let last = lazy.get("layer7.weight").unwrap();
     assert!(matches!(last.read(), Err(Error::Io { .. })));
-    // The same through Checkpoint::load_into.
-    let ckpt = Checkpoint::open(&path);
+    // The same through Checkpoint::load_into, on a checkpoint opened before the cut.
+    let model = blank_model(&sd, None);
+    let before = model_hashes(&model);
+    let err = ckpt.load_into(&model, &LoadOptions::new()).unwrap_err();
     assert!(
-        ckpt.is_err() || {
-            let model = blank_model(&sd, None);
-            ckpt.unwrap()
-                .load_into(&model, &LoadOptions::new())
-                .is_err()
-        }
+        matches!(err, Error::FileChanged { found, .. } if found == half),
+        "{err:?}"
     );
+    assert_eq!(model_hashes(&model), before);
+    // Opened after the cut, the file is refused as the zip it no longer is.
+    let err = Checkpoint::open(&path).map(|_| ()).unwrap_err();
+    assert!(matches!(err, Error::Zip { .. }), "{err:?}");
 }
 
 #[test]
@@ -465,9 +468,22 @@ fn in_memory_loads_copy_across_threads_byte_for_byte() {
     let model = blank_model(&sd, None);
     load_state_dict(&model, &sd, true).unwrap();
     assert_eq!(model_hashes(&model), common::hashes(&sd));
-    // A state dict taken from the model itself loads back as a no-op.
-    let own = state_dict(&model).unwrap();
-    load_state_dict(&model, &own, true).unwrap();
+    // A snapshot of the model's own state dict (copies) puts its values back after they
+    // changed, across threads as well; the live state dict (the model's own tensors) loads
+    // onto the model without changing a value.
+    let snapshot: StateDict = state_dict(&model)
+        .unwrap()
+        .iter()
+        .map(|(k, t)| (k.to_string(), t.copy()))
+        .collect();
+    for (_, t) in state_dict(&model).unwrap().iter() {
+        let _ = t.shallow_clone().g_add_scalar_(1.0);
+    }
+    assert_ne!(model_hashes(&model), common::hashes(&sd));
+    load_state_dict(&model, &snapshot, true).unwrap();
+    assert_eq!(model_hashes(&model), common::hashes(&sd));
+    let live = state_dict(&model).unwrap();
+    load_state_dict(&model, &live, true).unwrap();
     assert_eq!(model_hashes(&model), common::hashes(&sd));
 }
 

@@ -444,12 +444,32 @@ fn state_dict_metadata_gives_each_module_its_version() {
     assert_eq!(metadata["bn"]["version"].as_int(), Some(2));
 }
 
+/// A snapshot of a model's own state dict (copies of its tensors, as
+/// `copy.deepcopy(model.state_dict())`) puts back the values the model had when it was taken;
+/// the live state dict, whose tensors are the model's own (trainable ones included), loads
+/// onto the model without an error and without changing a value.
 #[test]
 fn a_model_loads_its_own_state_dict() {
     let net = Net::new(10);
     let before = hashes(&state_dict(&net.vs).unwrap());
-    let sd = state_dict(&net.tree()).unwrap();
-    load_state_dict(&net.tree(), &sd, true).unwrap();
+    let snapshot: StateDict = state_dict(&net.tree())
+        .unwrap()
+        .iter()
+        .map(|(k, t)| (k.to_string(), t.copy()))
+        .collect();
+    // Every value moves, as training moves them.
+    for (_, t) in state_dict(&net.vs).unwrap().iter() {
+        let _ = t.shallow_clone().g_add_scalar_(1.0);
+    }
+    let moved = hashes(&state_dict(&net.vs).unwrap());
+    assert!(
+        moved.iter().zip(&before).all(|(m, b)| m.1 != b.1),
+        "every tensor changed"
+    );
+    load_state_dict(&net.tree(), &snapshot, true).unwrap();
+    assert_eq!(hashes(&state_dict(&net.vs).unwrap()), before);
+    let live = state_dict(&net.tree()).unwrap();
+    load_state_dict(&net.tree(), &live, true).unwrap();
     assert_eq!(hashes(&state_dict(&net.vs).unwrap()), before);
 }
 

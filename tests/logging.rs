@@ -2,6 +2,8 @@
 //! (summarized when long), consumed BatchNorm counters at `info`, and each file's format,
 //! size and parse time at `debug`. One logger per process, so this file has one test.
 
+mod common;
+
 use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -94,8 +96,7 @@ fn loads_log_what_they_leave_out() {
         .any(|(l, m)| *l == Level::Info && m.contains("bn.num_batches_tracked")));
 
     // Opening a file logs its format, size and parse time.
-    let dir = std::env::temp_dir().join(format!("tch-state-dict-log-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tempdir("log");
     let path = dir.join("m.safetensors");
     full.save(&path).unwrap();
     let _ = LazyStateDict::load(&path).unwrap();

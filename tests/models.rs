@@ -5,21 +5,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
 use tch_state_dict::{load_state_dict, state_dict, Checkpoint, StateDict};
-
-fn workdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tch-state-dict-models-{tag}-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Relative closeness, scaled by the largest magnitude of the expected values.
 fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
@@ -33,9 +22,9 @@ fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
 }
 
 fn parity(arch: Arch, classes: i64) {
-    let dir = workdir(arch.name());
+    let dir = common::tempdir(arch.name());
     let out = dir.to_str().unwrap();
-    common::run_python(
+    common::oracle(
         "oracle/resnets.py",
         &["parity", arch.name(), &classes.to_string(), out],
         "",
@@ -110,7 +99,6 @@ fn parity(arch: Arch, classes: i64) {
             assert_close(got, want, &format!("{arch}: {k}"));
         }
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 macro_rules! parity_tests {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::tempdir;
+
 use std::path::{Path, PathBuf};
 
 use tch::{nn, Device};
@@ -18,20 +20,11 @@ fn fixture(name: &str) -> PathBuf {
     common::test_file(&format!("fixtures/training/{name}"))
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tch-state-dict-modules-{tag}-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Python's `torch.load(path, weights_only=False)[key].state_dict()`, saved by Python and read
 /// back as a plain state dict.
 fn python_state_dict(path: &Path, key: &str, dir: &Path) -> StateDict {
     let out = dir.join("python_state_dict.pth");
-    common::run_python(
+    common::oracle(
         "oracle/full_load.py",
         &[
             "state_dict",
@@ -104,7 +97,6 @@ fn torch_save_of_an_nn_sequential() {
     let o = v.as_object().unwrap();
     assert_eq!(o.qualified_name(), "torch.nn.modules.container.Sequential");
     assert!(o.get_attr("_modules").is_some());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -144,14 +136,13 @@ fn a_module_of_an_unknown_class_under_a_key() {
     assert!(err
         .to_string()
         .contains("StateDict::load_key(path, \"model\")"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn torchvision_resnet18_saved_whole_loads_into_the_crates_resnet18() {
     let dir = tempdir("resnet18");
     let path = dir.join("resnet18_model.pth");
-    common::run_python(
+    common::oracle(
         "oracle/full_load.py",
         &["save_model", "resnet18", "10", path.to_str().unwrap(), ""],
         "",
@@ -186,14 +177,13 @@ fn torchvision_resnet18_saved_whole_loads_into_the_crates_resnet18() {
     }
     let report = load_state_dict(&model, &sd, true).unwrap();
     assert!(report.missing_keys.is_empty());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn cifar_resnet50_saved_whole_under_model_is_the_seeds_story() {
     let dir = tempdir("cifar50");
     let path = dir.join("ckpt_epoch_240.pth");
-    common::run_python(
+    common::oracle(
         "oracle/full_load.py",
         &[
             "save_model",
@@ -219,5 +209,4 @@ fn cifar_resnet50_saved_whole_under_model_is_the_seeds_story() {
     );
     models::replace_head(&mut model, 7).unwrap();
     assert_eq!(model.num_classes(), 7);
-    let _ = std::fs::remove_dir_all(&dir);
 }

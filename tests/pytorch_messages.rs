@@ -318,7 +318,7 @@ fn pytorch() -> &'static PyResults {
     static RESULTS: OnceLock<PyResults> = OnceLock::new();
     RESULTS.get_or_init(|| {
         let input: Json = scenarios().iter().map(to_json).collect();
-        let out = common::run_python("oracle/load_messages.py", &[], &input.to_string());
+        let out = common::oracle("oracle/load_messages.py", &[], &input.to_string());
         let out: Json = serde_json::from_str(&out).expect("oracle output is JSON");
         out.as_object()
             .expect("an object")

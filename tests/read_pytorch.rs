@@ -25,22 +25,6 @@ fn expected(name: &str) -> BTreeMap<String, Json> {
         .collect()
 }
 
-/// The dtype name, shape and contiguous bytes (hex) of a tensor, as expected.json has them.
-fn record(t: &Tensor) -> (String, Vec<i64>, String) {
-    let c = t.to_device(Device::Cpu).contiguous();
-    let numel = c.numel();
-    let mut bytes = vec![0u8; numel * c.kind().elt_size_in_bytes()];
-    if numel > 0 {
-        c.copy_data_u8(&mut bytes, numel);
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    (
-        tch_state_dict::dtype_name(c.kind()).to_string(),
-        c.size(),
-        hex,
-    )
-}
-
 fn assert_matches_python(name: &str, got: &[(String, &Tensor)]) {
     let want = expected(name);
     assert_eq!(
@@ -55,7 +39,7 @@ fn assert_matches_python(name: &str, got: &[(String, &Tensor)]) {
         let w = want
             .get(key)
             .unwrap_or_else(|| panic!("{name}: unexpected key {key}"));
-        let (dtype, shape, hex) = record(t);
+        let (dtype, shape, hex) = common::record(t);
         assert_eq!(dtype, w["dtype"].as_str().unwrap(), "{name}/{key} dtype");
         let wshape: Vec<i64> = w["shape"]
             .as_array()
@@ -391,7 +375,7 @@ fn bytes_and_readers_read_the_same() {
 
 #[test]
 fn the_format_comes_from_the_bytes_not_the_name() {
-    let dir = tempdir();
+    let dir = common::tempdir("disguised");
     let disguised = dir.join("model.safetensors");
     std::fs::copy(fixture("dtypes.pth"), &disguised).unwrap();
     let ckpt = Checkpoint::open(&disguised).unwrap();
@@ -422,7 +406,7 @@ fn placement_casts_floating_tensors_only() {
 
 #[test]
 fn mmap_gives_the_same_values_and_never_writes_the_file() {
-    let dir = tempdir();
+    let dir = common::tempdir("mmap");
     let copy = dir.join("views.pth");
     std::fs::copy(fixture("views.pth"), &copy).unwrap();
     let before = std::fs::read(&copy).unwrap();
@@ -451,23 +435,6 @@ fn a_checkpoint_is_parsed_without_reading_tensors() {
     let ckpt = Checkpoint::open(fixture("checkpoint.pth")).unwrap();
     assert_eq!(ckpt.num_tensors(), 9);
     assert_eq!(ckpt.format(), Format::TorchZip);
-}
-
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tch-state-dict-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    h.finish()
 }
 
 #[test]
@@ -603,22 +570,11 @@ fn an_unsupported_dtype_inside_a_checkpoint() {
         .unwrap();
     let back = Value::load(&out).unwrap();
     assert!(matches!(back.get("dtype").unwrap(), Value::Global { name, .. } if name == "uint16"));
-    let read = std::process::Command::new(common::python())
-        .args([
-            "-c",
-            "import sys, torch; print(torch.load(sys.argv[1], weights_only=True))",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&read.stdout);
-    assert_eq!(
-        text.trim(),
-        "{'dtype': torch.uint16}",
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
+    let text = common::oracle_code(
+        "import sys, torch; print(torch.load(sys.argv[1], weights_only=True))",
+        &[out.to_str().unwrap()],
     );
-    std::fs::remove_dir_all(dir).unwrap();
+    assert_eq!(text.trim(), "{'dtype': torch.uint16}");
 }
 
 /// Quantized tensors (`_rebuild_qtensor`, per tensor and per channel) are entries of a dtype

@@ -65,10 +65,9 @@ fn the_new_head_takes_the_old_name_and_the_old_one_is_gone() {
 #[test]
 fn initialization_is_pytorchs_for_the_same_seed() {
     let _rng = rng();
-    let dir = std::env::temp_dir().join(format!("tch-state-dict-init-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tempdir("init");
     let path = dir.join("linear.pth");
-    common::run_python(
+    common::oracle(
         "oracle/resnets.py",
         &["linear", "7", "64", "10", path.to_str().unwrap()],
         "",
@@ -106,8 +105,17 @@ fn an_optimizer_built_afterwards_trains_only_live_variables() {
     let mut opt = nn::Sgd::default().build(&vs, 0.1).unwrap();
     let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
     let labels = Tensor::from_slice(&[0i64, 1, 2, 3]);
-    let loss = model.forward_t(&x, true).cross_entropy_for_logits(&labels);
+    // The old head is outside the forward pass: a term of the loss gives it a gradient of
+    // its own, so that an optimizer that still held it would move it.
+    let _ = old_head_tensor.set_requires_grad(true);
+    let loss = model.forward_t(&x, true).cross_entropy_for_logits(&labels)
+        + old_head_tensor.sum(Kind::Float) * 1e-2;
     opt.backward_step(&loss);
+    assert!(
+        old_head_tensor.grad().defined()
+            && old_head_tensor.grad().abs().min().double_value(&[]) > 0.0,
+        "the old head has a gradient"
+    );
     assert!(!model.head().ws.equal(&head_before), "the new head trains");
     assert!(
         vs.variables()["conv1.weight"].equal(&conv_before),

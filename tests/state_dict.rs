@@ -106,7 +106,7 @@ fn strip_prefix_does_what_consume_prefix_in_state_dict_if_present_does() {
             json!({"keys": keys, "metadata": m, "prefix": p})
         })
         .collect();
-    let out = common::run_python("oracle/consume_prefix.py", &[], &input.to_string());
+    let out = common::oracle("oracle/consume_prefix.py", &[], &input.to_string());
     let expected: Vec<Json> = serde_json::from_str(&out).unwrap();
     for ((k, m, p), py) in cases.iter().zip(expected) {
         let mut sd = sd_of(k);

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::tempdir;
+
 use std::path::{Path, PathBuf};
 
 use tch::nn::{self, ConvConfig, Module, ModuleT};
@@ -15,15 +17,6 @@ use tch_state_dict::{
 
 fn fixture(name: &str) -> PathBuf {
     common::test_file(&format!("fixtures/training/{name}"))
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tch-state-dict-torchscript-{tag}-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A small tch model with nested paths, a BatchNorm and a bias-free conv.
@@ -124,14 +117,13 @@ fn a_var_store_file_round_trips_strictly_into_the_var_store_that_wrote_it() {
             assert!(back.get(k).unwrap().equal(t), "{k}");
         }
     }
-    let flat = common::run_python(
+    let flat = common::oracle(
         "oracle/full_load.py",
         &["flatten", dir.join("model.pth").to_str().unwrap()],
         "",
     );
     let flat: serde_json::Value = serde_json::from_str(&flat).unwrap();
     assert_eq!(flat["tensors"].as_object().unwrap().len(), 7);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -145,13 +137,12 @@ fn tensor_save_multi_reads_back_with_dotted_names() {
     assert!(sd.get("layer.weight").unwrap().equal(&a));
     assert!(sd.get("step").unwrap().equal(&b));
     assert_eq!(sd.len(), 2);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `torch.jit.load(path).state_dict()` in Python, saved and read back as a plain state dict.
 fn python_script_state_dict(path: &Path, dir: &Path) -> StateDict {
     let out = dir.join("python.pth");
-    common::run_python(
+    common::oracle(
         "oracle/full_load.py",
         &[
             "script_state_dict",
@@ -199,7 +190,6 @@ fn a_scripted_module_reads_as_scripted_state_dict() {
     assert!(keys.contains(&"offset".to_string()));
     assert!(!keys.contains(&"plain".to_string()));
     assert!(!keys.contains(&"seq.2.bias".to_string()));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -250,18 +240,7 @@ fn a_modules_state_dict_has_requires_grad_as_pytorch_gives_it() {
         args.push(fixture(f).to_string_lossy().into_owned());
         args.push(key.to_string());
     }
-    let out = std::process::Command::new(common::python())
-        .arg("-c")
-        .arg(script)
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = common::oracle_code(script, &args);
     let lines: Vec<&str> = text.lines().collect();
     for ((f, key), line) in files.iter().zip(&lines) {
         let path = fixture(f);

@@ -3,9 +3,12 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value as Json};
 
 use tch::{Device, Kind, Tensor};
 use tch_state_dict::{ModuleTree, StateDict};
@@ -29,8 +32,10 @@ pub fn test_file(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// Runs `script` (a path under `tests/`) with `args`, feeding `stdin`; returns stdout and
-/// panics with stderr when the script fails.
+/// Runs `script` (a path under `tests/`) with `args`, feeding `stdin`, in a Python process of
+/// its own; returns stdout and panics with stderr when the script fails. [`oracle`] runs the
+/// same call in the test binary's one Python process, without importing torch again: use this
+/// one only for a script that needs a process of its own (one that starts processes).
 pub fn run_python(script: &str, args: &[&str], stdin: &str) -> String {
     let mut child = Command::new(python())
         .arg(test_file(script))
@@ -89,20 +94,39 @@ pub fn fixture(name: &str) -> PathBuf {
     test_file(&format!("fixtures/pytorch/{name}"))
 }
 
-/// A fresh directory under the system's temp dir, named for the test binary and `tag`.
-pub fn tempdir(tag: &str) -> PathBuf {
+/// A fresh directory under the system's temp dir, named for the test binary and `tag`, and
+/// removed with everything in it when the value is dropped: at the end of the test, and when
+/// it panics. It dereferences to its [`Path`].
+pub fn tempdir(tag: &str) -> TestDir {
     let exe = std::env::current_exe().ok();
     let binary = exe
         .as_ref()
         .and_then(|p| p.file_stem())
         .and_then(|s| s.to_str())
+        .and_then(|s| s.split('-').next())
         .unwrap_or("test");
-    let dir = std::env::temp_dir().join(format!(
-        "tch-state-dict-{binary}-{tag}-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("tch-state-dict-{binary}-{tag}-"))
+        .tempdir()
+        .expect("create a temporary directory");
+    TestDir(dir)
+}
+
+/// A temporary directory of a test, removed when dropped ([`tempdir`]).
+pub struct TestDir(tempfile::TempDir);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
 }
 
 /// A model with the keys and shapes of `sd`, zero-filled, in `kind` for floating-point
@@ -142,4 +166,163 @@ pub fn truncate_to_half(path: &std::path::Path) -> u64 {
         .set_len(len)
         .unwrap();
     len
+}
+
+/// The dtype name, shape and contiguous bytes (hex) of a tensor, as the oracles record them
+/// (tests/fixtures/expected.json, tests/oracle/full_load.py).
+pub fn record(t: &Tensor) -> (String, Vec<i64>, String) {
+    let c = t.to_device(Device::Cpu).contiguous();
+    let numel = c.numel();
+    let mut bytes = vec![0u8; numel * c.kind().elt_size_in_bytes()];
+    if numel > 0 {
+        c.copy_data_u8(&mut bytes, numel);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    (
+        tch_state_dict::dtype_name(c.kind()).to_string(),
+        c.size(),
+        hex,
+    )
+}
+
+/// A field of `/proc/self/status` given in kB (`VmHWM:`, `VmRSS:`), in bytes.
+pub fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("a number in {line:?}"));
+    kb * 1024
+}
+
+/// The peak resident set of this process (`VmHWM`), in bytes.
+pub fn peak_rss() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+/// Resets the peak resident set of this process to its current resident set, through
+/// `/proc/self/clear_refs` (Linux 4.0 and later); returns the resident set it starts from, or
+/// `None` when the reset is not possible here (no such file, or not writable), in which case
+/// a growth measured from now would leave out what an earlier peak hides.
+pub fn reset_peak_rss() -> Option<u64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    Some(status_bytes("VmRSS:"))
+}
+
+/// Says that `what` was not checked, and why, on the test binary's stderr itself: seen in
+/// the output of a passing test too, which captures `eprintln!`.
+pub fn skipped(what: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {what}: {why}");
+}
+
+/// Why a bound on peak RSS growth is skipped where [`reset_peak_rss`] fails.
+pub const NO_RESET: &str = "/proc/self/clear_refs cannot be written here, so the child could \
+                            not reset its peak RSS before the read, and the growth it measured \
+                            may be short of the real one";
+
+/// The test binary's Python process for oracle calls (tests/oracle/serve.py).
+struct Oracle {
+    child: Child,
+    requests: ChildStdin,
+    replies: BufReader<ChildStdout>,
+    /// What the process wrote to its stderr outside of calls (C++ output, a crash).
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Oracle {
+    fn start() -> Oracle {
+        let mut child = Command::new(python())
+            .arg(test_file("oracle/serve.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start python");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Oracle {
+            requests: child.stdin.take().expect("stdin"),
+            replies: BufReader::new(child.stdout.take().expect("stdout")),
+            child,
+            stderr,
+        }
+    }
+
+    /// Sends one request; the reply, or why there is none (the process is gone).
+    fn call(&mut self, request: &Json) -> Result<Json, String> {
+        let mut line = request.to_string();
+        line.push('\n');
+        self.requests
+            .write_all(line.as_bytes())
+            .and_then(|()| self.requests.flush())
+            .map_err(|e| format!("writing the request: {e}"))?;
+        let mut reply = String::new();
+        match self.replies.read_line(&mut reply) {
+            Ok(0) => Err(format!("no reply; {}", self.exit())),
+            Ok(_) => serde_json::from_str(&reply).map_err(|e| format!("reply {reply:?}: {e}")),
+            Err(e) => {
+                let _ = self.child.kill();
+                Err(format!("reading the reply: {e}; {}", self.exit()))
+            }
+        }
+    }
+
+    /// How the process ended, once it has (its stdout is closed, or it was killed).
+    fn exit(&mut self) -> String {
+        let status = self.child.wait().map(|s| s.to_string());
+        let stderr = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        format!("python exited ({status:?}):\n{stderr}")
+    }
+}
+
+/// Runs `script` (a path under `tests/`) with `args`, feeding `stdin`, as `python script args`
+/// would, in the Python process this test binary shares for such calls (started on first
+/// use, torch imported once); returns stdout, and panics with the traceback and stderr when
+/// the script fails. Calls from tests running at once take turns.
+pub fn oracle(script: &str, args: &[&str], stdin: &str) -> String {
+    let request = json!({ "script": test_file(script), "args": args, "stdin": stdin });
+    serve(&request, script)
+}
+
+/// [`oracle`] for a snippet: runs `code` as `python -c code args` would.
+pub fn oracle_code<S: AsRef<str>>(code: &str, args: &[S]) -> String {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let request = json!({ "code": code, "args": args, "stdin": "" });
+    serve(&request, "python -c")
+}
+
+fn serve(request: &Json, what: &str) -> String {
+    static ORACLE: Mutex<Option<Oracle>> = Mutex::new(None);
+    let reply = {
+        let mut slot = ORACLE.lock().unwrap_or_else(|e| e.into_inner());
+        let oracle = slot.get_or_insert_with(Oracle::start);
+        let reply = oracle.call(request);
+        if reply.is_err() {
+            // The next call starts a new process.
+            *slot = None;
+        }
+        reply
+    };
+    let reply = reply.unwrap_or_else(|e| panic!("{what}: the oracle process failed: {e}"));
+    let text = |field: &str| reply[field].as_str().unwrap_or_default().to_string();
+    assert!(
+        reply["ok"].as_bool() == Some(true),
+        "{what} failed:\n{}\n{}",
+        text("error"),
+        text("stderr")
+    );
+    text("stdout")
 }

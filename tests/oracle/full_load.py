@@ -4,7 +4,10 @@
                 numpy array (dtype, shape, bytes as hex) and every scalar (type and repr),
                 by a path of keys joined with '/'; dicts by key, lists and tuples by index,
                 objects by attribute (vars()). Paths are strings, datetimes isoformat(),
-                numpy scalars .item(). Also the repr() of every argparse.Namespace. JSON.
+                numpy scalars .item(). Also the repr() of every argparse.Namespace, and of
+                every dict of a subclass, as `module.Class({...})` with dict's repr. JSON.
+  flatten_all P [P ...]
+                flatten of each, in one object by path
   state_dict P KEY OUT
                 the state_dict() of the module torch.load(P, weights_only=False) gives (or
                 of the module under KEY when KEY is not empty), written to OUT with
@@ -25,6 +28,7 @@ import json
 import os
 import pathlib
 import sys
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -69,6 +73,9 @@ def flatten(obj, prefix, tensors, scalars, reprs):
     elif isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
         scalars[prefix] = scalar("str", obj.isoformat())
     elif isinstance(obj, dict):
+        if type(obj) not in (dict, OrderedDict):
+            cls = type(obj)
+            reprs[prefix] = f"{cls.__module__}.{cls.__qualname__}({dict.__repr__(obj)})"
         for k, v in obj.items():
             flatten(v, join(k), tensors, scalars, reprs)
     elif isinstance(obj, (list, tuple)):
@@ -81,13 +88,19 @@ def flatten(obj, prefix, tensors, scalars, reprs):
             flatten(v, join(k), tensors, scalars, reprs)
 
 
+def flattened(path):
+    obj = torch.load(path, weights_only=False, map_location="cpu")
+    tensors, scalars, reprs = {}, {}, {}
+    flatten(obj, "", tensors, scalars, reprs)
+    return {"tensors": tensors, "scalars": scalars, "reprs": reprs}
+
+
 def main():
     cmd, *args = sys.argv[1:]
     if cmd == "flatten":
-        obj = torch.load(args[0], weights_only=False, map_location="cpu")
-        tensors, scalars, reprs = {}, {}, {}
-        flatten(obj, "", tensors, scalars, reprs)
-        print(json.dumps({"tensors": tensors, "scalars": scalars, "reprs": reprs}))
+        print(json.dumps(flattened(args[0])))
+    elif cmd == "flatten_all":
+        print(json.dumps({p: flattened(p) for p in args}))
     elif cmd == "script_state_dict":
         sd = torch.jit.load(args[0], map_location="cpu").state_dict()
         torch.save(sd, args[1])

@@ -11,6 +11,12 @@ shapes and forward pass.
                             DIR/expected.pth: {input, eval_logits, train_logits, after_train
                             (the buffers after one train-mode forward)}
   linear SEED IN OUT FILE   torch.manual_seed(SEED); saves nn.Linear(IN, OUT)'s state dict
+  load_messages             for tests/cli.rs: loads checkpoints into these models as JSON on
+                            stdin asks ([{name, arch, classes, path, key, strict}]; a
+                            .safetensors path read with safetensors, others with
+                            torch.load(weights_only=True), then [key] when key is not null),
+                            and prints what load_state_dict raised or returned for each, as
+                            JSON: {name: {"error": str(e) or null, "report": repr or null}}
 """
 
 import json
@@ -202,6 +208,25 @@ def linear(seed, fan_in, fan_out, path):
     torch.save(nn.Linear(int(fan_in), int(fan_out)).state_dict(), path)
 
 
+def load_messages():
+    out = {}
+    for case in json.load(sys.stdin):
+        if case["path"].endswith(".safetensors"):
+            from safetensors.torch import load_file
+            sd = load_file(case["path"])
+        else:
+            sd = torch.load(case["path"], weights_only=True)
+        if case["key"] is not None:
+            sd = sd[case["key"]]
+        model, _ = build(case["arch"], case["classes"])
+        try:
+            report = model.load_state_dict(sd, strict=case["strict"])
+            out[case["name"]] = {"error": None, "report": repr(report)}
+        except RuntimeError as e:
+            out[case["name"]] = {"error": str(e), "report": None}
+    json.dump(out, sys.stdout)
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    {"parity": parity, "linear": linear}[cmd](*args)
+    {"parity": parity, "linear": linear, "load_messages": load_messages}[cmd](*args)

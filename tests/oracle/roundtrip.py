@@ -1,8 +1,10 @@
 """Oracle for tests/roundtrip.rs: Python's side of the round trips.
 
-  compare A B        torch.load(weights_only=True) both, and require them equal: same types,
-                     keys in the same order, tensors with equal dtype, shape and values
-                     (bitwise), equal _metadata; prints "equal"
+  compare A B [A B ...]
+                     torch.load(weights_only=True) both of each pair, and compare them: same
+                     types, keys in the same order, tensors with equal dtype, shape and values
+                     (bitwise), equal _metadata; prints a line a pair, "equal" or
+                     "differ: <where and how>"
   resave A B         torch.save(torch.load(A, weights_only=True), B)
   load_small P       loads P into the Small model of tests/fixtures/make_fixtures.py with
                      load_state_dict(strict=True) and checks every value landed
@@ -56,10 +58,12 @@ def same(a, b, where="root"):
 def main():
     cmd, *args = sys.argv[1:]
     if cmd == "compare":
-        a = torch.load(args[0], weights_only=True)
-        b = torch.load(args[1], weights_only=True)
-        same(a, b)
-        print("equal")
+        for a, b in zip(args[0::2], args[1::2]):
+            try:
+                same(torch.load(a, weights_only=True), torch.load(b, weights_only=True))
+                print("equal")
+            except AssertionError as e:
+                print(f"differ: {e}")
     elif cmd == "resave":
         torch.save(torch.load(args[0], weights_only=True), args[1])
     elif cmd == "load_small":
