@@ -118,13 +118,24 @@
 //! # Linking
 //!
 //! A binary that uses tch must find libtorch at run time and keep its CUDA library; see the
-//! README's "Using it in your crate" for the `build.rs` lines.
+//! README's "Using it in your crate", or [`guide::troubleshooting`], for the `build.rs`
+//! lines.
+//!
+//! # The guide
+//!
+//! The manual lives in [`guide`]: the whole Python → Rust table and recipes
+//! ([`guide::cookbook`]), the [rules](guide::rules), the [formats](guide::formats),
+//! [lazy loads](guide::lazy), [training](guide::training_checkpoints) and
+//! [distributed](guide::distributed) checkpoints, [safety](guide::safety),
+//! [`tch::vision` models](guide::tch_vision), the [tool](guide::cli) and
+//! [troubleshooting](guide::troubleshooting).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod checkpoint;
 mod dtype;
 mod error;
+pub mod guide;
 mod load;
 #[cfg(feature = "models")]
 pub mod models;
