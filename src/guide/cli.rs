@@ -99,3 +99,6 @@
 //!
 //! `tests/cli.rs` runs the built tool as a person does and checks stdout, stderr and exit codes of
 //! each command and its failures.
+
+// The transcripts are the tool's output, whose PyTorch message is indented with tabs.
+#![allow(clippy::tabs_in_doc_comments)]

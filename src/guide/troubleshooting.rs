@@ -94,3 +94,6 @@
 //! The error's `hint:` lines, after PyTorch's text, name the fix: a prefix to strip, a key to
 //! rename, a classifier head to drop or replace, a submodule to drop, torchvision's legacy
 //! DenseNet names (see [`rules`](super::rules) and [`tch_vision`](super::tch_vision)).
+
+// The example is a whole build.rs, whose `fn main` is the point.
+#![allow(clippy::needless_doctest_main)]
