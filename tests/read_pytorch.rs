@@ -154,6 +154,21 @@ fn archives_that_other_tools_write() {
     }
 }
 
+/// torch.save names the archive's root after the file's stem. With 21 characters the first
+/// header of the central directory is as long as the zip64 records torch.save writes after
+/// the directory, and the zip crate, left to find where the archive starts, read the
+/// directory 76 bytes late and refused the file (tests/fixtures/make_fixtures.py).
+#[test]
+fn an_archive_name_of_21_characters() {
+    let name = "archive_name_21_chars.pth";
+    check_state_dict_file(name);
+    // From memory the directory is read through a cursor, not by positional reads.
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let sd = StateDict::from_bytes(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let got: Vec<(String, &Tensor)> = sd.iter().map(|(k, t)| (k.to_string(), t)).collect();
+    assert_matches_python(name, &got);
+}
+
 #[test]
 fn parameters_keep_requires_grad() {
     let sd = check_state_dict_file("parameters.pth");

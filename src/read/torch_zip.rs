@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
+use zip::read::{ArchiveOffset, Config};
 use zip::{CompressionMethod, ZipArchive};
 
 use super::budget::{heap, Budget};
@@ -214,7 +215,17 @@ fn records<R: Read + Seek>(
         path: path.to_path_buf(),
         source,
     };
-    let mut archive = ZipArchive::new(reader).map_err(zip_error)?;
+    // The archive starts at byte 0, as torch.load reads it (miniz takes the directory's
+    // offsets from the start of the file). Left to detect the start, the zip crate guesses
+    // it from the end-of-directory record's position less the directory's size, which
+    // overlooks the zip64 records (76 bytes) that torch.save writes between the two: when the
+    // first directory header is also 76 bytes long (an archive name of 21 characters), a
+    // header sits where the guess points, and the crate reads the directory 76 bytes late
+    // and fails on a valid file.
+    let config = Config {
+        archive_offset: ArchiveOffset::Known(0),
+    };
+    let mut archive = ZipArchive::with_config(config, reader).map_err(zip_error)?;
     if archive.has_duplicate_names() {
         // The zip reader keeps one record of each name; torch.load's picks one or the other
         // depending on the directory's order. Neither is safe to trust.
