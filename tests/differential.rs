@@ -2,10 +2,11 @@
 //!
 //! `tests/fixtures/make_random.py generate` writes a few hundred random checkpoints with real
 //! `torch.save` (zip and legacy, pickle protocols 2 to 5, storage alignments 1 to 4096, CRCs
-//! on and off, written to a path or an `io.BytesIO`) and `safetensors.torch.save_file`, and a
-//! manifest holding, for each file, the canonical form of `torch.load(f, weights_only=False)`
-//! (described at the top of the script). This test reads every file through each entry
-//! point of the crate, builds the same canonical form from what it got, and compares:
+//! on and off, written to a path, under an archive name of 1 to 40 random characters, or to
+//! an `io.BytesIO`) and `safetensors.torch.save_file`, and a manifest holding, for each
+//! file, the canonical form of `torch.load(f, weights_only=False)` (described at the top of
+//! the script). This test reads every file through each entry point of the crate, builds
+//! the same canonical form from what it got, and compares:
 //!
 //! - `Value::load`, and `Checkpoint::open_with(p, mmap(true))?.value()` (compared but for
 //!   storage offsets, which are the file's there; tensors must share storages as in Python,
@@ -107,8 +108,14 @@ fn entry(dir: &Path, line: &str) -> Entry {
     let m: Json = serde_json::from_str(line).expect("a manifest line");
     let file = m["file"].as_str().unwrap().to_string();
     let how = format!(
-        "{} protocol={} alignment={} crc32={} byteorder_first={} via={}",
-        m["format"], m["protocol"], m["alignment"], m["crc32"], m["byteorder_first"], m["via"]
+        "{} protocol={} alignment={} crc32={} byteorder_first={} via={} archive={}",
+        m["format"],
+        m["protocol"],
+        m["alignment"],
+        m["crc32"],
+        m["byteorder_first"],
+        m["via"],
+        m["archive"]
     );
     Entry {
         path: dir.join(&file),
