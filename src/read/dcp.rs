@@ -985,9 +985,49 @@ enum Inflate {
     Io(std::io::Error),
 }
 
-/// A zstd frame inflated, within what `budget` leaves (the frame does not say its size).
+/// What inflating costs besides the bytes inflated: the read buffer, zstd's decoder context
+/// and block buffers (about 100 KiB and twice a 128 KiB block), rounded up.
+const INFLATE_OVERHEAD: u64 = PIECE as u64 + (512 << 10);
+/// Inflated bytes are read this many at a time.
+const PIECE: usize = 256 << 10;
+
+/// The window a zstd frame's header declares (RFC 8878, 3.1.1.1): the history the streaming
+/// decoder allocates and writes through as it inflates, so memory the inflate touches beside
+/// its output. `None` where the header is not a zstd frame's (the decoder then refuses it).
+fn zstd_window(frame: &[u8]) -> Option<u64> {
+    if frame.get(..4)? != [0x28, 0xb5, 0x2f, 0xfd] {
+        return None;
+    }
+    let descriptor = *frame.get(4)?;
+    if descriptor & 0x20 == 0 {
+        let w = *frame.get(5)?;
+        let base = 1u64 << (10 + u32::from(w >> 3));
+        return Some(base + base / 8 * u64::from(w & 7));
+    }
+    // A single segment: the window is the content size, given right after the dictionary id.
+    let dict_len = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let size_len = [1, 2, 4, 8][usize::from(descriptor >> 6)];
+    let at = 5 + dict_len;
+    let bytes = frame.get(at..at + size_len)?;
+    let mut size = bytes
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    if size_len == 2 {
+        size += 256;
+    }
+    Some(size)
+}
+
+/// A zstd frame inflated, within what `budget` leaves (the frame does not say its size),
+/// less what the inflate needs beside its output: its buffers and the frame's window.
 fn inflate_zstd(compressed: &[u8], budget: &Budget) -> Result<Vec<u8>, Inflate> {
-    let max = budget.max().saturating_sub(budget.used());
+    let window = zstd_window(compressed).unwrap_or(0);
+    let max = budget
+        .max()
+        .saturating_sub(budget.used())
+        .checked_sub(INFLATE_OVERHEAD.saturating_add(window))
+        .ok_or(Inflate::Budget)?;
     let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed)
         .map_err(Inflate::Io)?
         .single_frame();
@@ -995,7 +1035,7 @@ fn inflate_zstd(compressed: &[u8], budget: &Budget) -> Result<Vec<u8>, Inflate> 
     // (`read_to_end` would zero the spare capacity it doubles into, touching up to twice
     // what the budget allows).
     let mut out = Vec::new();
-    let mut piece = vec![0u8; 1 << 20];
+    let mut piece = vec![0u8; PIECE];
     loop {
         let n = match decoder.read(&mut piece) {
             Ok(0) => break,
@@ -1187,6 +1227,28 @@ mod tests {
             .map(|&(offsets, sizes)| ChunkBox { offsets, sizes })
             .collect();
         check_tiling(shape, &boxes)
+    }
+
+    /// The window read from frames zstd itself writes: a small frame is a single segment,
+    /// whose window is its content size; a larger one, or a streamed one (content size
+    /// unknown), declares its level's window (2 MiB at level 3); anything else is no frame.
+    #[test]
+    fn the_window_is_read_from_the_frame_header() {
+        for (len, window) in [(0usize, 0u64), (10, 10), (300, 300), (70_000, 70_000)]
+            .into_iter()
+            .chain([(3 << 20, 2 << 20)])
+        {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let frame = zstd::bulk::compress(&data, 3).unwrap();
+            assert_eq!(zstd_window(&frame), Some(window), "{len}");
+        }
+        let mut streamed = Vec::new();
+        let mut encoder = zstd::stream::write::Encoder::new(&mut streamed, 3).unwrap();
+        std::io::Write::write_all(&mut encoder, &vec![1u8; 8 << 20]).unwrap();
+        encoder.finish().unwrap();
+        assert_eq!(zstd_window(&streamed), Some(2 << 20));
+        assert_eq!(zstd_window(b"PK\x03\x04rest"), None);
+        assert_eq!(zstd_window(&[0x28, 0xb5, 0x2f]), None);
     }
 
     #[test]
