@@ -308,23 +308,13 @@ fn tensor_bytes(v: &Value) -> u64 {
     }
 }
 
-/// Whether peak RSS can be reset (`/proc/self/clear_refs`, Linux 4.0 and later), so that
-/// the growth a child measures is its own.
-fn can_reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
 #[test]
 #[ignore = "the child process of the budget tests; run by them"]
 fn child() {
     let Ok(path) = std::env::var(CHILD) else {
         return;
     };
-    let before = if can_reset_peak() {
-        common::status_bytes("VmRSS:")
-    } else {
-        common::status_bytes("VmHWM:")
-    };
+    let before = common::reset_peak_rss().unwrap_or_else(common::peak_rss);
     let start = Instant::now();
     let mut tensors = 0;
     let outcome = (|| {
@@ -339,7 +329,7 @@ fn child() {
         Ok::<(), Error>(())
     })();
     let secs = start.elapsed().as_secs_f64();
-    let growth = common::status_bytes("VmHWM:").saturating_sub(before);
+    let growth = common::peak_rss().saturating_sub(before);
     let outcome = match outcome {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("{e:?}").chars().take(160).collect(),
@@ -481,8 +471,8 @@ fn assert_within_budget(results: &[(PathBuf, u64, Measured)]) {
 
 #[test]
 fn every_case_stays_within_the_memory_budget() {
-    if !can_reset_peak() {
-        eprintln!("skipped: /proc/self/clear_refs cannot be written, so peak RSS cannot be reset");
+    if common::reset_peak_rss().is_none() {
+        common::skipped("the memory bounds", common::NO_RESET);
         return;
     }
     let dirs: Vec<PathBuf> = cases().iter().map(|c| hostile(c)).collect();
@@ -504,8 +494,8 @@ fn every_case_stays_within_the_memory_budget() {
 /// `max_memory`, quickly; measured one after the other, so that neither slows the other.
 #[test]
 fn many_keys_at_one_item_read_within_the_budget_or_are_refused() {
-    if !can_reset_peak() {
-        eprintln!("skipped: /proc/self/clear_refs cannot be written, so peak RSS cannot be reset");
+    if common::reset_peak_rss().is_none() {
+        common::skipped("the memory bounds", common::NO_RESET);
         return;
     }
     let tmp = common::tempdir("many-keys");
