@@ -87,6 +87,16 @@ pub(crate) fn is_floating(kind: Kind) -> bool {
     )
 }
 
+/// Reverses the byte order of each `unit`-byte piece of `bytes`: big-endian data made
+/// native, `unit` from [`swap_unit`].
+pub(crate) fn reverse_units(bytes: &mut [u8], unit: usize) {
+    if unit > 1 {
+        for piece in bytes.chunks_exact_mut(unit) {
+            piece.reverse();
+        }
+    }
+}
+
 /// The unit whose bytes a big-endian file reverses: the element, or each half of a complex
 /// element (its real and imaginary parts), as PyTorch swaps them.
 pub(crate) fn swap_unit(kind: Kind) -> usize {

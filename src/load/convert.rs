@@ -16,9 +16,9 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::dtype::swap_unit;
+use crate::dtype::{reverse_units, swap_unit};
 use crate::error::Error;
-use crate::read::{bytes_mut, read_exact_at, From};
+use crate::read::{bytes_mut, on_threads, read_exact_at, runs, From};
 
 /// The most bytes one chunk reads.
 pub(crate) const CHUNK_BYTES: usize = 1 << 20;
@@ -128,33 +128,18 @@ pub(crate) fn run_all(
         return run_chunks(chunks, done);
     }
     chunks.sort_by_key(|ch| ch.offset);
-    let share = total.div_ceil(threads);
-    let mut runs: Vec<Vec<Chunk<'_>>> = vec![Vec::new()];
-    let mut filled = 0;
-    for ch in chunks {
-        if filled >= share {
-            runs.push(Vec::new());
-            filled = 0;
-        }
-        filled += ch.len;
-        runs.last_mut().expect("one run").push(ch);
-    }
+    let runs = runs(chunks, total.div_ceil(threads) as u64, |ch| ch.len as u64);
     let path = converts.first().map(|c| c.path);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = runs
-            .into_iter()
-            .filter(|r| !r.is_empty())
-            .map(|run| scope.spawn(move || run_chunks(run, done)))
-            .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join().unwrap_or_else(|_| {
+    on_threads(runs, |run| run_chunks(run, done))
+        .into_iter()
+        .try_for_each(|r| {
+            r.unwrap_or_else(|_| {
                 Err(Error::Io {
                     path: path.unwrap_or(Path::new("")).to_path_buf(),
                     source: std::io::Error::other("a read thread panicked"),
                 })
             })
         })
-    })
 }
 
 /// Reads and converts `chunks` in order, through one buffer.
@@ -187,12 +172,7 @@ fn run_chunks(chunks: Vec<Chunk<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(
             source,
         })?;
         if ch.big_endian {
-            let unit = swap_unit(ch.kind);
-            if unit > 1 {
-                for element in bytes.chunks_exact_mut(unit) {
-                    element.reverse();
-                }
-            }
+            reverse_units(bytes, swap_unit(ch.kind));
         }
         let src = buffer
             .f_narrow(0, 0, ch.len as i64)

@@ -35,6 +35,7 @@ use super::index::StorageLoc;
 use super::options::ReadOptions;
 use super::pread::From;
 use super::source::read_exact_at;
+use super::threads::{on_threads, runs};
 use crate::error::Error;
 
 /// Stored storages up to this size are checked whenever they are read whole, whatever
@@ -89,26 +90,19 @@ impl Crcs {
             .flat_map(|(i, t)| t.1.chunks(PIECE).map(move |p| (i, p)))
             .collect();
         let per_thread = pieces.len().div_ceil(threads);
-        let hashed: Vec<(usize, crc32fast::Hasher)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = pieces
-                .chunks(per_thread)
-                .map(|run| {
-                    scope.spawn(move || {
-                        run.iter()
-                            .map(|&(i, p)| {
-                                let mut h = crc32fast::Hasher::new();
-                                h.update(p);
-                                (i, h)
-                            })
-                            .collect::<Vec<_>>()
-                    })
+        let runs: Vec<Vec<(usize, &[u8])>> = pieces.chunks(per_thread).map(<[_]>::to_vec).collect();
+        let hashed: Vec<(usize, crc32fast::Hasher)> = on_threads(runs, |run| {
+            run.into_iter()
+                .map(|(i, p)| {
+                    let mut h = crc32fast::Hasher::new();
+                    h.update(p);
+                    (i, h)
                 })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("hashing does not panic"))
-                .collect()
-        });
+                .collect::<Vec<_>>()
+        })
+        .into_iter()
+        .flat_map(|r| r.expect("hashing does not panic"))
+        .collect();
         let mut combined: Vec<crc32fast::Hasher> = vec![crc32fast::Hasher::new(); todo.len()];
         for (i, h) in &hashed {
             combined[*i].combine(h);
@@ -138,16 +132,7 @@ impl Crcs {
         let total: u64 = todo.iter().map(|t| t.2).sum();
         let share = total.div_ceil(threads.max(1) as u64).max(1);
         // Runs of storages in file order, of about `share` bytes, one per thread.
-        let mut runs: Vec<Vec<(&str, u64, u64, u32)>> = vec![Vec::new()];
-        let mut filled = 0;
-        for t in todo {
-            if filled >= share {
-                runs.push(Vec::new());
-                filled = 0;
-            }
-            filled += t.2;
-            runs.last_mut().expect("one run").push(t);
-        }
+        let runs = runs(todo, share, |t| t.2);
         let check_run = |run: Vec<(&str, u64, u64, u32)>| -> Result<(), Error> {
             let mut buf = vec![0u8; FILE_CHUNK];
             for (key, start, len, expected) in run {
@@ -175,20 +160,10 @@ impl Crcs {
             }
             Ok(())
         };
-        if runs.len() == 1 {
-            return check_run(runs.pop().expect("one run"));
-        }
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = runs
-                .into_iter()
-                .map(|run| scope.spawn(move || check_run(run)))
-                .collect();
-            // Joined in file order: the first corrupt storage in the file is the one named.
-            let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
-            results
-                .into_iter()
-                .try_for_each(|r| r.expect("checking does not panic"))
-        })
+        // In file order: the first corrupt storage in the file is the one named.
+        on_threads(runs, check_run)
+            .into_iter()
+            .try_for_each(|r| r.expect("checking does not panic"))
     }
 
     fn compare(&self, path: &Path, key: &str, expected: u32, found: u32) -> Result<(), Error> {

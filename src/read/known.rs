@@ -20,6 +20,7 @@
 
 use tch::{Kind, Tensor};
 
+use crate::dtype::reverse_units;
 use crate::value::{Object, Value};
 
 /// The plain value `object` stands for, or the object itself.
@@ -175,9 +176,7 @@ fn numpy_array(o: &Object) -> Option<Value> {
     }
     let mut bytes = raw.clone();
     if dtype.big_endian {
-        for chunk in bytes.chunks_exact_mut(unit) {
-            chunk.reverse();
-        }
+        reverse_units(&mut bytes, unit);
     }
     // A Fortran-ordered array is the C-ordered array of the reversed shape, transposed.
     let stored: Vec<i64> = if *fortran {

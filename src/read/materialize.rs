@@ -31,7 +31,7 @@ use super::pread::{bytes, read_all, From, Read};
 use super::source::map_open_file;
 use super::torch_zip::inflate_into;
 use super::{Parsed, ReadOptions, Source, StorageLoc};
-use crate::dtype::{is_floating, FileDtype};
+use crate::dtype::{is_floating, reverse_units, FileDtype};
 use crate::error::Error;
 use crate::pyfmt;
 use crate::value::{Dict, Metadata, Object, Value};
@@ -746,7 +746,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                     let mut owned = self.read_at(start, len as usize)?;
                     let read = [(storage.key.as_str(), owned.as_slice())];
                     (self.parsed.crcs).check_read(self.path, &read, self.options)?;
-                    swap_bytes(&mut owned, elem);
+                    reverse_units(&mut owned, elem);
                     (from_bytes(&owned).map_err(self.torch_error(what))?, 0)
                 }
                 None => {
@@ -769,7 +769,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                 inflate_into(self.path, &src, &mut out)?;
                 self.parsed.crcs.check(self.path, &storage.key, &out)?;
                 if self.parsed.big_endian && elem > 1 {
-                    swap_bytes(&mut out, elem);
+                    reverse_units(&mut out, elem);
                 }
                 (from_bytes(&out).map_err(self.torch_error(what))?, 0)
             }
@@ -851,13 +851,6 @@ fn segment(key: &Value) -> String {
 /// A 1-D uint8 tensor holding a copy of `bytes`.
 fn from_bytes(bytes: &[u8]) -> Result<Tensor, tch::TchError> {
     Tensor::f_from_data_size(bytes, &[bytes.len() as i64], Kind::Uint8)
-}
-
-/// Reverses the byte order of each `elem`-byte element.
-fn swap_bytes(bytes: &mut [u8], elem: usize) {
-    for chunk in bytes.chunks_exact_mut(elem) {
-        chunk.reverse();
-    }
 }
 
 /// A state dict of a parsed file, its tensors not read: keys in order with each tensor's

@@ -40,6 +40,7 @@ mod pread;
 mod safetensors_file;
 mod sharded;
 mod source;
+mod threads;
 mod torch_zip;
 mod torchscript;
 
@@ -55,10 +56,13 @@ pub(crate) use index::{
 pub(crate) use materialize::{read_file_tensors, Materializer};
 pub use options::{ReadLimits, ReadOptions};
 pub(crate) use pickle::{Id, Obj, TensorRef};
-pub(crate) use pread::{bytes, bytes_mut, is_contiguous, read_all_with, From, Read};
+pub(crate) use pread::{
+    bytes, bytes_mut, contiguous_strides, is_contiguous, read_all_with, From, Read,
+};
 pub(crate) use sharded::Shards;
 use source::open_regular;
 pub(crate) use source::{map_file, read_exact_at, Source};
+pub(crate) use threads::{on_threads, runs};
 
 /// A file opened and parsed: one checkpoint file, or a sharded index with its shards.
 pub(crate) enum Opened<'a> {

@@ -8,6 +8,7 @@ use std::io;
 use tch::Tensor;
 
 use super::source::read_exact_at;
+use super::threads::on_threads;
 
 /// PyTorch's contiguity: strides of a row-major layout, ignoring dimensions of size 1.
 pub(crate) fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
@@ -24,6 +25,16 @@ pub(crate) fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
         }
     }
     true
+}
+
+/// The strides of a row-major tensor of `size`, as PyTorch computes them (a dimension of
+/// 0 counts as 1); `None` when one overflows, as for `[0, 2^62, 2^62]`.
+pub(crate) fn contiguous_strides(size: &[i64]) -> Option<Vec<i64>> {
+    let mut stride = vec![1i64; size.len()];
+    for i in (0..size.len().saturating_sub(1)).rev() {
+        stride[i] = stride[i + 1].checked_mul(size[i + 1].max(1))?;
+    }
+    Some(stride)
 }
 
 /// `len` bytes at `data`, to write: the memory of a contiguous CPU tensor.
@@ -141,17 +152,12 @@ pub(crate) fn read_all_with(
             }
         }
     }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = runs
-            .into_iter()
-            .filter(|r| !r.is_empty())
-            .map(|run| scope.spawn(move || run.into_iter().try_for_each(|p| read_piece(p, done))))
-            .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(io::Error::other("a read thread panicked")))
-        })
+    runs.retain(|r| !r.is_empty());
+    on_threads(runs, |run| {
+        run.into_iter().try_for_each(|p| read_piece(p, done))
     })
+    .into_iter()
+    .try_for_each(|r| r.unwrap_or_else(|_| Err(io::Error::other("a read thread panicked"))))
 }
 
 /// Whether two pieces write the same memory.

@@ -25,7 +25,7 @@ use super::budget::{heap, Budget};
 use super::crc::Crcs;
 use super::index::out_of_budget;
 use super::pickle::{Arena, DictObj, Obj, StorageRef, TensorRef};
-use super::{check_tensors, Format, Parsed, ReadLimits, Source, StorageLoc};
+use super::{check_tensors, contiguous_strides, Format, Parsed, ReadLimits, Source, StorageLoc};
 use crate::dtype;
 use crate::error::Error;
 
@@ -226,16 +226,6 @@ impl<'de> Visitor<'de> for HeaderVisitor {
         }
         Ok((metadata, tensors))
     }
-}
-
-/// The strides of a row-major tensor of `size`, as PyTorch computes them (a dimension of
-/// 0 counts as 1); `None` when one overflows, as for `[0, 2^62, 2^62]`.
-fn contiguous_strides(size: &[i64]) -> Option<Vec<i64>> {
-    let mut stride = vec![1i64; size.len()];
-    for i in (0..size.len().saturating_sub(1)).rev() {
-        stride[i] = stride[i + 1].checked_mul(size[i + 1].max(1))?;
-    }
-    Some(stride)
 }
 
 #[cfg(test)]

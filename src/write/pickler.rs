@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 use crate::dtype;
+use crate::read::contiguous_strides;
 use crate::read::pickle::opcodes::*;
 use crate::value::{Dict, Metadata, Value};
 
@@ -406,10 +407,8 @@ impl Pickler {
             }
         };
         let size = t.size();
-        let mut stride = vec![1i64; size.len()];
-        for i in (0..size.len().saturating_sub(1)).rev() {
-            stride[i] = stride[i + 1] * size[i + 1].max(1);
-        }
+        let stride = contiguous_strides(&size)
+            .ok_or_else(|| fail(format!("the strides of shape {size:?} overflow")))?;
         let typed = storage_class(kind);
         self.global(
             "torch._utils",

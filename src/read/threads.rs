@@ -1,0 +1,74 @@
+//! Work cut into runs in file order, one run per thread, and run on scoped threads: the one
+//! pattern behind the parallel reads (`pread.rs`), the converting reads (`load/convert.rs`)
+//! and the CRC checks (`crc.rs`). Each thread then reads its part of the file sequentially.
+
+use std::thread;
+
+/// `items`, in order, cut into consecutive runs: a run is closed once it holds `share` or
+/// more units (each item's `len`), and an item is never split. No run is empty.
+pub(crate) fn runs<T>(
+    items: impl IntoIterator<Item = T>,
+    share: u64,
+    len: impl Fn(&T) -> u64,
+) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = vec![Vec::new()];
+    let mut filled = 0;
+    for item in items {
+        if filled >= share {
+            runs.push(Vec::new());
+            filled = 0;
+        }
+        filled += len(&item);
+        runs.last_mut().expect("one run").push(item);
+    }
+    runs.retain(|r| !r.is_empty());
+    runs
+}
+
+/// `work` of each run, in the runs' order: a single run on the calling thread, more on one
+/// scoped thread each. A thread that panicked gives its payload, as `JoinHandle::join` does.
+pub(crate) fn on_threads<T: Send, R: Send>(
+    mut runs: Vec<Vec<T>>,
+    work: impl Fn(Vec<T>) -> R + Sync,
+) -> Vec<thread::Result<R>> {
+    if runs.len() <= 1 {
+        return runs.pop().map(|run| Ok(work(run))).into_iter().collect();
+    }
+    let work = &work;
+    thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .into_iter()
+            .map(|run| scope.spawn(move || work(run)))
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_close_at_the_share_and_never_split_an_item() {
+        let cut = runs([3u64, 1, 4, 1, 5, 9, 2], 5, |&n| n);
+        assert_eq!(cut, vec![vec![3, 1, 4], vec![1, 5], vec![9], vec![2]]);
+        assert!(runs(Vec::<u64>::new(), 5, |&n| n).is_empty());
+        assert_eq!(runs([7u64], 0, |&n| n), vec![vec![7]]);
+    }
+
+    #[test]
+    fn results_come_in_the_runs_order_and_a_panic_is_its_runs_own() {
+        let out = on_threads(vec![vec![1, 2], vec![3], vec![4, 5]], |run: Vec<i32>| {
+            assert!(run != [3], "run three");
+            run.iter().sum::<i32>()
+        });
+        assert_eq!(out.len(), 3);
+        assert_eq!(*out[0].as_ref().unwrap(), 3);
+        assert!(out[1].is_err());
+        assert_eq!(*out[2].as_ref().unwrap(), 9);
+        let one = on_threads(vec![vec![thread::current().id()]], |run| {
+            run[0] == thread::current().id()
+        });
+        assert!(matches!(one[..], [Ok(true)]), "one run runs here");
+    }
+}
