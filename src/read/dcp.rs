@@ -35,6 +35,7 @@ use super::detect::{detect, Format};
 use super::index::{out_of_budget, OpenFile, Parsed, StorageLoc};
 use super::pickle::{self, Flavor, Obj};
 use super::source::{map_file, open_regular, Source};
+use super::threads::on_threads;
 use super::{pickle_error, torch_zip, Materializer, ReadOptions};
 use crate::dtype::{self, FileDtype};
 use crate::error::Error;
@@ -847,17 +848,13 @@ impl<'o> Files<'o> {
             return self.jobs.iter().map(|j| self.parse(j)).collect();
         }
         let per = self.jobs.len().div_ceil(threads);
-        let parsed: Vec<Result<Vec<Arc<OpenFile<'static>>>, Error>> = std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .jobs
-                .chunks(per)
-                .map(|jobs| s.spawn(move || jobs.iter().map(|j| self.parse(j)).collect()))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
+        let runs = self.jobs.chunks(per).map(|c| c.iter().collect()).collect();
+        let parsed: Vec<Result<Vec<_>, Error>> = on_threads(runs, |jobs: Vec<_>| {
+            jobs.into_iter().map(|j| self.parse(j)).collect()
+        })
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        .collect();
         let mut out = Vec::with_capacity(self.jobs.len());
         for part in parsed {
             out.extend(part?);

@@ -768,7 +768,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                 let src = self.read_at(start, compressed as usize)?;
                 inflate_into(self.path, &src, &mut out)?;
                 self.parsed.crcs.check(self.path, &storage.key, &out)?;
-                if self.parsed.big_endian && elem > 1 {
+                if self.parsed.big_endian {
                     reverse_units(&mut out, elem);
                 }
                 (from_bytes(&out).map_err(self.torch_error(what))?, 0)
