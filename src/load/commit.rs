@@ -292,7 +292,9 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
         return Ok(());
     }
     let mut converts = Vec::new();
-    let mut direct: Vec<(&OpenFile<'_>, Vec<Read<'_>>)> = Vec::new();
+    // Grouped by what they read from, not by entry: a DCP `.distcp` file holds one entry per
+    // chunk, and read one entry at a time its chunks fall below the size worth threads.
+    let mut direct: Vec<(usize, &OpenFile<'_>, Vec<Read<'_>>)> = Vec::new();
     let mut memcpy: Vec<Read<'_>> = Vec::new();
     for (c, route) in copies.iter().zip(routes) {
         match route {
@@ -309,9 +311,13 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
                     len,
                     from: from(file),
                 };
-                match direct.iter_mut().find(|(f, _)| std::ptr::eq(*f, file)) {
-                    Some((_, reads)) => reads.push(read),
-                    None => direct.push((file, vec![read])),
+                let source = match read.from {
+                    From::File(f) => f as *const std::fs::File as usize,
+                    From::Bytes(b) => b.as_ptr() as usize,
+                };
+                match direct.iter_mut().find(|(s, _, _)| *s == source) {
+                    Some((_, _, reads)) => reads.push(read),
+                    None => direct.push((source, file, vec![read])),
                 }
             }
             other => write(c, &other, threads, &done)?,
@@ -323,7 +329,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
         source,
     })?;
     // Direct reads, file by file, each across threads; then the converting reads.
-    for (file, reads) in &direct {
+    for (_, file, reads) in &direct {
         read_all_with(reads, threads, &done).map_err(|source| Error::Io {
             path: file.path.clone(),
             source,
