@@ -7,8 +7,10 @@
 //! kept beside the dicts ([`Arena::metadata`]) rather than in each of them. Tuples cannot
 //! change once made, so their items all live in one vector of the arena ([`Span`]) instead
 //! of an allocation each; and the objects that cannot change and that every tensor of a
-//! `torch.save` file names (`None`, `False`, `True`, `()`, the ints 0 to 255) are made once
-//! per arena ([`SHARED`]) and shared. Opening a `torch.save` state dict of a million
+//! `torch.save` file names (`None`, `False`, `True`, `()`, the ints 0 to 255) are made at
+//! most once per arena and shared: the first four start it ([`SHARED`]), each small int is
+//! made the first time it is named (a DCP checkpoint is hundreds of one-tensor pickles, and
+//! 256 ints made and freed for each took a tenth of its open). Opening a `torch.save` state dict of a million
 //! one-element tensors that view one storage (a 101 MB file) grew peak RSS by 690 MiB with
 //! these choices, from 1746 MiB without them (`tests/budget.rs`, `measure_files`).
 
@@ -27,10 +29,8 @@ pub(crate) const NONE_ID: Id = 0;
 pub(crate) const FALSE_ID: Id = 1;
 pub(crate) const TRUE_ID: Id = 2;
 pub(crate) const EMPTY_TUPLE_ID: Id = 3;
-/// The ints 0 to 255 follow: int `i` is `SMALL_INTS + i`.
-pub(crate) const SMALL_INTS: Id = 4;
 /// How many objects the machine's arena starts with.
-pub(crate) const SHARED: usize = SMALL_INTS as usize + 256;
+pub(crate) const SHARED: usize = 4;
 
 /// A tuple's items: `len` ids from `start` in [`Arena::pool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

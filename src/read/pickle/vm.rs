@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::object::{
     Arena, ClassRef, DictObj, Id, Obj, OpaqueObj, Span, EMPTY_TUPLE_ID, FALSE_ID, NONE_ID, SHARED,
-    SMALL_INTS, TRUE_ID,
+    TRUE_ID,
 };
 use super::opcodes::*;
 use super::torch::{resolve_global, Flavor, Resolved};
@@ -63,6 +63,8 @@ pub(super) struct Machine<'a> {
     /// The global each `STACK_GLOBAL` of a (module, name) pair of objects made, so that a
     /// memoized pair named again and again costs one object, not a copy of its strings.
     stack_globals: HashMap<(Id, Id), Id>,
+    /// The object of each int 0 to 255, once one is made ([`UNSET`] until then).
+    small_ints: [Id; 256],
 }
 
 /// The memo: a vector indexed by memo index, as picklers number their entries 0, 1, 2...,
@@ -142,7 +144,6 @@ pub(crate) fn run(
         Obj::Bool(true),
         Obj::Tuple(Span { start: 0, len: 0 }),
     ]);
-    arena.objs.extend((0..256).map(Obj::Int));
     debug_assert_eq!(arena.objs.len(), SHARED);
     let mut m = Machine {
         data,
@@ -161,6 +162,7 @@ pub(crate) fn run(
         flavor,
         weights_only: options.weights_only,
         stack_globals: HashMap::new(),
+        small_ints: [UNSET; 256],
     };
     let root = m.execute()?;
     let used = m.pos;
@@ -695,17 +697,26 @@ impl Machine<'_> {
             Obj::None => Some(NONE_ID),
             Obj::Bool(false) => Some(FALSE_ID),
             Obj::Bool(true) => Some(TRUE_ID),
-            Obj::Int(i @ 0..=255) => Some(SMALL_INTS + i as Id),
+            Obj::Int(i @ 0..=255) if self.small_ints[i as usize] != UNSET => {
+                Some(self.small_ints[i as usize])
+            }
             Obj::Tuple(Span { len: 0, .. }) => Some(EMPTY_TUPLE_ID),
             _ => None,
         };
         if let Some(id) = shared {
             return Ok(id);
         }
+        let small = match obj {
+            Obj::Int(i @ 0..=255) => Some(i as usize),
+            _ => None,
+        };
         let id = Id::try_from(self.arena.objs.len())
             .map_err(|_| Failure::Limit("max_objects", self.limits.max_objects))?;
         self.charge(OBJ_COST + obj.heap_bytes())?;
         self.arena.objs.push(obj);
+        if let Some(i) = small {
+            self.small_ints[i] = id;
+        }
         Ok(id)
     }
 
@@ -1039,17 +1050,19 @@ mod tests {
 
     #[test]
     fn shared_objects_are_not_copied() {
-        // (None, False, 1, ()) twice: the same four objects, and two tuples in the pool.
+        // (None, False, 1, ()) twice: the same four objects, the int made once, and two
+        // tuples in the pool.
         let data = b"\x80\x02(N\x89K\x01)t(N\x89K\x01)t\x86.";
         let arena = run_ok(data);
-        assert_eq!(arena.objs.len(), SHARED + 3);
+        assert_eq!(arena.objs.len(), SHARED + 4);
         assert_eq!(arena.pool.len(), 4 + 4 + 2);
         let items = arena.sequence(arena.root).unwrap();
         assert_eq!(arena.sequence(items[0]), arena.sequence(items[1]));
         assert_eq!(
             arena.sequence(items[0]).unwrap(),
-            [NONE_ID, FALSE_ID, SMALL_INTS + 1, EMPTY_TUPLE_ID]
+            [NONE_ID, FALSE_ID, SHARED as Id, EMPTY_TUPLE_ID]
         );
+        assert!(matches!(arena.objs[SHARED], Obj::Int(1)));
     }
 
     #[test]
