@@ -229,6 +229,43 @@ fn a_dcp_checkpoint_loads_straight_into_a_model() {
     );
 }
 
+/// A `.distcp` file cut short after the checkpoint was opened fails the load before the
+/// first write, whichever rank's file it is: every file's length is checked, once for all
+/// the chunks it holds.
+#[test]
+fn a_distcp_file_truncated_after_open_fails_before_any_write() {
+    let want = StateDict::load_key(fixture("fsdp2.pt"), "model").unwrap();
+    for cut in ["__0_0.distcp", "__1_0.distcp"] {
+        let dir = common::tempdir("truncated");
+        for name in [".metadata", "__0_0.distcp", "__1_0.distcp"] {
+            std::fs::copy(fixture("fsdp2").join(name), dir.join(name)).unwrap();
+        }
+        let sd = LazyStateDict::load_key(&*dir, "model").unwrap();
+        // Emptied: every rank's file holds chunks of the model (its optimizer state comes
+        // after them, so half of the file can still hold every chunk the load reads).
+        let cut_to = 0;
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(cut))
+            .unwrap()
+            .set_len(cut_to)
+            .unwrap();
+        let model = blank(&want, None);
+        let before = common::hashes(&state_dict(&model).unwrap());
+        let err = load_state_dict(&model, &sd, true).unwrap_err();
+        assert!(
+            matches!(&err, Error::FileChanged { path, found, .. }
+                if *found == cut_to && path.ends_with(cut)),
+            "{cut}: {err:?}"
+        );
+        assert_eq!(
+            common::hashes(&state_dict(&model).unwrap()),
+            before,
+            "{cut}"
+        );
+    }
+}
+
 /// A directory holding `model.safetensors`, its sharded index, or `pytorch_model.bin` opens
 /// as that file, as `from_pretrained(dir)` finds it; a directory holding none is refused.
 #[test]

@@ -20,6 +20,7 @@
 //! the plan's order, so that the last write wins as with `copy_`; otherwise the reads run
 //! across threads.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -121,8 +122,23 @@ enum Src<'s> {
     Piece(&'s OpenFile<'s>, u64, usize),
 }
 
+/// The files a commit reads, each once, in the order first read.
+#[derive(Default)]
+struct FilesRead<'s> {
+    files: Vec<&'s OpenFile<'s>>,
+    seen: HashSet<*const OpenFile<'s>>,
+}
+
+impl<'s> FilesRead<'s> {
+    fn note(&mut self, file: &'s OpenFile<'s>) {
+        if self.seen.insert(file) {
+            self.files.push(file);
+        }
+    }
+}
+
 /// The route of copy `c` from `src`, noting each file read.
-fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut Vec<&'s OpenFile<'s>>) -> Route<'s> {
+fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut FilesRead<'s>) -> Route<'s> {
     let (file, index, offset) = match src {
         Src::Memory(t) => return Route::Copy(t),
         Src::File(file, index) => match readable_in_place(file, index) {
@@ -131,9 +147,7 @@ fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut Vec<&'s OpenFile<
         },
         Src::Piece(file, offset, index) => (file, index, Some(offset)),
     };
-    if !files.iter().any(|f| std::ptr::eq(*f, file)) {
-        files.push(file);
-    }
+    files.note(file);
     // Not laid out contiguous in the file (strided, deflated): materialized, then copied.
     let Some(offset) = offset else {
         return Route::Pending(file, index);
@@ -241,20 +255,25 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
                     }
                     _ => None,
                 };
-                match split {
-                    Some(pieces) => boxes.extend(
+                match (split, in_place) {
+                    (Some(pieces), _) => boxes.extend(
                         pieces
                             .into_iter()
                             .map(|(piece, at)| (i, piece, Src::Piece(file, at, chunk.index))),
                     ),
-                    None => boxes.push((i, view, Src::File(file, chunk.index))),
+                    // A contiguous box is the whole chunk (its size was checked against the
+                    // metadata's when the checkpoint was opened), already located.
+                    (None, Some((_, at))) if view.is_contiguous() => {
+                        boxes.push((i, view, Src::Piece(file, at, chunk.index)))
+                    }
+                    (None, _) => boxes.push((i, view, Src::File(file, chunk.index))),
                 }
             }
         }
     }
     let mut expanded: Vec<PlannedCopy<'_>> = Vec::with_capacity(copies.len() + boxes.len());
     let mut routes: Vec<Route<'_>> = Vec::with_capacity(copies.len() + boxes.len());
-    let mut files: Vec<&OpenFile<'_>> = Vec::new();
+    let mut files = FilesRead::default();
     for c in copies {
         let src = match sd.entry(c.src) {
             Entry::Memory(t) => Src::Memory(t),
@@ -278,8 +297,10 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
     let copies = expanded.as_slice();
 
     // Everything that can fail before a write fails here.
+    let files = files.files;
+    let mut lengths = HashMap::new();
     for file in &files {
-        file.check_before_write()?;
+        file.check_before_write(&mut lengths)?;
     }
     materialize_pending(&mut routes)?;
 
@@ -427,9 +448,10 @@ pub(crate) fn assign<D: SourceDict + ?Sized>(
             Entry::Chunked(t) => Route::Materialized(t.read(Some(c.key))?),
         });
     }
+    let mut lengths = HashMap::new();
     for route in &routes {
         if let Route::Pending(file, _) = route {
-            file.check_before_write()?;
+            file.check_before_write(&mut lengths)?;
         }
     }
     materialize_pending(&mut routes)?;

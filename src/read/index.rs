@@ -4,7 +4,9 @@
 //! safetensors from its header. Nothing here reads tensor data.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 
@@ -96,15 +98,29 @@ impl<'a> OpenFile<'a> {
     /// With [`ReadOptions::verify_crc`], also fails with [`Error::CrcMismatch`] when a
     /// stored storage does not match its CRC-32 (deflated ones are checked as they are
     /// inflated).
-    pub(crate) fn check_before_write(&self) -> Result<(), Error> {
+    ///
+    /// `lengths` holds the length of each descriptor already asked for: the entries of a DCP
+    /// `.distcp` file share one, and hundreds of chunks need one `fstat`, not one each.
+    pub(crate) fn check_before_write(
+        &self,
+        lengths: &mut HashMap<*const File, u64>,
+    ) -> Result<(), Error> {
         if let Source::Mapped(_, file) = &self.parsed.source {
-            let len = file
-                .metadata()
-                .map_err(|source| Error::Io {
-                    path: self.path.clone(),
-                    source,
-                })?
-                .len();
+            let id = Arc::as_ptr(file);
+            let len = match lengths.get(&id) {
+                Some(&len) => len,
+                None => {
+                    let len = file
+                        .metadata()
+                        .map_err(|source| Error::Io {
+                            path: self.path.clone(),
+                            source,
+                        })?
+                        .len();
+                    lengths.insert(id, len);
+                    len
+                }
+            };
             if len < self.extent {
                 return Err(Error::FileChanged {
                     path: self.path.clone(),
