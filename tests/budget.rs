@@ -22,7 +22,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
@@ -37,31 +36,6 @@ const BASE: u64 = 256 << 20;
 const PER_BYTE: u64 = 8;
 /// The fixed part of the budget the hostile corpus is read with.
 const CORPUS_BASE: u64 = 64 << 20;
-
-/// The bytes of the tensors in `v`, each counted once per appearance.
-fn tensor_bytes(v: &Value) -> u64 {
-    match v {
-        Value::Tensor(t) => (t.numel() * t.kind().elt_size_in_bytes()) as u64,
-        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
-            items.iter().map(tensor_bytes).sum()
-        }
-        Value::Dict(d) => d
-            .items
-            .iter()
-            .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
-            .sum(),
-        Value::Object(o) => {
-            o.args().iter().map(tensor_bytes).sum::<u64>()
-                + o.state().map_or(0, tensor_bytes)
-                + o.list_items().iter().map(tensor_bytes).sum::<u64>()
-                + o.dict_items()
-                    .iter()
-                    .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
-                    .sum::<u64>()
-        }
-        _ => 0,
-    }
-}
 
 #[test]
 #[ignore = "the child process of the budget tests; run by them"]
@@ -87,7 +61,7 @@ fn child() {
     let (result, state_dict) = match &opened {
         Ok(c) => {
             let value = c.value();
-            let tensors = value.as_ref().map_or(0, tensor_bytes);
+            let tensors = value.as_ref().map_or(0, common::child::tensor_bytes);
             let outcome = value.as_ref().map(|_| ()).map_err(|e| format!("{e:?}"));
             // The value is dropped before the state dict is made: each is a read of its own,
             // with a budget of its own.
@@ -131,39 +105,19 @@ struct Measured {
 /// Opens `path` and builds its value in a child process, with the default budget or one of
 /// `base` + 8 bytes per byte.
 fn measure(path: &Path, base: Option<u64>) -> Measured {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args(["--exact", "child", "--include-ignored", "--nocapture"])
-        .env(CHILD, path);
-    if let Some(base) = base {
-        command.env(CHILD_BASE, base.to_string());
-    }
-    let out = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}: the child failed ({}): {stdout}\n{}",
-        path.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("budget: "))
-        .unwrap_or_else(|| panic!("{}: no result in {stdout}", path.display()));
-    let field = |name: &str| -> &str {
-        line.split(' ')
-            .find_map(|f| f.strip_prefix(name).and_then(|f| f.strip_prefix('=')))
-            .unwrap_or_else(|| panic!("no {name} in {line}"))
-    };
+    let env: Vec<(&str, String)> = base
+        .map(|b| (CHILD_BASE, b.to_string()))
+        .into_iter()
+        .collect();
+    let r = common::child::run_child(CHILD, path, &env, None);
     Measured {
-        reset: field("reset") == "true",
-        growth: field("growth").parse().unwrap(),
-        open_growth: field("open_growth").parse().unwrap(),
-        open_secs: field("open_secs").parse().unwrap(),
-        tensors: field("tensors").parse().unwrap(),
-        secs: field("secs").parse().unwrap(),
-        outcome: line.split_once("outcome=").unwrap().1.to_string(),
+        reset: r.field("reset") == "true",
+        growth: r.num("growth"),
+        open_growth: r.num("open_growth"),
+        open_secs: r.num("open_secs"),
+        tensors: r.num("tensors"),
+        secs: r.num("secs"),
+        outcome: r.outcome(),
     }
 }
 
@@ -188,22 +142,12 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// Measures `files` as [`measure`] does, two children at a time, and returns each with its
 /// size and result.
 fn measure_all(files: &[PathBuf], base: Option<u64>) -> Vec<(PathBuf, u64, Measured)> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(path) = files.get(i) else { break };
-                let len = std::fs::metadata(path).unwrap().len();
-                let m = measure(path, base);
-                results.lock().unwrap().push((path.clone(), len, m));
-            });
-        }
-    });
-    let mut results = results.into_inner().unwrap();
-    results.sort_by(|a, b| a.0.cmp(&b.0));
-    results
+    common::child::two_at_a_time(files, |path| {
+        (std::fs::metadata(path).unwrap().len(), measure(path, base))
+    })
+    .into_iter()
+    .map(|(path, (len, m))| (path, len, m))
+    .collect()
 }
 
 fn report(results: &[(PathBuf, u64, Measured)]) {

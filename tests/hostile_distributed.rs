@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tch::Kind;
@@ -279,7 +278,7 @@ fn the_corpus_has_at_least_30_cases_and_every_one_is_tested() {
     }
 }
 
-// The memory budget, measured in a child process: a copy of tests/budget.rs's helpers.
+// The memory budget, measured in a child process (tests/common/child.rs).
 
 const CHILD: &str = "TCH_STATE_DICT_HOSTILE_DCP_CHILD";
 const BASE: u64 = 256 << 20;
@@ -291,22 +290,6 @@ const HANG_SECS: u64 = 120;
 /// Held by each test that measures children, so that their children do not compete for the
 /// machine's cores and memory with each other's.
 static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// The bytes of the tensors in `v`, each counted once per appearance.
-fn tensor_bytes(v: &Value) -> u64 {
-    match v {
-        Value::Tensor(t) => (t.numel() * t.kind().elt_size_in_bytes()) as u64,
-        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
-            items.iter().map(tensor_bytes).sum()
-        }
-        Value::Dict(d) => d
-            .items
-            .iter()
-            .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
-            .sum(),
-        _ => 0,
-    }
-}
 
 #[test]
 #[ignore = "the child process of the budget tests; run by them"]
@@ -320,7 +303,7 @@ fn child() {
     let outcome = (|| {
         let ckpt = Checkpoint::open(&path)?;
         let value = ckpt.value()?;
-        tensors = tensor_bytes(&value);
+        tensors = common::child::tensor_bytes(&value);
         drop(value);
         let lazy = ckpt.lazy_state_dict()?;
         for t in lazy.values() {
@@ -346,58 +329,12 @@ struct Measured {
 
 /// Opens and reads `path` in a child process, killed after [`HANG_SECS`].
 fn measure(path: &Path) -> Measured {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--include-ignored", "--nocapture"])
-        .env(CHILD, path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(HANG_SECS) {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("{}: still running after {HANG_SECS} s", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(
-        status.success(),
-        "{}: the child failed ({status}): {stdout}\n{stderr}",
-        path.display()
-    );
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("budget: "))
-        .unwrap_or_else(|| panic!("{}: no result in {stdout}", path.display()));
-    let field = |name: &str| -> &str {
-        line.split(' ')
-            .find_map(|f| f.strip_prefix(name).and_then(|f| f.strip_prefix('=')))
-            .unwrap_or_else(|| panic!("no {name} in {line}"))
-    };
+    let r = common::child::run_child(CHILD, path, &[], Some(Duration::from_secs(HANG_SECS)));
     Measured {
-        growth: field("growth").parse().unwrap(),
-        tensors: field("tensors").parse().unwrap(),
-        secs: field("secs").parse().unwrap(),
-        outcome: line.split_once("outcome=").unwrap().1.to_string(),
+        growth: r.num("growth"),
+        tensors: r.num("tensors"),
+        secs: r.num("secs"),
+        outcome: r.outcome(),
     }
 }
 
@@ -418,24 +355,10 @@ fn dir_size(dir: &Path) -> u64 {
 
 /// Measures `dirs`, two children at a time; returns each with its size and result, sorted.
 fn measure_all(dirs: &[PathBuf]) -> Vec<(PathBuf, u64, Measured)> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(path) = dirs.get(i) else { break };
-                let m = measure(path);
-                results
-                    .lock()
-                    .unwrap()
-                    .push((path.clone(), dir_size(path), m));
-            });
-        }
-    });
-    let mut results = results.into_inner().unwrap();
-    results.sort_by(|a, b| a.0.cmp(&b.0));
-    results
+    common::child::two_at_a_time(dirs, |path| (dir_size(path), measure(path)))
+        .into_iter()
+        .map(|(path, (len, m))| (path, len, m))
+        .collect()
 }
 
 /// Prints each result, then asserts that each stayed within the budget of its size (and the
