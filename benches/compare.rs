@@ -779,7 +779,105 @@ fn main() {
         }
     }
     scale();
-    println!("\nload average at the end: {}", load_average());
+    let load = load_average();
+    println!("\nload average at the end: {load}");
+    if !quick {
+        let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/compare.svg");
+        std::fs::write(&chart, chart_svg(&rows, &load)).unwrap();
+        println!("chart of the main table: {}", chart.display());
+    }
+}
+
+/// The main table as an SVG bar chart: for each checkpoint, the load time of each path,
+/// this crate's first, then tch's and PyTorch's, each panel on its own scale (the
+/// checkpoints span 45 MB to 1 GB), with the memcpy floor drawn as a line across it.
+fn chart_svg(rows: &[Row], load: &str) -> String {
+    use std::fmt::Write;
+    let bars = |r: &Row| -> Vec<(&'static str, f64, &'static str)> {
+        vec![
+            (".pth → model (this crate)", r.ours_pth, "#1f77b4"),
+            (".safetensors → model (this crate)", r.ours_st, "#1f77b4"),
+            (
+                "StateDict::load + load_state_dict",
+                r.ours_two_step,
+                "#6baed6",
+            ),
+            ("tch VarStore::load (.safetensors)", r.tch, "#ff7f0e"),
+            ("torch.load + load_state_dict", r.torch_default, "#d62728"),
+            (
+                "torch.load(mmap=True) + load_state_dict",
+                r.torch_mmap,
+                "#d62728",
+            ),
+            (
+                "safetensors load_file + load_state_dict",
+                r.torch_st,
+                "#d62728",
+            ),
+        ]
+    };
+    let (label_w, bar_w, bar_h, gap) = (300.0, 420.0, 16.0, 4.0);
+    let panel_h = |n: usize| 28.0 + n as f64 * (bar_h + gap) + 14.0;
+    let height: f64 = 56.0 + rows.iter().map(|r| panel_h(bars(r).len())).sum::<f64>() + 24.0;
+    let width = label_w + bar_w + 90.0;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="22" font-size="15" font-weight="bold">Loading a checkpoint into a model: median time (ms), lower is better</text>"#
+    );
+    let _ = writeln!(
+        svg,
+        r##"<text x="10" y="40" fill="#555">{} threads, page cache warm; the grey line is a memcpy of the same bytes; load average {load}</text>"##,
+        tch::get_num_threads()
+    );
+    let mut y = 56.0;
+    for r in rows {
+        let bars = bars(r);
+        let max = bars.iter().map(|b| b.1).fold(r.floor, f64::max);
+        let x_of = |ms: f64| label_w + bar_w * ms / max;
+        let _ = writeln!(
+            svg,
+            r#"<text x="10" y="{}" font-weight="bold">{} ({:.0} MB)</text>"#,
+            y + 16.0,
+            r.name,
+            r.mb
+        );
+        let top = y + 24.0;
+        for (i, (label, ms, color)) in bars.iter().enumerate() {
+            let by = top + i as f64 * (bar_h + gap);
+            let _ = writeln!(
+                svg,
+                r#"<text x="{}" y="{}" text-anchor="end">{label}</text><rect x="{label_w}" y="{by}" width="{:.1}" height="{bar_h}" fill="{color}"/><text x="{:.1}" y="{}">{ms:.1}</text>"#,
+                label_w - 8.0,
+                by + 12.0,
+                bar_w * ms / max,
+                x_of(*ms) + 4.0,
+                by + 12.0,
+            );
+        }
+        let floor_x = x_of(r.floor);
+        let bottom = top + bars.len() as f64 * (bar_h + gap);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{floor_x:.1}" y1="{}" x2="{floor_x:.1}" y2="{bottom}" stroke="#777" stroke-dasharray="3,2"/><text x="{floor_x:.1}" y="{}" fill="#777" font-size="10" text-anchor="middle">floor {:.1}</text>"##,
+            top - 2.0,
+            bottom + 10.0,
+            r.floor
+        );
+        y += panel_h(bars.len());
+    }
+    let _ = writeln!(
+        svg,
+        r##"<text x="10" y="{}" fill="#555">blue: this crate; orange: tch; red: PyTorch (torch 2.11, same threads). Written by benches/compare.rs.</text>"##,
+        y + 10.0
+    );
+    svg.push_str("</svg>\n");
+    svg
 }
 
 /// The first three fields of /proc/loadavg: how busy the machine was.
