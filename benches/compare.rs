@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! scripts/cargo bench --bench compare            # everything (a few minutes)
-//! scripts/cargo bench --bench compare -- --quick # resnet18 and the scale checks
+//! scripts/cargo bench --bench compare -- --quick # resnet18, the scale and hostile checks
 //! ```
 //!
 //! It writes its checkpoints (torchvision resnet18, resnet50 and resnet152 in fp32, and a
@@ -779,6 +779,7 @@ fn main() {
         }
     }
     scale();
+    hostile_times();
     let load = load_average();
     println!("\nload average at the end: {load}");
     if !quick {
@@ -878,6 +879,63 @@ fn chart_svg(rows: &[Row], load: &str) -> String {
     );
     svg.push_str("</svg>\n");
     svg
+}
+
+/// How long a hostile file may take to be refused or read, in this release build: the
+/// bound the debug-build tests print but do not assert (a shared machine's debug build is no
+/// clock).
+const HOSTILE_BOUND_MS: f64 = 2000.0;
+
+/// Each file of the hostile corpora (`tests/fixtures/hostile`, and each directory of
+/// `tests/fixtures/hostile_distributed`) opened and read as a value with the default limits,
+/// once: the slowest, and a check that none takes longer than [`HOSTILE_BOUND_MS`].
+fn hostile_times() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut cases: Vec<PathBuf> = Vec::new();
+    for corpus in ["hostile", "hostile_distributed"] {
+        let Ok(dir) = std::fs::read_dir(fixtures.join(corpus)) else {
+            continue;
+        };
+        cases.extend(dir.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    cases.sort();
+    let mut times: Vec<(f64, String, String)> = cases
+        .iter()
+        .map(|path| {
+            let start = Instant::now();
+            let outcome = Checkpoint::open(path).and_then(|c| c.value().map(drop));
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            let outcome = match outcome {
+                Ok(()) => "read".to_string(),
+                // The error without the path it starts with.
+                Err(e) => {
+                    let text = e.to_string();
+                    let under = fixtures.to_string_lossy();
+                    let text = match text.split_once(": ") {
+                        Some((at, rest)) if at.starts_with(&*under) => rest,
+                        _ => &text,
+                    };
+                    text.chars().take(70).collect()
+                }
+            };
+            let name = path.strip_prefix(&fixtures).unwrap_or(path);
+            (ms, name.display().to_string(), outcome)
+        })
+        .collect();
+    times.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let total: f64 = times.iter().map(|t| t.0).sum();
+    println!(
+        "\nthe hostile corpora: {} files and directories opened and read as values in {total:.0} ms; the slowest:",
+        times.len()
+    );
+    for (ms, name, outcome) in times.iter().take(5) {
+        println!("{ms:>10.1} ms  {name}  ({outcome})");
+    }
+    let slow: Vec<_> = times.iter().filter(|t| t.0 > HOSTILE_BOUND_MS).collect();
+    assert!(
+        slow.is_empty(),
+        "hostile files past {HOSTILE_BOUND_MS} ms in a release build: {slow:?}"
+    );
 }
 
 /// The first three fields of /proc/loadavg: how busy the machine was.
