@@ -20,7 +20,7 @@
 //! the plan's order, so that the last write wins as with `copy_`; otherwise the reads run
 //! across threads.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -31,7 +31,9 @@ use super::direct::{is_direct, readable_in_place};
 use super::plan::PlannedCopy;
 use super::source::{Entry, SourceDict};
 use crate::error::Error;
-use crate::read::{bytes, read_all_with, read_file_tensors, From, OpenFile, Read, Source};
+use crate::read::{
+    bytes, check_before_writing, read_all_with, read_file_tensors, From, OpenFile, Read, Source,
+};
 
 enum Route<'s> {
     Copy(&'s Tensor),
@@ -298,10 +300,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
 
     // Everything that can fail before a write fails here.
     let files = files.files;
-    let mut lengths = HashMap::new();
-    for file in &files {
-        file.check_before_write(&mut lengths)?;
-    }
+    check_before_writing(files.iter().copied())?;
     materialize_pending(&mut routes)?;
 
     let threads = files.first().map_or(1, |f| f.options.read_threads());
@@ -332,10 +331,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
                     len,
                     from: from(file),
                 };
-                let source = match read.from {
-                    From::File(f) => f as *const std::fs::File as usize,
-                    From::Bytes(b) => b.as_ptr() as usize,
-                };
+                let source = read.from.id();
                 match direct.iter_mut().find(|(s, _, _)| *s == source) {
                     Some((_, _, reads)) => reads.push(read),
                     None => direct.push((source, file, vec![read])),
@@ -448,12 +444,10 @@ pub(crate) fn assign<D: SourceDict + ?Sized>(
             Entry::Chunked(t) => Route::Materialized(t.read(Some(c.key))?),
         });
     }
-    let mut lengths = HashMap::new();
-    for route in &routes {
-        if let Route::Pending(file, _) = route {
-            file.check_before_write(&mut lengths)?;
-        }
-    }
+    check_before_writing(routes.iter().filter_map(|route| match route {
+        Route::Pending(file, _) => Some(*file),
+        _ => None,
+    }))?;
     materialize_pending(&mut routes)?;
     let mut values = Vec::with_capacity(copies.len());
     for (c, route) in copies.iter().zip(&routes) {

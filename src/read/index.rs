@@ -99,12 +99,9 @@ impl<'a> OpenFile<'a> {
     /// stored storage does not match its CRC-32 (deflated ones are checked as they are
     /// inflated).
     ///
-    /// `lengths` holds the length of each descriptor already asked for: the entries of a DCP
-    /// `.distcp` file share one, and hundreds of chunks need one `fstat`, not one each.
-    pub(crate) fn check_before_write(
-        &self,
-        lengths: &mut HashMap<*const File, u64>,
-    ) -> Result<(), Error> {
+    /// `lengths` holds the length of each descriptor already asked for (see
+    /// [`check_before_writing`]).
+    fn check_before_write(&self, lengths: &mut HashMap<*const File, u64>) -> Result<(), Error> {
         if let Source::Mapped(_, file) = &self.parsed.source {
             let id = Arc::as_ptr(file);
             let len = match lengths.get(&id) {
@@ -139,6 +136,19 @@ impl<'a> OpenFile<'a> {
         }
         Ok(())
     }
+}
+
+/// [`OpenFile::check_before_write`] of each of `files`, in order, each descriptor's length
+/// asked once: the entries of a DCP `.distcp` file share one descriptor, and its hundreds of
+/// chunks need one `fstat`, not one each.
+pub(crate) fn check_before_writing<'f, 'a: 'f>(
+    files: impl IntoIterator<Item = &'f OpenFile<'a>>,
+) -> Result<(), Error> {
+    let mut lengths = HashMap::new();
+    for file in files {
+        file.check_before_write(&mut lengths)?;
+    }
+    Ok(())
 }
 
 impl OpenFile<'_> {

@@ -51,7 +51,8 @@ use crate::error::Error;
 pub(crate) use detect::detect;
 pub use detect::Format;
 pub(crate) use index::{
-    check_tensors, pickle_error, top_level_entry, OpenFile, Parsed, StorageLoc,
+    check_before_writing, check_tensors, pickle_error, top_level_entry, OpenFile, Parsed,
+    StorageLoc,
 };
 pub(crate) use materialize::{read_file_tensors, Materializer};
 pub use options::{ReadLimits, ReadOptions};

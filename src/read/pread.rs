@@ -81,6 +81,17 @@ pub(crate) enum From<'a> {
     Bytes(&'a [u8]),
 }
 
+impl From<'_> {
+    /// What the reads come from, as a number: the descriptor or the bytes' address. Reads of
+    /// the same file share it, whichever entry of the file they are for.
+    pub(crate) fn id(&self) -> usize {
+        match *self {
+            From::File(f) => f as *const File as usize,
+            From::Bytes(b) => b.as_ptr() as usize,
+        }
+    }
+}
+
 /// A piece of a read, as plain numbers that can go to another thread.
 #[derive(Clone, Copy)]
 struct Piece<'a> {

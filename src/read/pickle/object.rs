@@ -10,9 +10,10 @@
 //! `torch.save` file names (`None`, `False`, `True`, `()`, the ints 0 to 255) are made at
 //! most once per arena and shared: the first four start it ([`SHARED`]), each small int is
 //! made the first time it is named (a DCP checkpoint is hundreds of one-tensor pickles, and
-//! 256 ints made and freed for each took a tenth of its open). Opening a `torch.save` state dict of a million
-//! one-element tensors that view one storage (a 101 MB file) grew peak RSS by 690 MiB with
-//! these choices, from 1746 MiB without them (`tests/budget.rs`, `measure_files`).
+//! 256 ints made and freed for each took a tenth of its open). Opening a `torch.save` state
+//! dict of a million one-element tensors that view one storage (a 101 MB file) grew peak RSS
+//! by 690 MiB with these choices, from 1746 MiB without them (`tests/budget.rs`,
+//! `measure_files`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

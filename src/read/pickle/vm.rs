@@ -693,23 +693,20 @@ impl Machine<'_> {
             return Err(Failure::Limit("max_objects", self.limits.max_objects));
         }
         self.made += 1;
-        let shared = match obj {
-            Obj::None => Some(NONE_ID),
-            Obj::Bool(false) => Some(FALSE_ID),
-            Obj::Bool(true) => Some(TRUE_ID),
-            Obj::Int(i @ 0..=255) if self.small_ints[i as usize] != UNSET => {
-                Some(self.small_ints[i as usize])
-            }
-            Obj::Tuple(Span { len: 0, .. }) => Some(EMPTY_TUPLE_ID),
-            _ => None,
-        };
-        if let Some(id) = shared {
-            return Ok(id);
-        }
         let small = match obj {
             Obj::Int(i @ 0..=255) => Some(i as usize),
             _ => None,
         };
+        let shared = match obj {
+            Obj::None => Some(NONE_ID),
+            Obj::Bool(false) => Some(FALSE_ID),
+            Obj::Bool(true) => Some(TRUE_ID),
+            Obj::Tuple(Span { len: 0, .. }) => Some(EMPTY_TUPLE_ID),
+            _ => small.map(|i| self.small_ints[i]).filter(|&id| id != UNSET),
+        };
+        if let Some(id) = shared {
+            return Ok(id);
+        }
         let id = Id::try_from(self.arena.objs.len())
             .map_err(|_| Failure::Limit("max_objects", self.limits.max_objects))?;
         self.charge(OBJ_COST + obj.heap_bytes())?;
