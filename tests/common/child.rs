@@ -65,9 +65,11 @@ impl Reported {
 
     /// What follows `outcome=`: `ok` or the error.
     pub fn outcome(&self) -> String {
-        self.line
+        let (_, outcome) = self
+            .line
             .split_once("outcome=")
-            .map_or(String::new(), |s| s.1.to_string())
+            .unwrap_or_else(|| panic!("{}: no outcome in {}", self.path.display(), self.line));
+        outcome.to_string()
     }
 }
 
@@ -91,27 +93,8 @@ pub fn run_child(
     }
     let mut child = command.spawn().unwrap();
     // Both pipes drained as the child writes, so that a long output cannot block it.
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -144,6 +127,17 @@ pub fn run_child(
         path: path.to_path_buf(),
         line,
     }
+}
+
+/// A thread that reads `pipe` to its end.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    })
 }
 
 /// `measure` of each path, two children at a time (the machine's cores), each result with
