@@ -639,6 +639,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
             .zip(&buffers)
             .map(|((_, start, len), dst)| Read {
                 dst,
+                dst_at: 0,
                 offset: *start,
                 len: *len,
                 from,
@@ -795,6 +796,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
         let tensor = fresh_buffer(len).map_err(self.torch_error(what.to_string()))?;
         let read = [Read {
             dst: &tensor,
+            dst_at: 0,
             offset: start,
             len,
             from: self.from(),

@@ -63,10 +63,13 @@ pub(crate) unsafe fn bytes<'a>(data: *const u8, len: usize) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(data, len) }
 }
 
-/// A read of `len` bytes at `offset` of `from` into `dst`, a contiguous CPU tensor of at
-/// least `len` bytes (its maker checks this).
+/// A read of `len` bytes at `offset` of `from` into `dst` from its byte `dst_at` on: `dst` is
+/// a contiguous CPU tensor of at least `dst_at + len` bytes (its maker checks this).
 pub(crate) struct Read<'t> {
     pub dst: &'t Tensor,
+    /// Where in `dst` the bytes go, in bytes from its first element: 0 for a whole tensor,
+    /// the start of a DCP chunk's box of contiguous rows.
+    pub dst_at: usize,
     pub offset: u64,
     pub len: usize,
     pub from: From<'t>,
@@ -126,7 +129,7 @@ pub(crate) fn read_all_with(
         .iter()
         .filter(|r| r.len > 0)
         .map(|r| Piece {
-            ptr: r.dst.data_ptr() as usize,
+            ptr: r.dst.data_ptr() as usize + r.dst_at,
             offset: r.offset,
             len: r.len,
             from: r.from,
@@ -197,8 +200,8 @@ fn read_piece(p: Piece<'_>, done: &(dyn Fn(usize) + Sync)) -> io::Result<()> {
 
 fn read_part(p: Piece<'_>) -> io::Result<()> {
     // SAFETY: `p` is a part of a `Read` whose maker checked its `dst` to be a contiguous CPU
-    // tensor of `len` bytes (`is_direct` in load/direct.rs, `plain_copy` in load/commit.rs,
-    // or a buffer just allocated); the tensors outlive `read_all`, and the pieces of all
+    // tensor of `dst_at + len` bytes (`is_direct` in load/direct.rs, `plain_copy` and
+    // `contiguous_box` in load/commit.rs, or a buffer just allocated); the tensors outlive `read_all`, and the pieces of all
     // reads are disjoint (`overlapping` sends overlapping ones to one thread, in order), so
     // each byte is written by one thread only.
     let bytes = unsafe { bytes_mut(p.ptr as *mut u8, p.len) };
