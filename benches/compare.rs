@@ -487,6 +487,78 @@ fn parallel_read(path: &Path, into: &Tensor, threads: usize) {
     });
 }
 
+/// One row of the alignment table: 40 MiB of `path` read by `pread` (4 MiB at a time, on
+/// one thread) into a 64-byte-aligned buffer, from offset 4096 and from offset 4109, the
+/// runs of the two interleaved so that a drifting machine drifts for both.
+fn alignment(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    const LEN: usize = 40 << 20;
+    let file = std::fs::File::open(path).unwrap();
+    assert!(nbytes(path) as usize >= LEN + 4096 + 64);
+    let buffer = Tensor::zeros([LEN as i64], (Kind::Uint8, Device::Cpu));
+    let base = buffer.data_ptr() as usize;
+    assert_eq!(base % 64, 0, "libtorch aligns its allocations to 64 bytes");
+    // SAFETY: the buffer's LEN bytes, alive and used by nothing else until the end.
+    let buf = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, LEN) };
+    let mut read_from = |start: u64| {
+        let t = Instant::now();
+        for (i, piece) in buf.chunks_mut(4 << 20).enumerate() {
+            file.read_exact_at(piece, start + (i << 22) as u64).unwrap();
+        }
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let (mut aligned, mut shifted) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        aligned.push(read_from(4096));
+        shifted.push(read_from(4096 + 13));
+    }
+    let (a, b) = (median_of(aligned), median_of(shifted));
+    println!(
+        "| {} | {a:.2} | {b:.2} | {:.2} |",
+        path.file_name().unwrap().to_string_lossy(),
+        b / a
+    );
+    drop(buffer);
+}
+
+/// One row of the DCP table: the load of `dir` split into its phases (the lazy open of
+/// `model`, the load into the model, the drop of the lazy state dict), each a median of
+/// `RUNS`, with the direct load of the same state dict as one `.pth` run between them so
+/// that a drifting machine drifts for both.
+fn dcp_phases(arch: Arch, dir: &Path, pth: &Path) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ResNet::new(&vs, arch, 1000).unwrap();
+    let (mut open, mut load, mut dropped, mut whole) = (vec![], vec![], vec![], vec![]);
+    load_checkpoint(&model, pth, true).unwrap();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let sd = LazyStateDict::load_key(dir, "model").unwrap();
+        open.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        load_state_dict(&model, &sd, true).unwrap();
+        load.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        drop(sd);
+        dropped.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        load_checkpoint(&model, pth, true).unwrap();
+        whole.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (o, l, d, p) = (
+        median_of(open),
+        median_of(load),
+        median_of(dropped),
+        median_of(whole),
+    );
+    println!(
+        "| {} | {o:.2} | {l:.2} | {d:.2} | {:.2} | {p:.2} | {:.2}× | {:.2}× |",
+        arch.name(),
+        o + l + d,
+        (o + l + d) / p,
+        l / p
+    );
+}
+
 /// Copies each source's bytes into its destination with memcpy, the tensors split across
 /// `threads` threads by size: the floor of a load from memory.
 fn memcpy_all(pairs: &[(Tensor, Tensor)], threads: usize) {
@@ -760,6 +832,25 @@ fn main() {
         let path = data_dir().join(format!("{name}.pth"));
         if path.exists() && (!quick || name == "resnet18") {
             profile(&path, threads);
+        }
+    }
+    println!("\nthe kernel's copy against the source's alignment: 40 MiB of the file read by pread on one thread into one 64-byte-aligned buffer, from a 64-byte-aligned offset and from one 13 bytes past it (ms). A .pth's storages are 64-byte aligned; a DCP chunk's bytes lie wherever its item's zip starts in the .distcp file, at any offset mod 64");
+    println!("\n| file | source aligned | source at +13 | +13 / aligned |");
+    println!("|---|---|---|---|");
+    for name in ["resnet18", "resnet50"] {
+        let path = data_dir().join(format!("{name}.pth"));
+        if path.exists() && (!quick || name == "resnet18") {
+            alignment(&path);
+        }
+    }
+    println!("\na DCP load's phases: the 2-rank Shard(0) directory opened by LazyStateDict::load_key(dir, \"model\"), loaded into the model, and dropped, against load_checkpoint of the same state dict as one .pth (ms, medians of {RUNS} runs interleaved)");
+    println!("\n| checkpoint | open | load | drop | sum | .pth load_checkpoint | sum / .pth | load / .pth |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for arch in [Arch::ResNet18, Arch::ResNet50, Arch::ResNet152] {
+        let dir = data_dir().join(format!("{}-dcp", arch.name()));
+        let pth = data_dir().join(format!("{}.pth", arch.name()));
+        if dir.join(".metadata").exists() && pth.exists() && (!quick || arch == Arch::ResNet18) {
+            dcp_phases(arch, &dir, &pth);
         }
     }
     if !quick {
