@@ -24,9 +24,9 @@
 //!   checkpoint into a bf16 model) converts chunk by chunk. A 256 MiB two-rank checkpoint of
 //!   `Shard(0)` and `Shard(1)` layers loads with 17 MB of peak RSS growth
 //!   (`tests/memory.rs`). The time is not yet the `.pth`'s: a 2-rank `Shard(0)` ResNet opens
-//!   and loads in 2.2× to 2.9× the time of the same state dict as one `.pth` (benches/README.md,
-//!   with where the time goes), most of it parsing `.metadata` and the hundreds of per-chunk
-//!   `torch.save` items.
+//!   and loads in about 1.8× to 2.6× the time of the same state dict as one `.pth`
+//!   (benches/README.md, with where the time goes): parsing `.metadata` and the hundreds of
+//!   per-chunk `torch.save` items, and copying chunks whose bytes DCP leaves unaligned.
 //! - **Checked first**: every tensor's chunks must lie inside its shape, not overlap and cover
 //!   it exactly ([`Error::ChunkLayout`](crate::Error::ChunkLayout)), and each chunk's own dtype
 //!   and shape must be the metadata's. A field of `.metadata` that is not what DCP writes, a
