@@ -62,6 +62,24 @@ fn from<'s>(file: &'s OpenFile<'s>) -> From<'s> {
     }
 }
 
+/// The read of a [`Route::Direct`]: `len` bytes at `offset` of `file`, to `dst_at` bytes
+/// into `dst`.
+fn direct_read<'s>(
+    dst: &'s Tensor,
+    file: &'s OpenFile<'s>,
+    offset: u64,
+    len: usize,
+    dst_at: usize,
+) -> Read<'s> {
+    Read {
+        dst,
+        dst_at,
+        offset,
+        len,
+        from: from(file),
+    }
+}
+
 /// A load's progress: bytes written into the model so far, reported to the caller's
 /// callback at most every [`Tracker::STEP`] bytes, in increasing order, and once at the end.
 pub(crate) struct Tracker<'p> {
@@ -418,13 +436,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
                 len,
                 dst_at,
             } => {
-                let read = Read {
-                    dst: c.dst,
-                    dst_at,
-                    offset,
-                    len,
-                    from: from(file),
-                };
+                let read = direct_read(c.dst, file, offset, len, dst_at);
                 let source = read.from.id();
                 match direct.iter_mut().find(|(s, _, _)| *s == source) {
                     Some((_, _, reads)) => reads.push(read),
@@ -492,13 +504,7 @@ fn write(
             len,
             dst_at,
         } => {
-            let read = Read {
-                dst: c.dst,
-                dst_at: *dst_at,
-                offset: *offset,
-                len: *len,
-                from: from(file),
-            };
+            let read = direct_read(c.dst, file, *offset, *len, *dst_at);
             read_all_with(&[read], threads, done).map_err(|source| Error::Io {
                 path: file.path.clone(),
                 source,

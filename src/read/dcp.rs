@@ -26,9 +26,9 @@
 //!
 //! # Speed, and what bounds it
 //!
-//! A 2-rank `Shard(0)` resnet50 opens, loads and drops in about 2× to 2.6× the time of the same
-//! state dict as one `.pth` (`benches/README.md`, its DCP section, three runs). Two costs
-//! are the format's own:
+//! A 2-rank `Shard(0)` resnet50 opens, loads and drops in about 2× to 2.6× the time of the
+//! same state dict as one `.pth` (`benches/README.md`, its DCP section, three runs). Two
+//! costs are the format's own:
 //!
 //! * **The chunks' bytes are not 64-byte aligned.** torch.save aligns a storage within its
 //!   zip, but DCP writes each item's zip wherever the last one ended, so a chunk's bytes lie
@@ -36,8 +36,8 @@
 //!   out of the page cache runs 1.1× to 1.3× slower from a misaligned source (the bench's
 //!   alignment table), so the load phase alone takes 1.2× to 1.9× the `.pth`'s whole load.
 //!   Copying out of a map of the file skips that copy, and was faster on one machine and
-//!   slower on another (40 MiB at +13 bytes: 2.9–3.1 ms against 3.8–4.1 ms by `pread`; 5.7–7.4
-//!   against 4.5–5.8 ms), but a map turns a file truncated during the load into SIGBUS and
+//!   slower on another (40 MiB at +13 bytes: 2.9–3.1 ms against 3.8–4.1 ms by `pread`;
+//!   5.7–7.4 against 4.5–5.8 ms), but a map turns a file truncated during the load into SIGBUS and
 //!   counts its pages in the RSS bound (`load/direct.rs`), so chunks are read by `pread`.
 //! * **Every chunk is a `torch.save` zip of its own** (640 for resnet50), each parsed at
 //!   open, after the `.metadata` pickle (120 KB). The open is 6.6 to 8.6 ms against 0.7 ms
