@@ -16,6 +16,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use super::cast::Cast;
 use crate::dtype::{reverse_units, swap_unit};
 use crate::error::Error;
 use crate::read::{bytes_mut, on_threads, read_exact_at, runs, From};
@@ -142,7 +143,7 @@ pub(crate) fn run_all(
         })
 }
 
-/// Reads and converts `chunks` in order, through one buffer.
+/// Reads and converts `chunks` in order, through one buffer of this thread's.
 fn run_chunks(chunks: Vec<Chunk<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(), Error> {
     let Some(largest) = chunks.iter().map(|ch| ch.len).max() else {
         return Ok(());
@@ -154,23 +155,20 @@ fn run_chunks(chunks: Vec<Chunk<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(
     let buffer = Tensor::f_empty([largest as i64], (Kind::Uint8, Device::Cpu))
         .map_err(torch(chunks[0].key))?;
     for mut ch in chunks {
+        let cast = (ch.dst.device() == Device::Cpu)
+            .then(|| Cast::new(ch.kind, ch.dst.kind(), ch.big_endian))
+            .flatten();
+        if let Some(cast) = cast {
+            convert_chunk(&ch, cast, &buffer)?;
+            done(ch.dst.numel() * cast.dst_size());
+            continue;
+        }
         // SAFETY: `buffer` is this thread's own contiguous CPU tensor of `largest >= len`
         // bytes; nothing else reads or writes it while the slice lives (the view below is
         // made after the slice's last use, and `copy_` from pageable memory has finished
         // reading it when it returns).
         let bytes = unsafe { bytes_mut(buffer.data_ptr() as *mut u8, ch.len) };
-        let read = match ch.from {
-            From::File(file) => read_exact_at(file, bytes, ch.offset),
-            From::Bytes(src) => {
-                let start = ch.offset as usize;
-                bytes.copy_from_slice(&src[start..start + ch.len]);
-                Ok(())
-            }
-        };
-        read.map_err(|source| Error::Io {
-            path: ch.path.to_path_buf(),
-            source,
-        })?;
+        read_into(&ch, bytes, ch.offset)?;
         if ch.big_endian {
             reverse_units(bytes, swap_unit(ch.kind));
         }
@@ -182,4 +180,47 @@ fn run_chunks(chunks: Vec<Chunk<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(
         done(ch.dst.numel() * ch.dst.kind().elt_size_in_bytes());
     }
     Ok(())
+}
+
+/// The bytes of one `cast` block: small enough that a block read into the buffer is still in
+/// L2 when it is converted.
+const BLOCK_BYTES: usize = 128 << 10;
+
+/// Reads `ch` in blocks into `buffer` and converts each into its slice of the model's tensor
+/// with this crate's kernels.
+fn convert_chunk(ch: &Chunk<'_>, cast: Cast, buffer: &Tensor) -> Result<(), Error> {
+    let (from, to) = (cast.src_size(), cast.dst_size());
+    let numel = ch.len / from;
+    // SAFETY: `ch.dst` is a contiguous CPU slice of the model's tensor holding `numel`
+    // elements of `to` bytes (its maker narrowed the flattened tensor); chunks are disjoint
+    // and each is written by one thread, and the model is borrowed for the whole load.
+    let dst = unsafe { bytes_mut(ch.dst.data_ptr() as *mut u8, numel * to) };
+    let per_block = (BLOCK_BYTES / from).max(1);
+    let mut first = 0;
+    while first < numel {
+        let count = per_block.min(numel - first);
+        // SAFETY: as in `run_chunks`: this thread's own buffer of at least `ch.len` bytes,
+        // nothing else uses it while the slice lives.
+        let block = unsafe { bytes_mut(buffer.data_ptr() as *mut u8, count * from) };
+        read_into(ch, block, ch.offset + (first * from) as u64)?;
+        cast.run_streaming(block, &mut dst[first * to..(first + count) * to]);
+        first += count;
+    }
+    Ok(())
+}
+
+/// Reads `bytes.len()` bytes of `ch`'s source at `offset`.
+fn read_into(ch: &Chunk<'_>, bytes: &mut [u8], offset: u64) -> Result<(), Error> {
+    let read = match ch.from {
+        From::File(file) => read_exact_at(file, bytes, offset),
+        From::Bytes(src) => {
+            let start = offset as usize;
+            bytes.copy_from_slice(&src[start..start + bytes.len()]);
+            Ok(())
+        }
+    };
+    read.map_err(|source| Error::Io {
+        path: ch.path.to_path_buf(),
+        source,
+    })
 }

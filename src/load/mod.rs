@@ -21,6 +21,7 @@
 //!
 //! The rules live in [`plan`]; the writing in [`commit`].
 
+mod cast;
 mod commit;
 mod convert;
 mod direct;
