@@ -30,6 +30,7 @@ use super::convert::{self, Convert, CHUNK_BYTES};
 use super::direct::{is_direct, readable_in_place};
 use super::plan::PlannedCopy;
 use super::source::{Entry, SourceDict};
+use super::stage::{can_stage, run_staged, Piece, Stager};
 use crate::error::Error;
 use crate::read::{
     bytes, check_before_writing, read_all_with, read_file_tensors, From, OpenFile, Read, Source,
@@ -49,10 +50,13 @@ enum Route<'s> {
         dst_at: usize,
     },
     Convert(Convert<'s>),
+    /// Bytes at an offset of a file, bound for a tensor on another device (CUDA): through
+    /// the staging pipeline's pinned buffers ([`stage`](super::stage)).
+    ToDevice(Piece<'s>),
     /// Bytes at an offset of a file, in a dtype, read into a buffer of the destination's
     /// shape, then copied into the destination, which is strided (a block of a DCP chunk's
     /// box).
-    Staged(&'s OpenFile<'s>, u64, Kind),
+    Block(&'s OpenFile<'s>, u64, Kind),
 }
 
 fn from<'s>(file: &'s OpenFile<'s>) -> From<'s> {
@@ -199,6 +203,22 @@ fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut FilesRead<'s>) ->
             dst_at: 0,
         };
     }
+    // Another device: staged through pinned buffers, converted there. A strided destination
+    // (a DCP block, about a megabyte) must fit one buffer.
+    if let Some(kind) = kind.filter(|_| c.dst.device() != tch::Device::Cpu) {
+        let bytes = c.dst.numel() * kind.elt_size_in_bytes();
+        if can_stage(c.dst, bytes, Stager::for_bytes(0)) {
+            return Route::ToDevice(Piece {
+                key: c.key,
+                path: &file.path,
+                from: from(file),
+                offset,
+                kind,
+                big_endian,
+                dst: c.dst.shallow_clone(),
+            });
+        }
+    }
     let convert = kind.and_then(|kind| {
         Convert::new(
             c.key,
@@ -214,7 +234,7 @@ fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut FilesRead<'s>) ->
         (Some(convert), _) => Route::Convert(convert),
         // A strided block of a DCP chunk's box: read into a buffer of its own, then copied.
         (None, Some(kind)) if matches!(src, Src::Piece(..)) && !big_endian => {
-            Route::Staged(file, offset, kind)
+            Route::Block(file, offset, kind)
         }
         (None, _) => Route::Pending(file, index),
     }
@@ -418,6 +438,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
         return Ok(());
     }
     let mut converts = Vec::new();
+    let mut staged = Vec::new();
     // Grouped by what they read from, not by entry: a DCP `.distcp` file holds one entry per
     // chunk, and read one entry at a time its chunks fall below the size worth threads.
     let mut direct: Vec<(usize, &OpenFile<'_>, Vec<Read<'_>>)> = Vec::new();
@@ -425,6 +446,7 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
     for (c, route) in copies.iter().zip(routes) {
         match route {
             Route::Convert(convert) => converts.push(convert),
+            Route::ToDevice(piece) => staged.push(piece),
             Route::Copy(src) => match plain_copy(c, src) {
                 Some(Some(read)) => memcpy.push(read),
                 Some(None) => {}
@@ -458,7 +480,11 @@ pub(crate) fn commit<D: SourceDict + ?Sized>(
             source,
         })?;
     }
-    convert::run_all(&converts, threads, &done)
+    convert::run_all(&converts, threads, &done)?;
+    // Pieces for other devices, in file order, through one pipeline.
+    staged.sort_by_key(|p| (p.from.id(), p.offset));
+    let bytes = staged.iter().map(Piece::len).sum();
+    run_staged(staged, Stager::for_bytes(bytes), threads, &done)
 }
 
 /// Materializes the tensors of the `Pending` routes, file by file, each file's storages read
@@ -511,7 +537,12 @@ fn write(
             })
         }
         Route::Convert(convert) => convert::run_all(std::slice::from_ref(convert), threads, done),
-        Route::Staged(file, offset, kind) => {
+        Route::ToDevice(piece) => {
+            let piece = piece.clone_piece();
+            let stager = Stager::for_bytes(piece.len());
+            run_staged(vec![piece], stager, threads, done)
+        }
+        Route::Block(file, offset, kind) => {
             let buffer =
                 Tensor::f_empty(c.dst.size(), (*kind, tch::Device::Cpu)).map_err(copy_error)?;
             let read = Read {

@@ -27,6 +27,7 @@ mod convert;
 mod direct;
 mod plan;
 mod source;
+mod stage;
 
 use std::fmt;
 use std::path::Path;

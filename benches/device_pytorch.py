@@ -1,0 +1,88 @@
+"""PyTorch's side of benches/device.rs, on a CUDA machine: the medians (ms) of loading a
+checkpoint into a CUDA model the two ways PyTorch users do, printed as JSON.
+
+  device_pytorch.py MODEL PTH_OR_NONE SAFETENSORS_DIR_OR_FILE KIND RUNS
+
+MODEL is resnet50 or llm:LAYERS:DIM. KIND is the model's dtype (float32, bfloat16).
+"""
+
+import glob
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torchvision
+from safetensors.torch import load_file
+from torch import nn
+
+
+class Attn(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, p, nn.Linear(dim, dim, bias=False, device="meta"))
+
+
+class Layer(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.self_attn = Attn(dim)
+
+
+class Inner(nn.Module):
+    def __init__(self, layers, dim):
+        super().__init__()
+        self.layers = nn.ModuleList([Layer(dim) for _ in range(layers)])
+
+
+class Llm(nn.Module):
+    def __init__(self, layers, dim):
+        super().__init__()
+        self.model = Inner(layers, dim)
+
+
+def build(spec, kind):
+    if spec.startswith("llm:"):
+        _, layers, dim = spec.split(":")
+        model = Llm(int(layers), int(dim)).to_empty(device="cuda")
+    else:
+        model = getattr(torchvision.models, spec)(weights=None).cuda()
+    return model.to(getattr(torch, kind))
+
+
+def median_ms(fn, runs):
+    fn()
+    times = []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    spec, pth, st, kind, runs = sys.argv[1:6]
+    runs = int(runs)
+    model = build(spec, kind)
+    files = sorted(glob.glob(os.path.join(st, "*.safetensors"))) if os.path.isdir(st) else [st]
+
+    def safetensors_route():
+        for f in files:
+            model.load_state_dict(load_file(f, device="cuda"), strict=False)
+
+    out = {"load_file_cuda": median_ms(safetensors_route, runs)}
+    if pth != "none":
+        out["torch_load_cuda"] = median_ms(
+            lambda: model.load_state_dict(torch.load(pth, map_location="cuda", weights_only=True)), runs)
+        out["torch_load_mmap"] = median_ms(
+            lambda: model.load_state_dict(torch.load(pth, mmap=True, weights_only=True)), runs)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
