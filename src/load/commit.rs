@@ -26,14 +26,15 @@ use std::sync::Mutex;
 
 use tch::{Kind, Tensor};
 
-use super::convert::{self, Convert, CHUNK_BYTES};
-use super::direct::{is_direct, readable_in_place};
+use super::convert::{self, Convert, PART_BYTES};
+use super::direct::readable_in_place;
 use super::plan::PlannedCopy;
+use super::route::{choose, Choice, Dst, FileBytes};
 use super::source::{Entry, SourceDict};
-use super::stage::{can_stage, run_staged, Piece, Stager};
+use super::stage::{run_staged, Piece, Stager};
 use crate::error::Error;
 use crate::read::{
-    bytes, check_before_writing, read_all_with, read_file_tensors, From, OpenFile, Read, Source,
+    bytes, check_before_writing, read_all_with, read_file_tensors, OpenFile, Read, ReadFrom,
 };
 
 enum Route<'s> {
@@ -59,11 +60,8 @@ enum Route<'s> {
     Block(&'s OpenFile<'s>, u64, Kind),
 }
 
-fn from<'s>(file: &'s OpenFile<'s>) -> From<'s> {
-    match &file.parsed.source {
-        Source::Mapped(_, f) => From::File(f),
-        other => From::Bytes(other.bytes()),
-    }
+fn from<'s>(file: &'s OpenFile<'s>) -> ReadFrom<'s> {
+    file.parsed.source.read_from()
 }
 
 /// The read of a [`Route::Direct`]: `len` bytes at `offset` of `file`, to `dst_at` bytes
@@ -168,80 +166,54 @@ impl<'s> FilesRead<'s> {
     }
 }
 
-/// The route of copy `c` from `src`, noting each file read.
+/// The route of copy `c` from `src`, noting each file read: [`choose`]'s choice, with what
+/// the route needs to run.
 fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut FilesRead<'s>) -> Route<'s> {
     let (file, index, offset) = match src {
         Src::Memory(t) => return Route::Copy(t),
-        Src::File(file, index) => match readable_in_place(file, index) {
-            Some((_, offset)) => (file, index, Some(offset)),
-            None => (file, index, None),
-        },
+        Src::File(file, index) => (file, index, readable_in_place(file, index).map(|r| r.1)),
         Src::Piece(file, offset, index) => (file, index, Some(offset)),
     };
     files.note(file);
-    // Not laid out contiguous in the file (strided, deflated): materialized, then copied.
-    let Some(offset) = offset else {
-        return Route::Pending(file, index);
-    };
     let t = &file.parsed.arena.tensors[index];
     let big_endian = file.parsed.big_endian;
-    // A whole tensor must hold as many elements as the model's (a piece holds what its
-    // destination does).
-    let numel_ok = matches!(src, Src::Piece(..)) || is_direct(t, big_endian, c.dst);
-    // A dtype tch cannot hold was refused by the plan; materializing would refuse it again.
-    let kind = t.dtype.kind();
-    let direct = numel_ok
-        && !big_endian
-        && c.dst.device() == tch::Device::Cpu
-        && kind == Some(c.dst.kind())
-        && c.dst.is_contiguous();
-    if direct {
-        return Route::Direct {
+    let bytes = FileBytes {
+        kind: t.dtype.kind(),
+        in_place: offset.is_some(),
+        big_endian,
+        numel: t.size().iter().product::<i64>() as usize,
+        piece: matches!(src, Src::Piece(..)),
+    };
+    let (Some(offset), Some(kind)) = (offset, bytes.kind) else {
+        return Route::Pending(file, index);
+    };
+    match choose(&Dst::of(c.dst), &bytes) {
+        Choice::Read => Route::Direct {
             file,
             offset,
-            len: c.dst.numel() * t.dtype.elt_size(),
+            len: c.dst.numel() * kind.elt_size_in_bytes(),
             dst_at: 0,
-        };
-    }
-    // Another device: staged through pinned buffers, converted there. A strided destination
-    // (a DCP block, about a megabyte) must fit one buffer.
-    if let Some(kind) = kind.filter(|_| c.dst.device() != tch::Device::Cpu) {
-        let bytes = c.dst.numel() * kind.elt_size_in_bytes();
-        if can_stage(c.dst, bytes, Stager::for_bytes(0)) {
-            return Route::ToDevice(Piece {
-                key: c.key,
-                path: &file.path,
-                from: from(file),
-                offset,
-                kind,
-                big_endian,
-                dst: c.dst.shallow_clone(),
-            });
-        }
-    }
-    let convert = kind.and_then(|kind| {
-        Convert::new(
-            c.key,
-            c.dst,
+        },
+        Choice::ToDevice => Route::ToDevice(Piece {
+            key: c.key,
+            path: &file.path,
+            from: from(file),
+            offset,
             kind,
             big_endian,
-            offset,
-            from(file),
-            &file.path,
-        )
-    });
-    match (convert, kind) {
-        (Some(convert), _) => Route::Convert(convert),
-        // A strided block of a DCP chunk's box: read into a buffer of its own, then copied.
-        (None, Some(kind)) if matches!(src, Src::Piece(..)) && !big_endian => {
-            Route::Block(file, offset, kind)
-        }
-        (None, _) => Route::Pending(file, index),
+            dst: c.dst.shallow_clone(),
+        }),
+        Choice::Convert => match Convert::new(c.key, c.dst, file, offset, kind) {
+            Some(convert) => Route::Convert(convert),
+            None => Route::Pending(file, index),
+        },
+        Choice::Block => Route::Block(file, offset, kind),
+        Choice::Materialize => Route::Pending(file, index),
     }
 }
 
 /// A strided box of the model's tensor (a `Shard(1)` chunk's columns) as blocks of whole
-/// rows (along its first dimension) of about [`CHUNK_BYTES`] each, each with the byte offset
+/// rows (along its first dimension) of about [`PART_BYTES`] each, each with the byte offset
 /// in the file of its first element, for a chunk stored contiguous from `offset` with
 /// `elem`-byte elements: each block's bytes are contiguous in the file, though the block is
 /// strided in the model's tensor. `None` for a box of no dimension.
@@ -251,7 +223,7 @@ fn blocks(view: &Tensor, offset: u64, elem: u64) -> Option<Vec<(Tensor, u64)>> {
     let row_bytes = (inner.iter().product::<i64>() as u64)
         .saturating_mul(elem)
         .max(1);
-    let per_block = (CHUNK_BYTES as u64 / row_bytes).max(1) as i64;
+    let per_block = (PART_BYTES as u64 / row_bytes).max(1) as i64;
     let mut out = Vec::with_capacity((rows / per_block + 1) as usize);
     let mut r = 0;
     while r < rows {
@@ -268,14 +240,15 @@ fn blocks(view: &Tensor, offset: u64, elem: u64) -> Option<Vec<(Tensor, u64)>> {
 /// `narrow` per dimension, about 1 ms for resnet50's 640 chunks).
 struct Layout {
     size: Vec<i64>,
-    kind: Kind,
+    dst: Dst,
 }
 
 impl Layout {
     fn of(dst: &Tensor) -> Option<Layout> {
-        (dst.device() == tch::Device::Cpu && dst.is_contiguous()).then(|| Layout {
+        let layout = Dst::of(dst);
+        (layout.device == tch::Device::Cpu && layout.contiguous).then(|| Layout {
             size: dst.size(),
-            kind: dst.kind(),
+            dst: layout,
         })
     }
 
@@ -290,11 +263,15 @@ impl Layout {
         offsets: &[i64],
         sizes: &[i64],
     ) -> Option<(u64, usize, usize)> {
-        if file.parsed.big_endian || offsets.len() != self.size.len() {
+        if offsets.len() != self.size.len() {
             return None;
         }
         let (t, at) = readable_in_place(file, index)?;
-        if t.dtype.kind() != Some(self.kind) {
+        if !t
+            .dtype
+            .kind()
+            .is_some_and(|k| self.dst.takes_as_is(k, file.parsed.big_endian))
+        {
             return None;
         }
         let first = sizes.iter().position(|&s| s > 1).unwrap_or(sizes.len());
@@ -308,7 +285,7 @@ impl Layout {
             start += offsets[d] * stride;
             stride *= self.size[d];
         }
-        let elem = self.kind.elt_size_in_bytes();
+        let elem = self.dst.kind.elt_size_in_bytes();
         let numel: i64 = sizes.iter().product();
         Some((at, numel as usize * elem, start as usize * elem))
     }
@@ -621,11 +598,9 @@ fn plain_copy<'s>(c: &PlannedCopy<'s>, src: &'s Tensor) -> Option<Option<Read<'s
     let dst = c.dst;
     let plain = !c.squeeze
         && src.device() == tch::Device::Cpu
-        && dst.device() == tch::Device::Cpu
-        && src.kind() == dst.kind()
-        && src.numel() == dst.numel()
         && src.is_contiguous()
-        && dst.is_contiguous();
+        && src.numel() == dst.numel()
+        && Dst::of(dst).takes_as_is(src.kind(), false);
     if !plain {
         return None;
     }
@@ -641,7 +616,7 @@ fn plain_copy<'s>(c: &PlannedCopy<'s>, src: &'s Tensor) -> Option<Option<Read<'s
     // state dict borrowed for 's, and nothing writes it during the load: `commit` takes
     // this path only when no source in memory overlaps any destination
     // (`sources_overlap_destinations`).
-    let from = From::Bytes(unsafe { bytes(src.data_ptr() as *const u8, len) });
+    let from = ReadFrom::Bytes(unsafe { bytes(src.data_ptr() as *const u8, len) });
     Some(Some(Read {
         dst,
         dst_at: 0,

@@ -1,16 +1,28 @@
-//! Converting reads: a tensor whose bytes lie contiguous in the file, but in another dtype,
-//! byte order or for another device than the model's tensor, is read in chunks into a small
-//! buffer and copied into the matching slice of the model's tensor by libtorch's `copy_`,
-//! which converts. There is no intermediate tensor of the whole checkpoint or of a whole
-//! tensor: each thread owns one buffer of [`CHUNK_BYTES`].
+//! Converting reads into a CPU model: a tensor whose bytes lie contiguous in the file, but in
+//! another dtype or byte order than the model's tensor, is read in parts of [`PART_BYTES`]
+//! through a small buffer per thread and converted into the matching slice of the model's
+//! tensor. There is no intermediate tensor of the whole checkpoint or of a whole tensor. (A
+//! model on another device takes the staged route, [`stage`](super::stage).)
 //!
 //! # Design note
 //!
-//! The chunks of all tensors are cut in file order into one run per thread, as the direct
-//! reads are, so each thread reads its part of the file sequentially. `copy_` is libtorch's,
-//! so the rounding of a narrowing conversion (fp32 into a bf16 model) is PyTorch's own. A
-//! chunk of 4 MiB keeps the buffer in L2/L3 between the read and the conversion; measured on
-//! the bench's fp16 resnet50 file (2 threads), 1 MiB and 16 MiB chunks were no faster.
+//! The parts of all tensors are cut in file order into one run per thread, as the direct
+//! reads are, so each thread reads its share of the file sequentially. Within a part, blocks
+//! of [`BLOCK_BYTES`] are read into the buffer and converted while still in L2 by this
+//! crate's kernels ([`cast`](super::cast), bit for bit libtorch's rounding), which write the
+//! model's memory with non-temporal stores.
+//!
+//! Measured on the bench's 1 GiB bf16 checkpoint into an fp32 model (2 threads, release): the
+//! route that handed each 1 MiB part to libtorch's `copy_` took 188–192 ms against 141–145
+//! ms for libtorch's own in-memory `copy_` of the same tensors (the floor), each thread
+//! spending 55 ms in `pread` and 134 ms in `copy_`. The kernels alone brought the conversion
+//! to libtorch's pace (127 ms a thread: both are bound by writing 2 GiB); the non-temporal
+//! stores, which skip reading each destination line before writing it, halved it (58 ms a
+//! thread), and the load fell to 115–121 ms, 0.80–0.85× the floor. fp16 goes through F16C
+//! where the machine has it (the portable loop, compiled for the baseline x86-64, took twice
+//! as long as bf16's). Pairs with no kernel (fp64, integers, bf16 ↔ fp16, a big-endian file
+//! of the model's dtype) are converted by libtorch's `copy_` from the buffer, a part at a
+//! time.
 
 use std::path::Path;
 
@@ -19,13 +31,10 @@ use tch::{Device, Kind, Tensor};
 use super::cast::Cast;
 use crate::dtype::{reverse_units, swap_unit};
 use crate::error::Error;
-use crate::read::{bytes_mut, on_threads, read_exact_at, runs, From};
+use crate::read::{bytes_mut, on_threads, read_exact_at, runs, OpenFile, ReadFrom, PARALLEL_BYTES};
 
-/// The most bytes one chunk reads.
-pub(crate) const CHUNK_BYTES: usize = 1 << 20;
-
-/// Below this, a single thread does all the reads.
-const PARALLEL_BYTES: usize = 8 << 20;
+/// The most bytes one part reads: the unit of work cut across threads and of progress.
+pub(crate) const PART_BYTES: usize = 1 << 20;
 
 /// One tensor to read with conversion.
 pub(crate) struct Convert<'t> {
@@ -41,22 +50,19 @@ pub(crate) struct Convert<'t> {
     pub offset: u64,
     /// The number of elements.
     pub numel: usize,
-    pub from: From<'t>,
+    pub from: ReadFrom<'t>,
     pub path: &'t Path,
 }
 
 impl<'t> Convert<'t> {
-    /// The conversion of `dst`'s values from `numel` elements of `kind` at `offset`, or
-    /// `None` when `dst` cannot be seen as one flat slice (not contiguous).
-    #[allow(clippy::too_many_arguments)]
+    /// The conversion of `dst`'s values from its number of elements of `kind` at `offset` of
+    /// `file`, or `None` when `dst` cannot be seen as one flat slice (not contiguous).
     pub(crate) fn new(
         key: &'t str,
         dst: &Tensor,
-        kind: Kind,
-        big_endian: bool,
+        file: &'t OpenFile<'t>,
         offset: u64,
-        from: From<'t>,
-        path: &'t Path,
+        kind: Kind,
     ) -> Option<Self> {
         if !dst.is_contiguous() {
             return None;
@@ -67,43 +73,43 @@ impl<'t> Convert<'t> {
             key,
             dst,
             kind,
-            big_endian,
+            big_endian: file.parsed.big_endian,
             offset,
             numel,
-            from,
-            path,
+            from: file.parsed.source.read_from(),
+            path: &file.path,
         })
     }
 }
 
-/// A chunk of one conversion: `len` bytes at `offset`, converted into `dst`, a slice of the
-/// model's tensor. Chunks own their slice, so a run of them can go to another thread.
-struct Chunk<'t> {
+/// A part of one conversion: `len` bytes at `offset`, converted into `dst`, a slice of the
+/// model's tensor. Parts own their slice, so a run of them can go to another thread.
+struct Part<'t> {
     dst: Tensor,
     kind: Kind,
     big_endian: bool,
     offset: u64,
     len: usize,
-    from: From<'t>,
+    from: ReadFrom<'t>,
     key: &'t str,
     path: &'t Path,
 }
 
-/// Runs every conversion, on up to `threads` threads, calling `done(n)` after each chunk with
+/// Runs every conversion, on up to `threads` threads, calling `done(n)` after each part with
 /// the bytes it wrote into the model.
 pub(crate) fn run_all(
     converts: &[Convert<'_>],
     threads: usize,
     done: &(dyn Fn(usize) + Sync),
 ) -> Result<(), Error> {
-    let mut chunks = Vec::new();
+    let mut parts = Vec::new();
     let mut total = 0usize;
     for c in converts {
         let elem = c.kind.elt_size_in_bytes();
-        let per_chunk = (CHUNK_BYTES / elem).max(1);
+        let per_part = (PART_BYTES / elem).max(1);
         let mut first = 0;
         while first < c.numel {
-            let count = per_chunk.min(c.numel - first);
+            let count = per_part.min(c.numel - first);
             let dst = c
                 .dst
                 .f_narrow(0, first as i64, count as i64)
@@ -111,7 +117,7 @@ pub(crate) fn run_all(
                     key: c.key.to_string(),
                     source,
                 })?;
-            chunks.push(Chunk {
+            parts.push(Part {
                 dst,
                 kind: c.kind,
                 big_endian: c.big_endian,
@@ -126,12 +132,14 @@ pub(crate) fn run_all(
         total += c.numel * elem;
     }
     if threads <= 1 || total < PARALLEL_BYTES {
-        return run_chunks(chunks, done);
+        return run_parts(parts, done);
     }
-    chunks.sort_by_key(|ch| ch.offset);
-    let runs = runs(chunks, total.div_ceil(threads) as u64, |ch| ch.len as u64);
+    parts.sort_by_key(|part| part.offset);
+    let runs = runs(parts, total.div_ceil(threads) as u64, |part| {
+        part.len as u64
+    });
     let path = converts.first().map(|c| c.path);
-    on_threads(runs, |run| run_chunks(run, done))
+    on_threads(runs, |run| run_parts(run, done))
         .into_iter()
         .try_for_each(|r| {
             r.unwrap_or_else(|_| {
@@ -143,9 +151,9 @@ pub(crate) fn run_all(
         })
 }
 
-/// Reads and converts `chunks` in order, through one buffer of this thread's.
-fn run_chunks(chunks: Vec<Chunk<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(), Error> {
-    let Some(largest) = chunks.iter().map(|ch| ch.len).max() else {
+/// Reads and converts `parts` in order, through one buffer of this thread's.
+fn run_parts(parts: Vec<Part<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(), Error> {
+    let Some(largest) = parts.iter().map(|part| part.len).max() else {
         return Ok(());
     };
     let torch = |key: &str| {
@@ -153,31 +161,31 @@ fn run_chunks(chunks: Vec<Chunk<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(
         move |source| Error::Copy { key, source }
     };
     let buffer = Tensor::f_empty([largest as i64], (Kind::Uint8, Device::Cpu))
-        .map_err(torch(chunks[0].key))?;
-    for mut ch in chunks {
-        let cast = (ch.dst.device() == Device::Cpu)
-            .then(|| Cast::new(ch.kind, ch.dst.kind(), ch.big_endian))
+        .map_err(torch(parts[0].key))?;
+    for mut part in parts {
+        let cast = (part.dst.device() == Device::Cpu)
+            .then(|| Cast::new(part.kind, part.dst.kind(), part.big_endian))
             .flatten();
         if let Some(cast) = cast {
-            convert_chunk(&ch, cast, &buffer)?;
-            done(ch.dst.numel() * cast.dst_size());
+            convert_part(&part, cast, &buffer)?;
+            done(part.dst.numel() * cast.dst_size());
             continue;
         }
         // SAFETY: `buffer` is this thread's own contiguous CPU tensor of `largest >= len`
         // bytes; nothing else reads or writes it while the slice lives (the view below is
         // made after the slice's last use, and `copy_` from pageable memory has finished
         // reading it when it returns).
-        let bytes = unsafe { bytes_mut(buffer.data_ptr() as *mut u8, ch.len) };
-        read_into(&ch, bytes, ch.offset)?;
-        if ch.big_endian {
-            reverse_units(bytes, swap_unit(ch.kind));
+        let bytes = unsafe { bytes_mut(buffer.data_ptr() as *mut u8, part.len) };
+        read_into(&part, bytes, part.offset)?;
+        if part.big_endian {
+            reverse_units(bytes, swap_unit(part.kind));
         }
         let src = buffer
-            .f_narrow(0, 0, ch.len as i64)
-            .and_then(|b| b.f_view_dtype(ch.kind))
-            .map_err(torch(ch.key))?;
-        ch.dst.f_copy_(&src).map_err(torch(ch.key))?;
-        done(ch.dst.numel() * ch.dst.kind().elt_size_in_bytes());
+            .f_narrow(0, 0, part.len as i64)
+            .and_then(|b| b.f_view_dtype(part.kind))
+            .map_err(torch(part.key))?;
+        part.dst.f_copy_(&src).map_err(torch(part.key))?;
+        done(part.dst.numel() * part.dst.kind().elt_size_in_bytes());
     }
     Ok(())
 }
@@ -186,41 +194,41 @@ fn run_chunks(chunks: Vec<Chunk<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(
 /// L2 when it is converted.
 const BLOCK_BYTES: usize = 128 << 10;
 
-/// Reads `ch` in blocks into `buffer` and converts each into its slice of the model's tensor
+/// Reads `part` in blocks into `buffer` and converts each into its slice of the model's tensor
 /// with this crate's kernels.
-fn convert_chunk(ch: &Chunk<'_>, cast: Cast, buffer: &Tensor) -> Result<(), Error> {
+fn convert_part(part: &Part<'_>, cast: Cast, buffer: &Tensor) -> Result<(), Error> {
     let (from, to) = (cast.src_size(), cast.dst_size());
-    let numel = ch.len / from;
-    // SAFETY: `ch.dst` is a contiguous CPU slice of the model's tensor holding `numel`
-    // elements of `to` bytes (its maker narrowed the flattened tensor); chunks are disjoint
+    let numel = part.len / from;
+    // SAFETY: `part.dst` is a contiguous CPU slice of the model's tensor holding `numel`
+    // elements of `to` bytes (its maker narrowed the flattened tensor); parts are disjoint
     // and each is written by one thread, and the model is borrowed for the whole load.
-    let dst = unsafe { bytes_mut(ch.dst.data_ptr() as *mut u8, numel * to) };
+    let dst = unsafe { bytes_mut(part.dst.data_ptr() as *mut u8, numel * to) };
     let per_block = (BLOCK_BYTES / from).max(1);
     let mut first = 0;
     while first < numel {
         let count = per_block.min(numel - first);
-        // SAFETY: as in `run_chunks`: this thread's own buffer of at least `ch.len` bytes,
+        // SAFETY: as in `run_parts`: this thread's own buffer of at least `part.len` bytes,
         // nothing else uses it while the slice lives.
         let block = unsafe { bytes_mut(buffer.data_ptr() as *mut u8, count * from) };
-        read_into(ch, block, ch.offset + (first * from) as u64)?;
+        read_into(part, block, part.offset + (first * from) as u64)?;
         cast.run_streaming(block, &mut dst[first * to..(first + count) * to]);
         first += count;
     }
     Ok(())
 }
 
-/// Reads `bytes.len()` bytes of `ch`'s source at `offset`.
-fn read_into(ch: &Chunk<'_>, bytes: &mut [u8], offset: u64) -> Result<(), Error> {
-    let read = match ch.from {
-        From::File(file) => read_exact_at(file, bytes, offset),
-        From::Bytes(src) => {
+/// Reads `bytes.len()` bytes of `part`'s source at `offset`.
+fn read_into(part: &Part<'_>, bytes: &mut [u8], offset: u64) -> Result<(), Error> {
+    let read = match part.from {
+        ReadFrom::File(file) => read_exact_at(file, bytes, offset),
+        ReadFrom::Bytes(src) => {
             let start = offset as usize;
             bytes.copy_from_slice(&src[start..start + bytes.len()]);
             Ok(())
         }
     };
     read.map_err(|source| Error::Io {
-        path: ch.path.to_path_buf(),
+        path: part.path.to_path_buf(),
         source,
     })
 }

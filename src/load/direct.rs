@@ -11,11 +11,10 @@
 //! threads). `pread` also turns a file truncated during the load into an error, where a map
 //! would raise SIGBUS. So where a tensor's bytes lie in the file as the model's tensor lays
 //! them out (stored, little-endian, contiguous, same dtype, CPU), they are read into the
-//! parameter directly ([`is_direct`]); another dtype, device or byte order goes through
-//! the chunked converting reads of [`convert`](super::convert); anything else (strides,
-//! compression) through a materialized tensor and `copy_`.
-
-use tch::{Device, Tensor};
+//! parameter directly ([`Dst::takes_as_is`](super::route::Dst::takes_as_is)); another dtype
+//! or byte order goes through the converting reads of [`convert`](super::convert), another
+//! device through [`stage`](super::stage); anything else (strides, compression) through a
+//! materialized tensor and `copy_` ([`route`](super::route) has the table).
 
 use crate::dtype::is_floating;
 use crate::read::{is_contiguous, OpenFile, StorageLoc, TensorRef};
@@ -42,15 +41,4 @@ pub(crate) fn readable_in_place<'f>(
     // Checked when the checkpoint was opened: the whole extent lies inside the storage.
     let base = t.storage.view.map_or(0, |(offset, _)| offset) as u64;
     Some((t, start + (base + t.offset as u64) * elem))
-}
-
-/// Whether the bytes of `t` at `offset` can be read as they are into `dst`: same dtype,
-/// little-endian, a contiguous CPU tensor of as many elements.
-pub(crate) fn is_direct(t: &TensorRef, big_endian: bool, dst: &Tensor) -> bool {
-    let numel: i64 = t.size().iter().product();
-    !big_endian
-        && dst.device() == Device::Cpu
-        && t.dtype.kind() == Some(dst.kind())
-        && dst.is_contiguous()
-        && dst.numel() as i64 == numel
 }

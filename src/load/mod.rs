@@ -26,6 +26,7 @@ mod commit;
 mod convert;
 mod direct;
 mod plan;
+mod route;
 mod source;
 mod stage;
 

@@ -44,14 +44,14 @@ use tch::{Device, Kind, Tensor};
 
 use crate::dtype::{reverse_units, swap_unit};
 use crate::error::Error;
-use crate::read::{bytes_mut, read_all_with, From, Read};
+use crate::read::{bytes_mut, read_all_with, Read, ReadFrom};
 
 /// A contiguous run of a file's bytes bound for a slice of one of the model's tensors.
 pub(crate) struct Piece<'t> {
     /// The key, for errors.
     pub key: &'t str,
     pub path: &'t Path,
-    pub from: From<'t>,
+    pub from: ReadFrom<'t>,
     /// Where the bytes are in the file.
     pub offset: u64,
     /// The dtype of the bytes in the file.
@@ -95,12 +95,6 @@ impl Stager {
             depth: 2,
         }
     }
-}
-
-/// Whether a piece can be staged: a contiguous destination of any size, or a strided one
-/// that fits one buffer.
-pub(crate) fn can_stage(dst: &Tensor, bytes: usize, stager: Stager) -> bool {
-    dst.is_contiguous() || bytes <= stager.slot_bytes
 }
 
 /// A piece placed in a buffer: its bytes are at `at` in the buffer.
@@ -367,7 +361,7 @@ mod tests {
             pieces.push(Piece {
                 key: "w",
                 path: &path,
-                from: From::File(&file),
+                from: ReadFrom::File(&file),
                 offset,
                 kind: Kind::BFloat16,
                 big_endian: false,
@@ -408,7 +402,7 @@ mod tests {
         let piece = Piece {
             key: "w",
             path: &path,
-            from: From::File(&file),
+            from: ReadFrom::File(&file),
             offset: 0,
             kind: Kind::Float,
             big_endian: true,
@@ -432,7 +426,7 @@ mod tests {
         let piece = Piece {
             key: "w",
             path: &path,
-            from: From::File(&file),
+            from: ReadFrom::File(&file),
             offset: 0,
             kind: Kind::Float,
             big_endian: false,
@@ -466,7 +460,7 @@ mod tests {
             .map(|(i, dst)| Piece {
                 key: "w",
                 path: &path,
-                from: From::File(&file),
+                from: ReadFrom::File(&file),
                 offset: i as u64 * 32,
                 kind: Kind::Float,
                 big_endian: false,
@@ -496,7 +490,7 @@ mod tests {
             Piece {
                 key: "good",
                 path: &path,
-                from: From::File(&file),
+                from: ReadFrom::File(&file),
                 offset: 0,
                 kind: Kind::Float,
                 big_endian: false,
@@ -505,7 +499,7 @@ mod tests {
             Piece {
                 key: "bad",
                 path: &path,
-                from: From::File(&file),
+                from: ReadFrom::File(&file),
                 offset: 16,
                 kind: Kind::QInt8,
                 big_endian: false,

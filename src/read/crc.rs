@@ -33,17 +33,14 @@ use std::path::Path;
 
 use super::index::StorageLoc;
 use super::options::ReadOptions;
-use super::pread::From;
+use super::pread::ReadFrom;
 use super::source::read_exact_at;
-use super::threads::{on_threads, runs};
+use super::threads::{on_threads, runs, PARALLEL_BYTES};
 use crate::error::Error;
 
 /// Stored storages up to this size are checked whenever they are read whole, whatever
 /// [`ReadOptions::verify_crc`] says; larger ones when it says so.
 pub(crate) const ALWAYS_CHECKED_BYTES: usize = 1 << 20;
-
-/// Below this many bytes, checks run on one thread.
-const PARALLEL_BYTES: usize = 8 << 20;
 
 /// The piece of a storage one thread hashes at a time.
 const PIECE: usize = 4 << 20;
@@ -119,7 +116,7 @@ impl Crcs {
         &self,
         path: &Path,
         storages: &HashMap<String, StorageLoc>,
-        from: From<'_>,
+        from: ReadFrom<'_>,
         threads: usize,
     ) -> Result<(), Error> {
         let mut todo: Vec<(&str, u64, u64, u32)> = Vec::new();
@@ -143,8 +140,8 @@ impl Crcs {
                     let chunk = &mut buf[..n];
                     let offset = start + done;
                     match from {
-                        From::File(file) => read_exact_at(file, chunk, offset),
-                        From::Bytes(src) => {
+                        ReadFrom::File(file) => read_exact_at(file, chunk, offset),
+                        ReadFrom::Bytes(src) => {
                             chunk.copy_from_slice(&src[offset as usize..offset as usize + n]);
                             Ok(())
                         }

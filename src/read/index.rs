@@ -15,7 +15,6 @@ use super::crc::Crcs;
 use super::detect::Format;
 use super::options::ReadOptions;
 use super::pickle::{Arena, Failure, Id, Obj};
-use super::pread::From;
 use super::source::Source;
 use super::torchscript::ScriptClasses;
 use crate::error::Error;
@@ -127,10 +126,7 @@ impl<'a> OpenFile<'a> {
             }
         }
         if self.options.verify_crc {
-            let from = match &self.parsed.source {
-                Source::Mapped(_, file) => From::File(file),
-                other => From::Bytes(other.bytes()),
-            };
+            let from = self.parsed.source.read_from();
             let threads = self.options.read_threads();
             (self.parsed.crcs).check_stored(&self.path, &self.parsed.storages, from, threads)?;
         }

@@ -27,7 +27,7 @@ use super::budget::{heap, heap_of, Budget};
 use super::index::{out_of_budget, OpenFile};
 use super::known;
 use super::pickle::{Id, Obj, PickleError, StorageRef};
-use super::pread::{bytes, read_all, From, Read};
+use super::pread::{bytes, read_all, Read, ReadFrom};
 use super::source::map_open_file;
 use super::torch_zip::inflate_into;
 use super::{Parsed, ReadOptions, Source, StorageLoc};
@@ -663,11 +663,8 @@ impl<'c, 'a> Materializer<'c, 'a> {
         Ok(())
     }
 
-    fn from(&self) -> From<'c> {
-        match &self.parsed.source {
-            Source::Mapped(_, file) => From::File(file),
-            other => From::Bytes(other.bytes()),
-        }
+    fn from(&self) -> ReadFrom<'c> {
+        self.parsed.source.read_from()
     }
 
     /// Tensor `index` of the arena: a view of its storage, placed and cast as asked, and

@@ -58,12 +58,12 @@ pub(crate) use materialize::{read_file_tensors, Materializer};
 pub use options::{ReadLimits, ReadOptions};
 pub(crate) use pickle::{Id, Obj, TensorRef};
 pub(crate) use pread::{
-    bytes, bytes_mut, contiguous_strides, is_contiguous, read_all_with, From, Read,
+    bytes, bytes_mut, contiguous_strides, is_contiguous, read_all_with, Read, ReadFrom,
 };
 pub(crate) use sharded::Shards;
 use source::open_regular;
 pub(crate) use source::{map_file, read_exact_at, Source};
-pub(crate) use threads::{on_threads, runs};
+pub(crate) use threads::{on_threads, runs, PARALLEL_BYTES};
 
 /// A file opened and parsed: one checkpoint file, or a sharded index with its shards.
 pub(crate) enum Opened<'a> {

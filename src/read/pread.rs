@@ -8,7 +8,7 @@ use std::io;
 use tch::Tensor;
 
 use super::source::read_exact_at;
-use super::threads::on_threads;
+use super::threads::{on_threads, PARALLEL_BYTES};
 
 /// PyTorch's contiguity: strides of a row-major layout, ignoring dimensions of size 1.
 pub(crate) fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
@@ -72,25 +72,25 @@ pub(crate) struct Read<'t> {
     pub dst_at: usize,
     pub offset: u64,
     pub len: usize,
-    pub from: From<'t>,
+    pub from: ReadFrom<'t>,
 }
 
 /// Where the checkpoint's bytes come from.
 #[derive(Clone, Copy)]
-pub(crate) enum From<'a> {
+pub(crate) enum ReadFrom<'a> {
     /// The file, read with `pread`.
     File(&'a File),
     /// The bytes, in memory.
     Bytes(&'a [u8]),
 }
 
-impl From<'_> {
+impl ReadFrom<'_> {
     /// What the reads come from, as a number: the descriptor or the bytes' address. Reads of
     /// the same file share it, whichever entry of the file they are for.
     pub(crate) fn id(&self) -> usize {
         match *self {
-            From::File(f) => f as *const File as usize,
-            From::Bytes(b) => b.as_ptr() as usize,
+            ReadFrom::File(f) => f as *const File as usize,
+            ReadFrom::Bytes(b) => b.as_ptr() as usize,
         }
     }
 }
@@ -101,11 +101,8 @@ struct Piece<'a> {
     ptr: usize,
     offset: u64,
     len: usize,
-    from: From<'a>,
+    from: ReadFrom<'a>,
 }
-
-/// Below this, splitting reads across threads costs more than it gains.
-const PARALLEL_BYTES: usize = 8 << 20;
 
 /// The most bytes one `pread` asks for: a larger read is cut, so that progress is reported
 /// every few MiB.
@@ -200,14 +197,14 @@ fn read_piece(p: Piece<'_>, done: &(dyn Fn(usize) + Sync)) -> io::Result<()> {
 
 fn read_part(p: Piece<'_>) -> io::Result<()> {
     // SAFETY: `p` is a part of a `Read` whose maker checked its `dst` to be a contiguous CPU
-    // tensor of `dst_at + len` bytes (`is_direct` in load/direct.rs, `plain_copy` and
-    // `contiguous_box` in load/commit.rs, or a buffer just allocated); the tensors outlive `read_all`, and the pieces of all
-    // reads are disjoint (`overlapping` sends overlapping ones to one thread, in order), so
+    // tensor of `dst_at + len` bytes (`Dst::takes_as_is` in load/route.rs, through
+    // `route::choose`, `Layout::run` and `plain_copy`, or a buffer just allocated); the tensors
+    // outlive `read_all`, and the pieces of all reads are disjoint (`overlapping` sends overlapping ones to one thread, in order), so
     // each byte is written by one thread only.
     let bytes = unsafe { bytes_mut(p.ptr as *mut u8, p.len) };
     match p.from {
-        From::File(file) => read_exact_at(file, bytes, p.offset),
-        From::Bytes(src) => {
+        ReadFrom::File(file) => read_exact_at(file, bytes, p.offset),
+        ReadFrom::Bytes(src) => {
             let start = p.offset as usize;
             bytes.copy_from_slice(&src[start..start + p.len]);
             Ok(())
@@ -225,7 +222,7 @@ mod tests {
             ptr,
             offset: 0,
             len,
-            from: From::Bytes(&[]),
+            from: ReadFrom::Bytes(&[]),
         };
         assert!(!overlapping(&[piece(0, 10), piece(10, 5), piece(100, 1)]));
         assert!(overlapping(&[piece(100, 10), piece(0, 10), piece(105, 1)]));

@@ -16,6 +16,15 @@ pub(crate) enum Source<'a> {
 }
 
 impl Source<'_> {
+    /// Where reads of tensors' bytes come from: the open file (`pread`, the map is for
+    /// parsing), or the bytes in memory.
+    pub(crate) fn read_from(&self) -> super::pread::ReadFrom<'_> {
+        match self {
+            Source::Mapped(_, file) => super::pread::ReadFrom::File(file),
+            other => super::pread::ReadFrom::Bytes(other.bytes()),
+        }
+    }
+
     pub(crate) fn len(&self) -> u64 {
         self.bytes().len() as u64
     }

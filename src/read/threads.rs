@@ -4,6 +4,11 @@
 
 use std::thread;
 
+/// Below this many bytes in all, work runs on one thread: splitting it across threads costs
+/// more than it gains. The one threshold of the parallel reads, the converting reads and the
+/// CRC checks.
+pub(crate) const PARALLEL_BYTES: usize = 8 << 20;
+
 /// `items`, in order, cut into consecutive runs: a run is closed once it holds `share` or
 /// more units (each item's `len`), and an item is never split. No run is empty.
 pub(crate) fn runs<T>(
