@@ -111,18 +111,132 @@ fn resnet(device: Device, arch: Arch) -> (nn::VarStore, ResNet) {
 
 type Check = (&'static str, fn(&Path) -> Result<(), String>);
 
+/// The suite's `#[ignore = "needs CUDA"]` tests, each as a check named by its file and test,
+/// then the staged route's own checks.
 const CHECKS: &[Check] = &[
+    ("linking: cuda_is_available_on_a_gpu_machine", |_| {
+        tch::Cuda::is_available()
+            .then_some(())
+            .ok_or("tch::Cuda::is_available() is false".into())
+    }),
+    ("read_pytorch: placement_on_cuda", |dir| {
+        let base = Tensor::arange(24, (Kind::Float, Device::Cpu));
+        let sd: StateDict = [
+            ("whole", base.shallow_clone()),
+            ("view", base.narrow(0, 4, 8)),
+            ("transposed", base.view([4, 6]).tr()),
+        ]
+        .into_iter()
+        .map(|(k, t)| (k.to_string(), t))
+        .collect();
+        let path = dir.join("views.pth");
+        sd.save(&path).unwrap();
+        let options = tch_state_dict::ReadOptions::new().device(Device::Cuda(0));
+        let gpu = StateDict::load_with(&path, &options).map_err(|e| e.to_string())?;
+        let cpu = StateDict::load(&path).map_err(|e| e.to_string())?;
+        for (k, t) in gpu.iter() {
+            if t.device() != Device::Cuda(0) || !t.to_device(Device::Cpu).equal(cpu.get(k).unwrap())
+            {
+                return Err(k.to_string());
+            }
+        }
+        Ok(())
+    }),
     (
-        "a CUDA model loads from a .pth (tests/load_file.rs)",
+        "lazy: a_lazy_load_into_a_cuda_model_converts_in_chunks",
         |dir| {
-            let (_, cpu) = resnet(Device::Cpu, Arch::CifarResNet18);
-            let path = dir.join("cifar18.pth");
-            state_dict(&cpu).unwrap().save(&path).unwrap();
+            let (_, trained) = resnet(Device::Cpu, Arch::CifarResNet18);
+            let path = dir.join("training.pth");
+            let sd = state_dict(&trained).unwrap();
+            tch_state_dict::Value::dict([
+                ("model", tch_state_dict::Value::from(sd.shallow_clone())),
+                ("epoch", tch_state_dict::Value::from(240)),
+            ])
+            .save(&path)
+            .map_err(|e| e.to_string())?;
             let (_, gpu) = resnet(Device::Cuda(0), Arch::CifarResNet18);
-            load_checkpoint(&gpu, &path, true).map_err(|e| e.to_string())?;
-            same_values(&cpu, &gpu)
+            let mut lazy = tch_state_dict::LazyStateDict::load_key(&path, "model")
+                .map_err(|e| e.to_string())?;
+            lazy.pop("linear.weight");
+            lazy.pop("linear.bias");
+            let report =
+                tch_state_dict::load_state_dict(&gpu, &lazy, false).map_err(|e| e.to_string())?;
+            if report.missing_keys != ["linear.weight", "linear.bias"] {
+                return Err(format!("{report}"));
+            }
+            let loaded = state_dict(&gpu).unwrap();
+            for (k, t) in sd.iter().filter(|(k, _)| !k.starts_with("linear.")) {
+                if !loaded.get(k).unwrap().to_device(Device::Cpu).equal(t) {
+                    return Err(k.to_string());
+                }
+            }
+            Ok(())
         },
     ),
+    ("models: cuda_forward_matches_cpu", |_| {
+        let (_, m) = resnet(Device::Cpu, Arch::CifarResNet18);
+        let (_, g) = resnet(Device::Cuda(0), Arch::CifarResNet18);
+        tch_state_dict::load_state_dict(&g, &state_dict(&m).unwrap(), true)
+            .map_err(|e| e.to_string())?;
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let a = tch::no_grad(|| m.forward_t(&x, false));
+        let b = tch::no_grad(|| g.forward_t(&x.to_device(Device::Cuda(0)), false))
+            .to_device(Device::Cpu);
+        let diff = (a - b).abs().max().double_value(&[]);
+        (diff < 1e-3)
+            .then_some(())
+            .ok_or(format!("logits differ by {diff}"))
+    }),
+    (
+        "training: storages_saved_on_a_gpu_load_onto_the_device_asked_for",
+        |dir| {
+            let options = tch_state_dict::ReadOptions::new().device(Device::Cuda(0));
+            let fixtures: [(&str, &[u8]); 2] = [
+                (
+                    "gpu_tagged.pth",
+                    include_bytes!("../tests/fixtures/training/gpu_tagged.pth"),
+                ),
+                (
+                    "gpu_tagged_legacy.pth",
+                    include_bytes!("../tests/fixtures/training/gpu_tagged_legacy.pth"),
+                ),
+            ];
+            for (name, bytes) in fixtures {
+                let path = dir.join(name);
+                std::fs::write(&path, bytes).unwrap();
+                let sd = StateDict::load_key_with(&path, "model", &options)
+                    .map_err(|e| e.to_string())?;
+                let cpu = StateDict::load_key(&path, "model").map_err(|e| e.to_string())?;
+                for (k, t) in sd.iter() {
+                    if t.device() != Device::Cuda(0)
+                        || !t.to_device(Device::Cpu).equal(cpu.get(k).unwrap())
+                    {
+                        return Err(format!("{name}/{k}"));
+                    }
+                }
+            }
+            Ok(())
+        },
+    ),
+    ("replace_head: replace_head_on_cuda", |_| {
+        let vs = nn::VarStore::new(Device::Cuda(0));
+        let mut model = ResNet::new(&vs, Arch::CifarResNet50, 100).unwrap();
+        tch_state_dict::models::replace_head(&mut model, 7).map_err(|e| e.to_string())?;
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cuda(0)));
+        let ok = model.head().ws.device() == Device::Cuda(0)
+            && model.forward_t(&x, false).size() == [2, 7]
+            && !vs.variables().keys().any(|k| k.contains("__"));
+        ok.then_some(())
+            .ok_or("the head is not on CUDA, or the logits' shape is wrong".into())
+    }),
+    ("load_file: a_cuda_model_loads_from_a_file", |dir| {
+        let (_, cpu) = resnet(Device::Cpu, Arch::CifarResNet18);
+        let path = dir.join("cifar18.pth");
+        state_dict(&cpu).unwrap().save(&path).unwrap();
+        let (_, gpu) = resnet(Device::Cuda(0), Arch::CifarResNet18);
+        load_checkpoint(&gpu, &path, true).map_err(|e| e.to_string())?;
+        same_values(&cpu, &gpu)
+    }),
     (
         "bf16 and fp16 files into a CUDA fp32 model, converted on the GPU",
         |dir| {

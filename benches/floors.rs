@@ -1,24 +1,35 @@
-//! The converting route against its floor (issue 26): loads whose file dtype differs from the
-//! model's, timed against libtorch's own `copy_` of the same tensors, already in memory in the
-//! file's dtype, into the same model, on the same thread count; and PyTorch doing the same
-//! conversion.
+//! Every load against its floor (issue 26), each ratio taken within one run:
+//!
+//! 1. converting loads (bf16/fp16 file → fp32 model, fp32 file → bf16 model) against
+//!    libtorch's own `copy_` of the same tensors, already in memory in the file's dtype, into
+//!    the same model on the same threads; and against PyTorch doing the same conversion;
+//! 2. the direct route at LLM scale (bf16 file → bf16 model) against a memcpy of the same
+//!    bytes on the same threads, with each side's peak memory;
+//! 3. from a cold page cache, against a plain parallel read of the same file;
+//! 4. DCP: a 2-rank checkpoint against PyTorch's own `dcp.load` and against the same
+//!    checkpoint as one `.pth`.
 //!
 //! ```text
-//! scripts/cargo bench --bench convert             # ResNets and the 4 GiB LLM-like checkpoint
-//! scripts/cargo bench --bench convert -- --quick  # resnet50 and a 1 GiB LLM-like checkpoint
+//! scripts/cargo bench --bench floors             # ResNets, the 4 GiB LLM-like checkpoint
+//! scripts/cargo bench --bench floors -- --quick  # resnet50, a 1 GiB LLM-like checkpoint
+//! scripts/cargo bench --bench floors -- --cold   # table 3 alone, 4 GiB
 //! ```
 //!
-//! The LLM-like checkpoint is the sharded bf16 safetensors that `save_pretrained` writes, made
-//! by `benches/make_llm.py` under `target/bench-data` once. Each time is the median of the runs
-//! after a warm-up, with the files in the page cache, unless the row says cold.
+//! The LLM-like checkpoint is the sharded bf16 safetensors that `save_pretrained` writes,
+//! made by `benches/make_llm.py`; the DCP directories by `tests/oracle/dcp_save.py` with 2
+//! ranks of real torch.distributed; everything under `target/bench-data`, once. Times are
+//! medians after a warm-up, with the files in the page cache unless the table says cold.
+//! PyTorch runs in a subprocess (`benches/floors_pytorch.py`) with the same thread count.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use tch::{nn, Device, Kind};
+use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
-use tch_state_dict::{load_checkpoint, ModuleTree, StateDict, StateDictModule};
+use tch_state_dict::{
+    load_checkpoint, load_state_dict, LazyStateDict, ModuleTree, StateDict, StateDictModule,
+};
 
 fn median_of(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -45,10 +56,45 @@ fn data_dir() -> PathBuf {
     dir
 }
 
+fn manifest(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
 fn python() -> PathBuf {
     std::env::var_os("TCH_STATE_DICT_PYTHON")
         .map(PathBuf::from)
         .expect("run through scripts/cargo, which sets TCH_STATE_DICT_PYTHON")
+}
+
+fn threads() -> usize {
+    tch::get_num_threads().max(1) as usize
+}
+
+/// PyTorch's side of a row: (median ms, peak RSS growth in bytes), `None` when it failed.
+type PyRow = Option<(f64, u64)>;
+
+/// A memcpy: destination address, source address, bytes.
+type Job = (usize, usize, usize);
+
+fn pytorch(args: &[&str]) -> PyRow {
+    let out = Command::new(python())
+        .arg(manifest("benches/floors_pytorch.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "floors_pytorch.py {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    Some((v["ms"].as_f64()?, v["peak_rss_growth"].as_u64()?))
+}
+
+fn ms(v: PyRow) -> String {
+    v.map_or("–".into(), |(ms, _)| format!("{ms:.1}"))
 }
 
 /// The LLM-like checkpoint of `layers` layers of four [dim, dim] bf16 projections, in 4
@@ -57,9 +103,8 @@ fn llm_files(layers: usize, dim: i64) -> PathBuf {
     let dir = data_dir().join(format!("llm-{layers}x{dim}"));
     let index = dir.join("model.safetensors.index.json");
     if !index.exists() {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/make_llm.py");
         let status = Command::new(python())
-            .arg(script)
+            .arg(manifest("benches/make_llm.py"))
             .arg(&dir)
             .args([layers.to_string(), dim.to_string(), "4".to_string()])
             .status()
@@ -69,97 +114,398 @@ fn llm_files(layers: usize, dim: i64) -> PathBuf {
     index
 }
 
-/// A tch VarStore with the LLM-like checkpoint's keys, in `kind`.
-fn llm_model(layers: usize, dim: i64, kind: Kind) -> (nn::VarStore, ModuleTree) {
-    let vs = nn::VarStore::new(Device::Cpu);
-    let mut keys = Vec::new();
-    for i in 0..layers {
-        let attn = vs.root() / "model" / "layers" / i / "self_attn";
+/// A model with the LLM-like checkpoint's keys (all of them, or those of layers
+/// `layers`), in `kind`, its memory touched.
+fn llm_model(layers: std::ops::Range<usize>, dim: i64, kind: Kind) -> ModuleTree {
+    let mut tree = ModuleTree::new("Llm");
+    for i in layers {
         for p in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            let _ = (&attn / p).zeros("weight", &[dim, dim]);
-            keys.push(format!("model.layers.{i}.self_attn.{p}.weight"));
+            let key = format!("model.layers.{i}.self_attn.{p}.weight");
+            tree.add_tensor(&key, Tensor::zeros([dim, dim], (kind, Device::Cpu)))
+                .unwrap();
         }
     }
-    let tree = ModuleTree::from_var_store_ordered(&vs, &keys)
-        .unwrap()
-        .with_type_name("Llm");
-    tree.iter().for_each(|(_, t)| {
-        let mut t = t.shallow_clone();
-        let _guard = tch::no_grad_guard();
-        t.set_data(&t.to_kind(kind));
-    });
-    (vs, tree)
+    tree
 }
 
-/// libtorch's `copy_` of each source tensor into the model's tensor of the same key: the floor.
+/// libtorch's `copy_` of each source tensor into the model's tensor of the same key.
 fn copy_floor(model: &dyn StateDictModule, src: &StateDict) {
     let tree = model.module_tree().unwrap();
     let _guard = tch::no_grad_guard();
     for (key, dst) in tree.iter() {
-        let mut dst = dst.shallow_clone();
-        dst.copy_(src.get(key).unwrap());
+        dst.shallow_clone().copy_(src.get(key).unwrap());
     }
 }
 
+/// memcpy of each source's bytes into its destination, the tensors split across `threads`
+/// by size.
+fn memcpy_floor(model: &dyn StateDictModule, src: &StateDict, threads: usize) {
+    let tree = model.module_tree().unwrap();
+    let mut jobs: Vec<Job> = tree
+        .iter()
+        .map(|(key, dst)| {
+            let s = src.get(key).unwrap();
+            let len = s.numel() * s.kind().elt_size_in_bytes();
+            (dst.data_ptr() as usize, s.data_ptr() as usize, len)
+        })
+        .collect();
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
+    let mut buckets: Vec<(usize, Vec<Job>)> = vec![(0, Vec::new()); threads];
+    for job in jobs {
+        let b = buckets.iter_mut().min_by_key(|b| b.0).unwrap();
+        b.0 += job.2;
+        b.1.push(job);
+    }
+    std::thread::scope(|scope| {
+        for (_, bucket) in buckets {
+            scope.spawn(move || {
+                for (dst, src, len) in bucket {
+                    // SAFETY: contiguous CPU tensors of `len` bytes that outlive the scope;
+                    // each destination is written by one thread.
+                    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+                }
+            });
+        }
+    });
+}
+
 fn floats_as(sd: &StateDict, kind: Kind) -> StateDict {
-    let mut out = StateDict::new();
-    for (k, t) in sd.iter() {
+    sd.iter()
+        .map(|(k, t)| {
+            let t = if t.is_floating_point() {
+                t.to_kind(kind)
+            } else {
+                t.shallow_clone()
+            };
+            (k.to_string(), t)
+        })
+        .collect()
+}
+
+/// A ResNet whose floating tensors are `kind`.
+fn resnet_in(arch: Arch, kind: Kind) -> ModuleTree {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ResNet::new(&vs, arch, 1000).unwrap();
+    let tree = model.module_tree().unwrap();
+    let mut out = ModuleTree::new(arch.name());
+    for (k, t) in tree.iter() {
         let t = if t.is_floating_point() {
             t.to_kind(kind)
         } else {
-            t.shallow_clone()
+            t.copy()
         };
-        out.insert(k, t);
+        out.add_tensor(k, t).unwrap();
     }
     out
 }
 
-/// One row: `file` (in `file_kind`) into `model`, against the copy_ floor.
-fn row(name: &str, label: &str, model: &dyn StateDictModule, file: &Path, runs: usize) {
+const LOAD_HEADER: &str = "| checkpoint | conversion | this crate (ms) | libtorch copy_ floor (ms) | / floor | PyTorch load_file + load_state_dict (ms) | PyTorch torch.load(mmap=True) + load_state_dict (ms) | / PyTorch's fastest |\n|---|---|---|---|---|---|---|---|";
+
+/// One row of table 1: `file` into `model`, against the copy_ floor and PyTorch.
+fn convert_row(
+    name: &str,
+    conversion: &str,
+    model: &dyn StateDictModule,
+    file: &Path,
+    pytorch_rows: (PyRow, PyRow),
+    runs: usize,
+) {
     let src = StateDict::load(file).unwrap();
     let load = median(runs, &mut || {
         load_checkpoint(model, file, true).unwrap();
     });
     let floor = median(runs, &mut || copy_floor(model, &src));
+    let fastest = [pytorch_rows.0, pytorch_rows.1]
+        .iter()
+        .flatten()
+        .map(|r| r.0)
+        .fold(f64::INFINITY, f64::min);
     println!(
-        "| {name} | {label} | {load:.1} | {floor:.1} | {:.2} |",
-        load / floor
+        "| {name} | {conversion} | {load:.1} | {floor:.1} | {:.2} | {} | {} | {:.2} |",
+        load / floor,
+        ms(pytorch_rows.0),
+        ms(pytorch_rows.1),
+        load / fastest
     );
 }
 
 fn resnet_rows(arch: Arch, runs: usize) {
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = ResNet::new(&vs, arch, 1000).unwrap();
     let dir = data_dir();
-    let sd = tch_state_dict::state_dict(&model).unwrap();
-    let half = dir.join(format!("convert-{}-fp16.pth", arch.name()));
-    let bf16 = dir.join(format!("convert-{}-bf16.pth", arch.name()));
-    let fp32 = dir.join(format!("convert-{}-fp32.pth", arch.name()));
-    floats_as(&sd, Kind::Half).save(&half).unwrap();
-    floats_as(&sd, Kind::BFloat16).save(&bf16).unwrap();
-    sd.save(&fp32).unwrap();
-    row(arch.name(), "fp16 → fp32", &model, &half, runs);
-    row(arch.name(), "bf16 → fp32", &model, &bf16, runs);
-    let bvs = nn::VarStore::new(Device::Cpu);
-    let bmodel = ResNet::new(&bvs, arch, 1000).unwrap();
-    let tree = bmodel.module_tree().unwrap();
-    {
-        let _guard = tch::no_grad_guard();
-        for (_, t) in tree.iter() {
-            if t.is_floating_point() {
-                let mut t = t.shallow_clone();
-                t.set_data(&t.to_kind(Kind::BFloat16));
-            }
+    let source = resnet_in(arch, Kind::Float);
+    let sd: StateDict = source
+        .iter()
+        .map(|(k, t)| (k.to_string(), t.shallow_clone()))
+        .collect();
+    let t = threads().to_string();
+    for (from, to, label) in [
+        (Kind::Half, Kind::Float, "fp16 → fp32"),
+        (Kind::BFloat16, Kind::Float, "bf16 → fp32"),
+        (Kind::Float, Kind::BFloat16, "fp32 → bf16"),
+    ] {
+        let stem = dir.join(format!("floors-{}-{from:?}", arch.name()));
+        let (pth, st) = (
+            stem.with_extension("pth"),
+            stem.with_extension("safetensors"),
+        );
+        if !pth.exists() || !st.exists() {
+            let file = floats_as(&sd, from);
+            file.save(&pth).unwrap();
+            file.save(&st).unwrap();
         }
+        let kind = if to == Kind::Float {
+            "float32"
+        } else {
+            "bfloat16"
+        };
+        let (p, s) = (pth.to_str().unwrap(), st.to_str().unwrap());
+        let py = (
+            pytorch(&["load", arch.name(), kind, s, "safetensors", &t, "9"]),
+            pytorch(&["load", arch.name(), kind, p, "mmap", &t, "9"]),
+        );
+        let model = resnet_in(arch, to);
+        convert_row(arch.name(), label, &model, &pth, py, runs);
     }
-    row(arch.name(), "fp32 → bf16", tree.as_ref(), &fp32, runs);
+}
+
+/// Run in a child process: the peak RSS growth of loading `index` into a fresh LLM-like
+/// model of `kind`, above the model.
+fn rss_child(index: &Path, layers: usize, dim: i64, kind: Kind) {
+    let model = llm_model(0..layers, dim, kind);
+    let before = peak_rss();
+    load_checkpoint(&model, index, true).unwrap();
+    println!("{}", peak_rss() - before);
+}
+
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn rss_of_load(index: &Path, layers: usize, dim: i64, kind: Kind) -> u64 {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--rss-child",
+            index.to_str().unwrap(),
+            &layers.to_string(),
+            &dim.to_string(),
+            &format!("{kind:?}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1e6)
+}
+
+/// Tables 1 (the LLM row) and 2.
+fn llm_rows(layers: usize, dim: i64, runs: usize) -> (String, String) {
+    let index = llm_files(layers, dim);
+    let gib = (layers * 4 * (dim * dim * 2) as usize) >> 30;
+    let name = format!("LLM-like, {gib} GiB bf16, 4 shards");
+    let spec = format!("llm:{layers}:{dim}");
+    let t = threads().to_string();
+    let shards = index.parent().unwrap().to_str().unwrap().to_string();
+    // PyTorch first, while this process holds no model.
+    let py_fp32 = pytorch(&["load", &spec, "float32", &shards, "safetensors", &t, "5"]);
+    let py_bf16 = pytorch(&["load", &spec, "bfloat16", &shards, "safetensors", &t, "5"]);
+    let rss_fp32 = rss_of_load(&index, layers, dim, Kind::Float);
+    let rss_bf16 = rss_of_load(&index, layers, dim, Kind::BFloat16);
+    // bf16 → fp32.
+    let model = llm_model(0..layers, dim, Kind::Float);
+    let load = median(runs, &mut || {
+        load_checkpoint(&model, &index, true).unwrap();
+    });
+    let src = StateDict::load(&index).unwrap();
+    let floor = median(runs, &mut || copy_floor(&model, &src));
+    drop(model);
+    let convert = format!(
+        "| {name} | bf16 → fp32 | {load:.1} | {floor:.1} | {:.2} | {} | – | {:.2} |",
+        load / floor,
+        ms(py_fp32),
+        load / py_fp32.map_or(f64::INFINITY, |r| r.0)
+    );
+    // bf16 → bf16: the direct route.
+    let model = llm_model(0..layers, dim, Kind::BFloat16);
+    let memcpy = median(runs, &mut || memcpy_floor(&model, &src, threads()));
+    drop(src);
+    let direct = median(runs, &mut || {
+        load_checkpoint(&model, &index, true).unwrap();
+    });
+    drop(model);
+    let direct_row = format!(
+        "| {name} → bf16 model | {direct:.1} | {memcpy:.1} | {:.2} | {} | {:.2} | {} | {} |\n| {name} → fp32 model | {load:.1} | – | – | {} | {:.2} | {} | {} |",
+        direct / memcpy,
+        ms(py_bf16),
+        direct / py_bf16.map_or(f64::INFINITY, |r| r.0),
+        mb(rss_bf16),
+        py_bf16.map_or("–".into(), |r| mb(r.1)),
+        ms(py_fp32),
+        load / py_fp32.map_or(f64::INFINITY, |r| r.0),
+        mb(rss_fp32),
+        py_fp32.map_or("–".into(), |r| mb(r.1)),
+    );
+    (convert, direct_row)
+}
+
+fn evict(path: &Path) {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a valid descriptor of a file this function opened; advice only.
+    unsafe {
+        libc::fdatasync(file.as_raw_fd());
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+/// The whole file read into `into` by `threads` threads, each a range.
+fn parallel_read(path: &Path, into: &Tensor, threads: usize) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).unwrap();
+    let len = std::fs::metadata(path).unwrap().len() as usize;
+    let base = into.data_ptr() as usize;
+    let per = len.div_ceil(threads.max(1));
+    std::thread::scope(|s| {
+        for t in 0..threads.max(1) {
+            let file = &file;
+            s.spawn(move || {
+                let start = (t * per).min(len);
+                let end = (start + per).min(len);
+                // SAFETY: disjoint ranges of a buffer of `len` bytes that outlives the scope.
+                let buf = unsafe {
+                    std::slice::from_raw_parts_mut((base + start) as *mut u8, end - start)
+                };
+                file.read_exact_at(buf, start as u64).unwrap();
+            });
+        }
+    });
+}
+
+/// Table 3: the first shard of the LLM-like checkpoint (a quarter of its layers), evicted
+/// from the page cache before each run, loaded into fp32 and bf16 models, against reading
+/// the file by the load's threads and by 8.
+fn cold_rows(layers: usize, dim: i64) {
+    let index = llm_files(layers, dim);
+    let shard = index
+        .parent()
+        .unwrap()
+        .join(format!("model-00001-of-{:05}.safetensors", 4));
+    let len = std::fs::metadata(&shard).unwrap().len();
+    let buffer = Tensor::ones([len as i64], (Kind::Uint8, Device::Cpu));
+    let cold = |f: &mut dyn FnMut()| {
+        median_of(
+            (0..7)
+                .map(|_| {
+                    evict(&shard);
+                    let start = Instant::now();
+                    f();
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .collect(),
+        )
+    };
+    let read = cold(&mut || parallel_read(&shard, &buffer, threads()));
+    let read8 = cold(&mut || parallel_read(&shard, &buffer, 8));
+    for (kind, label) in [
+        (Kind::Float, "→ fp32 model"),
+        (Kind::BFloat16, "→ bf16 model"),
+    ] {
+        let model = llm_model(0..layers / 4, dim, kind);
+        let load = cold(&mut || {
+            load_checkpoint(&model, &shard, true).unwrap();
+        });
+        println!(
+            "| {:.2} GiB bf16 shard {label} | {load:.1} | {read:.1} | {:.2} | {read8:.1} | {:.2} |",
+            len as f64 / (1u64 << 30) as f64,
+            load / read,
+            load / read8
+        );
+    }
+}
+
+/// Table 4: a 2-rank DCP directory (every tensor `Shard(0)`, FSDP2's layout) of `pth`, loaded
+/// by this crate, by PyTorch's `dcp.load`, and as the `.pth` by this crate.
+fn dcp_row(name: &str, spec: &str, model: &dyn StateDictModule, pth: &Path, runs: usize) {
+    let dir = pth.with_extension("dcp");
+    if !dir.join(".metadata").exists() {
+        let out = Command::new(python())
+            .arg(manifest("tests/oracle/dcp_save.py"))
+            .args(["from", pth.to_str().unwrap(), "", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let t = threads().to_string();
+    let py = pytorch(&["dcp", spec, dir.to_str().unwrap(), &t, "5"]);
+    let dcp = median(runs, &mut || {
+        let sd = LazyStateDict::load_key(&dir, "model").unwrap();
+        load_state_dict(model, &sd, true).unwrap();
+    });
+    let whole = median(runs, &mut || {
+        load_checkpoint(model, pth, true).unwrap();
+    });
+    println!(
+        "| {name} | {dcp:.1} | {} | {:.1}× | {whole:.1} | {:.2}× |",
+        ms(py),
+        py.map_or(f64::NAN, |r| r.0) / dcp,
+        dcp / whole
+    );
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    println!("threads: {}", tch::get_num_threads());
-    println!("\n| checkpoint | conversion | load (ms) | copy_ floor (ms) | load / floor |");
-    println!("|---|---|---|---|---|");
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--rss-child") {
+        let kind = if args[5] == "Float" {
+            Kind::Float
+        } else {
+            Kind::BFloat16
+        };
+        rss_child(
+            Path::new(&args[2]),
+            args[3].parse().unwrap(),
+            args[4].parse().unwrap(),
+            kind,
+        );
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--cold") {
+        // Table 3 alone, on the full-size checkpoint.
+        println!("| load | this crate (ms) | read, load's threads (ms) | / read | read, 8 threads (ms) | / read |\n|---|---|---|---|---|---|");
+        cold_rows(32, 4096);
+        return;
+    }
+    let start = Instant::now();
+    println!(
+        "threads: {}, load average at the start: {}",
+        threads(),
+        load_average()
+    );
+    let (layers, dim) = if quick { (8, 4096) } else { (32, 4096) };
+    let (llm_convert, llm_direct) = llm_rows(layers, dim, 5);
+
+    println!("\n1. Converting loads, against libtorch's copy_ of the same tensors in memory\n");
+    println!("{LOAD_HEADER}");
     let archs: &[Arch] = if quick {
         &[Arch::ResNet50]
     } else {
@@ -168,13 +514,51 @@ fn main() {
     for &arch in archs {
         resnet_rows(arch, 15);
     }
-    let (layers, dim) = if quick { (8, 4096) } else { (32, 4096) };
-    let index = llm_files(layers, dim);
-    let name = format!(
-        "LLM {} GiB bf16",
-        (layers * 4 * (dim * dim * 2) as usize) >> 30
+    println!("{llm_convert}");
+
+    println!("\n2. The direct route at LLM scale, against a memcpy of the same bytes\n");
+    println!("| load | this crate (ms) | memcpy floor (ms) | / floor | PyTorch load_file + load_state_dict (ms) | / PyTorch | this crate's peak RSS growth (MB) | PyTorch's (MB) |\n|---|---|---|---|---|---|---|---|");
+    println!("{llm_direct}");
+
+    println!("\n3. From a cold page cache, against a parallel read of the same file\n");
+    println!("| load | this crate (ms) | read, load's threads (ms) | / read | read, 8 threads (ms) | / read |\n|---|---|---|---|---|---|");
+    cold_rows(layers, dim);
+
+    println!("\n4. DCP, 2 ranks, Shard(0)\n");
+    println!("| checkpoint | this crate (ms) | PyTorch dcp.load + load_state_dict (ms) | PyTorch / this crate | the same as one .pth, this crate (ms) | DCP / .pth |\n|---|---|---|---|---|---|");
+    let resnet50 = resnet_in(Arch::ResNet50, Kind::Float);
+    let pth = data_dir().join("floors-resnet50-Float.pth");
+    dcp_row("resnet50", "resnet50", &resnet50, &pth, 15);
+    drop(resnet50);
+    if !quick {
+        let (n, rows, cols) = (2048i64, 128i64, 1024i64);
+        let mut model = ModuleTree::new("Synthetic");
+        for i in 0..n {
+            model
+                .add_tensor(
+                    &format!("layers.{i}.weight"),
+                    Tensor::randn([rows, cols], (Kind::Float, Device::Cpu)),
+                )
+                .unwrap();
+        }
+        let pth = data_dir().join("floors-synthetic-1GiB.pth");
+        if !pth.exists() {
+            tch_state_dict::state_dict(&model)
+                .unwrap()
+                .save(&pth)
+                .unwrap();
+        }
+        dcp_row(
+            "synthetic 1 GiB fp32",
+            &format!("synthetic:{n}:{rows}:{cols}"),
+            &model,
+            &pth,
+            7,
+        );
+    }
+    println!(
+        "\nload average at the end: {}; {:.0} s in all",
+        load_average(),
+        start.elapsed().as_secs_f64()
     );
-    let (vs, tree) = llm_model(layers, dim, Kind::Float);
-    row(&name, "bf16 → fp32", &tree, &index, 5);
-    drop((vs, tree));
 }

@@ -13,9 +13,17 @@
 //! - the bytes lie in the file as the model's tensor lays them out (same dtype,
 //!   little-endian, contiguous, CPU): `pread` straight into the model's tensor, across
 //!   threads;
-//! - another dtype (an fp16 file into an fp32 model, fp32 into bf16), byte order or device (a
-//!   CUDA model): read in 1 MiB chunks and converted by libtorch's `copy_` into the matching
-//!   slice of the model's tensor, across threads, with no intermediate tensor;
+//! - another dtype (a bf16 or fp16 file into an fp32 model, fp32 into bf16) or byte order, into
+//!   a CPU model: read in 128 KiB blocks into a buffer per thread and converted by this
+//!   crate's kernels into the matching slice of the model's tensor, across threads, with no
+//!   intermediate tensor. The kernels round as libtorch does, bit for bit (every bf16 and
+//!   fp16 pattern is compared with libtorch's conversion in the tests), and run faster than
+//!   libtorch's own in-memory `copy_` (below); pairs without a kernel (fp64, integers) are
+//!   converted by libtorch's `copy_`, a megabyte at a time;
+//! - a model on a GPU (or on several devices and the CPU): the staged route. The file is read
+//!   once, in file order, into two reused pinned buffers; while one is read, a copier thread
+//!   copies the other to its tensors' devices with `non_blocking`, converts there (the dtype
+//!   conversion runs on the GPU, after the raw bytes), and synchronizes once per buffer;
 //! - a deflated storage, a strided view, or a cast asked for with
 //!   [`ReadOptions::kind`](crate::ReadOptions::kind): the tensor is read, then copied;
 //! - an inserted tensor: copied (a plain `memcpy` across threads when dtype and layout
@@ -37,9 +45,22 @@
 //! tensor data, then read each tensor's bytes from the file straight into the model's tensor
 //! with `pread`, split across libtorch's thread count
 //! ([`ReadOptions::threads`](crate::ReadOptions::threads)) when there are 8 MiB or more; other
-//! dtypes, byte orders and devices are converted in 1 MiB chunks across threads. Nothing is
-//! staged: loading a 1 GiB checkpoint grows the peak RSS by under 5 MB, from one file or from
-//! four shards.
+//! dtypes and byte orders are converted in parts of 1 MiB across threads, other devices
+//! staged as above. Nothing of the checkpoint is held in memory: loading a 1 GiB checkpoint
+//! grows the peak RSS by under 5 MB, from one file or from four shards, and a GPU load holds
+//! two pinned buffers of at most 64 MiB each.
+//!
+//! # How fast, against what
+//!
+//! Each route is measured against its own floor in one run of `scripts/cargo bench --bench
+//! floors` (the tables are in the repository's `benches/README.md`): the direct route against
+//! a `memcpy` of the same bytes, the converting route against libtorch's `copy_` of the same
+//! tensors already in memory, both against PyTorch's `safetensors.torch.load_file` +
+//! `load_state_dict` and `torch.load(mmap=True)` + `load_state_dict`. On the project's
+//! 2-core machine a 4 GiB bf16 checkpoint loads into an fp32 model faster than libtorch's
+//! in-memory conversion of the same tensors, since the kernels write the model's memory with
+//! non-temporal stores. The staged GPU route is built to overlap reading the file with the
+//! copy to the device; its figures come from `scripts/device-check` on a GPU machine.
 //!
 //! `tests/memory.rs` measures peak RSS in a child process: the seed's fix on a 269 MB
 //! checkpoint grows it by under 1 MB where the eager path grows it by the whole checkpoint, an
