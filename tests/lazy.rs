@@ -329,6 +329,52 @@ fn converting_loads_match_copy_for_every_dtype_pair() {
     }
 }
 
+/// Every bf16 and fp16 bit pattern (NaNs, infinities, subnormals), and fp32 patterns around
+/// each rounding boundary, loaded from a file into a model of the other width: bit for bit
+/// what libtorch's conversion gives, at every position (the tensors are cut into parts and
+/// blocks across threads).
+#[test]
+fn special_values_load_bit_for_bit_as_libtorch_converts_them() {
+    let dir = tempdir("patterns");
+    let halves = Tensor::arange(1 << 16, (Kind::Int, Device::Cpu)).to_kind(Kind::Int16);
+    let lows = [
+        0x0000i64, 0x0fff, 0x1000, 0x1001, 0x2000, 0x3000, 0x7fff, 0x8000, 0x8001,
+    ];
+    let highs = Tensor::arange(1 << 16, (Kind::Int64, Device::Cpu)) * 65536;
+    let words: Vec<Tensor> = lows.iter().map(|&low| &highs + low).collect();
+    let words = Tensor::cat(&words, 0).to_kind(Kind::Int);
+    let cases = [
+        (halves.view_dtype(Kind::BFloat16), Kind::Float),
+        (halves.view_dtype(Kind::Half), Kind::Float),
+        (words.view_dtype(Kind::Float), Kind::BFloat16),
+        (words.view_dtype(Kind::Float), Kind::Half),
+    ];
+    for (i, (values, model_kind)) in cases.into_iter().enumerate() {
+        let sd: StateDict = [("w".to_string(), values.shallow_clone())]
+            .into_iter()
+            .collect();
+        let path = dir.join(format!("p{i}.safetensors"));
+        sd.save(&path).unwrap();
+        for threads in [Some(1), Some(2)] {
+            let lazy =
+                LazyStateDict::load_with(&path, &ReadOptions::new().threads(threads)).unwrap();
+            let model = blank_model(&sd, Some(model_kind));
+            load_state_dict(&model, &lazy, true).unwrap();
+            let got = model.get("w").unwrap();
+            let want = values.to_kind(model_kind);
+            let bits = |t: &Tensor| match model_kind {
+                Kind::Float => t.view_dtype(Kind::Int),
+                _ => t.view_dtype(Kind::Int16),
+            };
+            assert!(
+                bits(got).equal(&bits(&want)),
+                "{:?} -> {model_kind:?}, {threads:?} threads",
+                values.kind()
+            );
+        }
+    }
+}
+
 #[test]
 fn a_cast_asked_for_at_open_is_seen_by_the_load_as_by_the_eager_path() {
     // ReadOptions::kind(Half) rounds values through fp16 before they reach an fp32 model.
