@@ -28,7 +28,8 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
 use tch_state_dict::{
-    load_checkpoint, load_state_dict, LazyStateDict, ModuleTree, StateDict, StateDictModule,
+    check_state_dict, load_checkpoint, load_state_dict, LazyStateDict, LoadOptions, ModuleTree,
+    StateDict, StateDictModule,
 };
 
 fn median_of(mut v: Vec<f64>) -> f64 {
@@ -199,7 +200,7 @@ fn resnet_in(arch: Arch, kind: Kind) -> ModuleTree {
     out
 }
 
-const LOAD_HEADER: &str = "| checkpoint | conversion | this crate (ms) | libtorch copy_ floor (ms) | / floor | PyTorch load_file + load_state_dict (ms) | PyTorch torch.load(mmap=True) + load_state_dict (ms) | / PyTorch's fastest |\n|---|---|---|---|---|---|---|---|";
+const LOAD_HEADER: &str = "| checkpoint | conversion | this crate (ms) | libtorch copy_ floor (ms) | / floor | open + check, no copy (ms) | (load − check) / floor | PyTorch load_file + load_state_dict (ms) | PyTorch torch.load(mmap=True) + load_state_dict (ms) | / PyTorch's fastest |\n|---|---|---|---|---|---|---|---|---|---|";
 
 /// One row of table 1: `file` into `model`, against the copy_ floor and PyTorch.
 fn convert_row(
@@ -215,14 +216,20 @@ fn convert_row(
         load_checkpoint(model, file, true).unwrap();
     });
     let floor = median(runs, &mut || copy_floor(model, &src));
+    // What a load costs before it copies: opening the file and checking it against the model.
+    let check = median(runs, &mut || {
+        let sd = LazyStateDict::load(file).unwrap();
+        check_state_dict(model, &sd, &LoadOptions::new()).unwrap();
+    });
     let fastest = [pytorch_rows.0, pytorch_rows.1]
         .iter()
         .flatten()
         .map(|r| r.0)
         .fold(f64::INFINITY, f64::min);
     println!(
-        "| {name} | {conversion} | {load:.1} | {floor:.1} | {:.2} | {} | {} | {:.2} |",
+        "| {name} | {conversion} | {load:.1} | {floor:.1} | {:.2} | {check:.1} | {:.2} | {} | {} | {:.2} |",
         load / floor,
+        (load - check) / floor,
         ms(pytorch_rows.0),
         ms(pytorch_rows.1),
         load / fastest
@@ -330,7 +337,7 @@ fn llm_rows(layers: usize, dim: i64, runs: usize) -> (String, String) {
     let floor = median(runs, &mut || copy_floor(&model, &src));
     drop(model);
     let convert = format!(
-        "| {name} | bf16 → fp32 | {load:.1} | {floor:.1} | {:.2} | {} | – | {:.2} |",
+        "| {name} | bf16 → fp32 | {load:.1} | {floor:.1} | {:.2} | – | – | {} | – | {:.2} |",
         load / floor,
         ms(py_fp32),
         load / py_fp32.map_or(f64::INFINITY, |r| r.0)
