@@ -20,7 +20,13 @@
 //! stores, which skip reading each destination line before writing it, halved it (58 ms a
 //! thread), and the load fell to 115–121 ms, 0.80–0.85× the floor. fp16 goes through F16C
 //! where the machine has it (the portable loop, compiled for the baseline x86-64, took twice
-//! as long as bf16's). Pairs with no kernel (fp64, integers, bf16 ↔ fp16, a big-endian file
+//! as long as bf16's). Regular stores instead of non-temporal ones lost on every checkpoint
+//! of the bench, even resnet18's 47 MB (`--bench floors`, interleaved runs: copy / floor
+//! 2.5–3.6 against 1.7–2.2 for resnet18, 1.5–1.8 against 1.2–1.6 for resnet50). From a cold
+//! cache each thread waits on its read, then converts; asking the kernel to read two parts
+//! ahead (`posix_fadvise(WILLNEED)`) made the 1 GiB cold load slower (1.24–1.31× a parallel
+//! read against 1.13–1.16×), and reading a whole part per `pread` instead of a block was
+//! within the noise, so neither is done. Pairs with no kernel (fp64, integers, bf16 ↔ fp16, a big-endian file
 //! of the model's dtype) are converted by libtorch's `copy_` from the buffer, a part at a
 //! time.
 
