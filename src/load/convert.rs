@@ -46,8 +46,9 @@ pub(crate) const PART_BYTES: usize = 1 << 20;
 pub(crate) struct Convert<'t> {
     /// The key, for errors.
     pub key: &'t str,
-    /// The model's tensor, detached and flattened to one dimension.
-    pub dst: Tensor,
+    /// Where the values go: the model's memory for the crate's kernels, or the model's
+    /// tensor, detached and flattened, for libtorch's `copy_`.
+    dst: Dst,
     /// The dtype of the bytes in the file.
     pub kind: Kind,
     /// Whether the file is big-endian.
@@ -58,6 +59,16 @@ pub(crate) struct Convert<'t> {
     pub numel: usize,
     pub from: ReadFrom<'t>,
     pub path: &'t Path,
+}
+
+/// Where a conversion writes.
+enum Dst {
+    /// The address of the first element of a contiguous CPU tensor that `cast` converts into.
+    /// No libtorch call is made per part: cutting a tensor into parts by `narrow` cost a
+    /// dispatch each, and resnet50's 320 tensors have about 400 parts.
+    Kernel { ptr: usize, cast: Cast },
+    /// The model's tensor, detached and flattened, for `copy_`.
+    Torch(Tensor),
 }
 
 impl<'t> Convert<'t> {
@@ -73,13 +84,23 @@ impl<'t> Convert<'t> {
         if !dst.is_contiguous() {
             return None;
         }
-        let dst = dst.detach().f_view([-1]).ok()?;
+        let big_endian = file.parsed.big_endian;
         let numel = dst.numel();
+        let cast = (dst.device() == Device::Cpu)
+            .then(|| Cast::new(kind, dst.kind(), big_endian))
+            .flatten();
+        let dst = match cast {
+            Some(cast) => Dst::Kernel {
+                ptr: dst.data_ptr() as usize,
+                cast,
+            },
+            None => Dst::Torch(dst.detach().f_view([-1]).ok()?),
+        };
         Some(Convert {
             key,
             dst,
             kind,
-            big_endian: file.parsed.big_endian,
+            big_endian,
             offset,
             numel,
             from: file.parsed.source.read_from(),
@@ -88,10 +109,11 @@ impl<'t> Convert<'t> {
     }
 }
 
-/// A part of one conversion: `len` bytes at `offset`, converted into `dst`, a slice of the
-/// model's tensor. Parts own their slice, so a run of them can go to another thread.
+/// A part of one conversion: `len` bytes at `offset`, converted into its slice of the
+/// model's tensor. Parts own their slice (an address, or a narrowed tensor), so a run of them
+/// can go to another thread.
 struct Part<'t> {
-    dst: Tensor,
+    dst: PartDst,
     kind: Kind,
     big_endian: bool,
     offset: u64,
@@ -99,6 +121,11 @@ struct Part<'t> {
     from: ReadFrom<'t>,
     key: &'t str,
     path: &'t Path,
+}
+
+enum PartDst {
+    Kernel { ptr: usize, cast: Cast },
+    Torch(Tensor),
 }
 
 /// Runs every conversion, on up to `threads` threads, calling `done(n)` after each part with
@@ -116,13 +143,19 @@ pub(crate) fn run_all(
         let mut first = 0;
         while first < c.numel {
             let count = per_part.min(c.numel - first);
-            let dst = c
-                .dst
-                .f_narrow(0, first as i64, count as i64)
-                .map_err(|source| Error::Copy {
-                    key: c.key.to_string(),
-                    source,
-                })?;
+            let dst = match &c.dst {
+                Dst::Kernel { ptr, cast } => PartDst::Kernel {
+                    ptr: ptr + first * cast.dst_size(),
+                    cast: *cast,
+                },
+                Dst::Torch(t) => PartDst::Torch(
+                    t.f_narrow(0, first as i64, count as i64)
+                        .map_err(|source| Error::Copy {
+                            key: c.key.to_string(),
+                            source,
+                        })?,
+                ),
+            };
             parts.push(Part {
                 dst,
                 kind: c.kind,
@@ -168,15 +201,15 @@ fn run_parts(parts: Vec<Part<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(), 
     };
     let buffer = Tensor::f_empty([largest as i64], (Kind::Uint8, Device::Cpu))
         .map_err(torch(parts[0].key))?;
-    for mut part in parts {
-        let cast = (part.dst.device() == Device::Cpu)
-            .then(|| Cast::new(part.kind, part.dst.kind(), part.big_endian))
-            .flatten();
-        if let Some(cast) = cast {
-            convert_part(&part, cast, &buffer)?;
-            done(part.dst.numel() * cast.dst_size());
-            continue;
-        }
+    for part in parts {
+        let dst = match &part.dst {
+            PartDst::Kernel { ptr, cast } => {
+                convert_part(&part, *ptr, *cast, &buffer)?;
+                done(part.len / cast.src_size() * cast.dst_size());
+                continue;
+            }
+            PartDst::Torch(dst) => dst,
+        };
         // SAFETY: `buffer` is this thread's own contiguous CPU tensor of `largest >= len`
         // bytes; nothing else reads or writes it while the slice lives (the view below is
         // made after the slice's last use, and `copy_` from pageable memory has finished
@@ -190,8 +223,8 @@ fn run_parts(parts: Vec<Part<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(), 
             .f_narrow(0, 0, part.len as i64)
             .and_then(|b| b.f_view_dtype(part.kind))
             .map_err(torch(part.key))?;
-        part.dst.f_copy_(&src).map_err(torch(part.key))?;
-        done(part.dst.numel() * part.dst.kind().elt_size_in_bytes());
+        dst.shallow_clone().f_copy_(&src).map_err(torch(part.key))?;
+        done(dst.numel() * dst.kind().elt_size_in_bytes());
     }
     Ok(())
 }
@@ -200,15 +233,17 @@ fn run_parts(parts: Vec<Part<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(), 
 /// L2 when it is converted.
 const BLOCK_BYTES: usize = 128 << 10;
 
-/// Reads `part` in blocks into `buffer` and converts each into its slice of the model's tensor
-/// with this crate's kernels.
-fn convert_part(part: &Part<'_>, cast: Cast, buffer: &Tensor) -> Result<(), Error> {
+/// Reads `part` in blocks into `buffer` and converts each, with this crate's kernels, into
+/// the model's memory at `ptr`.
+fn convert_part(part: &Part<'_>, ptr: usize, cast: Cast, buffer: &Tensor) -> Result<(), Error> {
     let (from, to) = (cast.src_size(), cast.dst_size());
     let numel = part.len / from;
-    // SAFETY: `part.dst` is a contiguous CPU slice of the model's tensor holding `numel`
-    // elements of `to` bytes (its maker narrowed the flattened tensor); parts are disjoint
-    // and each is written by one thread, and the model is borrowed for the whole load.
-    let dst = unsafe { bytes_mut(part.dst.data_ptr() as *mut u8, numel * to) };
+    // SAFETY: `ptr` is where this part's `numel` elements of `to` bytes start in a contiguous
+    // CPU tensor of the model (`Convert::new` took the tensor's first element's address and
+    // checked it contiguous; `run_all` cut the parts within its element count); parts are
+    // disjoint and each is written by one thread, and the model is borrowed for the whole
+    // load, so the memory stays allocated and nothing else touches it.
+    let dst = unsafe { bytes_mut(ptr as *mut u8, numel * to) };
     let per_block = (BLOCK_BYTES / from).max(1);
     let mut first = 0;
     while first < numel {

@@ -138,11 +138,13 @@ pub(crate) fn run_staged(
     let mut slots = Vec::with_capacity(stager.depth.max(1));
     for _ in 0..stager.depth.max(1) {
         let slot = Tensor::f_empty([slot_bytes as i64], (Kind::Uint8, Device::Cpu))
-            .and_then(|t| match pin {
-                Some(device) => t.f_pin_memory(device),
-                None => Ok(t),
-            })
             .map_err(alloc_error)?;
+        // Pinned where the device's backend pins (CUDA); a backend that cannot (MPS) copies
+        // from pageable memory, slower but the same.
+        let slot = match pin {
+            Some(device) => slot.f_pin_memory(device).unwrap_or(slot),
+            None => slot,
+        };
         slots.push(slot);
     }
     // The copier's own handles on the same buffers (a tensor can be sent, not shared).
