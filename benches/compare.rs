@@ -13,10 +13,16 @@
 //! the page cache; the floor's, of 30 runs in two blocks around this crate's loads. Python
 //! runs in a subprocess with the same thread count.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use common::{
+    data_dir, dcp_from_pth, evict, floats_as, load_average, median_of, memcpy_all, nbytes,
+    parallel_read, peak_rss, python,
+};
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
 use tch_state_dict::{
@@ -25,11 +31,6 @@ use tch_state_dict::{
 };
 
 const RUNS: usize = 15;
-
-fn median_of(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// The times of `RUNS` runs of `f` after a warm-up, in ms.
 fn runs(f: &mut dyn FnMut()) -> Vec<f64> {
@@ -41,18 +42,6 @@ fn runs(f: &mut dyn FnMut()) -> Vec<f64> {
             start.elapsed().as_secs_f64() * 1e3
         })
         .collect()
-}
-
-fn data_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("TCH_STATE_DICT_PYTHON")
-        .map(PathBuf::from)
-        .expect("run through scripts/cargo, which sets TCH_STATE_DICT_PYTHON")
 }
 
 /// A model to load into: its module tree, its VarStore (for tch's own loader), and what
@@ -146,20 +135,6 @@ fn files(subject: &Subject) -> Files {
     f
 }
 
-/// `sd` with its floating-point tensors in `kind`.
-fn floats_as(sd: &StateDict, kind: Kind) -> StateDict {
-    sd.iter()
-        .map(|(k, t)| {
-            let t = if t.is_floating_point() {
-                t.to_kind(kind)
-            } else {
-                t.shallow_clone()
-            };
-            (k.to_string(), t)
-        })
-        .collect()
-}
-
 /// The synthetic checkpoint as four safetensors shards and an index, once.
 fn sharded_files(subject: &Subject) -> PathBuf {
     let dir = data_dir().join(format!("{}-sharded", subject.name));
@@ -194,18 +169,7 @@ fn dcp_files(subject: &Subject) -> PathBuf {
     if dir.join(".metadata").exists() {
         return dir;
     }
-    let pth = files(subject).pth;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/dcp_save.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(["from", pth.to_str().unwrap(), "", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dcp_from_pth(&files(subject).pth, &dir);
     dir
 }
 
@@ -222,10 +186,6 @@ fn bf16_model(tree: &ModuleTree) -> ModuleTree {
             .unwrap();
     }
     out
-}
-
-fn nbytes(path: &Path) -> u64 {
-    std::fs::metadata(path).unwrap().len()
 }
 
 struct Row {
@@ -441,17 +401,6 @@ fn measure(subject: &mut Subject) -> Row {
     }
 }
 
-/// Evicts `path` from the page cache (`posix_fadvise(DONTNEED)`, after `fdatasync`).
-fn evict(path: &Path) {
-    use std::os::unix::io::AsRawFd;
-    let file = std::fs::File::open(path).unwrap();
-    // SAFETY: a valid descriptor of a file this function opened; advice only.
-    unsafe {
-        libc::fdatasync(file.as_raw_fd());
-        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-    }
-}
-
 /// `runs`, with `path` evicted from the page cache before each.
 fn cold_runs(path: &Path, f: &mut dyn FnMut()) -> Vec<f64> {
     (0..RUNS.min(7))
@@ -462,29 +411,6 @@ fn cold_runs(path: &Path, f: &mut dyn FnMut()) -> Vec<f64> {
             start.elapsed().as_secs_f64() * 1e3
         })
         .collect()
-}
-
-/// The whole file read into `into` (touched already) by `threads` threads, each a range.
-fn parallel_read(path: &Path, into: &Tensor, threads: usize) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path).unwrap();
-    let len = nbytes(path) as usize;
-    let base = into.data_ptr() as usize;
-    let per = len.div_ceil(threads.max(1));
-    std::thread::scope(|s| {
-        for t in 0..threads.max(1) {
-            let file = &file;
-            s.spawn(move || {
-                let start = (t * per).min(len);
-                let end = (start + per).min(len);
-                // SAFETY: disjoint ranges of a buffer of `len` bytes that outlives the scope.
-                let buf = unsafe {
-                    std::slice::from_raw_parts_mut((base + start) as *mut u8, end - start)
-                };
-                file.read_exact_at(buf, start as u64).unwrap();
-            });
-        }
-    });
 }
 
 /// One row of the alignment table: 40 MiB of `path` read by `pread` (4 MiB at a time, on
@@ -557,49 +483,6 @@ fn dcp_phases(arch: Arch, dir: &Path, pth: &Path) {
         (o + l + d) / p,
         l / p
     );
-}
-
-/// Copies each source's bytes into its destination with memcpy, the tensors split across
-/// `threads` threads by size: the floor of a load from memory.
-fn memcpy_all(pairs: &[(Tensor, Tensor)], threads: usize) {
-    /// Destination address, source address, length.
-    type Job = (usize, usize, usize);
-    let mut jobs: Vec<Job> = pairs
-        .iter()
-        .map(|(dst, src)| {
-            let len = src.numel() * src.kind().elt_size_in_bytes();
-            (dst.data_ptr() as usize, src.data_ptr() as usize, len)
-        })
-        .filter(|j| j.2 > 0)
-        .collect();
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
-    let mut buckets: Vec<(usize, Vec<Job>)> = vec![(0, Vec::new()); threads];
-    for job in jobs {
-        let b = buckets.iter_mut().min_by_key(|b| b.0).unwrap();
-        b.0 += job.2;
-        b.1.push(job);
-    }
-    std::thread::scope(|scope| {
-        for (_, bucket) in buckets {
-            scope.spawn(move || {
-                for (dst, src, len) in bucket {
-                    // SAFETY: both are contiguous CPU tensors of `len` bytes that outlive the
-                    // scope; each destination is written by one thread.
-                    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
-                }
-            });
-        }
-    });
-}
-
-/// Peak resident memory (VmHWM) of this process, in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// Run in a child process: peak memory of loading the synthetic checkpoint (a file, or a
@@ -1027,11 +910,4 @@ fn hostile_times() {
         slow.is_empty(),
         "hostile files past {HOSTILE_BOUND_MS} ms in a release build: {slow:?}"
     );
-}
-
-/// The first three fields of /proc/loadavg: how busy the machine was.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_string())
 }

@@ -12,11 +12,14 @@
 //! else `/opt/torch/.venv/bin/python3`), which also runs PyTorch's side of the bench
 //! (`benches/device_pytorch.py`). It exits 1 when a check fails, 2 without CUDA.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use common::floats_as;
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
 use tch_state_dict::{load_checkpoint, state_dict, ModuleTree, StateDict, StateDictModule};
@@ -51,19 +54,6 @@ fn median(n: usize, f: &mut dyn FnMut()) -> f64 {
         .collect();
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-fn floats_as(sd: &StateDict, kind: Kind) -> StateDict {
-    let mut out = StateDict::new();
-    for (k, t) in sd.iter() {
-        let t = if t.is_floating_point() {
-            t.to_kind(kind)
-        } else {
-            t.shallow_clone()
-        };
-        out.insert(k, t);
-    }
-    out
 }
 
 /// Every floating tensor of `model` made `kind` (`set_data`, so the model sees it).

@@ -16,38 +16,16 @@ import time
 import torch
 import torchvision
 from safetensors.torch import load_file
-from torch import nn
 
-
-class Attn(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, p, nn.Linear(dim, dim, bias=False, device="meta"))
-
-
-class Layer(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.self_attn = Attn(dim)
-
-
-class Inner(nn.Module):
-    def __init__(self, layers, dim):
-        super().__init__()
-        self.layers = nn.ModuleList([Layer(dim) for _ in range(layers)])
-
-
-class Llm(nn.Module):
-    def __init__(self, layers, dim):
-        super().__init__()
-        self.model = Inner(layers, dim)
+from llm_module import Llm
 
 
 def build(spec, kind):
     if spec.startswith("llm:"):
         _, layers, dim = spec.split(":")
-        model = Llm(int(layers), int(dim)).to_empty(device="cuda")
+        with torch.device("meta"):
+            model = Llm(int(layers), int(dim))
+        model = model.to_empty(device="cuda")
     else:
         model = getattr(torchvision.models, spec)(weights=None).cuda()
     return model.to(getattr(torch, kind))

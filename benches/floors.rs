@@ -21,21 +21,22 @@
 //! medians after a warm-up, with the files in the page cache unless the table says cold.
 //! PyTorch runs in a subprocess (`benches/floors_pytorch.py`) with the same thread count.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use common::{
+    data_dir, dcp_from_pth, evict, floats_as, load_average, median_of, memcpy_all, parallel_read,
+    peak_rss, python, run_ok,
+};
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
 use tch_state_dict::{
     check_state_dict, load_checkpoint, load_state_dict, LazyStateDict, LoadOptions, ModuleTree,
     StateDict, StateDictModule,
 };
-
-fn median_of(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// The median of `n` runs of `f` after a warm-up, in ms.
 fn median(n: usize, f: &mut dyn FnMut()) -> f64 {
@@ -51,20 +52,8 @@ fn median(n: usize, f: &mut dyn FnMut()) -> f64 {
     )
 }
 
-fn data_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn manifest(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("TCH_STATE_DICT_PYTHON")
-        .map(PathBuf::from)
-        .expect("run through scripts/cargo, which sets TCH_STATE_DICT_PYTHON")
 }
 
 fn threads() -> usize {
@@ -73,9 +62,6 @@ fn threads() -> usize {
 
 /// PyTorch's side of a row: (median ms, peak RSS growth in bytes), `None` when it failed.
 type PyRow = Option<(f64, u64)>;
-
-/// A memcpy: destination address, source address, bytes.
-type Job = (usize, usize, usize);
 
 fn pytorch(args: &[&str]) -> PyRow {
     let out = Command::new(python())
@@ -138,49 +124,14 @@ fn copy_floor(model: &dyn StateDictModule, src: &StateDict) {
     }
 }
 
-/// memcpy of each source's bytes into its destination, the tensors split across `threads`
-/// by size.
+/// memcpy of each source's bytes into the model's tensor of the same key, on `threads`.
 fn memcpy_floor(model: &dyn StateDictModule, src: &StateDict, threads: usize) {
     let tree = model.module_tree().unwrap();
-    let mut jobs: Vec<Job> = tree
+    let pairs: Vec<(Tensor, Tensor)> = tree
         .iter()
-        .map(|(key, dst)| {
-            let s = src.get(key).unwrap();
-            let len = s.numel() * s.kind().elt_size_in_bytes();
-            (dst.data_ptr() as usize, s.data_ptr() as usize, len)
-        })
+        .map(|(key, dst)| (dst.shallow_clone(), src.get(key).unwrap().shallow_clone()))
         .collect();
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
-    let mut buckets: Vec<(usize, Vec<Job>)> = vec![(0, Vec::new()); threads];
-    for job in jobs {
-        let b = buckets.iter_mut().min_by_key(|b| b.0).unwrap();
-        b.0 += job.2;
-        b.1.push(job);
-    }
-    std::thread::scope(|scope| {
-        for (_, bucket) in buckets {
-            scope.spawn(move || {
-                for (dst, src, len) in bucket {
-                    // SAFETY: contiguous CPU tensors of `len` bytes that outlive the scope;
-                    // each destination is written by one thread.
-                    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
-                }
-            });
-        }
-    });
-}
-
-fn floats_as(sd: &StateDict, kind: Kind) -> StateDict {
-    sd.iter()
-        .map(|(k, t)| {
-            let t = if t.is_floating_point() {
-                t.to_kind(kind)
-            } else {
-                t.shallow_clone()
-            };
-            (k.to_string(), t)
-        })
-        .collect()
+    memcpy_all(&pairs, threads);
 }
 
 /// A ResNet whose floating tensors are `kind`.
@@ -283,31 +234,14 @@ fn rss_child(index: &Path, layers: usize, dim: i64, kind: Kind) {
     println!("{}", peak_rss() - before);
 }
 
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn rss_of_load(index: &Path, layers: usize, dim: i64, kind: Kind) -> u64 {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--rss-child",
-            index.to_str().unwrap(),
-            &layers.to_string(),
-            &dim.to_string(),
-            &format!("{kind:?}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(Command::new(std::env::current_exe().unwrap()).args([
+        "--rss-child",
+        index.to_str().unwrap(),
+        &layers.to_string(),
+        &dim.to_string(),
+        &format!("{kind:?}"),
+    ]));
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
@@ -365,39 +299,6 @@ fn llm_rows(layers: usize, dim: i64, runs: usize) -> (String, String) {
     (convert, direct_row)
 }
 
-fn evict(path: &Path) {
-    use std::os::unix::io::AsRawFd;
-    let file = std::fs::File::open(path).unwrap();
-    // SAFETY: a valid descriptor of a file this function opened; advice only.
-    unsafe {
-        libc::fdatasync(file.as_raw_fd());
-        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-    }
-}
-
-/// The whole file read into `into` by `threads` threads, each a range.
-fn parallel_read(path: &Path, into: &Tensor, threads: usize) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path).unwrap();
-    let len = std::fs::metadata(path).unwrap().len() as usize;
-    let base = into.data_ptr() as usize;
-    let per = len.div_ceil(threads.max(1));
-    std::thread::scope(|s| {
-        for t in 0..threads.max(1) {
-            let file = &file;
-            s.spawn(move || {
-                let start = (t * per).min(len);
-                let end = (start + per).min(len);
-                // SAFETY: disjoint ranges of a buffer of `len` bytes that outlives the scope.
-                let buf = unsafe {
-                    std::slice::from_raw_parts_mut((base + start) as *mut u8, end - start)
-                };
-                file.read_exact_at(buf, start as u64).unwrap();
-            });
-        }
-    });
-}
-
 /// Table 3: the first shard of the LLM-like checkpoint (a quarter of its layers), evicted
 /// from the page cache before each run, loaded into fp32 and bf16 models, against reading
 /// the file by the load's threads and by 8.
@@ -444,18 +345,7 @@ fn cold_rows(layers: usize, dim: i64) {
 /// by this crate, by PyTorch's `dcp.load`, and as the `.pth` by this crate.
 fn dcp_row(name: &str, spec: &str, model: &dyn StateDictModule, pth: &Path, runs: usize) {
     let dir = pth.with_extension("dcp");
-    if !dir.join(".metadata").exists() {
-        let out = Command::new(python())
-            .arg(manifest("tests/oracle/dcp_save.py"))
-            .args(["from", pth.to_str().unwrap(), "", dir.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    dcp_from_pth(pth, &dir);
     let t = threads().to_string();
     let py = pytorch(&["dcp", spec, dir.to_str().unwrap(), &t, "5"]);
     let dcp = median(runs, &mut || {
@@ -471,12 +361,6 @@ fn dcp_row(name: &str, spec: &str, model: &dyn StateDictModule, pth: &Path, runs
         py.map_or(f64::NAN, |r| r.0) / dcp,
         dcp / whole
     );
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn main() {

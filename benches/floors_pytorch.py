@@ -28,6 +28,8 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
+from llm_module import Llm
+
 
 class Holder(nn.Module):
     def __init__(self, rows, cols):
@@ -39,31 +41,6 @@ class Synthetic(nn.Module):
     def __init__(self, n, rows, cols):
         super().__init__()
         self.layers = nn.ModuleList([Holder(rows, cols) for _ in range(n)])
-
-
-class Attn(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, p, nn.Linear(dim, dim, bias=False))
-
-
-class Layer(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.self_attn = Attn(dim)
-
-
-class Inner(nn.Module):
-    def __init__(self, layers, dim):
-        super().__init__()
-        self.layers = nn.ModuleList([Layer(dim) for _ in range(layers)])
-
-
-class Llm(nn.Module):
-    def __init__(self, layers, dim):
-        super().__init__()
-        self.model = Inner(layers, dim)
 
 
 def build(spec, kind):

@@ -342,6 +342,26 @@ mod tests {
         out
     }
 
+    /// A piece of `file` at `offset`, in `kind` (little-endian), for `dst`, keyed `key`.
+    fn piece<'t>(
+        key: &'t str,
+        path: &'t Path,
+        file: &'t std::fs::File,
+        offset: u64,
+        kind: Kind,
+        dst: &Tensor,
+    ) -> Piece<'t> {
+        Piece {
+            key,
+            path,
+            from: ReadFrom::File(file),
+            offset,
+            kind,
+            big_endian: false,
+            dst: dst.shallow_clone(),
+        }
+    }
+
     /// Tensors of several sizes, in bf16 in a file one after the other, loaded into fp32
     /// tensors through buffers far smaller than the largest: split, reused, converted.
     #[test]
@@ -425,15 +445,7 @@ mod tests {
         let (path, file) = file_with(&le_bytes(&src));
         let model = Tensor::zeros([4, 5], (Kind::Float, Device::Cpu));
         let block = model.narrow(1, 1, 3);
-        let piece = Piece {
-            key: "w",
-            path: &path,
-            from: ReadFrom::File(&file),
-            offset: 0,
-            kind: Kind::Float,
-            big_endian: false,
-            dst: block,
-        };
+        let piece = piece("w", &path, &file, 0, Kind::Float, &block);
         run_staged(vec![piece], Stager::for_bytes(48), 1, &|_| {}).unwrap();
         assert!(model.narrow(1, 1, 3).equal(&src));
         assert_eq!(
@@ -459,15 +471,7 @@ mod tests {
         let pieces = dsts
             .iter()
             .enumerate()
-            .map(|(i, dst)| Piece {
-                key: "w",
-                path: &path,
-                from: ReadFrom::File(&file),
-                offset: i as u64 * 32,
-                kind: Kind::Float,
-                big_endian: false,
-                dst: dst.shallow_clone(),
-            })
+            .map(|(i, dst)| piece("w", &path, &file, i as u64 * 32, Kind::Float, dst))
             .collect();
         let stager = Stager {
             slot_bytes: 32,
@@ -489,24 +493,8 @@ mod tests {
         let good = Tensor::zeros([4], (Kind::Float, Device::Cpu));
         let bad = Tensor::zeros([4], (Kind::Float, Device::Cpu));
         let pieces = vec![
-            Piece {
-                key: "good",
-                path: &path,
-                from: ReadFrom::File(&file),
-                offset: 0,
-                kind: Kind::Float,
-                big_endian: false,
-                dst: good.shallow_clone(),
-            },
-            Piece {
-                key: "bad",
-                path: &path,
-                from: ReadFrom::File(&file),
-                offset: 16,
-                kind: Kind::QInt8,
-                big_endian: false,
-                dst: bad.shallow_clone(),
-            },
+            piece("good", &path, &file, 0, Kind::Float, &good),
+            piece("bad", &path, &file, 16, Kind::QInt8, &bad),
         ];
         let err = run_staged(pieces, Stager::for_bytes(64), 1, &|_| {}).unwrap_err();
         assert!(
