@@ -8,11 +8,13 @@
 //! 3. from a cold page cache, against a plain parallel read of the same file;
 //! 4. DCP: a 2-rank checkpoint against PyTorch's own `dcp.load` and against the same
 //!    checkpoint as one `.pth`.
+//! 5. where the 1 GiB DCP load's time goes: opening, loading, dropping.
 //!
 //! ```text
 //! scripts/cargo bench --bench floors             # ResNets, the 4 GiB LLM-like checkpoint
 //! scripts/cargo bench --bench floors -- --quick  # resnet50, a 1 GiB LLM-like checkpoint
 //! scripts/cargo bench --bench floors -- --cold   # table 3 alone, 4 GiB
+//! scripts/cargo bench --bench floors -- --dcp-phases  # table 5 alone
 //! ```
 //!
 //! The LLM-like checkpoint is the sharded bf16 safetensors that `save_pretrained` writes,
@@ -363,6 +365,60 @@ fn dcp_row(name: &str, spec: &str, model: &dyn StateDictModule, pth: &Path, runs
     );
 }
 
+/// 2048 tensors of [128, 1024] fp32: 1 GiB.
+const SYNTH: (i64, i64, i64) = (2048, 128, 1024);
+
+/// The synthetic 1 GiB model, and its checkpoint as a `.pth` (written once).
+fn synthetic() -> (ModuleTree, PathBuf) {
+    let (n, rows, cols) = SYNTH;
+    let mut model = ModuleTree::new("Synthetic");
+    for i in 0..n {
+        let t = Tensor::randn([rows, cols], (Kind::Float, Device::Cpu));
+        model.add_tensor(&format!("layers.{i}.weight"), t).unwrap();
+    }
+    let pth = data_dir().join("floors-synthetic-1GiB.pth");
+    if !pth.exists() {
+        let sd = tch_state_dict::state_dict(&model).unwrap();
+        sd.save(&pth).unwrap();
+    }
+    (model, pth)
+}
+
+/// Where the 1 GiB DCP load's time goes: opening the directory (its `.metadata` and each
+/// item's zip and pickle), loading into the model, dropping the state dict, against the
+/// `.pth`'s whole load, interleaved.
+fn dcp_phases() {
+    let (model, pth) = synthetic();
+    let dir = pth.with_extension("dcp");
+    dcp_from_pth(&pth, &dir);
+    let (mut open, mut load, mut dropped, mut whole) = (vec![], vec![], vec![], vec![]);
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..9 {
+        let t = Instant::now();
+        let sd = LazyStateDict::load_key(&dir, "model").unwrap();
+        open.push(ms(t));
+        let t = Instant::now();
+        load_state_dict(&model, &sd, true).unwrap();
+        load.push(ms(t));
+        let t = Instant::now();
+        drop(sd);
+        dropped.push(ms(t));
+        let t = Instant::now();
+        load_checkpoint(&model, &pth, true).unwrap();
+        whole.push(ms(t));
+    }
+    let (o, l, d) = (median_of(open), median_of(load), median_of(dropped));
+    let w = median_of(whole);
+    println!("\n5. Where the 1 GiB DCP load's time goes (medians of 9, interleaved)\n");
+    println!("| open (ms) | load (ms) | drop (ms) | all (ms) | the .pth's load (ms) | load / .pth | all / .pth |\n|---|---|---|---|---|---|---|");
+    println!(
+        "| {o:.1} | {l:.1} | {d:.1} | {:.1} | {w:.1} | {:.2} | {:.2} |",
+        o + l + d,
+        l / w,
+        (o + l + d) / w
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--rss-child") {
@@ -380,6 +436,10 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--dcp-phases") {
+        dcp_phases();
+        return;
+    }
     if args.iter().any(|a| a == "--cold") {
         // Table 3 alone, on the full-size checkpoint.
         println!("| load | this crate (ms) | read, load's threads (ms) | / read | read, 8 threads (ms) | / read |\n|---|---|---|---|---|---|");
@@ -422,30 +482,12 @@ fn main() {
     dcp_row("resnet50", "resnet50", &resnet50, &pth, 15);
     drop(resnet50);
     if !quick {
-        let (n, rows, cols) = (2048i64, 128i64, 1024i64);
-        let mut model = ModuleTree::new("Synthetic");
-        for i in 0..n {
-            model
-                .add_tensor(
-                    &format!("layers.{i}.weight"),
-                    Tensor::randn([rows, cols], (Kind::Float, Device::Cpu)),
-                )
-                .unwrap();
-        }
-        let pth = data_dir().join("floors-synthetic-1GiB.pth");
-        if !pth.exists() {
-            tch_state_dict::state_dict(&model)
-                .unwrap()
-                .save(&pth)
-                .unwrap();
-        }
-        dcp_row(
-            "synthetic 1 GiB fp32",
-            &format!("synthetic:{n}:{rows}:{cols}"),
-            &model,
-            &pth,
-            7,
-        );
+        let (model, pth) = synthetic();
+        let (n, rows, cols) = SYNTH;
+        let spec = format!("synthetic:{n}:{rows}:{cols}");
+        dcp_row("synthetic 1 GiB fp32", &spec, &model, &pth, 7);
+        drop(model);
+        dcp_phases();
     }
     println!(
         "\nload average at the end: {}; {:.0} s in all",
