@@ -26,9 +26,9 @@
 //! cache each thread waits on its read, then converts; asking the kernel to read two parts
 //! ahead (`posix_fadvise(WILLNEED)`) made the 1 GiB cold load slower (1.24–1.31× a parallel
 //! read against 1.13–1.16×), and reading a whole part per `pread` instead of a block was
-//! within the noise, so neither is done. Pairs with no kernel (fp64, integers, bf16 ↔ fp16, a big-endian file
-//! of the model's dtype) are converted by libtorch's `copy_` from the buffer, a part at a
-//! time.
+//! within the noise, so neither is done. Pairs with no kernel (fp64, integers, bf16 ↔ fp16,
+//! a big-endian file of the model's dtype) are converted by libtorch's `copy_` from the
+//! buffer, a part at a time.
 
 use std::path::Path;
 
@@ -37,7 +37,7 @@ use tch::{Device, Kind, Tensor};
 use super::cast::Cast;
 use crate::dtype::{reverse_units, swap_unit};
 use crate::error::Error;
-use crate::read::{bytes_mut, on_threads, read_exact_at, runs, OpenFile, ReadFrom, PARALLEL_BYTES};
+use crate::read::{bytes_mut, on_threads, runs, OpenFile, ReadFrom, PARALLEL_BYTES};
 
 /// The most bytes one part reads: the unit of work cut across threads and of progress.
 pub(crate) const PART_BYTES: usize = 1 << 20;
@@ -48,7 +48,7 @@ pub(crate) struct Convert<'t> {
     pub key: &'t str,
     /// Where the values go: the model's memory for the crate's kernels, or the model's
     /// tensor, detached and flattened, for libtorch's `copy_`.
-    dst: Dst,
+    dst: Target,
     /// The dtype of the bytes in the file.
     pub kind: Kind,
     /// Whether the file is big-endian.
@@ -61,13 +61,15 @@ pub(crate) struct Convert<'t> {
     pub path: &'t Path,
 }
 
-/// Where a conversion writes.
-enum Dst {
+/// Where a conversion, or one part of it, writes. A part's target is its tensor's, moved to
+/// the part's first element; it owns its slice, so a run of parts can go to another thread.
+enum Target {
     /// The address of the first element of a contiguous CPU tensor that `cast` converts into.
     /// No libtorch call is made per part: cutting a tensor into parts by `narrow` cost a
     /// dispatch each, and resnet50's 320 tensors have about 400 parts.
     Kernel { ptr: usize, cast: Cast },
-    /// The model's tensor, detached and flattened, for `copy_`.
+    /// The model's tensor, detached and flattened (a part: narrowed to its slice), for
+    /// `copy_`.
     Torch(Tensor),
 }
 
@@ -90,11 +92,11 @@ impl<'t> Convert<'t> {
             .then(|| Cast::new(kind, dst.kind(), big_endian))
             .flatten();
         let dst = match cast {
-            Some(cast) => Dst::Kernel {
+            Some(cast) => Target::Kernel {
                 ptr: dst.data_ptr() as usize,
                 cast,
             },
-            None => Dst::Torch(dst.detach().f_view([-1]).ok()?),
+            None => Target::Torch(dst.detach().f_view([-1]).ok()?),
         };
         Some(Convert {
             key,
@@ -110,10 +112,9 @@ impl<'t> Convert<'t> {
 }
 
 /// A part of one conversion: `len` bytes at `offset`, converted into its slice of the
-/// model's tensor. Parts own their slice (an address, or a narrowed tensor), so a run of them
-/// can go to another thread.
+/// model's tensor.
 struct Part<'t> {
-    dst: PartDst,
+    dst: Target,
     kind: Kind,
     big_endian: bool,
     offset: u64,
@@ -121,11 +122,6 @@ struct Part<'t> {
     from: ReadFrom<'t>,
     key: &'t str,
     path: &'t Path,
-}
-
-enum PartDst {
-    Kernel { ptr: usize, cast: Cast },
-    Torch(Tensor),
 }
 
 /// Runs every conversion, on up to `threads` threads, calling `done(n)` after each part with
@@ -144,11 +140,11 @@ pub(crate) fn run_all(
         while first < c.numel {
             let count = per_part.min(c.numel - first);
             let dst = match &c.dst {
-                Dst::Kernel { ptr, cast } => PartDst::Kernel {
+                Target::Kernel { ptr, cast } => Target::Kernel {
                     ptr: ptr + first * cast.dst_size(),
                     cast: *cast,
                 },
-                Dst::Torch(t) => PartDst::Torch(
+                Target::Torch(t) => Target::Torch(
                     t.f_narrow(0, first as i64, count as i64)
                         .map_err(|source| Error::Copy {
                             key: c.key.to_string(),
@@ -203,12 +199,12 @@ fn run_parts(parts: Vec<Part<'_>>, done: &(dyn Fn(usize) + Sync)) -> Result<(), 
         .map_err(torch(parts[0].key))?;
     for part in parts {
         let dst = match &part.dst {
-            PartDst::Kernel { ptr, cast } => {
+            Target::Kernel { ptr, cast } => {
                 convert_part(&part, *ptr, *cast, &buffer)?;
                 done(part.len / cast.src_size() * cast.dst_size());
                 continue;
             }
-            PartDst::Torch(dst) => dst,
+            Target::Torch(dst) => dst,
         };
         // SAFETY: `buffer` is this thread's own contiguous CPU tensor of `largest >= len`
         // bytes; nothing else reads or writes it while the slice lives (the view below is
@@ -260,16 +256,10 @@ fn convert_part(part: &Part<'_>, ptr: usize, cast: Cast, buffer: &Tensor) -> Res
 
 /// Reads `bytes.len()` bytes of `part`'s source at `offset`.
 fn read_into(part: &Part<'_>, bytes: &mut [u8], offset: u64) -> Result<(), Error> {
-    let read = match part.from {
-        ReadFrom::File(file) => read_exact_at(file, bytes, offset),
-        ReadFrom::Bytes(src) => {
-            let start = offset as usize;
-            bytes.copy_from_slice(&src[start..start + bytes.len()]);
-            Ok(())
-        }
-    };
-    read.map_err(|source| Error::Io {
-        path: part.path.to_path_buf(),
-        source,
-    })
+    part.from
+        .read_exact_at(bytes, offset)
+        .map_err(|source| Error::Io {
+            path: part.path.to_path_buf(),
+            source,
+        })
 }

@@ -138,8 +138,9 @@ impl LoadOptions {
     }
 
     /// Calls `progress(bytes_done, bytes_total)` as the load writes into the model: from the
-    /// load's threads (the reading threads, or a GPU load's copier thread), at most every 4 MiB, with `bytes_done` increasing, and once with
-    /// `bytes_done == bytes_total` at the end (default: none).
+    /// load's threads (the reading threads, or a GPU load's copier thread), at most every 4
+    /// MiB, with `bytes_done` increasing, and once with `bytes_done == bytes_total` at the end
+    /// (default: none).
     pub fn progress(mut self, progress: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(progress));
         self

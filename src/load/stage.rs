@@ -130,8 +130,8 @@ pub(crate) fn run_staged(
         .iter()
         .map(|p| p.dst.device())
         .find(|d| *d != Device::Cpu);
-    // No larger than the load, and large enough for its largest piece (a strided one that
-    // `can_stage` let through is never split).
+    // No larger than the load, and large enough for its largest piece (a strided one, which
+    // `route::choose` lets through up to `STAGED_STRIDED_BYTES`, is never split).
     let total: usize = pieces.iter().map(Piece::len).sum();
     let largest = pieces.iter().map(Piece::len).max().unwrap_or(0);
     let slot_bytes = stager.slot_bytes.min(total).max(largest).max(1);

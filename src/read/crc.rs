@@ -34,7 +34,6 @@ use std::path::Path;
 use super::index::StorageLoc;
 use super::options::ReadOptions;
 use super::pread::ReadFrom;
-use super::source::read_exact_at;
 use super::threads::{on_threads, runs, PARALLEL_BYTES};
 use crate::error::Error;
 
@@ -139,17 +138,11 @@ impl Crcs {
                     let n = (len - done).min(FILE_CHUNK as u64) as usize;
                     let chunk = &mut buf[..n];
                     let offset = start + done;
-                    match from {
-                        ReadFrom::File(file) => read_exact_at(file, chunk, offset),
-                        ReadFrom::Bytes(src) => {
-                            chunk.copy_from_slice(&src[offset as usize..offset as usize + n]);
-                            Ok(())
-                        }
-                    }
-                    .map_err(|source| Error::Io {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
+                    from.read_exact_at(chunk, offset)
+                        .map_err(|source| Error::Io {
+                            path: path.to_path_buf(),
+                            source,
+                        })?;
                     h.update(chunk);
                     done += n as u64;
                 }

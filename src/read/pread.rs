@@ -85,6 +85,19 @@ pub(crate) enum ReadFrom<'a> {
 }
 
 impl ReadFrom<'_> {
+    /// Fills `buf` with the bytes at `offset`: `pread` from the file (an `UnexpectedEof`
+    /// error where it ends first), or a copy of the bytes in memory.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match *self {
+            ReadFrom::File(file) => read_exact_at(file, buf, offset),
+            ReadFrom::Bytes(src) => {
+                let start = offset as usize;
+                buf.copy_from_slice(&src[start..start + buf.len()]);
+                Ok(())
+            }
+        }
+    }
+
     /// What the reads come from, as a number: the descriptor or the bytes' address. Reads of
     /// the same file share it, whichever entry of the file they are for.
     pub(crate) fn id(&self) -> usize {
@@ -198,18 +211,12 @@ fn read_piece(p: Piece<'_>, done: &(dyn Fn(usize) + Sync)) -> io::Result<()> {
 fn read_part(p: Piece<'_>) -> io::Result<()> {
     // SAFETY: `p` is a part of a `Read` whose maker checked its `dst` to be a contiguous CPU
     // tensor of `dst_at + len` bytes (`Dst::takes_as_is` in load/route.rs, through
-    // `route::choose`, `Layout::run` and `plain_copy`, or a buffer just allocated); the tensors
-    // outlive `read_all`, and the pieces of all reads are disjoint (`overlapping` sends overlapping ones to one thread, in order), so
-    // each byte is written by one thread only.
+    // `route::choose`, `Layout::run` and `plain_copy`, or a buffer just allocated); the
+    // tensors outlive `read_all`, and the pieces of all reads are disjoint (`overlapping`
+    // sends overlapping ones to one thread, in order), so each byte is written by one thread
+    // only.
     let bytes = unsafe { bytes_mut(p.ptr as *mut u8, p.len) };
-    match p.from {
-        ReadFrom::File(file) => read_exact_at(file, bytes, p.offset),
-        ReadFrom::Bytes(src) => {
-            let start = p.offset as usize;
-            bytes.copy_from_slice(&src[start..start + p.len]);
-            Ok(())
-        }
-    }
+    p.from.read_exact_at(bytes, p.offset)
 }
 
 #[cfg(test)]
