@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::floats_as;
+use common::{floats_as, llm_files, llm_model};
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
-use tch_state_dict::{load_checkpoint, state_dict, ModuleTree, StateDict, StateDictModule};
+use tch_state_dict::{load_checkpoint, state_dict, StateDict, StateDictModule};
 
 fn python() -> PathBuf {
     std::env::var_os("TCH_STATE_DICT_PYTHON")
@@ -302,37 +302,6 @@ const CHECKS: &[Check] = &[
     ),
 ];
 
-/// The LLM-like checkpoint's index.json, made with that machine's Python once.
-fn llm_files(dir: &Path, layers: usize, dim: i64) -> PathBuf {
-    let out = dir.join(format!("llm-{layers}x{dim}"));
-    let index = out.join("model.safetensors.index.json");
-    if !index.exists() {
-        let status = Command::new(python())
-            .arg(script("make_llm.py"))
-            .arg(&out)
-            .args([layers.to_string(), dim.to_string(), "4".to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "make_llm.py failed");
-    }
-    index
-}
-
-fn llm_model(layers: usize, dim: i64, kind: Kind) -> (nn::VarStore, ModuleTree) {
-    let vs = nn::VarStore::new(Device::Cuda(0));
-    let mut keys = Vec::new();
-    for i in 0..layers {
-        let attn = vs.root() / "model" / "layers" / i / "self_attn";
-        for p in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            let _ = (&attn / p).zeros("weight", &[dim, dim]);
-            keys.push(format!("model.layers.{i}.self_attn.{p}.weight"));
-        }
-    }
-    let tree = ModuleTree::from_var_store_ordered(&vs, &keys).unwrap();
-    make_kind(&tree, kind);
-    (vs, tree)
-}
-
 /// Pinned host memory to the device, `bytes` of it, one copy: the floor.
 fn pinned_floor(bytes: usize) -> f64 {
     let host = Tensor::empty([bytes as i64], (Kind::Uint8, Device::Cpu))
@@ -408,15 +377,15 @@ fn bench(dir: &Path, report: &mut String) {
     drop((model, vs));
     // The 4 GiB bf16 LLM-like checkpoint into CUDA bf16 and fp32 models.
     let (layers, dim) = (32, 4096);
-    let index = llm_files(dir, layers, dim);
+    let index = llm_files(dir, layers, dim, &python(), &script("make_llm.py"));
     let bytes = dir_bytes(&index);
     let floor = pinned_floor(bytes);
     for (kind, name) in [(Kind::BFloat16, "bfloat16"), (Kind::Float, "float32")] {
-        let (vs, tree) = llm_model(layers, dim, kind);
+        let tree = llm_model(0..layers, dim, kind, Device::Cuda(0));
         let ms = median(5, &mut || {
             load_checkpoint(&tree, &index, true).unwrap();
         });
-        drop((vs, tree));
+        drop(tree);
         let py = pytorch(
             &format!("llm:{layers}:{dim}"),
             None,

@@ -9,15 +9,13 @@ MODEL is resnet50 or llm:LAYERS:DIM. KIND is the model's dtype (float32, bfloat1
 import glob
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torchvision
 from safetensors.torch import load_file
 
-from llm_module import Llm
+from bench_models import Llm, median_ms
 
 
 def build(spec, kind):
@@ -31,18 +29,6 @@ def build(spec, kind):
     return model.to(getattr(torch, kind))
 
 
-def median_ms(fn, runs):
-    fn()
-    times = []
-    for _ in range(runs):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def main():
     spec, pth, st, kind, runs = sys.argv[1:6]
     runs = int(runs)
@@ -53,12 +39,14 @@ def main():
         for f in files:
             model.load_state_dict(load_file(f, device="cuda"), strict=False)
 
-    out = {"load_file_cuda": median_ms(safetensors_route, runs)}
+    out = {"load_file_cuda": median_ms(safetensors_route, runs, torch.cuda.synchronize)}
     if pth != "none":
         out["torch_load_cuda"] = median_ms(
-            lambda: model.load_state_dict(torch.load(pth, map_location="cuda", weights_only=True)), runs)
+            lambda: model.load_state_dict(torch.load(pth, map_location="cuda", weights_only=True)),
+            runs, torch.cuda.synchronize)
         out["torch_load_mmap"] = median_ms(
-            lambda: model.load_state_dict(torch.load(pth, mmap=True, weights_only=True)), runs)
+            lambda: model.load_state_dict(torch.load(pth, mmap=True, weights_only=True)),
+            runs, torch.cuda.synchronize)
     print(json.dumps(out))
 
 

@@ -30,8 +30,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{
-    data_dir, dcp_from_pth, evict, floats_as, load_average, median_of, memcpy_all, parallel_read,
-    peak_rss, python, run_ok,
+    data_dir, dcp_from_pth, evict, floats_as, llm_files, llm_model, load_average, median_of,
+    memcpy_all, parallel_read, peak_rss, python, run_ok,
 };
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
@@ -82,39 +82,14 @@ fn pytorch(args: &[&str]) -> PyRow {
     Some((v["ms"].as_f64()?, v["peak_rss_growth"].as_u64()?))
 }
 
+/// The LLM-like checkpoint under `target/bench-data`: its index.json.
+fn llm_data(layers: usize, dim: i64) -> PathBuf {
+    let script = manifest("benches/make_llm.py");
+    llm_files(&data_dir(), layers, dim, &python(), &script)
+}
+
 fn ms(v: PyRow) -> String {
     v.map_or("–".into(), |(ms, _)| format!("{ms:.1}"))
-}
-
-/// The LLM-like checkpoint of `layers` layers of four [dim, dim] bf16 projections, in 4
-/// shards: its index.json, written once.
-fn llm_files(layers: usize, dim: i64) -> PathBuf {
-    let dir = data_dir().join(format!("llm-{layers}x{dim}"));
-    let index = dir.join("model.safetensors.index.json");
-    if !index.exists() {
-        let status = Command::new(python())
-            .arg(manifest("benches/make_llm.py"))
-            .arg(&dir)
-            .args([layers.to_string(), dim.to_string(), "4".to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "make_llm.py failed");
-    }
-    index
-}
-
-/// A model with the LLM-like checkpoint's keys (all of them, or those of layers
-/// `layers`), in `kind`, its memory touched.
-fn llm_model(layers: std::ops::Range<usize>, dim: i64, kind: Kind) -> ModuleTree {
-    let mut tree = ModuleTree::new("Llm");
-    for i in layers {
-        for p in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            let key = format!("model.layers.{i}.self_attn.{p}.weight");
-            tree.add_tensor(&key, Tensor::zeros([dim, dim], (kind, Device::Cpu)))
-                .unwrap();
-        }
-    }
-    tree
 }
 
 /// libtorch's `copy_` of each source tensor into the model's tensor of the same key.
@@ -230,7 +205,7 @@ fn resnet_rows(arch: Arch, runs: usize) {
 /// Run in a child process: the peak RSS growth of loading `index` into a fresh LLM-like
 /// model of `kind`, above the model.
 fn rss_child(index: &Path, layers: usize, dim: i64, kind: Kind) {
-    let model = llm_model(0..layers, dim, kind);
+    let model = llm_model(0..layers, dim, kind, Device::Cpu);
     let before = peak_rss();
     load_checkpoint(&model, index, true).unwrap();
     println!("{}", peak_rss() - before);
@@ -253,7 +228,7 @@ fn mb(bytes: u64) -> String {
 
 /// Tables 1 (the LLM row) and 2.
 fn llm_rows(layers: usize, dim: i64, runs: usize) -> (String, String) {
-    let index = llm_files(layers, dim);
+    let index = llm_data(layers, dim);
     let gib = (layers * 4 * (dim * dim * 2) as usize) >> 30;
     let name = format!("LLM-like, {gib} GiB bf16, 4 shards");
     let spec = format!("llm:{layers}:{dim}");
@@ -265,7 +240,7 @@ fn llm_rows(layers: usize, dim: i64, runs: usize) -> (String, String) {
     let rss_fp32 = rss_of_load(&index, layers, dim, Kind::Float);
     let rss_bf16 = rss_of_load(&index, layers, dim, Kind::BFloat16);
     // bf16 → fp32.
-    let model = llm_model(0..layers, dim, Kind::Float);
+    let model = llm_model(0..layers, dim, Kind::Float, Device::Cpu);
     let load = median(runs, &mut || {
         load_checkpoint(&model, &index, true).unwrap();
     });
@@ -279,7 +254,7 @@ fn llm_rows(layers: usize, dim: i64, runs: usize) -> (String, String) {
         load / py_fp32.map_or(f64::INFINITY, |r| r.0)
     );
     // bf16 → bf16: the direct route.
-    let model = llm_model(0..layers, dim, Kind::BFloat16);
+    let model = llm_model(0..layers, dim, Kind::BFloat16, Device::Cpu);
     let memcpy = median(runs, &mut || memcpy_floor(&model, &src, threads()));
     drop(src);
     let direct = median(runs, &mut || {
@@ -305,7 +280,7 @@ fn llm_rows(layers: usize, dim: i64, runs: usize) -> (String, String) {
 /// from the page cache before each run, loaded into fp32 and bf16 models, against reading
 /// the file by the load's threads and by 8.
 fn cold_rows(layers: usize, dim: i64) {
-    let index = llm_files(layers, dim);
+    let index = llm_data(layers, dim);
     let shard = index
         .parent()
         .unwrap()
@@ -330,7 +305,7 @@ fn cold_rows(layers: usize, dim: i64) {
         (Kind::Float, "→ fp32 model"),
         (Kind::BFloat16, "→ bf16 model"),
     ] {
-        let model = llm_model(0..layers / 4, dim, kind);
+        let model = llm_model(0..layers / 4, dim, kind, Device::Cpu);
         let load = cold(&mut || {
             load_checkpoint(&model, &shard, true).unwrap();
         });

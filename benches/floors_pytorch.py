@@ -19,28 +19,13 @@ import glob
 import json
 import os
 import resource
-import statistics
 import sys
-import time
 
 import torch
 import torchvision
 from safetensors.torch import load_file
-from torch import nn
 
-from llm_module import Llm
-
-
-class Holder(nn.Module):
-    def __init__(self, rows, cols):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(rows, cols))
-
-
-class Synthetic(nn.Module):
-    def __init__(self, n, rows, cols):
-        super().__init__()
-        self.layers = nn.ModuleList([Holder(rows, cols) for _ in range(n)])
+from bench_models import Llm, Synthetic, median_ms
 
 
 def build(spec, kind):
@@ -63,16 +48,6 @@ def build(spec, kind):
 
 def peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def median_ms(fn, runs):
-    fn()  # warm-up: page cache, allocator
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main():

@@ -8,26 +8,13 @@ layers.<i>.weight of shape [ROWS, COLS]).
 """
 
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torchvision
 from safetensors.torch import load_file
-from torch import nn
 
-
-class Holder(nn.Module):
-    def __init__(self, rows, cols):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(rows, cols))
-
-
-class Synthetic(nn.Module):
-    def __init__(self, n, rows, cols):
-        super().__init__()
-        self.layers = nn.ModuleList([Holder(rows, cols) for _ in range(n)])
+from bench_models import Synthetic, median_ms
 
 
 def build(spec):
@@ -35,16 +22,6 @@ def build(spec):
         _, n, rows, cols = spec.split(":")
         return Synthetic(int(n), int(rows), int(cols))
     return getattr(torchvision.models, spec)(weights=None)
-
-
-def median_ms(fn, runs):
-    fn()  # warm-up: page cache, allocator
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main():

@@ -154,3 +154,39 @@ pub fn dcp_from_pth(pth: &Path, dir: &Path) {
         dir.to_str().unwrap(),
     ]));
 }
+
+/// The LLM-like checkpoint of `layers` layers of four [dim, dim] bf16 projections in 4
+/// shards, under `dir`, written once by `script` (`benches/make_llm.py`) run by `python`:
+/// its index.json.
+pub fn llm_files(dir: &Path, layers: usize, dim: i64, python: &Path, script: &Path) -> PathBuf {
+    let out = dir.join(format!("llm-{layers}x{dim}"));
+    let index = out.join("model.safetensors.index.json");
+    if !index.exists() {
+        run_ok(
+            std::process::Command::new(python)
+                .arg(script)
+                .arg(&out)
+                .args([layers.to_string(), dim.to_string(), "4".to_string()]),
+        );
+    }
+    index
+}
+
+/// A model with the LLM-like checkpoint's keys (all of them, or those of layers `layers`),
+/// made in `kind` on `device`, its memory touched.
+pub fn llm_model(
+    layers: std::ops::Range<usize>,
+    dim: i64,
+    kind: Kind,
+    device: tch::Device,
+) -> tch_state_dict::ModuleTree {
+    let mut tree = tch_state_dict::ModuleTree::new("Llm");
+    for i in layers {
+        for p in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+            let key = format!("model.layers.{i}.self_attn.{p}.weight");
+            tree.add_tensor(&key, Tensor::zeros([dim, dim], (kind, device)))
+                .unwrap();
+        }
+    }
+    tree
+}
