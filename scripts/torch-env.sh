@@ -12,7 +12,12 @@ SAFETENSORS_VERSION=0.7.0
 NUMPY_VERSION=2.4.6
 PACKAGING_VERSION=26.4
 ZSTANDARD_VERSION=0.25.0
-_tsd_requirements="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION safetensors==$SAFETENSORS_VERSION numpy==$NUMPY_VERSION packaging==$PACKAGING_VERSION zstandard==$ZSTANDARD_VERSION"
+# omegaconf (Hydra's configs, for the fixtures and oracle of configs that refer to
+# themselves) with the versions of its two dependencies that pip resolves for it.
+OMEGACONF_VERSION=2.3.0
+ANTLR4_VERSION=4.9.3
+PYYAML_VERSION=6.0.4
+_tsd_requirements="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION safetensors==$SAFETENSORS_VERSION numpy==$NUMPY_VERSION packaging==$PACKAGING_VERSION zstandard==$ZSTANDARD_VERSION omegaconf==$OMEGACONF_VERSION antlr4-python3-runtime==$ANTLR4_VERSION PyYAML==$PYYAML_VERSION"
 
 _tsd_python=${TCH_STATE_DICT_BASE_PYTHON:-python3}
 if ! command -v "$_tsd_python" >/dev/null 2>&1; then

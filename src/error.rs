@@ -499,9 +499,14 @@ pub enum PickleError {
     /// The same key twice in one dict.
     #[error("duplicate key {0:?} in a dict")]
     DuplicateKey(String),
-    /// Containers nested deeper than the limit, or a container that contains itself.
-    #[error("values nested deeper than {0} (or a container that contains itself)")]
+    /// Containers or modules nested deeper than the limit.
+    #[error("values nested deeper than {0}")]
     TooDeep(usize),
+    /// A cycle where none can be: a module among its own submodules, which PyTorch's
+    /// `state_dict()` would recurse into forever. (Values that hold themselves are read as
+    /// [`Value::Recursive`](crate::Value::Recursive).)
+    #[error("a cycle: {0}")]
+    Cycle(String),
     /// An opcode that only a hand-made pickle would emit where it appears.
     #[error("{0}")]
     Malformed(&'static str),

@@ -675,3 +675,52 @@ fn the_tool_reads_dcp_directories() {
         r.stdout
     );
 }
+
+#[test]
+fn inspect_reads_values_that_refer_to_themselves() {
+    // A Lightning checkpoint whose hyper_parameters are omegaconf configs: each node's
+    // `_parent` refers back to the node that holds it.
+    let path = common::test_file("fixtures/training/lightning_hydra.ckpt");
+    for args in [
+        vec!["inspect", s(&path)],
+        vec!["inspect", s(&path), "--key", "hyper_parameters"],
+    ] {
+        let r = run(&args);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stdout.contains("object omegaconf.dictconfig.DictConfig"),
+            "{}",
+            r.stdout
+        );
+        assert!(r.stdout.contains("._parent  ..."), "{}", r.stdout);
+    }
+    let r = run(&[
+        "inspect",
+        s(&common::test_file("fixtures/training/cycles.pth")),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("\"self\"  {...}"), "{}", r.stdout);
+    assert!(r.stdout.contains("[2]  [...]"), "{}", r.stdout);
+}
+
+#[test]
+fn check_and_convert_take_a_torch_fx_graph_module() {
+    let dir = tempdir("fx");
+    let path = dir.join("resnet18_fx.pth");
+    common::oracle(
+        "oracle/full_load.py",
+        &["save_model", "resnet18", "10", s(&path), "", "fx"],
+        "",
+    );
+    let r = run(&["check", s(&path), "--arch", "resnet18", "--classes", "10"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let out = dir.join("resnet18.safetensors");
+    let r = run(&["convert", s(&path), s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let converted = StateDict::load(&out).unwrap();
+    let read = StateDict::load(&path).unwrap();
+    assert_eq!(converted.len(), read.len());
+    for (k, t) in read.iter() {
+        assert!(converted.get(k).unwrap().equal(t), "{k}");
+    }
+}

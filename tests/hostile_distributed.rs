@@ -152,10 +152,7 @@ refused!(
 refused!(
     self_reference,
     "self_reference",
-    Error::Pickle {
-        kind: PickleError::TooDeep(_),
-        ..
-    }
+    Error::InvalidDistributed { field, reason, .. } if field == "planner_data" && reason.contains("not a path")
 );
 
 // planner_data: found when the nested value is built.

@@ -138,6 +138,100 @@ fn a_module_of_an_unknown_class_under_a_key() {
         .contains("StateDict::load_key(path, \"model\")"));
 }
 
+/// The generated code of a GraphModule's value: kept as a string, never run.
+fn graph_module_code(v: &Value) -> String {
+    let o = v.as_object().unwrap();
+    assert_eq!(
+        o.qualified_name(),
+        "torch.fx.graph_module.reduce_graph_module"
+    );
+    let code = o.get_attr("_code").and_then(Value::as_str).unwrap();
+    code.to_string()
+}
+
+#[test]
+fn a_torch_fx_graph_module_gives_its_state_dict() {
+    let dir = tempdir("fx-small");
+    let path = fixture("fx_small.pth");
+    let python = assert_every_path_matches(&path, "", &dir);
+    assert_eq!(python.len(), 8);
+    let code = graph_module_code(&Value::load(&path).unwrap());
+    assert!(code.contains("def forward(self, x)"), "{code}");
+    // Into the same model built the tch way, strictly.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let conv = nn::ConvConfig {
+        bias: false,
+        ..Default::default()
+    };
+    let _ = nn::conv2d(&root / "conv1", 3, 4, 3, conv);
+    let _ = nn::batch_norm2d(&root / "bn1", 4, Default::default());
+    let _ = nn::linear(&root / "linear", 4, 10, Default::default());
+    let report = load_checkpoint(&vs, &path, true).unwrap();
+    assert!(report.missing_keys.is_empty() && report.unexpected_keys.is_empty());
+    // tch's BatchNorm has no num_batches_tracked: every other tensor is Python's.
+    let loaded = tch_state_dict::state_dict(&vs).unwrap();
+    assert_eq!(loaded.len(), 7);
+    for (k, t) in loaded.iter() {
+        let p = python.get(k).unwrap();
+        assert_eq!(common::hash_tensor(t), common::hash_tensor(p), "{k}");
+    }
+}
+
+#[test]
+fn a_graph_module_with_nested_submodules_and_buffers_under_a_key() {
+    let dir = tempdir("fx-nested");
+    let path = fixture("fx_nested.pth");
+    let python = assert_every_path_matches(&path, "model", &dir);
+    // torch.fx copied the buffers the graph reads into nested modules of its own, as
+    // persistent buffers, the one that was not persistent too: Python's keys say so.
+    let keys: Vec<&str> = python.keys().collect();
+    assert!(
+        keys.contains(&"blocks.0.scale") && keys.contains(&"mean"),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&"blocks.1.shift"), "{keys:?}");
+    let v = Value::load(&path).unwrap();
+    let code = graph_module_code(v.get("model").unwrap());
+    assert!(code.contains("blocks"), "{code}");
+    // The top level is a dict holding a module: the error says where the state dict is.
+    let err = StateDict::load(&path).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("StateDict::load_key(path, \"model\")"),
+        "{err}"
+    );
+}
+
+#[test]
+fn torchvision_resnet18_traced_by_torch_fx_loads_into_the_crates_resnet18() {
+    let dir = tempdir("fx-resnet18");
+    let path = dir.join("resnet18_fx.pth");
+    common::oracle(
+        "oracle/full_load.py",
+        &[
+            "save_model",
+            "resnet18",
+            "10",
+            path.to_str().unwrap(),
+            "",
+            "fx",
+        ],
+        "",
+    );
+    let python = assert_every_path_matches(&path, "", &dir);
+    graph_module_code(&Value::load(&path).unwrap());
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = models::resnet18(&vs, 10).unwrap();
+    let report = load_checkpoint(&model, &path, true).unwrap();
+    assert!(report.missing_keys.is_empty() && report.unexpected_keys.is_empty());
+    assert_same(
+        &tch_state_dict::state_dict(&model).unwrap(),
+        &python,
+        "loaded model",
+    );
+}
+
 #[test]
 fn torchvision_resnet18_saved_whole_loads_into_the_crates_resnet18() {
     let dir = tempdir("resnet18");

@@ -157,7 +157,9 @@ fn python_script_state_dict(path: &Path, dir: &Path) -> StateDict {
 #[test]
 fn a_scripted_module_reads_as_scripted_state_dict() {
     let dir = tempdir("scripted");
-    for name in ["scripted.pt", "scripted_linear.pt"] {
+    // scripted_v1.pt: as torch 1.x wrote it (version 1, six-item persistent ids, fp16
+    // storages tagged 'cuda:0'), which torch.jit.load 2.11 reads.
+    for name in ["scripted.pt", "scripted_linear.pt", "scripted_v1.pt"] {
         let path = fixture(name);
         let python = python_script_state_dict(&path, &dir);
         let ours = StateDict::load(&path).unwrap();
@@ -190,6 +192,29 @@ fn a_scripted_module_reads_as_scripted_state_dict() {
     assert!(keys.contains(&"offset".to_string()));
     assert!(!keys.contains(&"plain".to_string()));
     assert!(!keys.contains(&"seq.2.bias".to_string()));
+}
+
+#[test]
+fn a_torch_1x_archive_loads_into_a_model() {
+    let path = fixture("scripted_v1.pt");
+    let lazy = LazyStateDict::load(&path).unwrap();
+    assert_eq!(lazy.get("conv1.weight").unwrap().kind(), Some(Kind::Half));
+    // Into an fp32 model built the tch way: converted, as load_state_dict converts.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let conv = ConvConfig {
+        bias: false,
+        ..Default::default()
+    };
+    let _ = nn::conv2d(&root / "conv1", 3, 4, 3, conv);
+    let _ = nn::batch_norm2d(&root / "bn1", 4, Default::default());
+    let _ = nn::linear(&root / "linear", 4, 10, Default::default());
+    let report = load_checkpoint(&vs, &path, true).unwrap();
+    assert!(report.missing_keys.is_empty() && report.unexpected_keys.is_empty());
+    let w = &vs.variables()["linear.weight"];
+    assert_eq!(w.kind(), Kind::Float);
+    let want = lazy.get("linear.weight").unwrap().read().unwrap();
+    assert!(w.equal(&want.to_kind(Kind::Float)));
 }
 
 #[test]

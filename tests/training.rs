@@ -19,10 +19,12 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// The fixtures this file compares with Python.
-const FIXTURES: [&str; 7] = [
+const FIXTURES: [&str; 9] = [
     "repdistiller.pth",
     "timm.pth.tar",
     "lightning.ckpt",
+    "lightning_hydra.ckpt",
+    "cycles.pth",
     "values.pth",
     "values_numpy1.pth",
     "gpu_tagged.pth",
@@ -56,6 +58,14 @@ struct Flat {
 }
 
 fn flatten(v: &Value, prefix: &str, out: &mut Flat) {
+    flatten_in(v, prefix, out, &mut Vec::new());
+}
+
+/// `levels` holds the path of each value that encloses `v`, outermost first, as
+/// `Value::Recursive` counts them (an object's state is a level of its own, at the object's
+/// path): a reference back is recorded as ("recursive", the path it refers to), as the
+/// oracle records a cycle.
+fn flatten_in(v: &Value, prefix: &str, out: &mut Flat, levels: &mut Vec<String>) {
     let join = |k: &str| {
         if prefix.is_empty() {
             k.to_string()
@@ -76,23 +86,35 @@ fn flatten(v: &Value, prefix: &str, out: &mut Flat) {
         Value::Float(_) => scalar("float", v.to_string()),
         Value::Str(s) => scalar("str", s.clone()),
         Value::None => scalar("none", "None".into()),
+        Value::Recursive { up, .. } => {
+            let target = levels[levels.len() - up].clone();
+            scalar("recursive", target)
+        }
         Value::Dict(d) => {
+            levels.push(prefix.to_string());
             for (k, item) in &d.items {
-                flatten(item, &join(&key(k)), out);
+                flatten_in(item, &join(&key(k)), out, levels);
             }
+            levels.pop();
         }
         Value::List(items) | Value::Tuple(items) => {
+            levels.push(prefix.to_string());
             for (i, item) in items.iter().enumerate() {
-                flatten(item, &join(&i.to_string()), out);
+                flatten_in(item, &join(&i.to_string()), out, levels);
             }
+            levels.pop();
         }
         Value::Object(o) => {
+            levels.push(prefix.to_string());
             for (k, item) in o.dict_items() {
-                flatten(item, &join(&key(k)), out);
+                flatten_in(item, &join(&key(k)), out, levels);
             }
+            // The state, a level below the object (a dict, as every fixture's is).
+            levels.push(prefix.to_string());
             for (k, item) in o.attrs() {
-                flatten(item, &join(k), out);
+                flatten_in(item, &join(k), out, levels);
             }
+            levels.truncate(levels.len() - 2);
         }
         _ => {}
     }
@@ -301,6 +323,86 @@ fn lightning_checkpoint_with_a_class_from_an_unknown_package() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The `_content` entry `key` of an omegaconf node's value.
+fn content<'v>(node: &'v Value, key: &str) -> &'v Value {
+    node.attr("_content").and_then(|c| c.get(key)).unwrap()
+}
+
+#[test]
+fn lightning_checkpoint_with_omegaconf_configs_that_refer_to_themselves() {
+    let name = "lightning_hydra.ckpt";
+    let path = fixture(name);
+    // Every tensor and scalar, and where each cycle leads, as Python rebuilds them.
+    let (value, python) = assert_matches_python(name);
+    assert!(
+        python["scalars"]["hyper_parameters/cfg/_content/model/_parent"]["type"] == "recursive",
+        "the oracle saw no cycle"
+    );
+    let hparams = value.get("hyper_parameters").unwrap().as_object().unwrap();
+    let cfg = &hparams.dict_items()[0].1;
+    assert_eq!(
+        cfg.as_object().unwrap().qualified_name(),
+        "omegaconf.dictconfig.DictConfig"
+    );
+    let model = content(cfg, "model");
+    // model's state (1 up) <- model (2) <- cfg._content (3) <- cfg's state (4) <- cfg (5).
+    assert!(matches!(
+        model.attr("_parent"),
+        Some(Value::Recursive {
+            up: 5,
+            type_name: "object"
+        })
+    ));
+    let t_max = content(content(content(cfg, "optim"), "scheduler"), "t_max");
+    assert_eq!(
+        t_max.attr("_val").and_then(Value::as_str),
+        Some("${trainer.max_epochs}")
+    );
+    assert!(value.to_string().contains("_parent=..."));
+
+    // The same through every other entry point.
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let v = ckpt.value().unwrap();
+    assert_eq!(v.to_string(), value.to_string());
+    assert_eq!(
+        ckpt.value_with_unreadable().unwrap().to_string(),
+        value.to_string()
+    );
+    let mut sd = StateDict::load_key(&path, "state_dict").unwrap();
+    assert_eq!(sd.len(), 8);
+    sd.strip_prefix("model.");
+    sd.pop("bn1.num_batches_tracked");
+    let vs = nn::VarStore::new(Device::Cpu);
+    small(&vs, 10);
+    tch_state_dict::load_state_dict(&vs, &sd, true).unwrap();
+    // A key that holds no state dict says what it holds.
+    match StateDict::load_key(&path, "hyper_parameters").unwrap_err() {
+        Error::OpaqueObject { name, .. } => assert_eq!(name, "AttributeDict"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn values_that_hold_themselves_and_shared_subtrees() {
+    let (value, _) = assert_matches_python("cycles.pth");
+    assert_eq!(
+        value.get("list").unwrap().to_string(),
+        "[1, 'a', [...], ([[...]],)]"
+    );
+    assert_eq!(
+        value.get("dict").unwrap().to_string(),
+        "{'x': 1.5, 'self': {...}}"
+    );
+    // A subtree under two keys is no cycle: two equal values, sharing the tensor.
+    let (a, b) = (value.get("a").unwrap(), value.get("b").unwrap());
+    assert_eq!(a.to_string(), b.to_string());
+    let (ta, tb) = (
+        a.get("w").unwrap().as_tensor().unwrap(),
+        b.get("w").unwrap().as_tensor().unwrap(),
+    );
+    assert_eq!(ta.data_ptr(), tb.data_ptr());
 }
 
 #[test]

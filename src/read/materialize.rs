@@ -79,6 +79,9 @@ pub(crate) struct Materializer<'c, 'a> {
     /// Whether a tensor of a dtype tch cannot hold becomes [`Value::Unreadable`] rather
     /// than an error.
     unreadable: bool,
+    /// The containers and objects that enclose the value being made, outermost first: one
+    /// met again inside itself is a cycle, made [`Value::Recursive`].
+    enclosing: Vec<Id>,
 }
 
 /// What a value costs in its container's allocation.
@@ -113,6 +116,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
             budget: parsed.budget.clone(),
             tensor_values: HashMap::new(),
             unreadable: false,
+            enclosing: Vec::new(),
         }
     }
 
@@ -176,11 +180,39 @@ impl<'c, 'a> Materializer<'c, 'a> {
         self.convert(id, 0)
     }
 
+    /// The object `id` as a value, `depth` levels below the root. A list, dict, tuple, set
+    /// or object met again inside itself is a [`Value::Recursive`]: the pickle's objects form
+    /// a cycle there (an omegaconf node's `_parent`), which Python rebuilds as a cycle. One
+    /// met again elsewhere (shared, not enclosing) is made again, within `max_values`.
     fn convert(&mut self, id: Id, depth: usize) -> Result<Value, Error> {
         let max_depth = self.options.limits.max_depth;
         if depth > max_depth {
             return Err(self.pickle_error(PickleError::TooDeep(max_depth)));
         }
+        let arena = &self.parsed.arena;
+        let obj = arena.get(id);
+        let type_name = match obj {
+            Obj::List(_) => "list",
+            Obj::Dict(d) if d.ordered => "OrderedDict",
+            Obj::Dict(_) => "dict",
+            Obj::Tuple(_) => "tuple",
+            Obj::Set(_) => "set",
+            Obj::Object(_) => "object",
+            _ => return self.convert_enclosed(id, depth),
+        };
+        if let Some(at) = self.enclosing.iter().rposition(|&e| e == id) {
+            self.spend(1)?;
+            let up = self.enclosing.len() - at;
+            return Ok(Value::Recursive { up, type_name });
+        }
+        self.enclosing.push(id);
+        let value = self.convert_enclosed(id, depth);
+        self.enclosing.pop();
+        value
+    }
+
+    /// [`convert`](Self::convert), once `id` is known to enclose what it holds.
+    fn convert_enclosed(&mut self, id: Id, depth: usize) -> Result<Value, Error> {
         let arena = &self.parsed.arena;
         let obj = arena.get(id);
         // Strings and bytes count by length too, so that a memo reference to a large string
@@ -263,7 +295,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                     items.push((key, value));
                 }
                 let metadata = match arena.metadata_of(id) {
-                    Some(m) => Some(self.metadata(m)?),
+                    Some(m) => Some(self.metadata(m, depth)?),
                     None => None,
                 };
                 self.budget.release(seen_cost);
@@ -356,8 +388,11 @@ impl<'c, 'a> Materializer<'c, 'a> {
         Ok(t)
     }
 
-    /// A state dict's `_metadata`: a dict of module prefix to a dict of attributes.
-    fn metadata(&mut self, id: Id) -> Result<Metadata, Error> {
+    /// A state dict's `_metadata`: a dict of module prefix to a dict of attributes, of the
+    /// dict `depth` levels below the root. Its values are two levels below the dict, as the
+    /// pickle nests them, so that dicts whose `_metadata` hold dicts with `_metadata` stay
+    /// within `max_depth`.
+    fn metadata(&mut self, id: Id, depth: usize) -> Result<Metadata, Error> {
         let malformed = || PickleError::Malformed("_metadata is not a dict of dicts keyed by str");
         let arena = &self.parsed.arena;
         let Obj::Dict(d) = arena.get(id) else {
@@ -376,7 +411,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                     return Err(self.pickle_error(malformed()));
                 };
                 self.charge(heap(name.len()))?;
-                entry.insert(name.clone(), self.convert(b, 2)?);
+                entry.insert(name.clone(), self.convert(b, depth + 2)?);
             }
             out.insert(prefix.clone(), entry);
         }
@@ -436,7 +471,13 @@ impl<'c, 'a> Materializer<'c, 'a> {
             return Err(self.not_a_state_dict(id, at));
         };
         let metadata = match arena.metadata_of(id) {
-            Some(m) => Some(self.metadata(m)?),
+            Some(m) => {
+                // Its values are held by the state dict, as in a whole value.
+                self.enclosing.push(id);
+                let metadata = self.metadata(m, 0);
+                self.enclosing.pop();
+                Some(metadata?)
+            }
             None => None,
         };
         self.checked(SdEntries {

@@ -56,7 +56,7 @@ pub(crate) use index::{
 };
 pub(crate) use materialize::{read_file_tensors, Materializer};
 pub use options::{ReadLimits, ReadOptions};
-pub(crate) use pickle::{Id, Obj, TensorRef};
+pub(crate) use pickle::{graph_module_body, Id, Obj, TensorRef};
 pub(crate) use pread::{
     bytes, bytes_mut, contiguous_strides, is_contiguous, read_all_with, Read, ReadFrom,
 };

@@ -86,7 +86,8 @@ impl<'c> Materializer<'c, '_> {
     ///
     /// [`Error::InvalidModule`] for a module whose parameters, buffers or children are not
     /// what a module holds; [`Error::Pickle`] with [`PickleError::TooDeep`] for modules
-    /// nested deeper than the depth limit (or a module that contains itself);
+    /// nested deeper than the depth limit, and with [`PickleError::Cycle`] for a module
+    /// among its own submodules (PyTorch's `state_dict()` would recurse forever);
     /// [`Error::LimitExceeded`] past the budget of values (modules shared many times) or
     /// the memory budget.
     pub(crate) fn module_entries(
@@ -102,7 +103,7 @@ impl<'c> Materializer<'c, '_> {
             metadata: Some(Metadata::new()),
             from_module: true,
         };
-        self.walk(object, style, String::new(), 0, at, &mut sd)?;
+        self.walk(object, style, String::new(), &mut Vec::new(), at, &mut sd)?;
         Ok(Some(sd))
     }
 
@@ -126,13 +127,21 @@ impl<'c> Materializer<'c, '_> {
         object: &'c OpaqueObj,
         style: Style,
         prefix: String,
-        depth: usize,
+        enclosing: &mut Vec<*const OpaqueObj>,
         at: Option<&str>,
         sd: &mut SdEntries<'c>,
     ) -> Result<(), Error> {
         let max_depth = self.options.limits.max_depth;
-        if depth > max_depth {
+        if enclosing.len() > max_depth {
             return Err(self.pickle_error(PickleError::TooDeep(max_depth)));
+        }
+        if enclosing.contains(&(object as *const OpaqueObj)) {
+            let what = format!(
+                "the submodule `{}` is the module that holds it, or one that holds that, so \
+                 state_dict() would never end",
+                prefix.strip_suffix('.').unwrap_or(&prefix)
+            );
+            return Err(self.pickle_error(PickleError::Cycle(what)));
         }
         self.spend(1)?;
         // A visit reads the module's attributes several times (what it is, then each of
@@ -160,10 +169,12 @@ impl<'c> Materializer<'c, '_> {
             self.charge(32 + heap(key.len()))?;
             sd.entries.push((Cow::Owned(key), tensor));
         }
+        enclosing.push(object);
         for (name, child) in children {
             let child_prefix = format!("{prefix}{name}.");
-            self.walk(child, style, child_prefix, depth + 1, at, sd)?;
+            self.walk(child, style, child_prefix, enclosing, at, sd)?;
         }
+        enclosing.pop();
         Ok(())
     }
 

@@ -119,7 +119,12 @@ pub(crate) fn parse<'a>(
     let pickle_cost = read_cost(&pickle_loc);
     budget.charge(pickle_cost).map_err(out_of_budget(path))?;
     let pickle_bytes = read_checked(path, &source, &pickle_loc, &data_pkl, pickle_crc)?;
-    let (arena, _) = pickle::run(&pickle_bytes, Flavor::Zip, options, &mut budget)
+    let flavor = if records.script {
+        Flavor::Script
+    } else {
+        Flavor::Zip
+    };
+    let (arena, _) = pickle::run(&pickle_bytes, flavor, options, &mut budget)
         .map_err(|f| pickle_error(path, &data_pkl, f))?;
     drop(pickle_bytes);
     budget.release(pickle_cost);

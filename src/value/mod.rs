@@ -85,6 +85,28 @@ pub enum Value {
         /// Its shape.
         shape: Vec<i64>,
     },
+    /// A reference back to a list, dict, tuple, set or object that encloses this value: the
+    /// pickle's objects form a cycle, as an omegaconf config node's `_parent` or a list that
+    /// holds itself do. Python's `repr` prints it as `[...]`, `{...}` or `...`, and so does
+    /// `Display`. Sharing that is no cycle (one object under two keys) is read as two equal
+    /// values instead, as before.
+    ///
+    /// ```
+    /// # use tch_state_dict::Value;
+    /// // l = [1]; l.append(l)
+    /// let l = Value::List(vec![Value::Int(1), Value::Recursive { up: 1, type_name: "list" }]);
+    /// assert_eq!(l.to_string(), "[1, [...]]");
+    /// ```
+    Recursive {
+        /// How many levels up the value it refers to is: 1 is the container or object that
+        /// holds this value, 2 the one that holds that, and so on. An object's `BUILD` state
+        /// is a level of its own, below the object (its arguments and items are not); the
+        /// values of a dict's `_metadata` are held by the dict.
+        up: usize,
+        /// The Python type of the value it refers to, as [`type_name`](Value::type_name)
+        /// names it: `list`, `dict`, `OrderedDict`, `tuple`, `set` or `object`.
+        type_name: &'static str,
+    },
 }
 
 /// A Python `dict` or `OrderedDict`, in order. Keys may be of any hashable kind (optimizer
@@ -227,6 +249,7 @@ impl Value {
                 dtype: dtype.clone(),
                 shape: shape.clone(),
             },
+            Value::Recursive { up, type_name } => Value::Recursive { up: *up, type_name },
         }
     }
 
@@ -250,6 +273,7 @@ impl Value {
             Value::Object(_) => "object",
             Value::Global { .. } => "global",
             Value::Unreadable { .. } => "Tensor",
+            Value::Recursive { type_name, .. } => type_name,
         }
     }
 }

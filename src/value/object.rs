@@ -90,9 +90,16 @@ impl Object {
     }
 
     /// The attributes its state gives it, in order: the state's entries when it is a dict
-    /// with string keys, or those of both dicts of a `(dict, slots)` pair.
+    /// with string keys, or those of both dicts of a `(dict, slots)` pair. A
+    /// `torch.fx.GraphModule`, which is pickled as a call of
+    /// `torch.fx.graph_module.reduce_graph_module` with the module's `__dict__` and no
+    /// state, has the attributes of that `__dict__` (its generated code is `_code`, a
+    /// string, never run).
     pub fn attrs(&self) -> impl Iterator<Item = (&str, &Value)> + '_ {
-        let dicts: Vec<&super::Dict> = match self.state.as_deref() {
+        let body = crate::read::graph_module_body(&self.module, &self.name)
+            .filter(|_| self.state.is_none())
+            .and_then(|i| self.args.get(i));
+        let dicts: Vec<&super::Dict> = match self.state.as_deref().or(body) {
             Some(Value::Dict(d)) => vec![d],
             Some(Value::Tuple(v)) if v.len() == 2 => v.iter().filter_map(Value::as_dict).collect(),
             _ => Vec::new(),

@@ -48,6 +48,11 @@ impl fmt::Display for Value {
                 "tensor(size={}, dtype=torch.{dtype}, unreadable)",
                 pyfmt::Shape(shape)
             ),
+            Value::Recursive { type_name, .. } => f.write_str(match *type_name {
+                "list" => "[...]",
+                "dict" => "{...}",
+                _ => "...",
+            }),
         }
     }
 }

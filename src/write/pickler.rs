@@ -275,6 +275,15 @@ impl Pickler {
                     ),
                 })
             }
+            Value::Recursive { type_name, .. } => {
+                return Err(Unwritable {
+                    what: what.to_string(),
+                    reason: format!(
+                        "a reference back to the {type_name} that holds it (a cycle), which \
+                         torch.load(weights_only=True) cannot rebuild"
+                    ),
+                })
+            }
             Value::Global { module, name } => {
                 // A torch dtype tch has no kind for (`torch.uint16`), which
                 // torch.load(weights_only=True) allows.

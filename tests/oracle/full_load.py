@@ -14,10 +14,11 @@
                 torch.save; its keys are printed
   script_state_dict P OUT
                 torch.jit.load(P).state_dict(), written to OUT with torch.save
-  save_model ARCH CLASSES OUT KEY
+  save_model ARCH CLASSES OUT KEY [fx]
                 torch.save of a whole model of tests/oracle/resnets.py (a torchvision ResNet,
                 a CIFAR ResNet), with BatchNorm statistics away from their defaults: the
-                model itself, or {KEY: model, 'epoch': 240} when KEY is not empty
+                model itself, or {KEY: model, 'epoch': 240} when KEY is not empty; with fx,
+                the torch.fx GraphModule that symbolic_trace makes of it
 
 The fake package of the fixtures (fakepkg) is registered first, as the fixture script did.
 """
@@ -49,15 +50,45 @@ def scalar(kind, value):
     return {"type": kind, "repr": value}
 
 
-def flatten(obj, prefix, tensors, scalars, reprs):
+def state_of(obj):
+    """What pickle saved of an object: its class's __getstate__() where the class defines
+    one (omegaconf's nodes, which leave out a cache), else vars()."""
+    if type(obj).__getstate__ is not object.__getstate__:
+        state = obj.__getstate__()
+        if isinstance(state, dict):
+            return state
+    return vars(obj)
+
+
+def flatten(obj, prefix, tensors, scalars, reprs, enclosing=None):
+    """`enclosing` maps the id() of each container and object that holds `obj` to its path:
+    one met again inside itself is a cycle, recorded as ("recursive", its path)."""
+    enclosing = {} if enclosing is None else enclosing
     join = (lambda k: f"{prefix}/{k}" if prefix else str(k))
+    if isinstance(obj, (dict, list, tuple)) or (
+            hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.Tensor, np.ndarray,
+                                                               pathlib.PurePath))):
+        if id(obj) in enclosing:
+            scalars[prefix] = scalar("recursive", enclosing[id(obj)])
+            return
+        enclosing[id(obj)] = prefix
+        try:
+            flatten_one(obj, prefix, join, tensors, scalars, reprs, enclosing)
+        finally:
+            del enclosing[id(obj)]
+    else:
+        flatten_one(obj, prefix, join, tensors, scalars, reprs, enclosing)
+
+
+def flatten_one(obj, prefix, join, tensors, scalars, reprs, enclosing):
+    flatten_ = (lambda o, p: flatten(o, p, tensors, scalars, reprs, enclosing))
     if isinstance(obj, torch.Tensor):
         tensors[prefix] = record(obj)
     elif isinstance(obj, np.ndarray):
         native = obj.astype(obj.dtype.newbyteorder("="))
         tensors[prefix] = record(torch.from_numpy(native.copy(order="C")))
     elif isinstance(obj, np.generic):
-        flatten(obj.item(), prefix, tensors, scalars, reprs)
+        flatten_(obj.item(), prefix)
     elif isinstance(obj, bool):
         scalars[prefix] = scalar("bool", repr(obj))
     elif isinstance(obj, int):
@@ -77,15 +108,16 @@ def flatten(obj, prefix, tensors, scalars, reprs):
             cls = type(obj)
             reprs[prefix] = f"{cls.__module__}.{cls.__qualname__}({dict.__repr__(obj)})"
         for k, v in obj.items():
-            flatten(v, join(k), tensors, scalars, reprs)
+            flatten_(v, join(k))
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            flatten(v, join(i), tensors, scalars, reprs)
-    elif hasattr(obj, "__dict__"):
+            flatten_(v, join(i))
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        # (A class, such as the typing.Any an omegaconf node names, is a global here.)
         if isinstance(obj, argparse.Namespace):
             reprs[prefix] = repr(obj)
-        for k, v in vars(obj).items():
-            flatten(v, join(k), tensors, scalars, reprs)
+        for k, v in state_of(obj).items():
+            flatten_(v, join(k))
 
 
 def flattened(path):
@@ -108,11 +140,13 @@ def main():
     elif cmd == "save_model":
         import resnets
 
-        arch, classes, out, key = args
+        arch, classes, out, key, *how = args
         torch.manual_seed(0)
         model, _ = resnets.build(arch, int(classes))
         g = torch.Generator().manual_seed(1)
         make_training.randomize(model, g)
+        if how == ["fx"]:
+            model = torch.fx.symbolic_trace(model)
         torch.save({key: model, "epoch": 240} if key else model, out)
     elif cmd == "state_dict":
         obj = torch.load(args[0], weights_only=False, map_location="cpu")

@@ -42,6 +42,8 @@ mod torch;
 mod vm;
 
 pub(crate) use crate::error::PickleError;
-pub(crate) use object::{Arena, DictObj, Id, Obj, OpaqueObj, StorageRef, TensorRef};
+pub(crate) use object::{
+    graph_module_body, Arena, DictObj, Id, Obj, OpaqueObj, StorageRef, TensorRef,
+};
 pub(crate) use torch::Flavor;
 pub(crate) use vm::{run, Failure};

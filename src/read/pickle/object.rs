@@ -283,7 +283,15 @@ impl Arena {
     /// The string-keyed attributes an object's `BUILD` state gives it, in order: the state
     /// when it is a dict, or both dicts of a `(dict, slots)` pair. Empty when it has none.
     pub(crate) fn attributes(&self, obj: &OpaqueObj) -> Vec<(&str, Id)> {
-        let Some(state) = obj.state else {
+        // A torch.fx GraphModule is a call of a reduce function with the module's
+        // `__dict__` as an argument, and no state.
+        let body = self
+            .class_of(obj)
+            .and_then(|c| graph_module_body(&c.module, &c.name));
+        let Some(state) = obj
+            .state
+            .or_else(|| body.and_then(|i| obj.args.get(i).copied()))
+        else {
             return Vec::new();
         };
         let dicts: Vec<&DictObj> = match self.get(state) {
@@ -313,6 +321,23 @@ impl Arena {
         self.attributes(obj)
             .into_iter()
             .find_map(|(k, v)| (k == name).then_some(v))
+    }
+}
+
+/// Where the module's `__dict__` (the "body") is among the arguments of the functions that
+/// rebuild a `torch.fx.GraphModule`, when `module.name` is one:
+/// `reduce_graph_module(body, import_block)` (what `torch.save` writes),
+/// `reduce_package_graph_module(importer, body, generated_module_name)` and
+/// `reduce_deploy_graph_module(importer, body, import_block)`. The body holds what a pickled
+/// `nn.Module`'s state does (`_parameters`, `_buffers`, `_modules`), and the generated
+/// Python code as the string `_code`, which is never run.
+pub(crate) fn graph_module_body(module: &str, name: &str) -> Option<usize> {
+    match (module, name) {
+        ("torch.fx.graph_module", "reduce_graph_module") => Some(0),
+        ("torch.fx.graph_module", "reduce_package_graph_module" | "reduce_deploy_graph_module") => {
+            Some(1)
+        }
+        _ => None,
     }
 }
 

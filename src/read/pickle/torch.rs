@@ -147,6 +147,11 @@ pub(super) fn resolve_global(module: &str, name: &str) -> Option<Resolved> {
 pub(crate) enum Flavor {
     /// torch.save's zip format: `('storage', type, key, location, numel)`.
     Zip,
+    /// A TorchScript archive's `data.pkl`: five items or more, the rest ignored, as
+    /// libtorch's unpickler (`unpickler.cpp`, `BINPERSID`) reads them. torch 1.x wrote six,
+    /// `('storage', HalfStorage, '0', 'cuda:0', 4128, None)`, the sixth the legacy format's
+    /// view metadata, always `None` there; `torch.jit.load` 2.11 reads those archives.
+    Script,
     /// The legacy format: `('storage', type, key, location, numel, view_metadata)`.
     Legacy,
     /// No persistent ids allowed (the legacy header pickles).
@@ -335,6 +340,19 @@ impl Machine<'_> {
         self.afford(3 * heap_of(dims(args[2]) + dims(args[3]), 8))?;
         let size = self.ints(args[2], name, "size")?;
         let stride = self.ints(args[3], name, "stride")?;
+        if g == Global::RebuildTensorV2 && args.len() == 7 {
+            // The tensor's metadata, which PyTorch's `set_tensor_metadata` takes only as a
+            // mapping of str to bool (and then does not keep here).
+            let well_formed = match self.get(args[6]) {
+                Obj::Dict(d) => (d.items.iter()).all(|&(k, v)| {
+                    matches!((self.get(k), self.get(v)), (Obj::Str(_), Obj::Bool(_)))
+                }),
+                _ => false,
+            };
+            if !well_formed {
+                return Err(self.bad(name, "metadata is not a dict of str to bool"));
+            }
+        }
         let requires_grad = match g {
             Global::RebuildQTensor => self.boolean(args[5], name, "requires_grad")?,
             _ if args.len() > 4 => self.boolean(args[4], name, "requires_grad")?,
@@ -379,11 +397,17 @@ impl Machine<'_> {
             }
         };
         let expected = match self.flavor {
-            Flavor::Zip => 5,
+            Flavor::Zip | Flavor::Script => 5,
             Flavor::Legacy => 6,
             Flavor::Plain => return Err(bad("persistent ids are not allowed here")),
         };
-        if items.len() != expected {
+        if self.flavor == Flavor::Script && items.len() < expected {
+            return Err(bad(&format!(
+                "{} items, expected {expected} or more",
+                items.len()
+            )));
+        }
+        if self.flavor != Flavor::Script && items.len() != expected {
             return Err(bad(&format!("{} items, expected {expected}", items.len())));
         }
         match self.get(items[0]) {
@@ -410,7 +434,7 @@ impl Machine<'_> {
             Obj::Int(n) if *n >= 0 => *n as u64,
             _ => return Err(bad("the size is not a non-negative int")),
         };
-        let view = if expected == 6 {
+        let view = if self.flavor == Flavor::Legacy {
             match self.get(items[5]) {
                 Obj::None => None,
                 Obj::Tuple(t) if t.len() == 3 => {
