@@ -160,3 +160,4 @@ pub use read::{Format, ReadLimits, ReadOptions};
 pub use report::{IncompatibleKeys, LoadError, ShapeMismatch};
 pub use state_dict::{LazyStateDict, LazyTensor, StateDict};
 pub use value::{Dict, Metadata, Object, Value};
+pub use write::SaveOptions;

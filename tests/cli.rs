@@ -724,3 +724,53 @@ fn check_and_convert_take_a_torch_fx_graph_module() {
         assert!(converted.get(k).unwrap().equal(t), "{k}");
     }
 }
+
+#[test]
+fn convert_with_objects_writes_a_training_checkpoint_back_as_it_came() {
+    let dir = tempdir("objects");
+    let input = common::test_file("fixtures/training/lightning_hydra.ckpt");
+    let out = dir.join("resumed.ckpt");
+    let r = run(&["convert", s(&input), s(&out), "--objects"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("with its objects"), "{}", r.stdout);
+    // Python reads the same tensors, scalars and cycles from both.
+    let flat: Json = serde_json::from_str(&common::oracle(
+        "oracle/full_load.py",
+        &["flatten_all", s(&input), s(&out)],
+        "",
+    ))
+    .unwrap();
+    assert_eq!(flat[s(&input)], flat[s(&out)]);
+    // Under a key: the value there, whole.
+    let hp = dir.join("hparams.pth");
+    let r = run(&[
+        "convert",
+        s(&input),
+        s(&hp),
+        "--objects",
+        "--key",
+        "hyper_parameters",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = Value::load(&hp).unwrap();
+    assert_eq!(
+        v.as_object().unwrap().qualified_name(),
+        "fakepkg.AttributeDict"
+    );
+    // Objects have no place in safetensors; without --objects, they are refused.
+    let r = run(&[
+        "convert",
+        s(&input),
+        s(&dir.join("x.safetensors")),
+        "--objects",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("--objects writes torch.save's format only"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["convert", s(&input), s(&dir.join("x.pth"))]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+}

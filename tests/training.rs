@@ -12,14 +12,17 @@ use std::sync::OnceLock;
 use serde_json::Value as Json;
 use tch::nn::{self, ConvConfig};
 use tch::{Device, Kind};
-use tch_state_dict::{Checkpoint, Error, LazyStateDict, ReadOptions, StateDict, Value};
+use tch_state_dict::{
+    Checkpoint, Error, LazyStateDict, ReadOptions, SaveOptions, StateDict, Value,
+};
 
 fn fixture(name: &str) -> PathBuf {
     common::test_file(&format!("fixtures/training/{name}"))
 }
 
 /// The fixtures this file compares with Python.
-const FIXTURES: [&str; 9] = [
+const FIXTURES: [&str; 10] = [
+    "newobj_ex.pth",
     "repdistiller.pth",
     "timm.pth.tar",
     "lightning.ckpt",
@@ -493,6 +496,177 @@ fn storages_saved_on_a_gpu_load_onto_the_device_asked_for() {
                 t.to_device(Device::Cpu).equal(cpu.get(k).unwrap()),
                 "{name}/{k}"
             );
+        }
+    }
+}
+
+/// What Python's torch.load(weights_only=False) gives for `path`, flattened (any file).
+fn python_flat(path: &std::path::Path) -> Json {
+    let p = path.to_str().unwrap();
+    let all: Json = serde_json::from_str(&common::oracle(
+        "oracle/full_load.py",
+        &["flatten_all", p],
+        "",
+    ))
+    .unwrap();
+    all[p].clone()
+}
+
+#[test]
+fn a_faithful_save_gives_python_the_same_objects_back() {
+    let dir = common::tempdir("faithful");
+    let objects = SaveOptions::new().objects(true);
+    // argparse, a Lightning AttributeDict of a package Python imports (fakepkg, which the
+    // oracle registers), omegaconf configs with their cycles.
+    for name in [
+        "repdistiller.pth",
+        "lightning.ckpt",
+        "lightning_hydra.ckpt",
+        "newobj_ex.pth",
+    ] {
+        let value = Value::load(fixture(name)).unwrap();
+        // By default objects are refused, as weights_only=True would refuse them.
+        assert!(
+            matches!(value.save(dir.join(name)), Err(Error::Unwritable { .. })),
+            "{name}"
+        );
+        let out = dir.join(name);
+        value.save_with(&out, &objects).unwrap();
+        assert_eq!(python_flat(&out), *python(name), "{name}");
+        // And this crate reads back what it wrote.
+        assert_eq!(Value::load(&out).unwrap().to_string(), value.to_string());
+    }
+    // The omegaconf configs work in Python: interpolations resolve through `_parent`, and
+    // every node's parent is the node that holds it.
+    let out = dir.join("lightning_hydra.ckpt");
+    let configs: Json = serde_json::from_str(&common::oracle(
+        "oracle/full_load.py",
+        &["omegaconf", out.to_str().unwrap()],
+        "",
+    ))
+    .unwrap();
+    assert_eq!(configs["cfg"]["parents_ok"], Json::Bool(true));
+    assert_eq!(configs["labels"]["parents_ok"], Json::Bool(true));
+    assert_eq!(
+        configs["cfg"]["resolved"]["optim"]["scheduler"]["t_max"],
+        30
+    );
+    assert_eq!(configs["cfg"]["resolved"]["data"], "???");
+}
+
+#[test]
+fn an_object_made_with_keyword_arguments() {
+    let (value, _) = assert_matches_python("newobj_ex.pth");
+    let keyed = value.get("keyed").and_then(Value::as_object).unwrap();
+    assert!(keyed.made_by_new());
+    assert_eq!(keyed.args().len(), 1);
+    assert_eq!(keyed.kwargs()[0].0.as_str(), Some("b"));
+    assert_eq!(keyed.kwargs()[0].1.as_int(), Some(4));
+    // REDUCE, as a call: not made by __new__.
+    let (value, _) = assert_matches_python("lightning_hydra.ckpt");
+    let hp = value
+        .get("hyper_parameters")
+        .and_then(Value::as_object)
+        .unwrap();
+    let cache = hp.dict_items()[0]
+        .1
+        .attr("_metadata")
+        .and_then(|m| m.attr("resolver_cache"))
+        .and_then(Value::as_object)
+        .unwrap();
+    assert_eq!(cache.qualified_name(), "collections.defaultdict");
+    assert!(!cache.made_by_new());
+}
+
+#[test]
+fn an_edited_lightning_checkpoint_resumes_in_python() {
+    // The weights edited in Rust (a new 3-class head), everything else as it came.
+    let dir = common::tempdir("edited");
+    let path = fixture("lightning_hydra.ckpt");
+    let mut value = Value::load(&path).unwrap();
+    let Value::Dict(top) = &mut value else {
+        panic!("not a dict")
+    };
+    let sd = top
+        .items
+        .iter_mut()
+        .find(|(k, _)| k.as_str() == Some("state_dict"))
+        .unwrap();
+    let Value::Dict(sd) = &mut sd.1 else {
+        panic!("not a state dict")
+    };
+    for (k, v) in sd.items.iter_mut() {
+        match k.as_str() {
+            Some("model.linear.weight") => {
+                *v = Value::Tensor(tch::Tensor::ones([3, 4], (Kind::Float, Device::Cpu)))
+            }
+            Some("model.linear.bias") => {
+                *v = Value::Tensor(tch::Tensor::zeros([3], (Kind::Float, Device::Cpu)))
+            }
+            _ => {}
+        }
+    }
+    let out = dir.join("edited.ckpt");
+    value
+        .save_with(&out, &SaveOptions::new().objects(true))
+        .unwrap();
+    let got = python_flat(&out);
+    let want = python("lightning_hydra.ckpt");
+    // The head is the new one; every other tensor and every scalar is as it was.
+    assert_eq!(
+        got["tensors"]["state_dict/model.linear.weight"]["shape"],
+        serde_json::json!([3, 4])
+    );
+    assert_eq!(got["scalars"], want["scalars"]);
+    let others = |j: &Json| -> Vec<(String, Json)> {
+        j["tensors"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !k.starts_with("state_dict/model.linear"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert_eq!(others(&got), others(want));
+    let configs: Json = serde_json::from_str(&common::oracle(
+        "oracle/full_load.py",
+        &["omegaconf", out.to_str().unwrap()],
+        "",
+    ))
+    .unwrap();
+    assert_eq!(configs["cfg"]["resolved"]["model"]["classes"], 10);
+}
+
+#[test]
+fn cycles_of_lists_and_dicts_save_as_weights_only_reads_them() {
+    let dir = common::tempdir("cycles-save");
+    let value = Value::load(fixture("cycles.pth")).unwrap();
+    let out = dir.join("cycles.pth");
+    value.save(&out).unwrap();
+    let got: Json = serde_json::from_str(&common::oracle(
+        "oracle/full_load.py",
+        &["flatten_weights_only", out.to_str().unwrap()],
+        "",
+    ))
+    .unwrap();
+    let want = python("cycles.pth");
+    assert_eq!(got["scalars"]["dict/self"]["type"], "recursive");
+    assert_eq!(got["scalars"], want["scalars"]);
+    assert_eq!(got["tensors"], want["tensors"]);
+    assert_eq!(Value::load(&out).unwrap().to_string(), value.to_string());
+
+    // A reference back to a tuple (which pickle makes after its items), or past the root,
+    // cannot be written.
+    let back = |up| Value::Recursive {
+        up,
+        type_name: "tuple",
+    };
+    let in_tuple = Value::Tuple(vec![Value::List(vec![back(2)])]);
+    let past_root = Value::List(vec![back(2)]);
+    for bad in [in_tuple, past_root] {
+        match bad.save(dir.join("bad.pth")) {
+            Err(Error::Unwritable { reason, .. }) => assert!(reason.contains("back"), "{reason}"),
+            other => panic!("{other:?}"),
         }
     }
 }

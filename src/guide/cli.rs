@@ -5,6 +5,7 @@
 //! | `torch.load(p)`, to look at keys, shapes and dtypes | `tch-state-dict inspect p` (`--key model` for one entry) |
 //! | `safetensors.torch.save_file(torch.load(p)["model"], "model.safetensors")` | `tch-state-dict convert p model.safetensors --key model` |
 //! | `torch.save(safetensors.torch.load_file(p), "model.pth")` | `tch-state-dict convert p model.pth` |
+//! | `torch.save(torch.load(p, weights_only=False), "copy.ckpt")`, objects and all | `tch-state-dict convert p copy.ckpt --objects` (see [`saving`](super::saving)) |
 //! | none: tch users load the `.pth` in Rust and call `vs.save("model.ot")` | `tch-state-dict convert p model.ot` |
 //! | `model.load_state_dict(torch.load(p)["model"], strict=False)`, to see whether it fails | `tch-state-dict check p --key model --arch cifar_resnet50 --classes 10 --no-strict` (exit 1 when it would fail) |
 //! | a loop over `a.keys() - b.keys()` and `(a[k].double() - b[k].double()).abs().max()` | `tch-state-dict diff a.pth b.pth` (exit 1 when they differ) |
@@ -59,14 +60,19 @@
 //! exit 2
 //! ```
 //!
-//! `convert` writes `.pth` (also `.pt`, `.bin`), `.safetensors` or tch's `.ot` (what `VarStore::load`
-//! reads), from the output's extension:
+//! `convert` writes `.pth` (also `.pt`, `.bin`, `.ckpt`), `.safetensors` or tch's `.ot` (what
+//! `VarStore::load` reads), from the output's extension. It writes a state dict; with
+//! `--objects`, the whole checkpoint (or the value under `--key`), with its options, configs
+//! and other objects written back as they came, for `torch.load(weights_only=False)` to resume
+//! from (torch.save's format only):
 //!
 //! ```text
 //! $ tch-state-dict convert ckpt_epoch_240.pth model.safetensors --key model
 //! wrote 320 tensors (90.63 MiB) to model.safetensors (safetensors)
 //! $ tch-state-dict convert model.safetensors model.ot
 //! wrote 320 tensors (90.63 MiB) to model.ot (tch VarStore)
+//! $ tch-state-dict convert last.ckpt resume.ckpt --objects
+//! wrote the checkpoint with its objects to resume.ckpt (torch.save; torch.load(weights_only=False) reads it)
 //! ```
 //!
 //! Over 64 MiB, on a terminal, a bar follows the read, then a spinner the write:

@@ -6,7 +6,60 @@
 //! [`Format`](crate::Format) whatever the extension, and
 //! [`StateDict::to_bytes`](crate::StateDict::to_bytes) gives the bytes.
 //! [`Value::save`](crate::Value::save) writes a whole checkpoint (`{'model': sd, 'epoch': 240,
-//! 'acc': 0.9}`). What they write, `torch.load(weights_only=True)` accepts.
+//! 'acc': 0.9}`), lists and dicts that hold themselves as the cycles they are. What they
+//! write, `torch.load(weights_only=True)` accepts.
+//!
+//! # Writing a training checkpoint back, objects and all
+//!
+//! A checkpoint read from training code holds objects: an `argparse.Namespace` of options,
+//! omegaconf configs whose nodes point at their parents, a Lightning `AttributeDict`.
+//! `Value::save` refuses them ([`Error::Unwritable`](crate::Error::Unwritable)), since
+//! `weights_only=True` would. To edit such a checkpoint in Rust (a new head, a stripped
+//! prefix) and resume training from it in Python, save it with
+//! [`SaveOptions::objects`](crate::SaveOptions::objects): each object is written as the pickle
+//! that was read made it (its class, its arguments by `NEWOBJ`, `NEWOBJ_EX` or `REDUCE`, its
+//! items, its `BUILD` state), each global as the global it names, and each reference back as
+//! the cycle it was. `torch.load(p, weights_only=False)`, where the classes import, gives the
+//! same objects back (`tests/training.rs` checks argparse, omegaconf, whose interpolations
+//! resolve through the rebuilt parents, a Lightning checkpoint with an edited head, and an
+//! object made with keyword arguments). The tool does the same with `convert --objects`.
+//!
+//! It is not the default, for the reason `weights_only=False` is not PyTorch's: loading such
+//! a file imports and calls what it names. A faithful save of a hostile file (one that names
+//! `os.system`) writes the same call back, so save this way only what came from code you
+//! trust. What it cannot give back is listed at
+//! [`SaveOptions::objects`](crate::SaveOptions::objects): sharing that was no cycle (written
+//! twice), numpy values, paths and datetimes (written as the plain values they were read as),
+//! `nn.Parameter` (a tensor with its `requires_grad`).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), tch_state_dict::Error> {
+//! use tch::{Device, Kind, Tensor};
+//! use tch_state_dict::{SaveOptions, Value};
+//!
+//! let mut ckpt = Value::load("epoch=29-step=900.ckpt")?;
+//! // A new 3-class head in the Lightning state dict.
+//! if let Value::Dict(top) = &mut ckpt {
+//!     for (k, v) in &mut top.items {
+//!         if let (Some("state_dict"), Value::Dict(sd)) = (k.as_str(), v) {
+//!             for (name, t) in &mut sd.items {
+//!                 match name.as_str() {
+//!                     Some("model.linear.weight") => {
+//!                         *t = Value::Tensor(Tensor::zeros([3, 2048], (Kind::Float, Device::Cpu)))
+//!                     }
+//!                     Some("model.linear.bias") => {
+//!                         *t = Value::Tensor(Tensor::zeros([3], (Kind::Float, Device::Cpu)))
+//!                     }
+//!                     _ => {}
+//!                 }
+//!             }
+//!         }
+//!     }
+//! }
+//! ckpt.save_with("resume.ckpt", &SaveOptions::new().objects(true))?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Saving safely
 //!

@@ -331,6 +331,7 @@ mod tests {
             state: state.map(Box::new),
             list_items: Vec::new(),
             dict_items: Vec::new(),
+            new: false,
         }
     }
 

@@ -358,6 +358,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
                     },
                     list_items: list(self, &o.list_items)?,
                     dict_items: pairs(self, &o.dict_items)?,
+                    new: o.new,
                 };
                 match known::decode(object) {
                     Value::Tensor(t) => {

@@ -46,6 +46,8 @@ pub struct Object {
     pub(crate) state: Option<Box<Value>>,
     pub(crate) list_items: Vec<Value>,
     pub(crate) dict_items: Vec<(Value, Value)>,
+    /// Made by `cls.__new__(cls, *args)` (`NEWOBJ`, `NEWOBJ_EX`), not by `cls(*args)`.
+    pub(crate) new: bool,
 }
 
 impl Object {
@@ -72,6 +74,14 @@ impl Object {
     /// The keyword arguments of `NEWOBJ_EX` (protocol 4 and later).
     pub fn kwargs(&self) -> &[(Value, Value)] {
         &self.kwargs
+    }
+
+    /// Whether the pickle made it as `cls.__new__(cls, *args)` (`NEWOBJ`, `NEWOBJ_EX`, as
+    /// `copyreg` reduces a plain object from protocol 2 on), not by calling the class or
+    /// function with its arguments (`REDUCE`). A faithful save
+    /// ([`SaveOptions::objects`](crate::SaveOptions::objects)) makes it the same way.
+    pub fn made_by_new(&self) -> bool {
+        self.new
     }
 
     /// The `BUILD` state, if the pickle gave one.
@@ -132,6 +142,7 @@ impl Object {
             state: self.state.as_ref().map(|s| Box::new(s.shallow_clone())),
             list_items: all(&self.list_items),
             dict_items: pairs(&self.dict_items),
+            new: self.new,
         }
     }
 }

@@ -309,6 +309,7 @@ mod tests {
             ]))),
             list_items: Vec::new(),
             dict_items: Vec::new(),
+            new: true,
         };
         assert_eq!(
             o.to_string(),

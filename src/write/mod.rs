@@ -26,6 +26,61 @@ use crate::value::Value;
 /// torch.save's storage alignment: each `data/<key>` record starts at a multiple of 64.
 const ALIGNMENT: u16 = 64;
 
+/// How [`Value::save_with`] writes.
+///
+/// By default a save is what `torch.load(path, weights_only=True)` accepts: tensors and
+/// plain values, and objects refused ([`Error::Unwritable`]). A checkpoint that holds
+/// objects (an `argparse.Namespace` of options, omegaconf configs, a Lightning
+/// `AttributeDict`) can be written back as it came with [`objects`](Self::objects), so that
+/// a training script resumes from a checkpoint edited in Rust:
+///
+/// ```no_run
+/// # fn main() -> Result<(), tch_state_dict::Error> {
+/// use tch_state_dict::{SaveOptions, Value};
+///
+/// let ckpt = Value::load("last.ckpt")?;
+/// // ... edit it: a new head, a stripped prefix ...
+/// ckpt.save_with("edited.ckpt", &SaveOptions::new().objects(true))?;
+/// // Python: torch.load("edited.ckpt", weights_only=False), where the classes import.
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SaveOptions {
+    pub(crate) objects: bool,
+}
+
+impl SaveOptions {
+    /// The default: what `torch.load(weights_only=True)` accepts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes each [`Object`](crate::Object) as the pickle that was read made it (default:
+    /// `false`, objects refused): its class or function as a global, its arguments by
+    /// `NEWOBJ` (`cls.__new__(cls, *args)`), `NEWOBJ_EX` (with keyword arguments) or
+    /// `REDUCE` (a call), as it was made ([`Object::made_by_new`](crate::Object::made_by_new)),
+    /// then what `APPENDS` and `SETITEMS` added and its `BUILD` state; each
+    /// [`Value::Global`] as the global it names; and references back
+    /// ([`Value::Recursive`]) to the objects that hold them, as the cycles they were.
+    /// `torch.load(path, weights_only=False)`, in an environment where the classes import,
+    /// gives the same objects back.
+    ///
+    /// Such a file is no longer one that `weights_only=True` accepts, and loading it runs the
+    /// constructors it names, which is why this is not the default: a faithful save of a
+    /// hostile file (one that names `os.system`) writes that call back. What a faithful save
+    /// cannot give back: sharing that was no cycle (the reader made each shared value
+    /// again, so it is written twice; tensors still share their storage), values the
+    /// reader turned into plain ones (a numpy array is written as a tensor, a path or a
+    /// datetime as a string, a numpy scalar as a number), and `nn.Parameter`, written as a
+    /// tensor with its `requires_grad`.
+    pub fn objects(mut self, objects: bool) -> Self {
+        self.objects = objects;
+        self
+    }
+}
+
 impl StateDict {
     /// `torch.save(state_dict, path)`, or `safetensors.torch.save_file` for a path ending in
     /// `.safetensors`. The torch format is the zip of PyTorch 1.6 and later, protocol 2, an
@@ -69,7 +124,7 @@ impl StateDict {
         match format {
             Format::TorchZip => {
                 let value = Value::from(self.shallow_clone());
-                write_atomically(path, |file| write_torch(path, &value, file))
+                write_atomically(path, |file| write_torch(path, &value, false, file))
             }
             Format::Safetensors => write_atomically(path, |file| {
                 let bytes = self.to_safetensors(path)?;
@@ -96,7 +151,7 @@ impl StateDict {
         match format {
             Format::TorchZip => {
                 let mut out = Cursor::new(Vec::new());
-                write_torch(path, &Value::from(self.shallow_clone()), &mut out)?;
+                write_torch(path, &Value::from(self.shallow_clone()), false, &mut out)?;
                 Ok(out.into_inner())
             }
             Format::Safetensors => self.to_safetensors(path),
@@ -125,17 +180,31 @@ impl StateDict {
 
 impl Value {
     /// `torch.save(value, path)`: a whole checkpoint, such as `{'model': state_dict,
-    /// 'epoch': 240, 'acc': 0.9}`, in torch.save's zip format. The file is replaced whole
-    /// or not at all, as by [`StateDict::save`].
+    /// 'epoch': 240, 'acc': 0.9}`, in torch.save's zip format, which
+    /// `torch.load(path, weights_only=True)` accepts. A list or dict that holds itself
+    /// ([`Value::Recursive`]) is written as the cycle it is. The file is replaced whole or
+    /// not at all, as by [`StateDict::save`].
     ///
     /// # Errors
     ///
     /// [`Error::Io`] when the file cannot be written; [`Error::Unwritable`] when `path` is
     /// a directory, or for a value the format cannot hold (an undefined tensor, nesting
-    /// deeper than 1000). The old file, if any, is unchanged.
+    /// deeper than 1000, an [`Object`](crate::Object) or a global outside what
+    /// `weights_only=True` accepts, for which see [`save_with`](Self::save_with), a reference
+    /// back to a tuple or set). The old file, if any, is unchanged.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        self.save_with(path, &SaveOptions::new())
+    }
+
+    /// [`save`](Self::save) with options: [`SaveOptions::objects`] writes the objects a
+    /// training checkpoint holds back as they came.
+    ///
+    /// # Errors
+    ///
+    /// As [`save`](Self::save).
+    pub fn save_with(&self, path: impl AsRef<Path>, options: &SaveOptions) -> Result<(), Error> {
         let path = path.as_ref();
-        write_atomically(path, |file| write_torch(path, self, file))
+        write_atomically(path, |file| write_torch(path, self, options.objects, file))
     }
 
     /// The bytes [`save`](Self::save) would write.
@@ -144,8 +213,17 @@ impl Value {
     ///
     /// As [`save`](Self::save).
     pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+        self.to_bytes_with(&SaveOptions::new())
+    }
+
+    /// The bytes [`save_with`](Self::save_with) would write.
+    ///
+    /// # Errors
+    ///
+    /// As [`save`](Self::save).
+    pub fn to_bytes_with(&self, options: &SaveOptions) -> Result<Vec<u8>, Error> {
         let mut out = Cursor::new(Vec::new());
-        write_torch(Path::new("<bytes>"), self, &mut out)?;
+        write_torch(Path::new("<bytes>"), self, options.objects, &mut out)?;
         Ok(out.into_inner())
     }
 }
@@ -171,15 +249,20 @@ fn archive_name(path: &Path) -> String {
     }
 }
 
-fn write_torch<W: Write + Seek>(path: &Path, value: &Value, out: W) -> Result<(), Error> {
-    let (pickle, storages) =
-        pickler::Pickler::new()
-            .finish(value)
-            .map_err(|u| Error::Unwritable {
-                path: path.to_path_buf(),
-                what: u.what,
-                reason: u.reason,
-            })?;
+fn write_torch<W: Write + Seek>(
+    path: &Path,
+    value: &Value,
+    objects: bool,
+    out: W,
+) -> Result<(), Error> {
+    let (pickle, storages) = pickler::Pickler::new()
+        .with_objects(objects)
+        .finish(value)
+        .map_err(|u| Error::Unwritable {
+            path: path.to_path_buf(),
+            what: u.what,
+            reason: u.reason,
+        })?;
     let zip_error = |source| Error::Zip {
         path: path.to_path_buf(),
         source,

@@ -2,7 +2,17 @@
 //! `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
 //! OrderedDict())` calls whose storage is a persistent id `('storage', torch.FloatStorage,
 //! key, 'cpu', numel)`, state dicts are `collections.OrderedDict` with their `_metadata`.
-//! Only globals that `torch.load(weights_only=True)` accepts are written.
+//! Only globals that `torch.load(weights_only=True)` accepts are written, unless objects are
+//! asked for ([`SaveOptions::objects`](crate::SaveOptions::objects)): then each
+//! [`Object`] is written as the pickle that was read made it (its class or function, its
+//! arguments by `NEWOBJ`, `NEWOBJ_EX` or `REDUCE`, its items, its `BUILD` state), and each
+//! [`Value::Global`] as the global it names.
+//!
+//! A [`Value::Recursive`] is written as Python's pickler writes a reference back: the value
+//! it refers to is memoized where it was made (a `BINPUT` put in after its opening opcode,
+//! once the first reference back to it is met) and fetched again (`BINGET`). A list, dict or
+//! object can be referred back to; a tuple or set, which pickle makes only after its items,
+//! cannot (Python's own pickler needs tricks for a tuple, and a set cannot hold itself).
 
 use std::collections::HashMap;
 
@@ -11,7 +21,7 @@ use tch::{Device, Kind, Tensor};
 use crate::dtype;
 use crate::read::contiguous_strides;
 use crate::read::pickle::opcodes::*;
-use crate::value::{Dict, Metadata, Value};
+use crate::value::{Dict, Metadata, Object, Value};
 
 /// A storage to write as `data/<key>`: a contiguous CPU tensor.
 pub(crate) struct StorageOut {
@@ -44,6 +54,24 @@ pub(crate) struct Pickler {
     /// How many dict keys and set items the value being written is inside: a set there was
     /// a `frozenset` in Python.
     hashable: usize,
+    /// Whether objects and any globals are written ([`SaveOptions::objects`]).
+    ///
+    /// [`SaveOptions::objects`]: crate::SaveOptions::objects
+    objects: bool,
+    /// The classes, functions and globals of objects written, each memoized once.
+    named_globals: HashMap<(String, String), u32>,
+    /// The containers and objects that enclose the value being written, outermost first,
+    /// as [`Value::Recursive`] counts them.
+    enclosing: Vec<Level>,
+}
+
+/// A container or object being written, for references back to it.
+struct Level {
+    /// Where in the pickle its memo `BINPUT` goes: just after the opcode that made it.
+    /// `None` while it is not made yet (an object's arguments, a tuple's or set's items).
+    at: Option<usize>,
+    /// Its memo index, once a reference back to it has been written.
+    memo: Option<u32>,
 }
 
 const MAX_DEPTH: usize = 1000;
@@ -70,7 +98,186 @@ impl Pickler {
             storages: Vec::new(),
             seen: HashMap::new(),
             hashable: 0,
+            objects: false,
+            named_globals: HashMap::new(),
+            enclosing: Vec::new(),
         }
+    }
+
+    /// A pickler that writes objects and any globals as they came.
+    pub(crate) fn with_objects(mut self, objects: bool) -> Self {
+        self.objects = objects;
+        self
+    }
+
+    /// Enters a container or object: `made` when the opcode that made it was just written
+    /// (it can be referred back to from here on), not when it is made after what it holds.
+    fn enter(&mut self, made: bool) {
+        let at = made.then_some(self.out.len());
+        self.enclosing.push(Level { at, memo: None });
+    }
+
+    /// The innermost container or object is made now: references back to it can follow.
+    fn made(&mut self) {
+        let at = self.out.len();
+        if let Some(level) = self.enclosing.last_mut() {
+            level.at = Some(at);
+        }
+    }
+
+    fn leave(&mut self) {
+        self.enclosing.pop();
+    }
+
+    /// A reference back to the container or object `up` levels up.
+    fn back_reference(&mut self, up: usize, type_name: &str, what: &str) -> Result<(), Unwritable> {
+        let fail = |reason: String| Unwritable {
+            what: what.to_string(),
+            reason,
+        };
+        let n = self.enclosing.len();
+        if up == 0 || up > n {
+            return Err(fail(format!(
+                "a reference back {up} levels up, where there are {n} levels"
+            )));
+        }
+        let target = n - up;
+        let Some(at) = self.enclosing[target].at else {
+            return Err(fail(format!(
+                "a reference back to the {type_name} that holds it, made only after what it \
+                 holds (a cycle pickle can rebuild only through a list, dict or object)"
+            )));
+        };
+        let memo = match self.enclosing[target].memo {
+            Some(memo) => memo,
+            None => {
+                let memo = self.next_memo;
+                self.next_memo += 1;
+                // Its BINPUT, put in where it was made; what was written since moves.
+                let tail = self.out.split_off(at);
+                self.put(memo);
+                let grew = self.out.len() - at;
+                self.out.extend_from_slice(&tail);
+                for level in &mut self.enclosing[target + 1..] {
+                    if let Some(a) = level.at.as_mut() {
+                        *a += grew;
+                    }
+                }
+                self.enclosing[target].memo = Some(memo);
+                memo
+            }
+        };
+        self.get(memo);
+        Ok(())
+    }
+
+    /// `GLOBAL module\nname\n` of any names, memoized: an object's class, a global value.
+    fn named_global(&mut self, module: &str, name: &str) -> Result<(), String> {
+        if let Some(&i) = self
+            .named_globals
+            .get(&(module.to_string(), name.to_string()))
+        {
+            self.get(i);
+            return Ok(());
+        }
+        if [module, name]
+            .iter()
+            .any(|s| s.is_empty() || s.contains(['\n', '\r']))
+        {
+            return Err(format!(
+                "the global {module:?}.{name:?} has no name pickle can write"
+            ));
+        }
+        self.op(GLOBAL);
+        for line in [module, name] {
+            self.out.extend_from_slice(line.as_bytes());
+            self.out.push(b'\n');
+        }
+        let i = self.next_memo;
+        self.next_memo += 1;
+        self.put(i);
+        self.named_globals
+            .insert((module.to_string(), name.to_string()), i);
+        Ok(())
+    }
+
+    /// An object as the pickle that was read made it: its class, its arguments (`NEWOBJ`,
+    /// `NEWOBJ_EX` or `REDUCE`), then what `APPENDS`, `SETITEMS` and `BUILD` gave it, in
+    /// the order Python's pickler writes them.
+    fn object(&mut self, o: &Object, what: &str, depth: usize) -> Result<(), Unwritable> {
+        let fail = |reason: String| Unwritable {
+            what: what.to_string(),
+            reason,
+        };
+        self.named_global(&o.module, &o.name).map_err(fail)?;
+        // Its level encloses its arguments, as the reader counts it, but it is not made yet.
+        self.enter(false);
+        self.tuple(&o.args, what, depth)?;
+        if !o.kwargs.is_empty() {
+            if !o.new {
+                return Err(fail(format!(
+                    "{} was called with keyword arguments, which REDUCE cannot pass",
+                    o.qualified_name()
+                )));
+            }
+            self.op(EMPTY_DICT);
+            self.pairs(&o.kwargs, what, depth)?;
+            self.op(NEWOBJ_EX);
+        } else if o.new {
+            self.op(NEWOBJ);
+        } else {
+            self.op(REDUCE);
+        }
+        self.made();
+        if !o.list_items.is_empty() {
+            self.batch(&o.list_items, APPENDS, what, depth)?;
+        }
+        self.pairs(&o.dict_items, what, depth)?;
+        if let Some(state) = &o.state {
+            self.value(state, what, depth + 1)?;
+            self.op(BUILD);
+        }
+        self.leave();
+        Ok(())
+    }
+
+    /// A tuple of `items`, whose level is entered by the caller when it has one.
+    fn tuple(&mut self, items: &[Value], what: &str, depth: usize) -> Result<(), Unwritable> {
+        if items.is_empty() {
+            self.op(EMPTY_TUPLE);
+            return Ok(());
+        }
+        self.op(MARK);
+        for item in items {
+            self.value(item, what, depth + 1)?;
+        }
+        self.op(TUPLE);
+        Ok(())
+    }
+
+    /// Key-value pairs in batches of 1000 (`SETITEMS`), onto the dict or object below.
+    fn pairs(
+        &mut self,
+        items: &[(Value, Value)],
+        what: &str,
+        depth: usize,
+    ) -> Result<(), Unwritable> {
+        for chunk in items.chunks(1000) {
+            self.op(MARK);
+            for (k, v) in chunk {
+                self.hashable += 1;
+                let written = self.value(k, what, depth + 1);
+                self.hashable -= 1;
+                written?;
+                let inner = match k {
+                    Value::Str(s) => s.as_str(),
+                    _ => what,
+                };
+                self.value(v, inner, depth + 1)?;
+            }
+            self.op(SETITEMS);
+        }
+        Ok(())
     }
 
     /// The pickle of `value`, ending with STOP.
@@ -213,14 +420,18 @@ impl Pickler {
             }
             Value::List(items) => {
                 self.op(EMPTY_LIST);
+                self.enter(true);
                 self.batch(items, APPENDS, what, depth)?;
+                self.leave();
             }
             Value::Tuple(items) => {
+                self.enter(false);
                 self.op(MARK);
                 for item in items {
                     self.value(item, what, depth + 1)?;
                 }
                 self.op(TUPLE);
+                self.leave();
             }
             // A set inside a dict key or a set was a frozenset, which
             // torch.load(weights_only=True) refuses (and a set there cannot be hashed).
@@ -236,7 +447,9 @@ impl Pickler {
                 self.global("builtins", "set");
                 self.op(EMPTY_LIST);
                 self.hashable += 1;
+                self.enter(false);
                 let written = self.batch(items, APPENDS, what, depth);
+                self.leave();
                 self.hashable -= 1;
                 written?;
                 self.op(TUPLE1);
@@ -257,6 +470,7 @@ impl Pickler {
                 })?;
                 self.global("torch", name);
             }
+            Value::Object(o) if self.objects => self.object(o, what, depth)?,
             Value::Object(o) => {
                 return Err(Unwritable {
                     what: what.to_string(),
@@ -275,15 +489,13 @@ impl Pickler {
                     ),
                 })
             }
-            Value::Recursive { type_name, .. } => {
-                return Err(Unwritable {
+            Value::Recursive { up, type_name } => self.back_reference(*up, type_name, what)?,
+            Value::Global { module, name } if self.objects => self
+                .named_global(module, name)
+                .map_err(|reason| Unwritable {
                     what: what.to_string(),
-                    reason: format!(
-                        "a reference back to the {type_name} that holds it (a cycle), which \
-                         torch.load(weights_only=True) cannot rebuild"
-                    ),
-                })
-            }
+                    reason,
+                })?,
             Value::Global { module, name } => {
                 // A torch dtype tch has no kind for (`torch.uint16`), which
                 // torch.load(weights_only=True) allows.
@@ -331,21 +543,14 @@ impl Pickler {
         } else {
             self.op(EMPTY_DICT);
         }
-        for chunk in d.items.chunks(1000) {
-            self.op(MARK);
-            for (k, v) in chunk {
-                self.hashable += 1;
-                let written = self.value(k, what, depth + 1);
-                self.hashable -= 1;
-                written?;
-                let inner = match k {
-                    Value::Str(s) => s.as_str(),
-                    _ => what,
-                };
-                self.value(v, inner, depth + 1)?;
-            }
-            self.op(SETITEMS);
-        }
+        self.enter(true);
+        let written = self.dict_items(d, what, depth);
+        self.leave();
+        written
+    }
+
+    fn dict_items(&mut self, d: &Dict, what: &str, depth: usize) -> Result<(), Unwritable> {
+        self.pairs(&d.items, what, depth)?;
         if let Some(metadata) = &d.metadata {
             // The OrderedDict's instance attributes: {'_metadata': OrderedDict(...)}.
             self.op(EMPTY_DICT);

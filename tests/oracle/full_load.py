@@ -8,6 +8,11 @@
                 every dict of a subclass, as `module.Class({...})` with dict's repr. JSON.
   flatten_all P [P ...]
                 flatten of each, in one object by path
+  flatten_weights_only P
+                flatten of torch.load(P, weights_only=True)
+  omegaconf P   the omegaconf configs among torch.load(P)['hyper_parameters'], each resolved
+                (OmegaConf.to_container(resolve=True)) and checked: is every node's parent
+                the node that holds it
   state_dict P KEY OUT
                 the state_dict() of the module torch.load(P, weights_only=False) gives (or
                 of the module under KEY when KEY is not empty), written to OUT with
@@ -120,8 +125,8 @@ def flatten_one(obj, prefix, join, tensors, scalars, reprs, enclosing):
             flatten_(v, join(k))
 
 
-def flattened(path):
-    obj = torch.load(path, weights_only=False, map_location="cpu")
+def flattened(path, weights_only=False):
+    obj = torch.load(path, weights_only=weights_only, map_location="cpu")
     tensors, scalars, reprs = {}, {}, {}
     flatten(obj, "", tensors, scalars, reprs)
     return {"tensors": tensors, "scalars": scalars, "reprs": reprs}
@@ -133,6 +138,28 @@ def main():
         print(json.dumps(flattened(args[0])))
     elif cmd == "flatten_all":
         print(json.dumps({p: flattened(p) for p in args}))
+    elif cmd == "flatten_weights_only":
+        print(json.dumps(flattened(args[0], weights_only=True)))
+    elif cmd == "omegaconf":
+        # The omegaconf configs among hyper_parameters' items, resolved (interpolations
+        # follow `_parent` up to the root), and whether every node's parent is the node
+        # that holds it.
+        from omegaconf import Container, OmegaConf
+
+        hp = torch.load(args[0], weights_only=False, map_location="cpu")["hyper_parameters"]
+        out = {}
+        for k, cfg in hp.items():
+            if isinstance(cfg, Container):
+                def parents_ok(node):
+                    children = (node._content.values() if isinstance(node._content, dict)
+                                else node._content)
+                    return all(c._get_parent() is node
+                               and (not isinstance(c, Container) or parents_ok(c))
+                               for c in children)
+                out[k] = {"resolved": OmegaConf.to_container(cfg, resolve=True,
+                                                             throw_on_missing=False),
+                          "parents_ok": parents_ok(cfg), "type": type(cfg).__name__}
+        print(json.dumps(out))
     elif cmd == "script_state_dict":
         sd = torch.jit.load(args[0], map_location="cpu").state_dict()
         torch.save(sd, args[1])

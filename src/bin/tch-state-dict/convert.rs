@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use tch::Tensor;
-use tch_state_dict::{Error, Format, LazyStateDict, StateDict};
+use tch_state_dict::{Checkpoint, Error, Format, LazyStateDict, SaveOptions, StateDict, Value};
 
 use crate::{open_state_dict, Failure};
 
@@ -32,12 +32,12 @@ impl Target {
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
         match ext.as_deref() {
-            Some("pth" | "pt" | "bin") => Ok(Target::Torch),
+            Some("pth" | "pt" | "bin" | "ckpt") => Ok(Target::Torch),
             Some("safetensors") => Ok(Target::Safetensors),
             Some("ot") => Ok(Target::Ot),
             _ => Err(Failure::Usage(format!(
-                "{}: cannot tell the format to write from the extension; use .pth, .pt or \
-                 .bin (torch.save), .safetensors, or .ot (tch's VarStore::save)",
+                "{}: cannot tell the format to write from the extension; use .pth, .pt, .bin \
+                 or .ckpt (torch.save), .safetensors, or .ot (tch's VarStore::save)",
                 path.display()
             ))),
         }
@@ -98,6 +98,53 @@ pub fn run(
         HumanBytes(sd.nbytes()),
         output.display(),
         target.name()
+    )?;
+    Ok(())
+}
+
+/// `convert --objects`: the whole value of `input` (under `key`), written to `output` with
+/// its objects as they came ([`SaveOptions::objects`]).
+pub fn run_with_objects(
+    input: &Path,
+    output: &Path,
+    key: Option<&str>,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    if Target::of(output)? != Target::Torch {
+        return Err(Failure::Usage(format!(
+            "{}: --objects writes torch.save's format only (.pth, .pt, .bin or .ckpt): \
+             safetensors and .ot hold tensors alone",
+            output.display()
+        )));
+    }
+    let ckpt = Checkpoint::open(input)?;
+    let mut value = ckpt.value()?;
+    if let Some(key) = key {
+        let Value::Dict(top) = &mut value else {
+            return Err(Error::KeyNotFound {
+                path: input.to_path_buf(),
+                key: key.to_string(),
+                available: ckpt.keys(),
+            }
+            .into());
+        };
+        let at = top.items.iter().position(|(k, _)| k.as_str() == Some(key));
+        let Some(at) = at else {
+            return Err(Error::KeyNotFound {
+                path: input.to_path_buf(),
+                key: key.to_string(),
+                available: ckpt.keys(),
+            }
+            .into());
+        };
+        value = top.items.swap_remove(at).1;
+    }
+    value.save_with(output, &SaveOptions::new().objects(true))?;
+    writeln!(
+        out,
+        "wrote {} with its objects to {} (torch.save; torch.load(weights_only=False) reads it)",
+        key.map_or("the checkpoint".to_string(), |k| format!("{k:?}")),
+        output.display()
     )?;
     Ok(())
 }

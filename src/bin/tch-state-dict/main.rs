@@ -60,6 +60,12 @@ enum Command {
         /// The state dict under this top-level key (`model`); the whole file when absent.
         #[arg(long)]
         key: Option<String>,
+        /// Write the whole checkpoint (the value under --key, if given), not only a state
+        /// dict, with the objects it holds (options, configs, a Lightning AttributeDict) as
+        /// they came, for torch.load(weights_only=False) to resume from; .pth, .pt, .bin or
+        /// .ckpt only. Without it, objects are refused, as weights_only=True refuses them.
+        #[arg(long)]
+        objects: bool,
     },
     /// Say whether the checkpoint loads into a model of this crate, as
     /// model.load_state_dict would, without loading it.
@@ -181,8 +187,22 @@ fn run(command: Command, out: &mut impl Write) -> Result<Answer, Failure> {
             out.write_all(tree::inspect(&checkpoint, key.as_deref())?.as_bytes())?;
             Ok(Answer::Yes)
         }
-        Command::Convert { input, output, key } => {
+        Command::Convert {
+            input,
+            output,
+            key,
+            objects: false,
+        } => {
             convert::run(&input, &output, key.as_deref(), out)?;
+            Ok(Answer::Yes)
+        }
+        Command::Convert {
+            input,
+            output,
+            key,
+            objects: true,
+        } => {
+            convert::run_with_objects(&input, &output, key.as_deref(), out)?;
             Ok(Answer::Yes)
         }
         Command::Check {

@@ -214,6 +214,9 @@ pub(crate) struct OpaqueObj {
     pub kwargs: Vec<(Id, Id)>,
     /// `BUILD`'s state: usually the instance `__dict__`, or a `(dict, slots)` pair.
     pub state: Option<Id>,
+    /// Made by `cls.__new__(cls, *args)` (`NEWOBJ`, `NEWOBJ_EX`, protocol 0's
+    /// `copyreg._reconstructor`) rather than by a call (`REDUCE`, `INST`, `OBJ`).
+    pub new: bool,
     /// What `APPENDS` added (a `list` subclass).
     pub list_items: Vec<Id>,
     /// What `SETITEMS` added (a `dict` subclass).

@@ -533,8 +533,9 @@ impl Machine<'_> {
             }
             _ => return Err(self.unknown(op)),
         };
+        let new = matches!(op, NEWOBJ | NEWOBJ_EX);
         let obj = match self.get(callable) {
-            Obj::Class(_) => self.opaque_call(callable, args, kwargs)?,
+            Obj::Class(_) => self.opaque_call(callable, args, kwargs, new)?,
             _ if !kwargs.is_empty() => {
                 return Err(self.err(PickleError::Unsupported("keyword arguments")))
             }
@@ -546,9 +547,16 @@ impl Machine<'_> {
     /// A call of a class outside the allowlist: an opaque object that records it.
     ///
     /// `copyreg._reconstructor(cls, object, None)`, which protocols 0 and 1 write for a
-    /// plain object, is recorded as an object of `cls` made without arguments.
-    fn opaque_call(&mut self, class: Id, args: Vec<Id>, kwargs: Vec<(Id, Id)>) -> Res<Id> {
-        let (class, args) = match (self.get(class), args.as_slice()) {
+    /// plain object, is recorded as an object of `cls` made by `cls.__new__(cls)`, as
+    /// `NEWOBJ` of no arguments makes it. `new`: made by `NEWOBJ` or `NEWOBJ_EX`.
+    fn opaque_call(
+        &mut self,
+        class: Id,
+        args: Vec<Id>,
+        kwargs: Vec<(Id, Id)>,
+        new: bool,
+    ) -> Res<Id> {
+        let (class, args, new) = match (self.get(class), args.as_slice()) {
             (Obj::Class(c), &[cls, base, state])
                 if matches!(
                     (c.module.as_str(), c.name.as_str()),
@@ -558,15 +566,16 @@ impl Machine<'_> {
                         if b.name == "object" && matches!(b.module.as_str(), "builtins" | "__builtin__"))
                     && matches!(self.get(state), Obj::None) =>
             {
-                (cls, Vec::new())
+                (cls, Vec::new(), true)
             }
-            _ => (class, args),
+            _ => (class, args, new),
         };
         self.alloc(Obj::Object(Box::new(OpaqueObj {
             class,
             args,
             kwargs,
             state: None,
+            new,
             list_items: Vec::new(),
             dict_items: Vec::new(),
         })))
