@@ -233,6 +233,42 @@ fn torchvision_resnet18_traced_by_torch_fx_loads_into_the_crates_resnet18() {
 }
 
 #[test]
+fn a_whole_model_in_the_legacy_format_names_its_classes_by_persistent_ids() {
+    // torch.save(model, _use_new_zipfile_serialization=False), as PyTorch 1.5 and older
+    // saved every whole model: ('module', class, source_file, source) for each class.
+    let dir = tempdir("legacy-whole");
+    for how in [vec!["legacy"], vec!["fx", "legacy"]] {
+        let path = dir.join(format!("resnet18_{}.pt", how.join("_")));
+        let mut args = vec![
+            "save_model",
+            "resnet18",
+            "10",
+            path.to_str().unwrap(),
+            "model",
+        ];
+        args.extend(&how);
+        common::oracle("oracle/full_load.py", &args, "");
+        assert_eq!(
+            Checkpoint::open(&path).unwrap().format(),
+            tch_state_dict::Format::TorchLegacy
+        );
+        let python = assert_every_path_matches(&path, "model", &dir);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = models::resnet18(&vs, 10).unwrap();
+        let report =
+            Checkpoint::open(&path)
+                .unwrap()
+                .load_into_at("model", &model, &LoadOptions::new());
+        assert!(report.is_ok(), "{how:?}: {report:?}");
+        assert_same(
+            &tch_state_dict::state_dict(&model).unwrap(),
+            &python,
+            "loaded model",
+        );
+    }
+}
+
+#[test]
 fn torchvision_resnet18_saved_whole_loads_into_the_crates_resnet18() {
     let dir = tempdir("resnet18");
     let path = dir.join("resnet18_model.pth");

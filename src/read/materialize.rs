@@ -343,7 +343,11 @@ impl<'c, 'a> Materializer<'c, 'a> {
                     items
                         .iter()
                         .map(|&(k, v)| {
-                            Ok((this.convert(k, depth + 1)?, this.convert(v, depth + 1)?))
+                            let key = this.convert(k, depth + 1)?;
+                            let value = this
+                                .convert(v, depth + 1)
+                                .map_err(|e| e.under(|| segment(&key)))?;
+                            Ok((key, value))
                         })
                         .collect::<Result<Vec<_>, Error>>()
                 };

@@ -434,7 +434,18 @@ impl Pickler {
                 self.leave();
             }
             // A set inside a dict key or a set was a frozenset, which
-            // torch.load(weights_only=True) refuses (and a set there cannot be hashed).
+            // torch.load(weights_only=True) refuses (and a set there cannot be hashed); a
+            // save with objects writes it as one.
+            Value::Set(items) if self.hashable > 0 && self.objects => {
+                self.global("builtins", "frozenset");
+                self.op(EMPTY_LIST);
+                self.enter(false);
+                let written = self.batch(items, APPENDS, what, depth);
+                self.leave();
+                written?;
+                self.op(TUPLE1);
+                self.op(REDUCE);
+            }
             Value::Set(_) if self.hashable > 0 => {
                 return Err(Unwritable {
                     what: what.to_string(),

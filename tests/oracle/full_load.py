@@ -19,11 +19,12 @@
                 torch.save; its keys are printed
   script_state_dict P OUT
                 torch.jit.load(P).state_dict(), written to OUT with torch.save
-  save_model ARCH CLASSES OUT KEY [fx]
+  save_model ARCH CLASSES OUT KEY [fx] [legacy]
                 torch.save of a whole model of tests/oracle/resnets.py (a torchvision ResNet,
                 a CIFAR ResNet), with BatchNorm statistics away from their defaults: the
                 model itself, or {KEY: model, 'epoch': 240} when KEY is not empty; with fx,
-                the torch.fx GraphModule that symbolic_trace makes of it
+                the torch.fx GraphModule that symbolic_trace makes of it; with legacy, in the
+                legacy format (PyTorch 1.5's), which names each module class by a persistent id
 
 The fake package of the fixtures (fakepkg) is registered first, as the fixture script did.
 """
@@ -172,9 +173,10 @@ def main():
         model, _ = resnets.build(arch, int(classes))
         g = torch.Generator().manual_seed(1)
         make_training.randomize(model, g)
-        if how == ["fx"]:
+        if "fx" in how:
             model = torch.fx.symbolic_trace(model)
-        torch.save({key: model, "epoch": 240} if key else model, out)
+        torch.save({key: model, "epoch": 240} if key else model, out,
+                   _use_new_zipfile_serialization="legacy" not in how)
     elif cmd == "state_dict":
         obj = torch.load(args[0], weights_only=False, map_location="cpu")
         if args[1]:

@@ -384,6 +384,24 @@ impl Machine<'_> {
         self.alloc(Obj::Tensor(index))
     }
 
+    /// The class of a legacy file's `('module', class, source_file, source)` persistent id:
+    /// the legacy format names each `nn.Module` class of a whole pickled model so, with its
+    /// source (to warn when it changed), and `torch.load` takes the class, the rest unread.
+    pub(super) fn module_class(&self, pid: Id) -> Option<Id> {
+        if self.flavor != Flavor::Legacy {
+            return None;
+        }
+        let Obj::Tuple(t) = self.get(pid) else {
+            return None;
+        };
+        match self.arena.tuple(*t) {
+            [kind, class, ..] if matches!(self.get(*kind), Obj::Str(s) if s == "module") => {
+                Some(*class)
+            }
+            _ => None,
+        }
+    }
+
     /// The storage a persistent id names (`BINPERSID`).
     pub(super) fn storage(&self, pid: Id) -> Res<StorageRef> {
         let bad = |reason: &str| self.err(PickleError::PersistentId(reason.to_string()));

@@ -591,6 +591,9 @@ impl Machine<'_> {
             }
             BINPERSID => {
                 let pid = self.pop()?;
+                if let Some(class) = self.module_class(pid) {
+                    return self.push_id(class);
+                }
                 let storage = self.storage(pid)?;
                 self.push(Obj::Storage(Arc::new(storage)))
             }
