@@ -3,16 +3,22 @@
 //! `tests/fixtures/make_random.py generate` writes a few hundred random checkpoints with real
 //! `torch.save` (zip and legacy, pickle protocols 2 to 5, storage alignments 1 to 4096, CRCs
 //! on and off, written to a path, under an archive name of 1 to 40 random characters, or to
-//! an `io.BytesIO`) and `safetensors.torch.save_file`, and a manifest holding, for each
-//! file, the canonical form of `torch.load(f, weights_only=False)` (described at the top of
-//! the script). This test reads every file through each entry point of the crate, builds
+//! an `io.BytesIO`), `safetensors.torch.save_file` and `torch.jit.save` (some rewritten into
+//! torch 1.x's form), and a manifest holding, for each file, the canonical form of
+//! `torch.load(f, weights_only=False)` (described at the top of the script). Values hold
+//! shared subtrees, lists, dicts and objects that hold themselves (`Value::Recursive`),
+//! objects of the generator's own classes (made by `NEWOBJ`, `NEWOBJ_EX`, `REDUCE`, with
+//! items), and torch.fx GraphModules, whose canonical form is the pickle's (read by a Python
+//! unpickler that makes stubs of them); a module's state dict is compared with its
+//! `state_dict()`. This test reads every file through each entry point of the crate, builds
 //! the same canonical form from what it got, and compares:
 //!
 //! - `Value::load`, and `Checkpoint::open_with(p, mmap(true))?.value()` (compared but for
 //!   storage offsets, which are the file's there; tensors must share storages as in Python,
 //!   at the same distances, checked from their addresses);
 //! - `StateDict::load` or `StateDict::load_key(p, "model")` where the manifest has a state
-//!   dict, and `StateDict::load` failing with `NotAStateDict` where the root is none;
+//!   dict (a module's too: a GraphModule, a TorchScript archive), and `StateDict::load`
+//!   failing with `NotAStateDict` where the root is none (`OpaqueObject` for an object);
 //! - `LazyStateDict::load` / `load_key`: each entry's `dtype_name`, `size` and
 //!   `LazyTensor::read`, then `into_state_dict` of the readable entries.
 //!
@@ -29,7 +35,11 @@
 //! shared storages (it writes one storage a tensor). `Value::save` refuses by design, with
 //! `Error::Unwritable`, what `weights_only=True` would refuse: a `Value::Global` (a dtype tch
 //! has no kind for) and a set inside a dict key or a set (a frozenset in Python); only those
-//! refusals pass. An int of 256 bytes or more may fail `weights_only=True` (torch's
+//! refusals pass. A value holding objects is also written with them
+//! (`Value::save_with(SaveOptions::objects)`) and read back by `torch.load(weights_only=False)`
+//! with the same stubs: the same canonical form. No save can write a reference back to a
+//! tuple or set (pickle makes them after their items); that refusal passes too. An int of
+//! 256 bytes or more may fail `weights_only=True` (torch's
 //! unpickler has no LONG4, for torch.save's own files too); it is then read with
 //! `weights_only=False`.
 //!
@@ -54,7 +64,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value as Json};
 use tch::Tensor;
 use tch_state_dict::{
-    dtype_name, Checkpoint, Error, LazyStateDict, Metadata, ReadOptions, StateDict, Value,
+    dtype_name, Checkpoint, Error, LazyStateDict, Metadata, ReadOptions, SaveOptions, StateDict,
+    Value,
 };
 
 /// PyTorch's names (without `torch.`) of the dtypes this crate cannot hold: a tensor of one
@@ -97,8 +108,12 @@ struct Entry {
     /// How it was saved, for messages.
     how: String,
     canon: Json,
-    /// `Some("")`: the root is a state dict; `Some("model")`: root["model"] is.
+    /// `Some("")`: the root is a state dict; `Some("model")`: root["model"] is (or a
+    /// module whose state dict is `state_dict_canon`).
     state_dict: Option<String>,
+    /// A module's state dict (a GraphModule's, a TorchScript archive's), as its
+    /// `state_dict()` gives it in Python.
+    state_dict_canon: Option<Json>,
     /// (dotted path from the root, dtype name) of each tensor of an unsupported dtype.
     unsupported: Vec<(String, String)>,
     st_metadata: Json,
@@ -124,6 +139,7 @@ fn entry(dir: &Path, line: &str) -> Entry {
         how,
         canon: m["canon"].clone(),
         state_dict: m["state_dict"].as_str().map(str::to_string),
+        state_dict_canon: Some(m["state_dict_canon"].clone()).filter(|j| !j.is_null()),
         unsupported: m["unsupported"]
             .as_array()
             .unwrap()
@@ -193,7 +209,25 @@ impl Canon {
                 json!(["dtype", name])
             }
             Value::Global { module, name } => json!(["global", module, name]),
-            Value::Object(o) => json!(["object", o.qualified_name(), o.to_string()]),
+            Value::Object(o) => {
+                let pairs = |this: &mut Self, items: &[(Value, Value)]| -> Vec<Json> {
+                    items
+                        .iter()
+                        .map(|(k, v)| json!([this.value(k), this.value(v)]))
+                        .collect()
+                };
+                json!([
+                    "object",
+                    o.qualified_name(),
+                    o.made_by_new(),
+                    self.items(o.args()),
+                    pairs(self, o.kwargs()),
+                    o.state().map_or(Json::Null, |s| self.value(s)),
+                    self.items(o.list_items()),
+                    pairs(self, o.dict_items()),
+                ])
+            }
+            Value::Recursive { up, .. } => json!(["recursive", up]),
             Value::Unreadable { dtype, shape } => {
                 json!(["unreadable", {"dtype": dtype, "shape": shape}])
             }
@@ -380,6 +414,27 @@ fn walk_nodes(j: &mut Json, tensor: &mut dyn FnMut(&mut Json)) {
                 }
                 if tag == "set" {
                     sort_set(items);
+                }
+            }
+        }
+        // ["object", name, new, args, kwargs, state, list items, dict items], in order.
+        "object" => {
+            for (i, part) in a.iter_mut().enumerate().skip(3) {
+                if i == 5 {
+                    walk_nodes(part, tensor);
+                    continue;
+                }
+                let Some(items) = part.as_array_mut() else {
+                    continue;
+                };
+                for item in items.iter_mut() {
+                    if i == 3 || i == 6 {
+                        walk_nodes(item, tensor);
+                    } else if let Some(pair) = item.as_array_mut() {
+                        for x in pair.iter_mut() {
+                            walk_nodes(x, tensor);
+                        }
+                    }
                 }
             }
         }
@@ -581,6 +636,31 @@ fn first_diff(want: &Json, got: &Json, path: &str) -> Option<String> {
                 .enumerate()
                 .find_map(|(i, (a, b))| first_diff(a, b, &format!("{path}[{i}]")))
         }
+        "object" => {
+            if w.get(1..3) != g.get(1..3) {
+                return Some(format!(
+                    "{here}: object {} (by __new__: {}) expected, got {} (by __new__: {})",
+                    w[1], w[2], g[1], g[2]
+                ));
+            }
+            let parts = [(3, "args"), (4, "kwargs"), (6, "items"), (7, "dict items")];
+            for (i, part) in parts {
+                let (wi, gi) = (w[i].as_array()?, g[i].as_array()?);
+                if wi.len() != gi.len() {
+                    return Some(format!(
+                        "{here}: {part}: {} expected, got {}",
+                        short(&w[i]),
+                        short(&g[i])
+                    ));
+                }
+                for (n, (a, b)) in wi.iter().zip(gi).enumerate() {
+                    if let Some(d) = first_diff(a, b, &format!("{path}.{part}[{n}]")) {
+                        return Some(d);
+                    }
+                }
+            }
+            first_diff(&w[5], &g[5], &format!("{path}.__dict__"))
+        }
         "dict" | "OrderedDict" | "state_dict" => {
             let (wi, gi) = (w[1].as_array()?, g[1].as_array()?);
             let keys =
@@ -635,6 +715,9 @@ struct Written {
     /// Whether the format keeps no order (safetensors: sorted by dtype then name, and empty
     /// tensors share an offset), so that items compare sorted by key.
     unordered: bool,
+    /// Written with its objects (`SaveOptions::objects`): read back with
+    /// `weights_only=False`, the objects as stubs.
+    objects: bool,
 }
 
 struct Run {
@@ -721,15 +804,24 @@ impl Run {
     }
 
     fn check_file(&mut self, e: &Entry) {
-        let value = self.check_value(e);
-        self.check_mmap(e);
+        // A TorchScript archive's value is its module objects; its state dict is compared.
+        let script = e.format == "torchscript";
+        let value = if script { None } else { self.check_value(e) };
+        if !script {
+            self.check_mmap(e);
+        }
         let sd = self.check_state_dict(e);
         let lazy = self.check_lazy(e);
         // Write back what was read.
         if let Some(v) = value {
             // What Value::save refuses by design, since torch.load(weights_only=True) would:
-            // a frozenset, and a Global other than a torch dtype (`torch.uint16` is written).
-            let refused = holds_global(&v) || holds_frozenset(&v, false);
+            // a frozenset, a Global other than a torch dtype (`torch.uint16` is written), an
+            // object; and a reference back to a tuple or set, which pickle makes after its
+            // items.
+            let cycle = holds_unwritable_cycle(&v);
+            let frozen = holds_frozenset(&v, false);
+            let objects = holds_object(&v);
+            let refused = holds_global(&v) || frozen || objects || cycle;
             let dst = self.out.join(format!("{}.value.pth", e.file));
             match v.save(&dst) {
                 Err(Error::Unwritable { .. }) if refused => self.values_not_written += 1,
@@ -740,8 +832,32 @@ impl Run {
                     what: format!("{} (written back): Value::save", e.file),
                     huge_int: holds_huge_int(&v),
                     unordered: false,
+                    objects: false,
                 }),
                 Err(err) => self.fail(e, "Value::save", err),
+            }
+            // With its objects, as they came.
+            if objects {
+                let dst = self.out.join(format!("{}.objects.pth", e.file));
+                let options = SaveOptions::new().objects(true);
+                match v.save_with(&dst, &options) {
+                    Err(Error::Unwritable { .. }) if frozen || cycle => {
+                        self.values_not_written += 1
+                    }
+                    Ok(()) => {
+                        self.count("values written with their objects");
+                        self.written.push(Written {
+                            path: dst,
+                            want: as_written(&e.canon, true),
+                            st_metadata: Json::Null,
+                            what: format!("{} (written back): Value::save_with(objects)", e.file),
+                            huge_int: false,
+                            unordered: false,
+                            objects: true,
+                        })
+                    }
+                    Err(err) => self.fail(e, "Value::save_with(objects)", err),
+                }
             }
         }
         if let Some((sd, want)) = lazy.or(sd) {
@@ -754,6 +870,7 @@ impl Run {
                     what: format!("{} (written back): StateDict::save", e.file),
                     huge_int: false,
                     unordered: false,
+                    objects: false,
                 }),
                 Err(err) => self.fail(e, "StateDict::save", err),
             }
@@ -768,6 +885,7 @@ impl Run {
                         what: format!("{} (written back): StateDict::save as safetensors", e.file),
                         huge_int: false,
                         unordered: true,
+                        objects: false,
                     }),
                     Err(err) => self.fail(e, "StateDict::save as safetensors", err),
                 }
@@ -776,17 +894,25 @@ impl Run {
     }
 
     /// Reads every file written so far with one run of `make_random.py canon` (names on
-    /// stdin) and compares each with what was written; then removes them.
+    /// stdin; those written with their objects in a run of `canon --objects`) and compares
+    /// each with what was written; then removes them.
     fn check_written(&mut self) {
-        if self.written.is_empty() {
+        let (objects, plain): (Vec<Written>, Vec<Written>) = std::mem::take(&mut self.written)
+            .into_iter()
+            .partition(|w| w.objects);
+        self.check_written_by(plain, &["canon", "-"]);
+        self.check_written_by(objects, &["canon", "--objects", "-"]);
+    }
+
+    fn check_written_by(&mut self, written: Vec<Written>, command: &[&str]) {
+        if written.is_empty() {
             return;
         }
-        let written = std::mem::take(&mut self.written);
         let names: String = written
             .iter()
             .map(|w| format!("{}\n", w.path.display()))
             .collect();
-        let canon = common::run_python("fixtures/make_random.py", &["canon", "-"], &names);
+        let canon = common::run_python("fixtures/make_random.py", command, &names);
         let lines: Vec<Json> = canon
             .lines()
             .map(|l| serde_json::from_str(l).expect("a canon line"))
@@ -800,6 +926,7 @@ impl Run {
                 what,
                 huge_int,
                 unordered,
+                objects: _,
             } = w;
             assert_eq!(line["file"].as_str(), path.to_str(), "canon's order");
             if std::env::var_os("TCH_STATE_DICT_DIFF_KEEP").is_none() {
@@ -938,6 +1065,8 @@ impl Run {
         if e.state_dict.as_deref() != Some("") {
             match StateDict::load(&e.path) {
                 Err(Error::NotAStateDict { .. }) => {}
+                // An object (not a module) says its class instead.
+                Err(Error::OpaqueObject { .. }) if e.canon[0] == "object" => {}
                 Err(other) => self.fail(
                     e,
                     "StateDict::load",
@@ -951,14 +1080,11 @@ impl Run {
             }
         }
         let key = e.state_dict.clone()?;
-        let (stage, got, want) = if key.is_empty() {
-            ("StateDict::load", StateDict::load(&e.path), &e.canon)
+        let want = sd_want(e, &key);
+        let (stage, got) = if key.is_empty() {
+            ("StateDict::load", StateDict::load(&e.path))
         } else {
-            (
-                "StateDict::load_key",
-                StateDict::load_key(&e.path, &key),
-                dict_get(&e.canon, &key).expect("the manifest's state dict"),
-            )
+            ("StateDict::load_key", StateDict::load_key(&e.path, &key))
         };
         let unsupported = Self::unsupported_under(e, &key);
         if !unsupported.is_empty() {
@@ -1011,17 +1137,13 @@ impl Run {
     /// its own, unsupported entries refused alone, and the readable ones read together.
     fn check_lazy(&mut self, e: &Entry) -> Option<(StateDict, Json)> {
         let key = e.state_dict.clone()?;
-        let (stage, got, want) = if key.is_empty() {
-            (
-                "LazyStateDict::load",
-                LazyStateDict::load(&e.path),
-                &e.canon,
-            )
+        let want = sd_want(e, &key);
+        let (stage, got) = if key.is_empty() {
+            ("LazyStateDict::load", LazyStateDict::load(&e.path))
         } else {
             (
                 "LazyStateDict::load_key",
                 LazyStateDict::load_key(&e.path, &key),
-                dict_get(&e.canon, &key).expect("the manifest's state dict"),
             )
         };
         let mut lazy = match got {
@@ -1125,6 +1247,59 @@ impl Run {
         }
         self.check_st_metadata(e, stage, sd.safetensors_metadata());
         Some((sd, want))
+    }
+}
+
+/// The canonical form of the state dict of `e` at `key`: a module's, as its `state_dict()`
+/// gives it, or the dict there.
+fn sd_want<'e>(e: &'e Entry, key: &str) -> &'e Json {
+    if let Some(sd) = &e.state_dict_canon {
+        return sd;
+    }
+    if key.is_empty() {
+        &e.canon
+    } else {
+        dict_get(&e.canon, key).expect("the manifest's state dict")
+    }
+}
+
+/// Whether a value holds an object, which `Value::save` refuses by design (and
+/// `save_with(objects)` writes).
+fn holds_object(v: &Value) -> bool {
+    match v {
+        Value::Object(_) => true,
+        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
+            items.iter().any(holds_object)
+        }
+        Value::Dict(d) => d
+            .items
+            .iter()
+            .any(|(k, v)| holds_object(k) || holds_object(v)),
+        _ => false,
+    }
+}
+
+/// Whether a value holds a reference back to a tuple or set, which pickle makes only after
+/// its items, so that no save can write it.
+fn holds_unwritable_cycle(v: &Value) -> bool {
+    let all = |items: &[Value]| items.iter().any(holds_unwritable_cycle);
+    let pairs = |items: &[(Value, Value)]| {
+        items
+            .iter()
+            .any(|(k, v)| holds_unwritable_cycle(k) || holds_unwritable_cycle(v))
+    };
+    match v {
+        Value::Recursive { type_name, .. } => matches!(*type_name, "tuple" | "set"),
+        Value::List(items) | Value::Tuple(items) | Value::Set(items) => all(items),
+        Value::Dict(d) => pairs(&d.items),
+        Value::Object(o) => {
+            all(o.args())
+                || pairs(o.kwargs())
+                || o.state().is_some_and(holds_unwritable_cycle)
+                || all(o.list_items())
+                || pairs(o.dict_items())
+        }
+        _ => false,
     }
 }
 

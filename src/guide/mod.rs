@@ -13,9 +13,11 @@
 //! * [`lazy`]: state dicts whose tensors are still in the file, and how a load reads them
 //!   straight into the model.
 //! * [`saving`]: writing `torch.save` and safetensors files that replace the old file whole
-//!   or not at all.
+//!   or not at all, and training checkpoints written back with their objects.
 //! * [`training_checkpoints`]: checkpoints that hold more than a state dict (options
-//!   objects, numpy values, whole pickled models, TorchScript archives, tch's `.ot` files).
+//!   objects, numpy values, omegaconf configs and other values that refer to themselves,
+//!   whole pickled models and torch.fx GraphModules, TorchScript archives, tch's `.ot`
+//!   files).
 //! * [`distributed`]: `torch.distributed.checkpoint` (DCP) directories from FSDP2, DTensor
 //!   and torchtitan, and model directories.
 //! * [`safety`]: the pickle machine that runs nothing, the memory budget, CRC-32 checks,

@@ -14,8 +14,14 @@
 //! tensors, memo expansion and compression ratio; every size, stride and offset is checked
 //! with checked arithmetic against the storage's real length before anything is allocated. A
 //! malformed or hostile file gives a typed [`Error`](crate::Error) naming the file and the
-//! defect; the corpus of 85 files in `tests/fixtures/hostile/` (made by
-//! `tests/fixtures/make_hostile.py`) pins each one down.
+//! defect; the corpus of 91 files in `tests/fixtures/hostile/` (made by
+//! `tests/fixtures/make_hostile.py`) pins each one down. A pickle whose objects form cycles
+//! is read as Python rebuilds it, each cycle cut where it closes
+//! ([`Value::Recursive`](crate::Value::Recursive)), within the same limits: a graph whose
+//! paths multiply (24 lists that each hold all 24) is refused by `max_values`, a module among
+//! its own submodules by [`PickleError::Cycle`](crate::PickleError::Cycle); a list that
+//! holds itself, a state dict whose `_metadata` holds it and an object whose state holds it
+//! read, in bounded time and memory.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), tch_state_dict::Error> {
