@@ -716,6 +716,12 @@ refused!(
     } if reason == "4 items, expected 5 or more"
 );
 refused!(
+    torchscript_of_torch_1_0_with_model_json,
+    "torchscript_model_json.pt",
+    Error::InvalidRecord { record, reason, .. }
+        if record == "archive/model.json" && reason.contains("torch 1.0 to 1.2")
+);
+refused!(
     torch_save_persistent_id_of_six_items,
     "pid_six_items.pth",
     Error::Pickle {

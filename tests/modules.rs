@@ -85,6 +85,23 @@ fn assert_every_path_matches(path: &Path, key: &str, dir: &Path) -> StateDict {
     python
 }
 
+/// Loads the state dict at `key` (`""`: the top level) of `path` strictly into the crate's
+/// 10-class resnet18, and requires the model's tensors to be Python's.
+fn assert_loads_into_resnet18(path: &Path, key: &str, python: &StateDict) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = models::resnet18(&vs, 10).unwrap();
+    let ckpt = Checkpoint::open(path).unwrap();
+    let options = LoadOptions::new();
+    let report = match key {
+        "" => ckpt.load_into(&model, &options),
+        key => ckpt.load_into_at(key, &model, &options),
+    }
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(report.missing_keys.is_empty() && report.unexpected_keys.is_empty());
+    let loaded = tch_state_dict::state_dict(&model).unwrap();
+    assert_same(&loaded, python, "loaded model");
+}
+
 #[test]
 fn torch_save_of_an_nn_sequential() {
     let dir = tempdir("sequential");
@@ -159,14 +176,7 @@ fn a_torch_fx_graph_module_gives_its_state_dict() {
     assert!(code.contains("def forward(self, x)"), "{code}");
     // Into the same model built the tch way, strictly.
     let vs = nn::VarStore::new(Device::Cpu);
-    let root = vs.root();
-    let conv = nn::ConvConfig {
-        bias: false,
-        ..Default::default()
-    };
-    let _ = nn::conv2d(&root / "conv1", 3, 4, 3, conv);
-    let _ = nn::batch_norm2d(&root / "bn1", 4, Default::default());
-    let _ = nn::linear(&root / "linear", 4, 10, Default::default());
+    common::small_model(&vs, 10);
     let report = load_checkpoint(&vs, &path, true).unwrap();
     assert!(report.missing_keys.is_empty() && report.unexpected_keys.is_empty());
     // tch's BatchNorm has no num_batches_tracked: every other tensor is Python's.
@@ -175,6 +185,30 @@ fn a_torch_fx_graph_module_gives_its_state_dict() {
     for (k, t) in loaded.iter() {
         let p = python.get(k).unwrap();
         assert_eq!(common::hash_tensor(t), common::hash_tensor(p), "{k}");
+    }
+}
+
+#[test]
+fn graph_modules_of_torch_package_and_torch_deploy_give_the_same_state_dict() {
+    // fx_small.pth's module as reduce_package_graph_module(importer, body, name) and
+    // reduce_deploy_graph_module(importer, body, import_block) calls: the body is the second
+    // argument. torch.load cannot rebuild these without their importer; the state dict is
+    // the one of the same module saved plainly, which tests above compare with Python.
+    let plain = StateDict::load(fixture("fx_small.pth")).unwrap();
+    for name in ["fx_package.pth", "fx_deploy.pth"] {
+        let path = fixture(name);
+        for sd in [
+            StateDict::load(&path).unwrap(),
+            LazyStateDict::load(&path)
+                .unwrap()
+                .into_state_dict()
+                .unwrap(),
+        ] {
+            assert_same(&sd, &plain, name);
+        }
+        let v = Value::load(&path).unwrap();
+        let code = v.attr("_code").and_then(Value::as_str).unwrap();
+        assert!(code.contains("def forward(self, x)"), "{name}");
     }
 }
 
@@ -221,15 +255,7 @@ fn torchvision_resnet18_traced_by_torch_fx_loads_into_the_crates_resnet18() {
     );
     let python = assert_every_path_matches(&path, "", &dir);
     graph_module_code(&Value::load(&path).unwrap());
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = models::resnet18(&vs, 10).unwrap();
-    let report = load_checkpoint(&model, &path, true).unwrap();
-    assert!(report.missing_keys.is_empty() && report.unexpected_keys.is_empty());
-    assert_same(
-        &tch_state_dict::state_dict(&model).unwrap(),
-        &python,
-        "loaded model",
-    );
+    assert_loads_into_resnet18(&path, "", &python);
 }
 
 #[test]
@@ -253,18 +279,7 @@ fn a_whole_model_in_the_legacy_format_names_its_classes_by_persistent_ids() {
             tch_state_dict::Format::TorchLegacy
         );
         let python = assert_every_path_matches(&path, "model", &dir);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let model = models::resnet18(&vs, 10).unwrap();
-        let report =
-            Checkpoint::open(&path)
-                .unwrap()
-                .load_into_at("model", &model, &LoadOptions::new());
-        assert!(report.is_ok(), "{how:?}: {report:?}");
-        assert_same(
-            &tch_state_dict::state_dict(&model).unwrap(),
-            &python,
-            "loaded model",
-        );
+        assert_loads_into_resnet18(&path, "model", &python);
     }
 }
 

@@ -201,14 +201,7 @@ fn a_torch_1x_archive_loads_into_a_model() {
     assert_eq!(lazy.get("conv1.weight").unwrap().kind(), Some(Kind::Half));
     // Into an fp32 model built the tch way: converted, as load_state_dict converts.
     let vs = nn::VarStore::new(Device::Cpu);
-    let root = vs.root();
-    let conv = ConvConfig {
-        bias: false,
-        ..Default::default()
-    };
-    let _ = nn::conv2d(&root / "conv1", 3, 4, 3, conv);
-    let _ = nn::batch_norm2d(&root / "bn1", 4, Default::default());
-    let _ = nn::linear(&root / "linear", 4, 10, Default::default());
+    common::small_model(&vs, 10);
     let report = load_checkpoint(&vs, &path, true).unwrap();
     assert!(report.missing_keys.is_empty() && report.unexpected_keys.is_empty());
     let w = &vs.variables()["linear.weight"];

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use serde_json::Value as Json;
-use tch::nn::{self, ConvConfig};
+use tch::nn;
 use tch::{Device, Kind};
 use tch_state_dict::{
     Checkpoint, Error, LazyStateDict, ReadOptions, SaveOptions, StateDict, Value,
@@ -183,18 +183,6 @@ fn assert_matches_python(name: &str) -> (Value, &'static Json) {
     (value, want)
 }
 
-/// The Small model of the fixture script, built the tch way.
-fn small(vs: &nn::VarStore, classes: i64) {
-    let root = vs.root();
-    let conv = ConvConfig {
-        bias: false,
-        ..Default::default()
-    };
-    let _ = nn::conv2d(&root / "conv1", 3, 4, 3, conv);
-    let _ = nn::batch_norm2d(&root / "bn1", 4, Default::default());
-    let _ = nn::linear(&root / "linear", 4, classes, Default::default());
-}
-
 #[test]
 fn repdistiller_checkpoint_with_an_argparse_namespace() {
     let name = "repdistiller.pth";
@@ -224,7 +212,7 @@ fn repdistiller_checkpoint_with_an_argparse_namespace() {
     // The model's state dict, straight into a model; the options object is never touched.
     // (tch's batch_norm has no num_batches_tracked: it is popped first.)
     let vs = nn::VarStore::new(Device::Cpu);
-    small(&vs, 100);
+    common::small_model(&vs, 100);
     let ckpt = Checkpoint::open(fixture(name)).unwrap();
     let mut lazy = ckpt.lazy_state_dict_at("model").unwrap();
     lazy.pop("bn1.num_batches_tracked");
@@ -310,7 +298,7 @@ fn lightning_checkpoint_with_a_class_from_an_unknown_package() {
     sd.strip_prefix("model.");
     sd.pop("bn1.num_batches_tracked");
     let vs = nn::VarStore::new(Device::Cpu);
-    small(&vs, 10);
+    common::small_model(&vs, 10);
     tch_state_dict::load_state_dict(&vs, &sd, true).unwrap();
     assert_eq!(tch_state_dict::state_dict(&vs).unwrap().len(), 7);
 
@@ -378,7 +366,7 @@ fn lightning_checkpoint_with_omegaconf_configs_that_refer_to_themselves() {
     sd.strip_prefix("model.");
     sd.pop("bn1.num_batches_tracked");
     let vs = nn::VarStore::new(Device::Cpu);
-    small(&vs, 10);
+    common::small_model(&vs, 10);
     tch_state_dict::load_state_dict(&vs, &sd, true).unwrap();
     // A key that holds no state dict says what it holds.
     match StateDict::load_key(&path, "hyper_parameters").unwrap_err() {
@@ -473,7 +461,7 @@ fn storages_saved_on_a_gpu_load_on_the_cpu_by_default() {
         let sd = StateDict::load_key(fixture(name), "model").unwrap();
         assert!(sd.values().all(|t| t.device() == Device::Cpu), "{name}");
         let vs = nn::VarStore::new(Device::Cpu);
-        small(&vs, 10);
+        common::small_model(&vs, 10);
         let mut lazy = LazyStateDict::load_key(fixture(name), "model").unwrap();
         lazy.pop("bn1.num_batches_tracked");
         tch_state_dict::load_state_dict(&vs, &lazy, true).unwrap();

@@ -13,7 +13,7 @@
 //! | sharded `*.index.json` with a `weight_map` (safetensors or `.bin` shards) | yes, as one state dict in `weight_map` order | no |
 //! | `torch.distributed.checkpoint` (DCP) directories, or their `.metadata` (FSDP2, DTensor, torchtitan; zstd items too) | yes, lazily, chunk by chunk into the model (see [`distributed`](super::distributed)) | no |
 //! | model directories (`model.safetensors`, `pytorch_model.bin` or their indexes inside) | yes, as that file | no |
-//! | TorchScript archives: `torch.jit.save` (archive versions 1 to 10, torch 1.3 to 2.11, as `torch.jit.load` 2.11 reads them: storages' persistent ids of five items or more, the rest ignored), tch's `VarStore::save` (`.ot`) and `Tensor::save_multi`; not the `model.json` archives of torch 1.0 to 1.2, which `torch.jit.load` 2.11 refuses too | the parameters and buffers, as a state dict; the code is never run | no (`convert` writes `.pth` or `.safetensors`) |
+//! | TorchScript archives: `torch.jit.save` (archive versions 1 to 10, torch 1.3 to 2.11, as `torch.jit.load` 2.11 reads them: storages' persistent ids of five items or more, the rest ignored), tch's `VarStore::save` (`.ot`) and `Tensor::save_multi`; not the `model.json` archives of torch 1.0 to 1.2, which `torch.jit.load` 2.11 refuses too (an `Error::InvalidRecord` naming `model.json` says so) | the parameters and buffers, as a state dict; the code is never run | no (`convert` writes `.pth` or `.safetensors`) |
 //!
 //! [`Checkpoint::format`](crate::Checkpoint::format) says which it found, as a [`Format`].
 //!

@@ -14,7 +14,7 @@
 //! tensors, memo expansion and compression ratio; every size, stride and offset is checked
 //! with checked arithmetic against the storage's real length before anything is allocated. A
 //! malformed or hostile file gives a typed [`Error`](crate::Error) naming the file and the
-//! defect; the corpus of 91 files in `tests/fixtures/hostile/` (made by
+//! defect; the corpus of 92 files in `tests/fixtures/hostile/` (made by
 //! `tests/fixtures/make_hostile.py`) pins each one down. A pickle whose objects form cycles
 //! is read as Python rebuilds it, each cycle cut where it closes
 //! ([`Value::Recursive`](crate::Value::Recursive)), within the same limits: a graph whose

@@ -42,6 +42,8 @@ struct Records {
     /// A TorchScript archive's `code/*.py` records, by their name after `code/`, each with
     /// its CRC-32.
     code: Vec<(String, StorageLoc, u32)>,
+    /// Whether it has `<root>/model.json`: torch 1.0 to 1.2's TorchScript format.
+    model_json: bool,
 }
 
 /// What the memory budget is charged for each storage record, besides its name (kept
@@ -85,6 +87,17 @@ pub(crate) fn parse<'a>(
     }
     let record = |name: &str| format!("{}/{name}", records.root);
     let data_pkl = record("data.pkl");
+    if records.pickle.is_none() && records.model_json {
+        // torch 1.0 to 1.2 wrote TorchScript as JSON and protobuf-described tensors; PyTorch
+        // 2.11's torch.jit.load refuses it too ("Legacy model format is not supported").
+        return Err(Error::InvalidRecord {
+            path: path.to_path_buf(),
+            record: record("model.json"),
+            reason: "a TorchScript archive of torch 1.0 to 1.2, a format torch.jit.load no \
+                     longer reads either: load it with such a torch, and save it again"
+                .to_string(),
+        });
+    }
     let (pickle_loc, pickle_crc) = records.pickle.clone().ok_or_else(|| Error::MissingRecord {
         path: path.to_path_buf(),
         record: data_pkl.clone(),
@@ -274,6 +287,7 @@ fn records<R: Read + Seek>(
         byteorder: None,
         script,
         code: Vec::new(),
+        model_json: names.contains(&record("model.json")),
     };
     for (index, name) in names.iter().enumerate() {
         let is_storage = name.starts_with(&data_prefix) && name.len() > data_prefix.len();

@@ -188,14 +188,7 @@ impl Pickler {
                 "the global {module:?}.{name:?} has no name pickle can write"
             ));
         }
-        self.op(GLOBAL);
-        for line in [module, name] {
-            self.out.extend_from_slice(line.as_bytes());
-            self.out.push(b'\n');
-        }
-        let i = self.next_memo;
-        self.next_memo += 1;
-        self.put(i);
+        let i = self.new_global(module, name);
         self.named_globals
             .insert((module.to_string(), name.to_string()), i);
         Ok(())
@@ -300,6 +293,12 @@ impl Pickler {
             self.get(i);
             return;
         }
+        let i = self.new_global(module, name);
+        self.globals.insert((module, name), i);
+    }
+
+    /// Writes `GLOBAL module\nname\n` and memoizes it: its memo index.
+    fn new_global(&mut self, module: &str, name: &str) -> u32 {
         self.op(GLOBAL);
         for line in [module, name] {
             self.out.extend_from_slice(line.as_bytes());
@@ -308,7 +307,7 @@ impl Pickler {
         let i = self.next_memo;
         self.next_memo += 1;
         self.put(i);
-        self.globals.insert((module, name), i);
+        i
     }
 
     fn put(&mut self, i: u32) {

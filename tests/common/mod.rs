@@ -15,6 +15,20 @@ use serde_json::{json, Value as Json};
 use tch::{Device, Kind, Tensor};
 use tch_state_dict::{ModuleTree, StateDict};
 
+/// The `Small` model of tests/fixtures/make_training.py (a bias-free conv, a BatchNorm, a
+/// Linear of `classes` outputs), built the tch way in `vs`.
+pub fn small_model(vs: &tch::nn::VarStore, classes: i64) {
+    use tch::nn;
+    let root = vs.root();
+    let conv = nn::ConvConfig {
+        bias: false,
+        ..Default::default()
+    };
+    let _ = nn::conv2d(&root / "conv1", 3, 4, 3, conv);
+    let _ = nn::batch_norm2d(&root / "bn1", 4, Default::default());
+    let _ = nn::linear(&root / "linear", 4, classes, Default::default());
+}
+
 /// The Python interpreter of the PyTorch environment that `scripts/cargo` sets up. Tests that
 /// compare with PyTorch need it; they fail, rather than skip, without it.
 pub fn python() -> PathBuf {
