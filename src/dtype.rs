@@ -47,9 +47,13 @@ const fn row(
     }
 }
 
+/// How many kinds tch has: the float8 kinds came with tch 0.19 (`cfg(tch_float8)`, which
+/// `build.rs` sets from the libtorch that torch-sys found).
+const KINDS: usize = if cfg!(tch_float8) { 20 } else { 16 };
+
 /// Every tch [`Kind`], once, in tch's order.
 #[rustfmt::skip]
-pub(crate) const DTYPES: [DtypeInfo; 20] = [
+pub(crate) const DTYPES: [DtypeInfo; KINDS] = [
     row("uint8", &[], Kind::Uint8, Some(Dtype::U8), Some("ByteStorage"), true, 1),
     row("int8", &[], Kind::Int8, Some(Dtype::I8), Some("CharStorage"), true, 1),
     row("int16", &["short"], Kind::Int16, Some(Dtype::I16), Some("ShortStorage"), true, 2),
@@ -66,25 +70,24 @@ pub(crate) const DTYPES: [DtypeInfo; 20] = [
     row("quint8", &[], Kind::QUInt8, None, Some("QUInt8Storage"), false, 1),
     row("qint32", &[], Kind::QInt32, None, Some("QInt32Storage"), false, 4),
     row("bfloat16", &[], Kind::BFloat16, Some(Dtype::BF16), Some("BFloat16Storage"), true, 2),
+    #[cfg(tch_float8)]
     row("float8_e5m2", &[], Kind::Float8e5m2, Some(Dtype::F8_E5M2), None, true, 1),
+    #[cfg(tch_float8)]
     row("float8_e4m3fn", &[], Kind::Float8e4m3fn, Some(Dtype::F8_E4M3), None, true, 1),
+    #[cfg(tch_float8)]
     row("float8_e5m2fnuz", &[], Kind::Float8e5m2fnuz, None, None, true, 1),
+    #[cfg(tch_float8)]
     row("float8_e4m3fnuz", &[], Kind::Float8e4m3fnuz, None, None, true, 1),
 ];
 
 /// Whether `kind` is a floating-point dtype (what `ReadOptions::kind` casts).
 pub(crate) fn is_floating(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Half
-            | Kind::Float
-            | Kind::Double
-            | Kind::BFloat16
-            | Kind::Float8e5m2
-            | Kind::Float8e4m3fn
-            | Kind::Float8e5m2fnuz
-            | Kind::Float8e4m3fnuz
-    )
+    match kind {
+        Kind::Half | Kind::Float | Kind::Double | Kind::BFloat16 => true,
+        #[cfg(tch_float8)]
+        Kind::Float8e5m2 | Kind::Float8e4m3fn | Kind::Float8e5m2fnuz | Kind::Float8e4m3fnuz => true,
+        _ => false,
+    }
 }
 
 /// Reverses the byte order of each `unit`-byte piece of `bytes`: big-endian data made
@@ -142,9 +145,18 @@ const fn other(
     }
 }
 
-/// Every dtype a file may name that is not a row of [`DTYPES`] that pickles may hold.
+/// Every dtype a file may name that is not a row of [`DTYPES`] that pickles may hold: with
+/// a tch before 0.19, the float8 dtypes too.
 #[rustfmt::skip]
-pub(crate) const OTHER_DTYPES: [OtherDtype; 33] = [
+pub(crate) const OTHER_DTYPES: [OtherDtype; 33 + 4 * !cfg!(tch_float8) as usize] = [
+    #[cfg(not(tch_float8))]
+    other("float8_e5m2", &[], 8, None, Some(Dtype::F8_E5M2)),
+    #[cfg(not(tch_float8))]
+    other("float8_e4m3fn", &[], 8, None, Some(Dtype::F8_E4M3)),
+    #[cfg(not(tch_float8))]
+    other("float8_e5m2fnuz", &[], 8, None, None),
+    #[cfg(not(tch_float8))]
+    other("float8_e4m3fnuz", &[], 8, None, None),
     other("uint16", &[], 16, None, Some(Dtype::U16)),
     other("uint32", &[], 32, None, Some(Dtype::U32)),
     other("uint64", &[], 64, None, Some(Dtype::U64)),
@@ -323,9 +335,13 @@ mod tests {
             Kind::QUInt8 => 13,
             Kind::QInt32 => 14,
             Kind::BFloat16 => 15,
+            #[cfg(tch_float8)]
             Kind::Float8e5m2 => 16,
+            #[cfg(tch_float8)]
             Kind::Float8e4m3fn => 17,
+            #[cfg(tch_float8)]
             Kind::Float8e5m2fnuz => 18,
+            #[cfg(tch_float8)]
             Kind::Float8e4m3fnuz => 19,
         }
     }
@@ -417,9 +433,15 @@ mod tests {
             by_storage_class("LongStorage").map(|d| d.kind),
             Some(Kind::Int64)
         );
+        #[cfg(tch_float8)]
         assert_eq!(
             by_safetensors(Dtype::F8_E4M3).map(|d| d.kind),
             Some(Kind::Float8e4m3fn)
+        );
+        #[cfg(not(tch_float8))]
+        assert_eq!(
+            file_dtype_by_safetensors(Dtype::F8_E4M3).map(FileDtype::name),
+            Some("float8_e4m3fn")
         );
     }
 }

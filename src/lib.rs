@@ -115,6 +115,16 @@
 //! * `doc-only`: builds the documentation without libtorch, as docs.rs does (it forwards
 //!   tch's `doc-only`). Nothing built with it can link.
 //!
+//! # Which tch
+//!
+//! Any tch from 0.17 (rust-bert's, libtorch 2.4) to 0.24 (libtorch 2.11): the crate depends
+//! on `tch = ">=0.17, <0.25"`. torch-sys links libtorch, so a build holds one torch-sys, and
+//! Cargo picks the tch your crate already has; with nothing else asking, the newest. The
+//! crate's `build.rs` tells which from the libtorch torch-sys found. Everything works the same
+//! on each, but for one thing: a tch before 0.19 has no float8 kinds, so a float8 entry is
+//! refused by itself ([`Error::UnsupportedDtype`]), as any dtype tch lacks.
+//! [`guide::troubleshooting`] has the run of the test suite against libtorch 2.4.
+//!
 //! # Linking
 //!
 //! A binary that uses tch must find libtorch at run time and keep its CUDA library; see the

@@ -78,13 +78,18 @@ pub(crate) struct BatchNorm2d {
 
 impl BatchNorm2d {
     pub(crate) fn new(p: &nn::Path, channels: i64) -> Result<Self, TchError> {
+        // An int64 counter, whatever the store's kind: made as a variable of the store's
+        // kind, then given the counter's data (`Path::add`, which would take the counter
+        // itself, is public from tch 0.19 only).
         let counter = Tensor::f_zeros([], (Kind::Int64, p.device()))?;
+        let mut num_batches_tracked = p.f_zeros_no_train("num_batches_tracked", &[])?;
+        num_batches_tracked.set_data(&counter);
         Ok(BatchNorm2d {
             weight: p.f_ones("weight", &[channels])?,
             bias: p.f_zeros("bias", &[channels])?,
             running_mean: p.f_zeros_no_train("running_mean", &[channels])?,
             running_var: p.f_ones_no_train("running_var", &[channels])?,
-            num_batches_tracked: p.add("num_batches_tracked", counter, false),
+            num_batches_tracked,
             momentum: 0.1,
             eps: 1e-5,
         })
@@ -181,9 +186,12 @@ pub(crate) fn linear(
     in_features: i64,
     out_features: i64,
 ) -> Result<nn::Linear, TchError> {
-    let (weight, bias) = linear_init(in_features, out_features, (p.kind(), p.device()))?;
+    // Drawn in fp32, as PyTorch draws a Linear's parameters before `.to(dtype)`, and
+    // copied into variables of the store's kind (`Path::kind` and a public `Path::add` came
+    // with tch 0.18 and 0.19).
+    let (weight, bias) = linear_init(in_features, out_features, (Kind::Float, p.device()))?;
     Ok(nn::Linear {
-        ws: p.add("weight", weight, true),
-        bs: Some(p.add("bias", bias, true)),
+        ws: p.f_var_copy("weight", &weight)?,
+        bs: Some(p.f_var_copy("bias", &bias)?),
     })
 }
