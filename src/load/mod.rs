@@ -228,10 +228,7 @@ fn load<M: StateDictModule + ?Sized, D: SourceDict + ?Sized>(
 ) -> Result<IncompatibleKeys, Error> {
     let start = Instant::now();
     let tree = module.module_tree()?;
-    let plan = plan(&tree, sd, options);
-    if let Some(error) = plan.error {
-        return Err(error.into());
-    }
+    let plan = plan(&tree, sd, options).map_err(|e| Error::from(*e))?;
     // An entry that would be loaded but is of a dtype this crate cannot read (a uint64
     // buffer) is refused before anything is written; left out (popped, unexpected), it is
     // never read.

@@ -24,18 +24,19 @@ pub(crate) struct PlannedCopy<'a> {
     pub squeeze: bool,
 }
 
+/// A load that PyTorch's rules accept: the copies to make, and the report to return.
 pub(crate) struct Plan<'a> {
     pub copies: Vec<PlannedCopy<'a>>,
     pub report: IncompatibleKeys,
-    pub error: Option<LoadError>,
 }
 
-/// Builds the report and the list of copies without touching the model.
+/// Builds the report and the list of copies without touching the model; the error PyTorch
+/// would raise, with its hints, when its rules refuse the load.
 pub(crate) fn plan<'a, D: SourceDict + ?Sized>(
     tree: &'a ModuleTree,
     sd: &D,
     options: &LoadOptions,
-) -> Plan<'a> {
+) -> Result<Plan<'a>, Box<LoadError>> {
     let mut copies = Vec::with_capacity(tree.len().min(sd.entry_count()));
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
@@ -129,13 +130,9 @@ pub(crate) fn plan<'a, D: SourceDict + ?Sized>(
             messages,
             hints,
         };
-        return Plan {
-            copies: Vec::new(),
-            report: IncompatibleKeys::default(),
-            error: Some(error),
-        };
+        return Err(Box::new(error));
     }
-    Plan {
+    Ok(Plan {
         copies,
         report: IncompatibleKeys {
             missing_keys: missing,
@@ -146,8 +143,7 @@ pub(crate) fn plan<'a, D: SourceDict + ?Sized>(
                 .map(|p| sd.key_at(p).to_string())
                 .collect(),
         },
-        error: None,
-    }
+    })
 }
 
 /// The positions of the checkpoint's `P.num_batches_tracked` that a tch BatchNorm consumes:
