@@ -92,6 +92,12 @@
 //! 2.11: the crate's bf16/fp16 kernels matched libtorch 2.4's conversions bit for bit, and
 //! `tch::vision`'s models computed what torchvision 2.11 computes.
 //!
+//! The same day, a new crate as the README's "Using it in your crate" shows it (`tch =
+//! "0.17"`, `torch-sys = "0.17"`, this crate, the `build.rs` lines above) built against
+//! libtorch 2.4 (`TCH_STATE_DICT_TORCH=2.4.0`, Cargo resolving tch 0.17.0), and its
+//! `load_checkpoint(&vs, "ckpt.pth", true)` of a `torch.save` state dict of two Linear
+//! layers loaded with no missing or unexpected key, `head.weight` equal to Python's.
+//!
 //! # No python3, or no venv
 //!
 //! `scripts/cargo` needs Python 3.10 or newer with `pip` and `venv`:
