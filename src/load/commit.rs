@@ -535,9 +535,10 @@ fn write(
             })?;
             copied(&buffer)
         }
-        // `commit` materializes every pending route before it writes anything.
-        Route::Pending(_, index) => Err(Error::Io {
-            path: "<load>".into(),
+        // `commit` materializes every pending route before it writes anything, so this is
+        // never reached; were it, the file is named, not a made-up path.
+        Route::Pending(file, index) => Err(Error::Io {
+            path: file.path.clone(),
             source: std::io::Error::other(format!("tensor {index} was not read before writing")),
         }),
     }
