@@ -84,8 +84,8 @@
 //!
 //! On 2026-12-06 (this project's 2-core VM, the commit that added this section): **517
 //! passed, 0 failed, 12 ignored** (the tests that need CUDA, and two measurements run by
-//! hand), against 516 passed and 12 ignored at 0.24, where `tests/read_pytorch.rs` reads
-//! float8 entries instead of refusing them. A first run had found the only difference: four
+//! hand), as at 0.24 (517 passed, 12 ignored, `.ci/run` the same day), where
+//! `tests/read_pytorch.rs` reads float8 entries instead of refusing them. A first run had found the only difference: four
 //! tests read the float8 fixture as values, which tch 0.17 cannot hold; they now leave it out
 //! under `cfg(not(tch_float8))`, and `float8_is_an_unsupported_dtype_before_tch_0_19` checks
 //! the refusal instead. No test depends on a libtorch behaviour that changed from 2.4 to
