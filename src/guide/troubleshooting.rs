@@ -73,13 +73,14 @@
 //!
 //! CI compiles the crate, its tests, benches, examples and tool against tch 0.17 with
 //! `doc-only` (`.ci/oldest-tch`: no libtorch 2.4 needed), as well as building and testing
-//! everything against 0.24. The whole test suite was also run once against libtorch 2.4.0 and
-//! tch 0.17, its oracle still torch 2.11, in a copy of the repository whose `Cargo.lock`
-//! resolves tch 0.17:
+//! everything against 0.24. The whole test suite was also run against libtorch 2.4.0 and tch
+//! 0.17, its oracle still torch 2.11, in a copy of the repository whose `Cargo.lock` resolves
+//! tch 0.17 (`cargo update -p tch --precise 0.17.0`, then
+//! `TCH_STATE_DICT_TORCH=2.4.0 scripts/cargo test --features cli --no-fail-fast`), which one
+//! command does:
 //!
 //! ```sh
-//! cargo update -p tch --precise 0.17.0
-//! TCH_STATE_DICT_TORCH=2.4.0 scripts/cargo test --features cli --no-fail-fast
+//! .ci/oldest-tch --test
 //! ```
 //!
 //! On 2026-12-06 (this project's 2-core VM, the commit that added this section): **517
