@@ -55,7 +55,7 @@ fn main() {
                 eprintln!("\nTCH_STATE_DICT_DOC_ONLY_TCH={v:?} is not a tch of 0.17 to 0.24\n");
                 std::process::exit(1)
             }),
-            Err(_) => RELEASES[RELEASES.len() - 1].0,
+            Err(_) => NEWEST.0,
         };
         set_cfgs(minor);
         return;
@@ -65,7 +65,7 @@ fn main() {
         // torch-sys reports the libtorch directory on Linux and macOS only; elsewhere the
         // linker's defaults apply, and the tch is taken to be the newest.
         Err(_) => {
-            set_cfgs(RELEASES[RELEASES.len() - 1].0);
+            set_cfgs(NEWEST.0);
             return;
         }
     };
@@ -97,7 +97,6 @@ fn set_cfgs(minor: u32) {
 /// Stops, saying what to run, when it is none of [`RELEASES`]; with
 /// `LIBTORCH_BYPASS_VERSION_CHECK`, or when the version cannot be read, the newest.
 fn tch_of(lib: &Path) -> u32 {
-    let newest = RELEASES[RELEASES.len() - 1];
     let found = lib.parent().and_then(|root| {
         std::fs::read_to_string(root.join("build-version"))
             .ok()
@@ -109,15 +108,15 @@ fn tch_of(lib: &Path) -> u32 {
             })
     });
     let Some(found) = found else {
-        return newest.0;
+        return NEWEST.0;
     };
     if let Some(minor) = tch_for_libtorch(&found) {
         return minor;
     }
     if std::env::var_os("LIBTORCH_BYPASS_VERSION_CHECK").is_some() {
-        return newest.0;
+        return NEWEST.0;
     }
-    let (oldest, newest_release) = (RELEASES[0].1, newest.1);
+    let (oldest, newest_release) = (RELEASES[0].1, NEWEST.1);
     // Cargo shows a failed build script's stderr; a panic would add a backtrace.
     eprintln!(
         "\ntch-state-dict needs the libtorch of a tch from 0.17 to 0.24 (libtorch {oldest}.x to\n\

@@ -14,6 +14,9 @@ pub const RELEASES: [(u32, &str); 7] = [
     (24, "2.11"),
 ];
 
+/// The newest tch of the range, with its libtorch.
+pub const NEWEST: (u32, &str) = RELEASES[RELEASES.len() - 1];
+
 /// The first tch with `Kind::Float8e5m2` and its kin (`cfg(tch_float8)`).
 pub const FLOAT8_FROM: u32 = 19;
 

@@ -827,10 +827,16 @@ impl Run {
             // a frozenset, a Global other than a torch dtype (`torch.uint16` is written), an
             // object; and a reference back to a tuple or set, which pickle makes after its
             // items.
-            let cycle = holds_unwritable_cycle(&v);
+            // A reference back to a tuple or set, which pickle makes only after its items,
+            // so that no save can write it.
+            let cycle = holds(
+                &v,
+                &|x| matches!(x, Value::Recursive { type_name, .. } if matches!(*type_name, "tuple" | "set")),
+            );
             let frozen = holds_frozenset(&v, false);
-            let objects = holds_object(&v);
-            let refused = holds_global(&v) || frozen || objects || cycle;
+            let objects = holds(&v, &|x| matches!(x, Value::Object(_)));
+            let global = holds(&v, &|x| matches!(x, Value::Global { .. }));
+            let refused = global || frozen || objects || cycle;
             let dst = self.out.join(format!("{}.value.pth", e.file));
             match v.save(&dst) {
                 Err(Error::Unwritable { .. }) if refused => self.values_not_written += 1,
@@ -839,7 +845,8 @@ impl Run {
                     want: as_written(&e.canon, true),
                     st_metadata: Json::Null,
                     what: format!("{} (written back): Value::save", e.file),
-                    huge_int: holds_huge_int(&v),
+                    // pickle writes an int of 256 bytes or more as LONG4.
+                    huge_int: holds(&v, &|x| matches!(x, Value::BigInt(b) if b.len() >= 256)),
                     unordered: false,
                     objects: false,
                 }),
@@ -1272,60 +1279,33 @@ fn sd_want<'e>(e: &'e Entry, key: &str) -> &'e Json {
     }
 }
 
-/// Whether a value holds an object, which `Value::save` refuses by design (and
-/// `save_with(objects)` writes).
-fn holds_object(v: &Value) -> bool {
-    match v {
-        Value::Object(_) => true,
-        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
-            items.iter().any(holds_object)
-        }
-        Value::Dict(d) => d
-            .items
-            .iter()
-            .any(|(k, v)| holds_object(k) || holds_object(v)),
-        _ => false,
+/// Whether `found` holds for `v` or for any value inside it: items, dict keys and values,
+/// `_metadata`, an object's arguments, state and items.
+fn holds(v: &Value, found: &dyn Fn(&Value) -> bool) -> bool {
+    if found(v) {
+        return true;
     }
-}
-
-/// Whether a value holds a reference back to a tuple or set, which pickle makes only after
-/// its items, so that no save can write it.
-fn holds_unwritable_cycle(v: &Value) -> bool {
-    let all = |items: &[Value]| items.iter().any(holds_unwritable_cycle);
+    let all = |items: &[Value]| items.iter().any(|i| holds(i, found));
     let pairs = |items: &[(Value, Value)]| {
         items
             .iter()
-            .any(|(k, v)| holds_unwritable_cycle(k) || holds_unwritable_cycle(v))
+            .any(|(k, v)| holds(k, found) || holds(v, found))
     };
     match v {
-        Value::Recursive { type_name, .. } => matches!(*type_name, "tuple" | "set"),
         Value::List(items) | Value::Tuple(items) | Value::Set(items) => all(items),
-        Value::Dict(d) => pairs(&d.items),
+        Value::Dict(d) => {
+            pairs(&d.items)
+                || d.metadata.as_ref().is_some_and(|m| {
+                    m.values()
+                        .any(|attrs| attrs.values().any(|a| holds(a, found)))
+                })
+        }
         Value::Object(o) => {
             all(o.args())
                 || pairs(o.kwargs())
-                || o.state().is_some_and(holds_unwritable_cycle)
+                || o.state().is_some_and(|s| holds(s, found))
                 || all(o.list_items())
                 || pairs(o.dict_items())
-        }
-        _ => false,
-    }
-}
-
-/// Whether a value holds a `Value::Global`, which `Value::save` refuses by design.
-fn holds_global(v: &Value) -> bool {
-    match v {
-        Value::Global { .. } => true,
-        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
-            items.iter().any(holds_global)
-        }
-        Value::Dict(d) => {
-            d.items
-                .iter()
-                .any(|(k, v)| holds_global(k) || holds_global(v))
-                || d.metadata
-                    .as_ref()
-                    .is_some_and(|m| m.values().any(|attrs| attrs.values().any(holds_global)))
         }
         _ => false,
     }
@@ -1343,25 +1323,6 @@ fn holds_frozenset(v: &Value, hashable: bool) -> bool {
             .items
             .iter()
             .any(|(k, v)| holds_frozenset(k, true) || holds_frozenset(v, hashable)),
-        _ => false,
-    }
-}
-
-/// Whether a value holds an int of 256 bytes or more, which pickle writes as LONG4.
-fn holds_huge_int(v: &Value) -> bool {
-    match v {
-        Value::BigInt(b) => b.len() >= 256,
-        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
-            items.iter().any(holds_huge_int)
-        }
-        Value::Dict(d) => {
-            d.items
-                .iter()
-                .any(|(k, v)| holds_huge_int(k) || holds_huge_int(v))
-                || d.metadata
-                    .as_ref()
-                    .is_some_and(|m| m.values().any(|attrs| attrs.values().any(holds_huge_int)))
-        }
         _ => false,
     }
 }
@@ -1464,7 +1425,7 @@ fn random_checkpoints_read_and_write_as_torch_does() {
     };
     eprintln!(
         "differential: {source}; read in {read:.1?}; {written} files written back and read by \
-         torch.load in {written_back:.1?} ({} values holding a Global or a frozenset refused by Value::save); {counts:?}",
+         torch.load in {written_back:.1?} ({} values refused by Value::save by design: a Global, a frozenset, an object, a reference back to a tuple or set); {counts:?}",
         run.values_not_written,
     );
     // Every failure, one a line, and how many each entry point had.

@@ -234,12 +234,8 @@ impl Pickler {
         Ok(())
     }
 
-    /// A tuple of `items`, whose level is entered by the caller when it has one.
+    /// A tuple of `items` (`MARK ... TUPLE`), whose level is entered by the caller.
     fn tuple(&mut self, items: &[Value], what: &str, depth: usize) -> Result<(), Unwritable> {
-        if items.is_empty() {
-            self.op(EMPTY_TUPLE);
-            return Ok(());
-        }
         self.op(MARK);
         for item in items {
             self.value(item, what, depth + 1)?;
@@ -425,27 +421,13 @@ impl Pickler {
             }
             Value::Tuple(items) => {
                 self.enter(false);
-                self.op(MARK);
-                for item in items {
-                    self.value(item, what, depth + 1)?;
-                }
-                self.op(TUPLE);
+                self.tuple(items, what, depth)?;
                 self.leave();
             }
             // A set inside a dict key or a set was a frozenset, which
             // torch.load(weights_only=True) refuses (and a set there cannot be hashed); a
-            // save with objects writes it as one.
-            Value::Set(items) if self.hashable > 0 && self.objects => {
-                self.global("builtins", "frozenset");
-                self.op(EMPTY_LIST);
-                self.enter(false);
-                let written = self.batch(items, APPENDS, what, depth);
-                self.leave();
-                written?;
-                self.op(TUPLE1);
-                self.op(REDUCE);
-            }
-            Value::Set(_) if self.hashable > 0 => {
+            // save with objects writes it as one, below.
+            Value::Set(_) if self.hashable > 0 && !self.objects => {
                 return Err(Unwritable {
                     what: what.to_string(),
                     reason: "a set inside a dict key or a set (a frozenset) cannot be \
@@ -454,7 +436,12 @@ impl Pickler {
                 })
             }
             Value::Set(items) => {
-                self.global("builtins", "set");
+                let class = if self.hashable > 0 {
+                    "frozenset"
+                } else {
+                    "set"
+                };
+                self.global("builtins", class);
                 self.op(EMPTY_LIST);
                 self.hashable += 1;
                 self.enter(false);

@@ -120,24 +120,18 @@ pub fn run_with_objects(
     let ckpt = Checkpoint::open(input)?;
     let mut value = ckpt.value()?;
     if let Some(key) = key {
-        let Value::Dict(top) = &mut value else {
-            return Err(Error::KeyNotFound {
-                path: input.to_path_buf(),
-                key: key.to_string(),
-                available: ckpt.keys(),
-            }
-            .into());
+        // The value under `key`, taken out of the top-level dict.
+        let found = match &mut value {
+            Value::Dict(top) => (top.items.iter())
+                .position(|(k, _)| k.as_str() == Some(key))
+                .map(|at| top.items.swap_remove(at).1),
+            _ => None,
         };
-        let at = top.items.iter().position(|(k, _)| k.as_str() == Some(key));
-        let Some(at) = at else {
-            return Err(Error::KeyNotFound {
-                path: input.to_path_buf(),
-                key: key.to_string(),
-                available: ckpt.keys(),
-            }
-            .into());
-        };
-        value = top.items.swap_remove(at).1;
+        value = found.ok_or_else(|| Error::KeyNotFound {
+            path: input.to_path_buf(),
+            key: key.to_string(),
+            available: ckpt.keys(),
+        })?;
     }
     value.save_with(output, &SaveOptions::new().objects(true))?;
     writeln!(

@@ -191,18 +191,13 @@ fn run(command: Command, out: &mut impl Write) -> Result<Answer, Failure> {
             input,
             output,
             key,
-            objects: false,
+            objects,
         } => {
-            convert::run(&input, &output, key.as_deref(), out)?;
-            Ok(Answer::Yes)
-        }
-        Command::Convert {
-            input,
-            output,
-            key,
-            objects: true,
-        } => {
-            convert::run_with_objects(&input, &output, key.as_deref(), out)?;
+            if objects {
+                convert::run_with_objects(&input, &output, key.as_deref(), out)?;
+            } else {
+                convert::run(&input, &output, key.as_deref(), out)?;
+            }
             Ok(Answer::Yes)
         }
         Command::Check {

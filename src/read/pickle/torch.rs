@@ -414,19 +414,19 @@ impl Machine<'_> {
                 )))
             }
         };
-        let expected = match self.flavor {
-            Flavor::Zip | Flavor::Script => 5,
-            Flavor::Legacy => 6,
+        // How many items, and whether more are allowed (and ignored).
+        let (expected, or_more) = match self.flavor {
+            Flavor::Zip => (5, false),
+            Flavor::Script => (5, true),
+            Flavor::Legacy => (6, false),
             Flavor::Plain => return Err(bad("persistent ids are not allowed here")),
         };
-        if self.flavor == Flavor::Script && items.len() < expected {
+        if items.len() < expected || (items.len() > expected && !or_more) {
+            let more = if or_more { " or more" } else { "" };
             return Err(bad(&format!(
-                "{} items, expected {expected} or more",
+                "{} items, expected {expected}{more}",
                 items.len()
             )));
-        }
-        if self.flavor != Flavor::Script && items.len() != expected {
-            return Err(bad(&format!("{} items, expected {expected}", items.len())));
         }
         match self.get(items[0]) {
             Obj::Str(s) if s == "storage" => {}
