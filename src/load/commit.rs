@@ -303,165 +303,276 @@ fn chunk_box(dst: &Tensor, offsets: &[i64], sizes: &[i64]) -> Result<Tensor, tch
 
 /// Writes every planned copy from `sd` into the model, without autograd.
 ///
-/// A DCP tensor's copy becomes one copy per chunk, into the chunk's box of the model's
-/// tensor: a box that is one run of the tensor's memory (`Shard(0)`) is read in place at
-/// its byte offset, with no view made ([`Layout::run`]); any other box is a view, routed
-/// as a file tensor is (a strided `Shard(1)` box in blocks of whole rows).
+/// Four steps, each its own function: a DCP tensor's copy becomes one copy per chunk
+/// ([`chunk_copies`]); each copy gets its route ([`Routed::new`]); everything that can fail
+/// before a write is checked ([`Routed::check`]); then the copies run, in order or batched
+/// across threads ([`Routed::run`]).
 pub(crate) fn commit<D: SourceDict + ?Sized>(
     copies: &[PlannedCopy<'_>],
     sd: &D,
     progress: &Tracker<'_>,
 ) -> Result<(), Error> {
     let _no_grad = tch::no_grad_guard();
-    // The boxes of the model's tensors that chunks fill, made first so that the copies
+    // The views of the model's tensors that chunks fill, made first so that the copies
     // into them can borrow them.
-    let mut boxes: Vec<(usize, Tensor, Src<'_>)> = Vec::new();
-    // Chunks read straight into a run of the model's tensor, with no view made: (copy,
-    // file, offset in it, bytes, where in the tensor).
-    let mut runs: Vec<(usize, &OpenFile<'_>, u64, usize, usize)> = Vec::new();
+    let chunks = chunk_copies(copies, sd)?;
+    let mut routed = Routed::new(copies, sd, &chunks);
+    routed.check()?;
+    routed.run(&|n| progress.add(n))
+}
+
+/// A copy of one DCP chunk into its box of the model's tensor `copy` (an index into the
+/// plan's copies).
+struct ChunkCopy<'s> {
+    copy: usize,
+    into: ChunkInto<'s>,
+}
+
+enum ChunkInto<'s> {
+    /// Straight into a run of the model's tensor's memory, with no view made
+    /// ([`Layout::run`]): `len` bytes at `offset` of `file`, from the tensor's byte `dst_at`.
+    Run {
+        file: &'s OpenFile<'s>,
+        offset: u64,
+        len: usize,
+        dst_at: usize,
+    },
+    /// Into a view of the model's tensor (the chunk's box, or a block of whole rows of a
+    /// strided box), routed as a file tensor is.
+    View(Tensor, Src<'s>),
+}
+
+/// Every DCP tensor's copy as one copy per chunk, into the chunk's box of the model's
+/// tensor: a box that is one run of the tensor's memory (`Shard(0)`) is read in place at
+/// its byte offset, with no view made ([`Layout::run`]); any other box is a view (a strided
+/// `Shard(1)` box in blocks of whole rows). Runs come first, then views, each in plan order.
+fn chunk_copies<'s, D: SourceDict + ?Sized>(
+    copies: &[PlannedCopy<'_>],
+    sd: &'s D,
+) -> Result<Vec<ChunkCopy<'s>>, Error> {
+    let mut runs = Vec::new();
+    let mut views = Vec::new();
     for (i, c) in copies.iter().enumerate() {
-        if let Entry::Chunked(t) = sd.entry(c.src) {
-            let dst = Layout::of(c.dst);
-            for chunk in &t.chunks {
-                if chunk.sizes.contains(&0) {
-                    continue;
-                }
-                let file = &*chunk.file;
-                if let Some((offset, len, dst_at)) = dst
-                    .as_ref()
-                    .and_then(|dst| dst.run(file, chunk.index, &chunk.offsets, &chunk.sizes))
-                {
-                    runs.push((i, file, offset, len, dst_at));
-                    continue;
-                }
-                let view = chunk_box(c.dst, &chunk.offsets, &chunk.sizes).map_err(|source| {
-                    Error::Copy {
-                        key: c.key.to_string(),
-                        source,
-                    }
+        let Entry::Chunked(t) = sd.entry(c.src) else {
+            continue;
+        };
+        let dst = Layout::of(c.dst);
+        for chunk in &t.chunks {
+            if chunk.sizes.contains(&0) {
+                continue;
+            }
+            let file = &*chunk.file;
+            if let Some((offset, len, dst_at)) = dst
+                .as_ref()
+                .and_then(|dst| dst.run(file, chunk.index, &chunk.offsets, &chunk.sizes))
+            {
+                runs.push(ChunkCopy {
+                    copy: i,
+                    into: ChunkInto::Run {
+                        file,
+                        offset,
+                        len,
+                        dst_at,
+                    },
+                });
+                continue;
+            }
+            let view =
+                chunk_box(c.dst, &chunk.offsets, &chunk.sizes).map_err(|source| Error::Copy {
+                    key: c.key.to_string(),
+                    source,
                 })?;
-                let in_place = readable_in_place(file, chunk.index);
-                let split = match in_place {
-                    Some((t, offset)) if !view.is_contiguous() => {
-                        blocks(&view, offset, t.dtype.elt_size() as u64)
-                    }
-                    _ => None,
-                };
-                match (split, in_place) {
-                    (Some(pieces), _) => boxes.extend(
-                        pieces
-                            .into_iter()
-                            .map(|(piece, at)| (i, piece, Src::Piece(file, at, chunk.index))),
-                    ),
-                    // A contiguous box is the whole chunk (its size was checked against the
-                    // metadata's when the checkpoint was opened), already located.
-                    (None, Some((_, at))) if view.is_contiguous() => {
-                        boxes.push((i, view, Src::Piece(file, at, chunk.index)))
-                    }
-                    (None, _) => boxes.push((i, view, Src::File(file, chunk.index))),
+            let in_place = readable_in_place(file, chunk.index);
+            let split = match in_place {
+                Some((t, offset)) if !view.is_contiguous() => {
+                    blocks(&view, offset, t.dtype.elt_size() as u64)
                 }
+                _ => None,
+            };
+            let view_copy = |view, src| ChunkCopy {
+                copy: i,
+                into: ChunkInto::View(view, src),
+            };
+            match (split, in_place) {
+                (Some(pieces), _) => views.extend(
+                    pieces
+                        .into_iter()
+                        .map(|(piece, at)| view_copy(piece, Src::Piece(file, at, chunk.index))),
+                ),
+                // A contiguous box is the whole chunk (its size was checked against the
+                // metadata's when the checkpoint was opened), already located.
+                (None, Some((_, at))) if view.is_contiguous() => {
+                    views.push(view_copy(view, Src::Piece(file, at, chunk.index)))
+                }
+                (None, _) => views.push(view_copy(view, Src::File(file, chunk.index))),
             }
         }
     }
-    let mut expanded: Vec<PlannedCopy<'_>> = Vec::with_capacity(copies.len() + boxes.len());
-    let mut routes: Vec<Route<'_>> = Vec::with_capacity(copies.len() + boxes.len());
-    let mut files = FilesRead::default();
-    for c in copies {
-        let src = match sd.entry(c.src) {
-            Entry::Memory(t) => Src::Memory(t),
-            Entry::File(file, index) => Src::File(file, index),
-            Entry::Chunked(_) => continue,
-        };
-        routes.push(route_of(c, src, &mut files));
-        expanded.push(PlannedCopy { ..*c });
-    }
-    for &(i, file, offset, len, dst_at) in &runs {
-        files.note(file);
-        routes.push(Route::Direct {
-            file,
-            offset,
-            len,
-            dst_at,
-        });
-        expanded.push(PlannedCopy {
-            squeeze: false,
-            ..copies[i]
-        });
-    }
-    for (i, view, src) in &boxes {
-        let c = PlannedCopy {
-            key: copies[*i].key,
-            dst: view,
-            src: copies[*i].src,
-            squeeze: false,
-        };
-        routes.push(route_of(&c, *src, &mut files));
-        expanded.push(c);
-    }
-    let shared = shares_memory(copies);
-    let copies = expanded.as_slice();
+    runs.extend(views);
+    Ok(runs)
+}
 
-    // Everything that can fail before a write fails here.
-    let files = files.files;
-    check_before_writing(files.iter().copied())?;
-    materialize_pending(&mut routes)?;
+/// A load's copies with their routes, side by side, and the files they read.
+struct Routed<'s> {
+    copies: Vec<PlannedCopy<'s>>,
+    routes: Vec<Route<'s>>,
+    files: Vec<&'s OpenFile<'s>>,
+    /// Whether two of the model's tensors share memory (tied weights).
+    shared: bool,
+}
 
-    let threads = files.first().map_or(1, |f| f.options.read_threads());
-    let done = |n: usize| progress.add(n);
-    if shared || sources_overlap_destinations(copies, &routes) {
-        for (c, route) in copies.iter().zip(&routes) {
-            write(c, route, 1, &done)?;
+impl<'s> Routed<'s> {
+    /// Each copy's route: the copies of whole entries in plan order, then the chunks'.
+    fn new<D: SourceDict + ?Sized>(
+        copies: &[PlannedCopy<'s>],
+        sd: &'s D,
+        chunks: &'s [ChunkCopy<'s>],
+    ) -> Self {
+        let mut expanded = Vec::with_capacity(copies.len() + chunks.len());
+        let mut routes = Vec::with_capacity(copies.len() + chunks.len());
+        let mut files = FilesRead::default();
+        for c in copies {
+            let src = match sd.entry(c.src) {
+                Entry::Memory(t) => Src::Memory(t),
+                Entry::File(file, index) => Src::File(file, index),
+                Entry::Chunked(_) => continue,
+            };
+            routes.push(route_of(c, src, &mut files));
+            expanded.push(PlannedCopy { ..*c });
         }
-        return Ok(());
-    }
-    let mut converts = Vec::new();
-    let mut staged = Vec::new();
-    // Grouped by what they read from, not by entry: a DCP `.distcp` file holds one entry per
-    // chunk, and read one entry at a time its chunks fall below the size worth threads.
-    let mut direct: Vec<(usize, &OpenFile<'_>, Vec<Read<'_>>)> = Vec::new();
-    let mut memcpy: Vec<Read<'_>> = Vec::new();
-    for (c, route) in copies.iter().zip(routes) {
-        match route {
-            Route::Convert(convert) => converts.push(convert),
-            Route::ToDevice(piece) => staged.push(piece),
-            Route::Copy(src) => match plain_copy(c, src) {
-                Some(Some(read)) => memcpy.push(read),
-                Some(None) => {}
-                None => write(c, &Route::Copy(src), threads, &done)?,
-            },
-            Route::Direct {
-                file,
-                offset,
-                len,
-                dst_at,
-            } => {
-                let read = direct_read(c.dst, file, offset, len, dst_at);
-                let source = read.from.id();
-                match direct.iter_mut().find(|(s, _, _)| *s == source) {
-                    Some((_, _, reads)) => reads.push(read),
-                    None => direct.push((source, file, vec![read])),
+        for chunk in chunks {
+            let whole = &copies[chunk.copy];
+            match &chunk.into {
+                &ChunkInto::Run {
+                    file,
+                    offset,
+                    len,
+                    dst_at,
+                } => {
+                    files.note(file);
+                    routes.push(Route::Direct {
+                        file,
+                        offset,
+                        len,
+                        dst_at,
+                    });
+                    expanded.push(PlannedCopy {
+                        squeeze: false,
+                        ..*whole
+                    });
+                }
+                ChunkInto::View(view, src) => {
+                    let c = PlannedCopy {
+                        key: whole.key,
+                        dst: view,
+                        src: whole.src,
+                        squeeze: false,
+                    };
+                    routes.push(route_of(&c, *src, &mut files));
+                    expanded.push(c);
                 }
             }
-            other => write(c, &other, threads, &done)?,
+        }
+        Routed {
+            copies: expanded,
+            routes,
+            files: files.files,
+            shared: shares_memory(copies),
         }
     }
-    // Tensors in memory laid out as the model's: copied across threads.
-    read_all_with(&memcpy, threads, &done).map_err(|source| Error::Io {
-        path: "<memory>".into(),
-        source,
-    })?;
-    // Direct reads, file by file, each across threads; then the converting reads.
-    for (_, file, reads) in &direct {
-        read_all_with(reads, threads, &done).map_err(|source| Error::Io {
-            path: file.path.clone(),
+
+    /// Everything that can fail before a write: every file as long as when it was parsed,
+    /// and the tensors that are read whole materialized.
+    fn check(&mut self) -> Result<(), Error> {
+        check_before_writing(self.files.iter().copied())?;
+        materialize_pending(&mut self.routes)
+    }
+
+    /// Runs every copy: one after the other, in plan order, when tensors share memory or a
+    /// source in memory overlaps a destination; otherwise in batches across threads.
+    fn run(self, done: &(dyn Fn(usize) + Sync)) -> Result<(), Error> {
+        let threads = self.files.first().map_or(1, |f| f.options.read_threads());
+        if self.shared || sources_overlap_destinations(&self.copies, &self.routes) {
+            for (c, route) in self.copies.iter().zip(&self.routes) {
+                write(c, route, 1, done)?;
+            }
+            return Ok(());
+        }
+        Batches::of(&self.copies, self.routes, threads, done)?.run(threads, done)
+    }
+}
+
+/// The copies of a load that run together, by route: what remains once the copies that run
+/// alone (`copy_`, a strided block) have run.
+#[derive(Default)]
+struct Batches<'s> {
+    /// Tensors in memory laid out as the model's: copied across threads.
+    memcpy: Vec<Read<'s>>,
+    /// Direct reads, by what they read from, not by entry: a DCP `.distcp` file holds one
+    /// entry per chunk, and read one entry at a time its chunks fall below the size worth
+    /// threads.
+    direct: Vec<(usize, &'s OpenFile<'s>, Vec<Read<'s>>)>,
+    converts: Vec<Convert<'s>>,
+    /// Pieces for other devices.
+    staged: Vec<Piece<'s>>,
+}
+
+impl<'s> Batches<'s> {
+    /// Groups the copies by route, running at once those that run alone.
+    fn of(
+        copies: &'s [PlannedCopy<'s>],
+        routes: Vec<Route<'s>>,
+        threads: usize,
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Self, Error> {
+        let mut batches = Batches::default();
+        for (c, route) in copies.iter().zip(routes) {
+            match route {
+                Route::Convert(convert) => batches.converts.push(convert),
+                Route::ToDevice(piece) => batches.staged.push(piece),
+                Route::Copy(src) => match plain_copy(c, src) {
+                    Some(Some(read)) => batches.memcpy.push(read),
+                    Some(None) => {}
+                    None => write(c, &Route::Copy(src), threads, done)?,
+                },
+                Route::Direct {
+                    file,
+                    offset,
+                    len,
+                    dst_at,
+                } => {
+                    let read = direct_read(c.dst, file, offset, len, dst_at);
+                    let source = read.from.id();
+                    match batches.direct.iter_mut().find(|(s, _, _)| *s == source) {
+                        Some((_, _, reads)) => reads.push(read),
+                        None => batches.direct.push((source, file, vec![read])),
+                    }
+                }
+                other => write(c, &other, threads, done)?,
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Copies from memory, then direct reads file by file, each across threads; then the
+    /// converting reads; then the pieces for other devices, in file order, through one
+    /// pipeline.
+    fn run(mut self, threads: usize, done: &(dyn Fn(usize) + Sync)) -> Result<(), Error> {
+        read_all_with(&self.memcpy, threads, done).map_err(|source| Error::Io {
+            path: "<memory>".into(),
             source,
         })?;
+        for (_, file, reads) in &self.direct {
+            read_all_with(reads, threads, done).map_err(|source| Error::Io {
+                path: file.path.clone(),
+                source,
+            })?;
+        }
+        convert::run_all(&self.converts, threads, done)?;
+        self.staged.sort_by_key(|p| (p.from.id(), p.offset));
+        let bytes = self.staged.iter().map(Piece::len).sum();
+        run_staged(self.staged, Stager::for_bytes(bytes), threads, done)
     }
-    convert::run_all(&converts, threads, &done)?;
-    // Pieces for other devices, in file order, through one pipeline.
-    staged.sort_by_key(|p| (p.from.id(), p.offset));
-    let bytes = staged.iter().map(Piece::len).sum();
-    run_staged(staged, Stager::for_bytes(bytes), threads, &done)
 }
 
 /// Materializes the tensors of the `Pending` routes, file by file, each file's storages read
