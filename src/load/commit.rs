@@ -1,13 +1,18 @@
 //! Commit: write every checked value into the model, all or nothing for everything that can
 //! be found before the first write.
 //!
-//! Each planned copy takes one of four routes, chosen from where its values are:
+//! Each planned copy takes a route ([`route`](super::route) chooses it, from where its values
+//! are and the model's tensor):
 //!
-//! * a tensor in memory: `copy_`;
+//! * a tensor in memory: `copy_`, or a `memcpy` across threads where it is laid out as the
+//!   model's tensor;
 //! * bytes in a file laid out as the model's tensor is (same dtype, little-endian,
 //!   contiguous, CPU): `pread` straight into the tensor ([`direct`](super::direct));
-//! * bytes in a file in another dtype, byte order or for another device: chunked converting
-//!   reads ([`convert`](super::convert));
+//! * bytes in a file in another dtype or byte order, for a CPU tensor: converting reads in
+//!   parts ([`convert`](super::convert));
+//! * bytes in a file for a tensor on another device: pinned buffers, copied and converted
+//!   there ([`stage`](super::stage));
+//! * a strided block of a DCP chunk's box: a buffer of its shape, then `copy_`;
 //! * anything else (deflated storages, strided views, a cast the read options ask for): the
 //!   tensor is materialized, then `copy_`.
 //!
@@ -558,10 +563,11 @@ impl<'s> Batches<'s> {
     /// converting reads; then the pieces for other devices, in file order, through one
     /// pipeline.
     fn run(mut self, threads: usize, done: &(dyn Fn(usize) + Sync)) -> Result<(), Error> {
-        read_all_with(&self.memcpy, threads, done).map_err(|source| Error::Io {
-            path: "<memory>".into(),
-            source,
-        })?;
+        // A copy from memory reads no file: it fails only where a thread panicked, a bug,
+        // and the panic goes on rather than becoming an I/O error of no file.
+        if let Err(e) = read_all_with(&self.memcpy, threads, done) {
+            panic!("copying tensors in memory into the model: {e}");
+        }
         for (_, file, reads) in &self.direct {
             read_all_with(reads, threads, done).map_err(|source| Error::Io {
                 path: file.path.clone(),
