@@ -141,14 +141,19 @@ refused!(
 );
 
 // The pickle of .metadata.
-refused!(
-    deep_nesting,
-    "deep_nesting",
-    Error::Pickle {
-        kind: PickleError::TooDeep(_),
-        ..
-    }
-);
+/// 10,000 nested lists in `storage_meta`, a field the reader never looks at: read, as
+/// `dcp.load` reads it. `.metadata` is read in place, field by field, so no depth is walked;
+/// the value is the base's. (When `.metadata` was made a value whole, this was `TooDeep`.)
+#[test]
+fn deep_nesting() {
+    let deep = Checkpoint::open(hostile("deep_nesting"))
+        .unwrap()
+        .value()
+        .unwrap();
+    let base = Checkpoint::open(hostile("base")).unwrap().value().unwrap();
+    assert_eq!(deep.to_string(), base.to_string());
+    assert!(first_error(&hostile("deep_nesting")).is_none());
+}
 refused!(
     self_reference,
     "self_reference",
@@ -258,6 +263,9 @@ fn cases() -> Vec<String> {
     names
 }
 
+/// The cases that read: the base, and what no reader of the fields DCP uses would refuse.
+const READ: [&str; 2] = ["base", "deep_nesting"];
+
 #[test]
 fn the_corpus_has_at_least_30_cases_and_every_one_is_tested() {
     let cases = cases();
@@ -268,7 +276,7 @@ fn the_corpus_has_at_least_30_cases_and_every_one_is_tested() {
             source.contains(&format!("\"{name}\"")),
             "{name} has no test"
         );
-        if name != "base" {
+        if !READ.contains(&name.as_str()) {
             // And every case is refused, whatever its test expects.
             let _ = refusal(name);
         }

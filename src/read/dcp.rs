@@ -39,26 +39,42 @@
 //!   slower on another (40 MiB at +13 bytes: 2.9–3.1 ms against 3.8–4.1 ms by `pread`;
 //!   5.7–7.4 against 4.5–5.8 ms), but a map turns a file truncated during the load into SIGBUS and
 //!   counts its pages in the RSS bound (`load/direct.rs`), so chunks are read by `pread`.
-//! * **Every chunk is a `torch.save` zip of its own** (640 for resnet50), each parsed at
-//!   open, after the `.metadata` pickle (120 KB). The open is 6.6 to 8.6 ms against 0.7 ms
-//!   for the `.pth`'s parse; `perf record` puts the items' zips at about 14% of an open's
-//!   samples, turning `.metadata` into values at 6%, and dropping them at 7%.
+//! * **Every chunk is a `torch.save` zip of its own** (640 for resnet50, 4096 for the
+//!   bench's 1 GiB checkpoint), each parsed at open, across the read threads, after the
+//!   `.metadata` pickle (120 KB and 884 KB), which the `.pth` does not have.
 //!
-//! Reading `.metadata` without building values and a lean reader for the item zips (all of
-//! one shape) would save about 3.5 ms of resnet50's 20, not reach 1.3×, and each would be a
-//! second parser beside the one the differential test checks against `torch.load`; neither
-//! is built.
+//! `.metadata` is read in place ([`Meta`]): each field DCP's reader uses is found in the
+//! pickle machine's objects, and no [`Value`] of the whole pickle is made. Measured on the
+//! 1 GiB checkpoint (2 threads, `perf record --call-graph dwarf` of 10 opens, CPU time an
+//! open): as a value, `.metadata` took 23 ms to make and 17 ms to drop, on one thread,
+//! before the items; the open took 108 ms. Read in place, the open takes 43–45 ms
+//! (`examples`-style loop of 20 opens, medians), and table 5 of `benches/README.md` went from
+//! 1.75× to 1.51× the `.pth` on the same machine. What remains, CPU time an open: the items'
+//! zip directories 26 ms (the zip crate's search for the end record and its directory, 6 µs
+//! an item), the rest of the items' parse 30 ms (their one-tensor pickles 13 ms, record
+//! names 5 ms), all of it across the 2 threads; then on one thread the `.metadata` pickle
+//! 11 ms and the entries 15 ms; dropping the state dict, 9 ms. Reaching 1.3× the `.pth`
+//! needs the open and drop under about 40 ms: a zip directory reader of this crate's own,
+//! for every torch.save zip (not a second one for DCP's items), is the next step; it is not
+//! built.
+//!
+//! A value is made of part of `.metadata` only to describe it in an error. A field the
+//! reader does not use is never looked at, as for `dcp.load`: 10,000 lists nested in
+//! `storage_meta` read (they were [`PickleError::TooDeep`](crate::PickleError) when the
+//! whole pickle became a value). What the open keeps (places, entries, chunks) is charged to
+//! the budget as it is made, so that a million keys at one item are still refused within
+//! the budget of the file's size (`tests/hostile_distributed.rs`).
 
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::budget::{Budget, FIXED_COST};
+use super::budget::{heap, heap_of, Budget, FIXED_COST};
 use super::crc::Crcs;
 use super::detect::{detect, Format};
 use super::index::{out_of_budget, OpenFile, Parsed, StorageLoc};
-use super::pickle::{self, Flavor, Obj};
+use super::pickle::{self, Flavor, Id, Obj};
 use super::source::{map_file, open_regular, Source};
 use super::threads::on_threads;
 use super::{pickle_error, torch_zip, Materializer, ReadOptions};
@@ -69,7 +85,7 @@ use tch::{Kind, Tensor};
 use indexmap::IndexMap;
 
 use super::materialize::TENSOR_COST;
-use crate::value::{Dict, Object, Value};
+use crate::value::{Dict, Value};
 
 /// DCP's module of dataclasses.
 const METADATA_MODULE: &str = "torch.distributed.checkpoint.metadata";
@@ -366,112 +382,115 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
         Some(d) => d.to_path_buf(),
         None => PathBuf::from("."),
     };
-    let metadata = read_metadata(path, options)?;
+    let metadata_file = read_metadata(path, options)?;
+    let metadata = Meta::root(&metadata_file);
     let invalid = |field: &str, reason: String| Error::InvalidDistributed {
         path: path.to_path_buf(),
         field: field.to_string(),
         reason,
     };
-    let root = class(&metadata, "Metadata").ok_or_else(|| {
+    let root = metadata.class("Metadata").ok_or_else(|| {
         invalid(
             "Metadata",
-            format!("the pickle holds {}, not a Metadata", describe(&metadata)),
+            format!("the pickle holds {}, not a Metadata", metadata.describe()),
         )
     })?;
     let sdm = root
-        .get_attr("state_dict_metadata")
-        .and_then(Value::as_dict)
+        .attr("state_dict_metadata")
+        .and_then(Meta::dict)
         .ok_or_else(|| invalid("state_dict_metadata", "missing or not a dict".into()))?;
     let storage_data = root
-        .get_attr("storage_data")
-        .and_then(Value::as_dict)
+        .attr("storage_data")
+        .and_then(Meta::dict)
         .ok_or_else(|| invalid("storage_data", "missing or not a dict".into()))?;
-    let planner_data = match root.get_attr("planner_data") {
-        None | Some(Value::None) => None,
-        Some(Value::Dict(d)) => Some(d),
-        Some(other) => {
-            return Err(invalid(
-                "planner_data",
-                format!("a {}, not a dict", other.type_name()),
-            ))
-        }
-    };
+    let planner_data =
+        match root.attr("planner_data") {
+            None => None,
+            Some(p) if p.is_none() => None,
+            Some(p) => Some(p.dict().ok_or_else(|| {
+                invalid("planner_data", format!("a {}, not a dict", p.type_name()))
+            })?),
+        };
 
     // Where each chunk and item is: (fqn, offsets or None for a byte item) -> storage.
-    let mut places: HashMap<(String, Option<Vec<i64>>), Place> =
-        HashMap::with_capacity(storage_data.items.len());
-    for (k, v) in &storage_data.items {
-        let index = class(k, "MetadataIndex")
-            .ok_or_else(|| invalid("storage_data", format!("a key {}", describe(k))))?;
+    // What the open keeps, charged as it is made: read in place, `.metadata` expands only
+    // into what is kept (places, entries, chunks), and a million keys at one item must stay
+    // within the budget of the file's size as they did when the whole pickle was made a value.
+    let mut kept = Kept {
+        budget: metadata_file.parsed.budget.clone(),
+        bytes: 0,
+        path,
+    };
+    let mut places: Places<'_> = HashMap::with_capacity(storage_data.len());
+    for (k, v) in storage_data {
+        let index = k
+            .class("MetadataIndex")
+            .ok_or_else(|| invalid("storage_data", format!("a key {}", k.describe())))?;
         let fqn = index
-            .get_attr("fqn")
-            .and_then(Value::as_str)
+            .attr("fqn")
+            .and_then(Meta::as_str)
             .ok_or_else(|| invalid("MetadataIndex.fqn", "missing or not a str".into()))?;
-        let offset = match index.get_attr("offset") {
-            None | Some(Value::None) => None,
-            Some(o) => Some(ints(o).ok_or_else(|| {
+        let offset = match index.attr("offset") {
+            None => None,
+            Some(o) if o.is_none() => None,
+            Some(o) => Some(o.ints().ok_or_else(|| {
                 invalid("MetadataIndex.offset", format!("{fqn}: not a torch.Size"))
             })?),
         };
         let info = v
-            .as_object()
-            .filter(|o| {
-                o.qualified_name() == "torch.distributed.checkpoint.filesystem._StorageInfo"
-            })
-            .ok_or_else(|| invalid("storage_data", format!("{fqn}: a value {}", describe(v))))?;
+            .class_named("torch.distributed.checkpoint.filesystem._StorageInfo")
+            .ok_or_else(|| invalid("storage_data", format!("{fqn}: a value {}", v.describe())))?;
         let place = Place::of(info).map_err(|(field, reason)| {
             invalid(&format!("_StorageInfo.{field}"), format!("{fqn}: {reason}"))
         })?;
-        places.insert((fqn.to_string(), offset), place);
+        kept.charge(place_cost(&offset, &place))?;
+        places.insert((fqn, offset), place);
     }
 
-    let paths: HashMap<&str, &Value> = planner_data
-        .map(|p| {
-            p.items
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str()?, v)))
-                .collect()
-        })
+    if let Some(p) = &planner_data {
+        // Each path's slot in the map below (a hash map's worst, half full).
+        let slot = std::mem::size_of::<(&str, Meta<'_>)>() + 1;
+        kept.charge((p.len() as u64).saturating_mul(2 * slot as u64))?;
+    }
+    let paths: HashMap<&str, Meta<'_>> = planner_data
+        .map(|p| p.filter_map(|(k, v)| Some((k.as_str()?, v))).collect())
         .unwrap_or_default();
     let mut files = Files::new(&dir, path, options);
     // First every entry with the items it needs (opened files, checked ranges), then the
     // items parsed, across threads, then the tensors checked against them.
-    let mut pending = Vec::with_capacity(sdm.items.len());
-    for (k, v) in &sdm.items {
+    let mut pending = Vec::with_capacity(sdm.len());
+    for (k, v) in sdm {
         let key = k
             .as_str()
-            .ok_or_else(|| invalid("state_dict_metadata", format!("a key {}", describe(k))))?
+            .ok_or_else(|| invalid("state_dict_metadata", format!("a key {}", k.describe())))?
             .to_string();
         let elem_path = match paths.get(key.as_str()).copied() {
-            None | Some(Value::None) => vec![PathElem::Key(key.clone())],
-            Some(p) => key_path(p).ok_or_else(|| {
+            None => vec![PathElem::Key(key.clone())],
+            Some(p) if p.is_none() => vec![PathElem::Key(key.clone())],
+            Some(p) => p.key_path().ok_or_else(|| {
                 invalid(
                     "planner_data",
-                    format!("{key}: {} is not a path", describe(p)),
+                    format!("{key}: {} is not a path", p.describe()),
                 )
             })?,
         };
-        let item = match v.as_object().map(|o| (o.module(), o.name())) {
-            Some((METADATA_MODULE, "BytesStorageMetadata")) => {
-                let place = places.get(&(key.clone(), None)).ok_or_else(|| {
-                    invalid(
-                        "storage_data",
-                        format!("{key}: no storage for the byte item"),
-                    )
-                })?;
-                Pending::Bytes(files.job(place, &key)?)
-            }
-            Some((METADATA_MODULE, "TensorStorageMetadata")) => {
-                let o = v.as_object().expect("matched an object");
-                Pending::Tensor(tensor(o, &key, &places, &mut files, &invalid)?)
-            }
-            _ => {
-                return Err(invalid(
-                    "state_dict_metadata",
-                    format!("{key}: {}", describe(v)),
-                ))
-            }
+        let item = if v.class("BytesStorageMetadata").is_some() {
+            let place = places.get(&(key.as_str(), None)).ok_or_else(|| {
+                invalid(
+                    "storage_data",
+                    format!("{key}: no storage for the byte item"),
+                )
+            })?;
+            Pending::Bytes(files.job(place, &key)?)
+        } else if let Some(o) = v.class("TensorStorageMetadata") {
+            Pending::Tensor(tensor(o, &key, &places, &mut files, &invalid)?)
+        } else {
+            return Err(invalid(
+                "state_dict_metadata",
+                format!("{key}: {}", v.describe()),
+            ));
         };
+        kept.charge(entry_cost(&key, &elem_path, &item))?;
         pending.push((key, elem_path, item));
     }
     let metadata_len = std::fs::metadata(path)
@@ -481,6 +500,7 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
             source,
         })?;
     files.start_budget(metadata_len);
+    files.charge(path, kept.bytes)?;
     let items = files.parse_all()?;
     let mut entries = Vec::with_capacity(pending.len());
     for (key, elem_path, item) in pending {
@@ -579,9 +599,9 @@ impl PendingTensor {
     }
 }
 
-/// `.metadata` run through the pickle machine and read as a value (DCP's classes as opaque
-/// objects), within the file's memory budget.
-fn read_metadata(path: &Path, options: &ReadOptions) -> Result<Value, Error> {
+/// `.metadata` run through the pickle machine (DCP's classes as opaque objects), within the
+/// file's memory budget: its objects, to be read in place ([`Meta`]).
+fn read_metadata(path: &Path, options: &ReadOptions) -> Result<OpenFile<'static>, Error> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -601,7 +621,6 @@ fn read_metadata(path: &Path, options: &ReadOptions) -> Result<Value, Error> {
     let (arena, used) = pickle::run(&map, Flavor::Plain, &plain, &mut budget)
         .map_err(|f| pickle_error(path, ".metadata", f))?;
     budget.charge(used as u64).map_err(out_of_budget(path))?;
-    let root = arena.root;
     let parsed = Parsed {
         source: Source::Owned(Vec::new()),
         format: Format::Distributed,
@@ -614,43 +633,218 @@ fn read_metadata(path: &Path, options: &ReadOptions) -> Result<Value, Error> {
         script_classes: None,
         budget,
     };
-    let file = OpenFile::new(path.to_path_buf(), plain, parsed);
-    Materializer::new(&file).value(root)
+    Ok(OpenFile::new(path.to_path_buf(), plain, parsed))
 }
 
-/// A value as an instance of DCP's class `name`.
-fn class<'v>(v: &'v Value, name: &str) -> Option<&'v Object> {
-    v.as_object()
-        .filter(|o| o.module() == METADATA_MODULE && o.name() == name)
+/// Where each chunk and item is: `(fqn, offsets)` (none for a byte item) to its storage.
+type Places<'m> = HashMap<(&'m str, Option<Vec<i64>>), Place>;
+
+/// What the open keeps, charged to `.metadata`'s budget as it is made, and the bytes
+/// charged, for the checkpoint's budget once it starts.
+struct Kept<'p> {
+    budget: Budget,
+    bytes: u64,
+    path: &'p Path,
 }
 
-/// A short description of a value, for errors.
-fn describe(v: &Value) -> String {
-    match v {
-        Value::Object(o) => format!("an object of class {}", o.qualified_name()),
-        other => format!("a {}", other.type_name()),
+impl Kept<'_> {
+    fn charge(&mut self, bytes: u64) -> Result<(), Error> {
+        self.budget
+            .charge(bytes)
+            .map_err(out_of_budget(self.path))?;
+        self.bytes += bytes;
+        Ok(())
     }
 }
 
-/// A `torch.Size` (or tuple, or list) of ints.
-fn ints(v: &Value) -> Option<Vec<i64>> {
-    v.as_list()?.iter().map(Value::as_int).collect()
+/// What a place costs while the open runs: its slot in the map (a hash map's worst, half
+/// full), its offsets and its path.
+fn place_cost(offsets: &Option<Vec<i64>>, place: &Place) -> u64 {
+    let slot = std::mem::size_of::<((&str, Option<Vec<i64>>), Place)>() + 1;
+    2 * slot as u64
+        + offsets.as_ref().map_or(0, |o| heap_of(o.len(), 8))
+        + heap(place.relative_path.len())
 }
 
-/// A `planner_data` path: a tuple of str and non-negative int elements.
-fn key_path(v: &Value) -> Option<Vec<PathElem>> {
-    let items = v.as_list()?;
-    if items.is_empty() {
-        return None;
+/// What an entry keeps: itself while pending and once made, its key (twice: the entry's
+/// and its path's), its path, and a
+/// tensor's chunks, each with its offsets and sizes, once in the pending tensor and once in
+/// the tensor it becomes.
+fn entry_cost(key: &str, path: &[PathElem], item: &Pending) -> u64 {
+    let mut cost = (std::mem::size_of::<DcpEntry>()
+        + std::mem::size_of::<(String, Vec<PathElem>, Pending)>()) as u64
+        + 2 * heap(key.len())
+        + heap_of(path.len(), std::mem::size_of::<PathElem>());
+    if let Pending::Tensor(t) = item {
+        cost += heap(std::mem::size_of::<ChunkedTensor>() + 16) + 2 * heap_of(t.shape.len(), 8);
+        for (offsets, sizes, _) in &t.chunks {
+            let each = heap_of(offsets.len(), 8) + heap_of(sizes.len(), 8);
+            cost += (std::mem::size_of::<Chunk>()
+                + std::mem::size_of::<(Vec<i64>, Vec<i64>, usize)>()) as u64
+                + 2 * each;
+        }
     }
-    items
-        .iter()
-        .map(|e| match e {
-            Value::Str(s) => Some(PathElem::Key(s.clone())),
-            Value::Int(i) => usize::try_from(*i).ok().map(PathElem::Index),
+    cost
+}
+
+/// An object of the `.metadata` pickle, read in place in the machine's arena.
+///
+/// `.metadata` holds an object per chunk and per item (a `MetadataIndex`, a `_StorageInfo`,
+/// a `ChunkStorageMetadata`), each with its class's name and its fields. Made into
+/// [`Value`]s, a 2-rank checkpoint of 4096 chunks took 23 ms to make and 17 ms to drop, two
+/// thirds of the 58 to 108 ms that opening it took (`perf record`, the bench's 1 GiB DCP
+/// checkpoint); read in place, each field is found in the arena, and nothing is made but
+/// the numbers and names kept. Only what the reader uses is looked at: a field it ignores
+/// may hold anything, as for `dcp.load`. A value is made only to describe one in an error.
+#[derive(Clone, Copy)]
+struct Meta<'m> {
+    file: &'m OpenFile<'static>,
+    id: Id,
+}
+
+impl<'m> Meta<'m> {
+    fn root(file: &'m OpenFile<'static>) -> Self {
+        Meta {
+            file,
+            id: file.parsed.arena.root,
+        }
+    }
+
+    fn at(self, id: Id) -> Self {
+        Meta { id, ..self }
+    }
+
+    fn obj(self) -> &'m Obj {
+        self.file.parsed.arena.get(self.id)
+    }
+
+    fn is_none(self) -> bool {
+        matches!(self.obj(), Obj::None)
+    }
+
+    fn as_str(self) -> Option<&'m str> {
+        match self.obj() {
+            Obj::Str(s) => Some(s),
             _ => None,
-        })
-        .collect()
+        }
+    }
+
+    fn as_int(self) -> Option<i64> {
+        match self.obj() {
+            Obj::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The items of a list or a tuple (a `torch.Size` is one).
+    fn items(self) -> Option<impl Iterator<Item = Meta<'m>>> {
+        let ids = self.file.parsed.arena.sequence(self.id)?;
+        Some(ids.iter().map(move |&id| self.at(id)))
+    }
+
+    /// The items of a dict.
+    fn dict(self) -> Option<impl ExactSizeIterator<Item = (Meta<'m>, Meta<'m>)>> {
+        match self.obj() {
+            Obj::Dict(d) => Some(d.items.iter().map(move |&(k, v)| (self.at(k), self.at(v)))),
+            _ => None,
+        }
+    }
+
+    /// This, if it is an instance of the class `qualified` names (`module.name`; the split
+    /// may fall at any dot, as a pickle's global may name an attribute path).
+    fn class_named(self, qualified: &str) -> Option<Self> {
+        let Obj::Object(o) = self.obj() else {
+            return None;
+        };
+        let class = self.file.parsed.arena.class_of(o)?;
+        let (module, name) = (class.module.as_str(), class.name.as_str());
+        let named = qualified.len() == module.len() + 1 + name.len()
+            && qualified.starts_with(module)
+            && qualified[module.len()..].starts_with('.')
+            && qualified.ends_with(name);
+        named.then_some(self)
+    }
+
+    /// This, if it is an instance of DCP's class `name`.
+    fn class(self, name: &str) -> Option<Self> {
+        let Obj::Object(o) = self.obj() else {
+            return None;
+        };
+        let class = self.file.parsed.arena.class_of(o)?;
+        (class.module == METADATA_MODULE && class.name == name).then_some(self)
+    }
+
+    /// The field `name` of an object: an entry of its state, as `getattr` finds it.
+    fn attr(self, name: &str) -> Option<Self> {
+        let Obj::Object(o) = self.obj() else {
+            return None;
+        };
+        let attrs = self.file.parsed.arena.attributes(o);
+        let (_, id) = attrs.into_iter().find(|(k, _)| *k == name)?;
+        Some(self.at(id))
+    }
+
+    /// An object's state, as `BUILD` gave it.
+    fn state(self) -> Option<Self> {
+        match self.obj() {
+            Obj::Object(o) => o.state.map(|id| self.at(id)),
+            _ => None,
+        }
+    }
+
+    /// A `torch.Size` (or tuple, or list) of ints.
+    fn ints(self) -> Option<Vec<i64>> {
+        self.items()?.map(Meta::as_int).collect()
+    }
+
+    /// A `planner_data` path: a tuple of str and non-negative int elements.
+    fn key_path(self) -> Option<Vec<PathElem>> {
+        let path: Vec<PathElem> = self
+            .items()?
+            .map(|e| match e.obj() {
+                Obj::Str(s) => Some(PathElem::Key(s.clone())),
+                Obj::Int(i) => usize::try_from(*i).ok().map(PathElem::Index),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        (!path.is_empty()).then_some(path)
+    }
+
+    /// A `torch.dtype`: libtorch's, or another that torch names (`torch.uint16`).
+    fn dtype(self) -> Option<Result<FileDtype, String>> {
+        let by_name = |module: &str, name: &str| {
+            (module == "torch")
+                .then(|| dtype::file_dtype_by_name(name).ok_or_else(|| format!("torch.{name}")))
+        };
+        match self.obj() {
+            Obj::Dtype(d) => Some(Ok(*d)),
+            Obj::Global(g) => {
+                let (module, name) = g.module_and_name();
+                by_name(module, name)
+            }
+            Obj::Class(c) => by_name(&c.module, &c.name),
+            _ => None,
+        }
+    }
+
+    /// Python's name of its type, for errors.
+    fn type_name(self) -> &'static str {
+        self.value().map_or("object", |v| v.type_name())
+    }
+
+    /// A short description, for errors.
+    fn describe(self) -> String {
+        match self.value() {
+            Some(Value::Object(o)) => format!("an object of class {}", o.qualified_name()),
+            Some(other) => format!("a {}", other.type_name()),
+            None => "a value past the reader's limits".to_string(),
+        }
+    }
+
+    /// This made into a value (within the file's limits): for errors only.
+    fn value(self) -> Option<Value> {
+        Materializer::new(self.file).value(self.id).ok()
+    }
 }
 
 /// Where a chunk or item is: `length` bytes at `offset` of `relative_path`, zstd-compressed
@@ -664,28 +858,29 @@ struct Place {
 }
 
 impl Place {
-    fn of(info: &Object) -> Result<Place, (&'static str, String)> {
+    fn of(info: Meta<'_>) -> Result<Place, (&'static str, String)> {
         let relative_path = info
-            .get_attr("relative_path")
-            .and_then(Value::as_str)
+            .attr("relative_path")
+            .and_then(Meta::as_str)
             .ok_or(("relative_path", "missing or not a str".to_string()))?
             .to_string();
         let offset = info
-            .get_attr("offset")
-            .and_then(Value::as_int)
+            .attr("offset")
+            .and_then(Meta::as_int)
             .and_then(|o| u64::try_from(o).ok())
             .ok_or(("offset", "missing or not a non-negative int".to_string()))?;
         let length = info
-            .get_attr("length")
-            .and_then(Value::as_int)
+            .attr("length")
+            .and_then(Meta::as_int)
             .and_then(|o| u64::try_from(o).ok())
             .ok_or(("length", "missing or not a non-negative int".to_string()))?;
         let mut zstd = false;
-        match info.get_attr("transform_descriptors") {
-            None | Some(Value::None) => {}
+        match info.attr("transform_descriptors") {
+            None => {}
+            Some(v) if v.is_none() => {}
             Some(v) => {
                 let list = v
-                    .as_list()
+                    .items()
                     .ok_or(("transform_descriptors", "not a list".to_string()))?;
                 for t in list {
                     let t = t.as_str().ok_or((
@@ -1076,15 +1271,15 @@ fn inflate_zstd(compressed: &[u8], budget: &Budget) -> Result<Vec<u8>, Inflate> 
 /// A `TensorStorageMetadata`: its shape, dtype and chunks, each chunk's item opened and
 /// checked against the metadata, and the chunks checked to tile the tensor.
 fn tensor(
-    o: &Object,
+    o: Meta<'_>,
     key: &str,
-    places: &HashMap<(String, Option<Vec<i64>>), Place>,
+    places: &Places<'_>,
     files: &mut Files<'_>,
     invalid: &dyn Fn(&str, String) -> Error,
 ) -> Result<PendingTensor, Error> {
     let shape = o
-        .get_attr("size")
-        .and_then(ints)
+        .attr("size")
+        .and_then(Meta::ints)
         .filter(|s| s.iter().all(|&d| d >= 0))
         .ok_or_else(|| {
             invalid(
@@ -1093,8 +1288,8 @@ fn tensor(
             )
         })?;
     let properties = o
-        .get_attr("properties")
-        .and_then(|p| class(p, "TensorProperties"))
+        .attr("properties")
+        .and_then(|p| p.class("TensorProperties"))
         .ok_or_else(|| {
             invalid(
                 "TensorStorageMetadata.properties",
@@ -1104,16 +1299,15 @@ fn tensor(
     // BUILD of a tuple: (dtype, layout, requires_grad, memory_format, pin_memory); older
     // files give a dict with `dtype`.
     let dtype_value = match properties.state() {
-        Some(Value::Tuple(t)) => t.first(),
-        _ => properties.get_attr("dtype"),
-    };
-    let dtype = match dtype_value {
-        Some(Value::Dtype(k)) => FileDtype::Kind(*k),
-        Some(Value::Global { module, name }) if module == "torch" => {
-            dtype::file_dtype_by_name(name)
-                .ok_or_else(|| invalid("TensorProperties.dtype", format!("{key}: torch.{name}")))?
+        Some(state) if matches!(state.obj(), Obj::Tuple(_)) => {
+            state.items().and_then(|mut t| t.next())
         }
-        _ => {
+        _ => properties.attr("dtype"),
+    };
+    let dtype = match dtype_value.and_then(Meta::dtype) {
+        Some(Ok(dtype)) => dtype,
+        Some(Err(name)) => return Err(invalid("TensorProperties.dtype", format!("{key}: {name}"))),
+        None => {
             return Err(invalid(
                 "TensorProperties.dtype",
                 format!("{key}: missing or not a torch.dtype"),
@@ -1121,33 +1315,31 @@ fn tensor(
         }
     };
     let chunk_values = o
-        .get_attr("chunks")
-        .and_then(Value::as_list)
+        .attr("chunks")
+        .and_then(Meta::items)
         .ok_or_else(|| invalid("TensorStorageMetadata.chunks", format!("{key}: not a list")))?;
-    let mut chunks = Vec::with_capacity(chunk_values.len());
+    let mut chunks = Vec::with_capacity(chunk_values.size_hint().0);
     for c in chunk_values {
-        let c = class(c, "ChunkStorageMetadata").ok_or_else(|| {
+        let c = c.class("ChunkStorageMetadata").ok_or_else(|| {
             invalid(
                 "TensorStorageMetadata.chunks",
-                format!("{key}: an item {}", describe(c)),
+                format!("{key}: an item {}", c.describe()),
             )
         })?;
-        let offsets = c.get_attr("offsets").and_then(ints);
-        let sizes = c.get_attr("sizes").and_then(ints);
+        let offsets = c.attr("offsets").and_then(Meta::ints);
+        let sizes = c.attr("sizes").and_then(Meta::ints);
         let (Some(offsets), Some(sizes)) = (offsets, sizes) else {
             return Err(invalid(
                 "ChunkStorageMetadata",
                 format!("{key}: offsets or sizes missing or not a torch.Size"),
             ));
         };
-        let place = places
-            .get(&(key.to_string(), Some(offsets.clone())))
-            .ok_or_else(|| {
-                invalid(
-                    "storage_data",
-                    format!("{key}: no storage for the chunk at {offsets:?}"),
-                )
-            })?;
+        let place = places.get(&(key, Some(offsets.clone()))).ok_or_else(|| {
+            invalid(
+                "storage_data",
+                format!("{key}: no storage for the chunk at {offsets:?}"),
+            )
+        })?;
         let job = files.job(place, key)?;
         chunks.push((offsets, sizes, job));
     }
