@@ -26,9 +26,9 @@
 //!
 //! # Speed, and what bounds it
 //!
-//! A 2-rank `Shard(0)` resnet50 opens, loads and drops in about 2× to 2.6× the time of the
-//! same state dict as one `.pth` (`benches/README.md`, its DCP section, three runs). Two
-//! costs are the format's own:
+//! A 2-rank `Shard(0)` resnet50 opens, loads and drops in about 1.6× to 2.6× the time of the
+//! same state dict as one `.pth`, the 1 GiB checkpoint in 1.4× to 1.7× (`benches/README.md`,
+//! its DCP sections). Two costs are the format's own:
 //!
 //! * **The chunks' bytes are not 64-byte aligned.** torch.save aligns a storage within its
 //!   zip, but DCP writes each item's zip wherever the last one ended, so a chunk's bytes lie
