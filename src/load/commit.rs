@@ -47,14 +47,7 @@ enum Route<'s> {
     Materialized(Tensor),
     /// To be materialized: tensor `index` of `file`.
     Pending(&'s OpenFile<'s>, usize),
-    /// `len` bytes at an offset of a file, read into the destination from its byte
-    /// `dst_at` on (0, or where a DCP chunk's box of whole rows starts).
-    Direct {
-        file: &'s OpenFile<'s>,
-        offset: u64,
-        len: usize,
-        dst_at: usize,
-    },
+    Direct(DirectRead<'s>),
     Convert(Convert<'s>),
     /// Bytes at an offset of a file, bound for a tensor on another device (CUDA): through
     /// the staging pipeline's pinned buffers ([`stage`](super::stage)).
@@ -69,21 +62,26 @@ fn from<'s>(file: &'s OpenFile<'s>) -> ReadFrom<'s> {
     file.parsed.source.read_from()
 }
 
-/// The read of a [`Route::Direct`]: `len` bytes at `offset` of `file`, to `dst_at` bytes
-/// into `dst`.
-fn direct_read<'s>(
-    dst: &'s Tensor,
+/// `len` bytes at `offset` of `file`, read into a destination from its byte `dst_at` on (0,
+/// or where a DCP chunk's box of whole rows starts).
+#[derive(Clone, Copy)]
+struct DirectRead<'s> {
     file: &'s OpenFile<'s>,
     offset: u64,
     len: usize,
     dst_at: usize,
-) -> Read<'s> {
-    Read {
-        dst,
-        dst_at,
-        offset,
-        len,
-        from: from(file),
+}
+
+impl<'s> DirectRead<'s> {
+    /// The read into `dst`.
+    fn read_into(self, dst: &'s Tensor) -> Read<'s> {
+        Read {
+            dst,
+            dst_at: self.dst_at,
+            offset: self.offset,
+            len: self.len,
+            from: from(self.file),
+        }
     }
 }
 
@@ -193,12 +191,12 @@ fn route_of<'s>(c: &PlannedCopy<'s>, src: Src<'s>, files: &mut FilesRead<'s>) ->
         return Route::Pending(file, index);
     };
     match choose(&Dst::of(c.dst), &bytes) {
-        Choice::Read => Route::Direct {
+        Choice::Read => Route::Direct(DirectRead {
             file,
             offset,
             len: c.dst.numel() * kind.elt_size_in_bytes(),
             dst_at: 0,
-        },
+        }),
         Choice::ToDevice => Route::ToDevice(Piece {
             key: c.key,
             path: &file.path,
@@ -335,13 +333,8 @@ struct ChunkCopy<'s> {
 
 enum ChunkInto<'s> {
     /// Straight into a run of the model's tensor's memory, with no view made
-    /// ([`Layout::run`]): `len` bytes at `offset` of `file`, from the tensor's byte `dst_at`.
-    Run {
-        file: &'s OpenFile<'s>,
-        offset: u64,
-        len: usize,
-        dst_at: usize,
-    },
+    /// ([`Layout::run`]).
+    Run(DirectRead<'s>),
     /// Into a view of the model's tensor (the chunk's box, or a block of whole rows of a
     /// strided box), routed as a file tensor is.
     View(Tensor, Src<'s>),
@@ -373,12 +366,12 @@ fn chunk_copies<'s, D: SourceDict + ?Sized>(
             {
                 runs.push(ChunkCopy {
                     copy: i,
-                    into: ChunkInto::Run {
+                    into: ChunkInto::Run(DirectRead {
                         file,
                         offset,
                         len,
                         dst_at,
-                    },
+                    }),
                 });
                 continue;
             }
@@ -448,19 +441,9 @@ impl<'s> Routed<'s> {
         for chunk in chunks {
             let whole = &copies[chunk.copy];
             match &chunk.into {
-                &ChunkInto::Run {
-                    file,
-                    offset,
-                    len,
-                    dst_at,
-                } => {
-                    files.note(file);
-                    routes.push(Route::Direct {
-                        file,
-                        offset,
-                        len,
-                        dst_at,
-                    });
+                &ChunkInto::Run(read) => {
+                    files.note(read.file);
+                    routes.push(Route::Direct(read));
                     expanded.push(PlannedCopy {
                         squeeze: false,
                         ..*whole
@@ -540,17 +523,12 @@ impl<'s> Batches<'s> {
                     Some(None) => {}
                     None => write(c, &Route::Copy(src), threads, done)?,
                 },
-                Route::Direct {
-                    file,
-                    offset,
-                    len,
-                    dst_at,
-                } => {
-                    let read = direct_read(c.dst, file, offset, len, dst_at);
+                Route::Direct(direct) => {
+                    let read = direct.read_into(c.dst);
                     let source = read.from.id();
                     match batches.direct.iter_mut().find(|(s, _, _)| *s == source) {
                         Some((_, _, reads)) => reads.push(read),
-                        None => batches.direct.push((source, file, vec![read])),
+                        None => batches.direct.push((source, direct.file, vec![read])),
                     }
                 }
                 other => write(c, &other, threads, done)?,
@@ -618,15 +596,9 @@ fn write(
     match route {
         Route::Copy(src) => copied(src),
         Route::Materialized(src) => copied(src),
-        Route::Direct {
-            file,
-            offset,
-            len,
-            dst_at,
-        } => {
-            let read = direct_read(c.dst, file, *offset, *len, *dst_at);
-            read_all_with(&[read], threads, done).map_err(|source| Error::Io {
-                path: file.path.clone(),
+        Route::Direct(direct) => {
+            read_all_with(&[direct.read_into(c.dst)], threads, done).map_err(|source| Error::Io {
+                path: direct.file.path.clone(),
                 source,
             })
         }
