@@ -289,3 +289,64 @@ fn model_directories_open_as_their_weights_file() {
     assert!(matches!(Checkpoint::open(&empty), Err(Error::Io { .. })));
     std::fs::remove_dir_all(&empty).unwrap();
 }
+
+/// A pickle may name a class by any split of its dotted path into a module and a name
+/// (protocol 4 resolves `filesystem._StorageInfo` as an attribute path of the module
+/// `torch.distributed.checkpoint`); `.metadata`'s `_StorageInfo` named that way reads as
+/// the file DCP wrote, and Python's unpickler finds the same class.
+#[test]
+fn a_class_named_by_another_split_of_its_path_reads() {
+    let dir = common::tempdir("dotted-class");
+    for entry in std::fs::read_dir(fixture("dtensor")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    // The module loses 11 bytes and the name gains 11: the pickle's frame keeps its length.
+    let replace = |bytes: &[u8], from: &[u8], to: &[u8]| -> Vec<u8> {
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("the string is in the pickle");
+        assert!(
+            !bytes[at + 1..].windows(from.len()).any(|w| w == from),
+            "named once"
+        );
+        [&bytes[..at], to, &bytes[at + from.len()..]].concat()
+    };
+    let metadata = std::fs::read(dir.join(".metadata")).unwrap();
+    let metadata = replace(
+        &metadata,
+        b"\x8c\x27torch.distributed.checkpoint.filesystem",
+        b"\x8c\x1ctorch.distributed.checkpoint",
+    );
+    let metadata = replace(
+        &metadata,
+        b"\x8c\x0c_StorageInfo",
+        b"\x8c\x17filesystem._StorageInfo",
+    );
+    std::fs::write(dir.join(".metadata"), &metadata).unwrap();
+    let out = std::process::Command::new(common::python())
+        .args([
+            "-c",
+            "import pickle, sys, torch.distributed.checkpoint as dcp\n\
+             m = pickle.load(open(sys.argv[1], 'rb'))\n\
+             print({type(v).__qualname__ for v in m.storage_data.values()})",
+        ])
+        .arg(dir.join(".metadata"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "{'_StorageInfo'}"
+    );
+    let got = Checkpoint::open(&*dir).unwrap().value().unwrap();
+    let want = Value::load(fixture("dtensor.pt")).unwrap();
+    if let Some(d) = difference(&got, &want, "dotted") {
+        panic!("{d}");
+    }
+}
