@@ -54,9 +54,13 @@
 //! an item), the rest of the items' parse 30 ms (their one-tensor pickles 13 ms, record
 //! names 5 ms), all of it across the 2 threads; then on one thread the `.metadata` pickle
 //! 11 ms and the entries 15 ms; dropping the state dict, 9 ms. Reaching 1.3× the `.pth`
-//! needs the open and drop under about 40 ms: a zip directory reader of this crate's own,
-//! for every torch.save zip (not a second one for DCP's items), is the next step; it is not
-//! built.
+//! needs the open and drop under about 40 ms. Half of the zip directories' time is page
+//! faults: the zip crate's search for each item's end record touches its last pages in the
+//! file's map. Reading the directories by `pread` instead, as a whole file's are read, was
+//! slower (59–73 ms an open against 50–51 ms, the same loop, interleaved): the zip crate's
+//! small reads and seeks cost a system call each. A zip directory reader of this crate's
+//! own, for every torch.save zip (not a second one for DCP's items), is the next step; it is
+//! not built.
 //!
 //! A value is made of part of `.metadata` only to describe it in an error. A field the
 //! reader does not use is never looked at, as for `dcp.load`: 10,000 lists nested in
