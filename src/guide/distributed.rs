@@ -23,7 +23,7 @@
 //!   is read in blocks of whole rows of about 1 MiB through a buffer; another dtype (an fp32
 //!   checkpoint into a bf16 model) converts chunk by chunk. A 256 MiB two-rank checkpoint of
 //!   `Shard(0)` and `Shard(1)` layers loads with 17 MB of peak RSS growth
-//!   (`tests/memory.rs`). It is 8× to 18× faster than PyTorch's own `dcp.load` into a model,
+//!   (`tests/memory.rs`). It is 7× to 18× faster than PyTorch's own `dcp.load` into a model,
 //!   but not yet at the `.pth`'s pace: a 2-rank `Shard(0)` checkpoint opens, loads and drops
 //!   in about 1.4× to 2.6× the time of the same state dict as one `.pth` (benches/README.md,
 //!   with where the time goes): parsing the per-chunk `torch.save` items, and copying chunks
