@@ -290,47 +290,43 @@ fn model_directories_open_as_their_weights_file() {
     std::fs::remove_dir_all(&empty).unwrap();
 }
 
-/// A pickle may name a class by any split of its dotted path into a module and a name
-/// (protocol 4 resolves `filesystem._StorageInfo` as an attribute path of the module
-/// `torch.distributed.checkpoint`); `.metadata`'s `_StorageInfo` named that way reads as
-/// the file DCP wrote, and Python's unpickler finds the same class.
-#[test]
-fn a_class_named_by_another_split_of_its_path_reads() {
-    let dir = common::tempdir("dotted-class");
-    for entry in std::fs::read_dir(fixture("dtensor")).unwrap() {
+/// A copy of the DCP fixture `name` in a temporary directory, its `.metadata` with each
+/// `(from, to)` of `replacements` made: every occurrence, `count` of them each.
+fn rewritten(name: &str, replacements: &[(&[u8], &[u8], usize)]) -> common::TestDir {
+    let dir = common::tempdir("rewritten");
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
     }
-    // The module loses 11 bytes and the name gains 11: the pickle's frame keeps its length.
-    let replace = |bytes: &[u8], from: &[u8], to: &[u8]| -> Vec<u8> {
-        let at = bytes
-            .windows(from.len())
-            .position(|w| w == from)
-            .expect("the string is in the pickle");
-        assert!(
-            !bytes[at + 1..].windows(from.len()).any(|w| w == from),
-            "named once"
-        );
-        [&bytes[..at], to, &bytes[at + from.len()..]].concat()
-    };
-    let metadata = std::fs::read(dir.join(".metadata")).unwrap();
-    let metadata = replace(
-        &metadata,
-        b"\x8c\x27torch.distributed.checkpoint.filesystem",
-        b"\x8c\x1ctorch.distributed.checkpoint",
-    );
-    let metadata = replace(
-        &metadata,
-        b"\x8c\x0c_StorageInfo",
-        b"\x8c\x17filesystem._StorageInfo",
-    );
+    let mut metadata = std::fs::read(dir.join(".metadata")).unwrap();
+    for &(from, to, count) in replacements {
+        let mut out = Vec::with_capacity(metadata.len());
+        let mut rest = metadata.as_slice();
+        let mut found = 0;
+        while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(to);
+            rest = &rest[at + from.len()..];
+            found += 1;
+        }
+        out.extend_from_slice(rest);
+        assert_eq!(found, count, "{:?}", String::from_utf8_lossy(from));
+        metadata = out;
+    }
     std::fs::write(dir.join(".metadata"), &metadata).unwrap();
+    dir
+}
+
+/// Python's unpickler on `.metadata` of `dir`, running `expr` on it (`m`); what it prints.
+fn python_on_metadata(dir: &std::path::Path, expr: &str) -> String {
     let out = std::process::Command::new(common::python())
         .args([
             "-c",
-            "import pickle, sys, torch.distributed.checkpoint as dcp\n\
-             m = pickle.load(open(sys.argv[1], 'rb'))\n\
-             print({type(v).__qualname__ for v in m.storage_data.values()})",
+            &format!(
+                "import pickle, sys, torch.distributed.checkpoint\n\
+                 m = pickle.load(open(sys.argv[1], 'rb'))\n\
+                 print({expr})"
+            ),
         ])
         .arg(dir.join(".metadata"))
         .output()
@@ -340,13 +336,67 @@ fn a_class_named_by_another_split_of_its_path_reads() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A pickle may name a class by any split of its dotted path into a module and a name
+/// (protocol 4 resolves `filesystem._StorageInfo` as an attribute path of the module
+/// `torch.distributed.checkpoint`); `.metadata`'s `_StorageInfo` named that way reads as
+/// the file DCP wrote, and Python's unpickler finds the same class.
+#[test]
+fn a_class_named_by_another_split_of_its_path_reads() {
+    // The module loses 11 bytes and the name gains 11: the pickle's frame keeps its length.
+    let dir = rewritten(
+        "dtensor",
+        &[
+            (
+                b"\x8c\x27torch.distributed.checkpoint.filesystem",
+                b"\x8c\x1ctorch.distributed.checkpoint",
+                1,
+            ),
+            (
+                b"\x8c\x0c_StorageInfo",
+                b"\x8c\x17filesystem._StorageInfo",
+                1,
+            ),
+        ],
+    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        python_on_metadata(
+            &dir,
+            "{type(v).__qualname__ for v in m.storage_data.values()}"
+        ),
         "{'_StorageInfo'}"
     );
     let got = Checkpoint::open(&*dir).unwrap().value().unwrap();
     let want = Value::load(fixture("dtensor.pt")).unwrap();
     if let Some(d) = difference(&got, &want, "dotted") {
         panic!("{d}");
+    }
+}
+
+/// A key that `.metadata`'s `state_dict_metadata` sets twice (`cols` renamed `rows`: Python's
+/// dict keeps one of them) is refused as a duplicate key, not read as two entries of one key.
+#[test]
+fn a_key_set_twice_in_the_metadata_is_refused() {
+    let dir = rewritten("dtensor", &[(b"\x8c\x04cols", b"\x8c\x04rows", 4)]);
+    assert_eq!(
+        python_on_metadata(&dir, "list(m.state_dict_metadata).count('rows')"),
+        "1"
+    );
+    for e in [
+        Checkpoint::open(&*dir).err(),
+        LazyStateDict::load(&*dir).err(),
+    ] {
+        assert!(
+            matches!(
+                &e,
+                Some(Error::Pickle {
+                    kind: tch_state_dict::PickleError::DuplicateKey(k),
+                    ..
+                }) if k == "rows"
+            ),
+            "{e:?}"
+        );
     }
 }

@@ -407,16 +407,28 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
         .attr("storage_data")
         .and_then(Meta::dict)
         .ok_or_else(|| invalid("storage_data", "missing or not a dict".into()))?;
+    let planner = root.attr("planner_data").filter(|p| !p.is_none());
     let planner_data =
-        match root.attr("planner_data") {
+        match planner {
             None => None,
-            Some(p) if p.is_none() => None,
             Some(p) => Some(p.dict().ok_or_else(|| {
                 invalid("planner_data", format!("a {}, not a dict", p.type_name()))
             })?),
         };
+    // A pickle may set a key twice, which Python's dict keeps once: refused, as when the
+    // whole of `.metadata` was made a value, rather than read as two entries of one key.
+    let sdm_dict = root.attr("state_dict_metadata").expect("read above");
+    for d in std::iter::once(sdm_dict).chain(planner) {
+        if let Some(key) = d.duplicate_key() {
+            return Err(Error::Pickle {
+                path: path.to_path_buf(),
+                entry: ".metadata".to_string(),
+                offset: None,
+                kind: crate::error::PickleError::DuplicateKey(key),
+            });
+        }
+    }
 
-    // Where each chunk and item is: (fqn, offsets or None for a byte item) -> storage.
     // What the open keeps, charged as it is made: read in place, `.metadata` expands only
     // into what is kept (places, entries, chunks), and a million keys at one item must stay
     // within the budget of the file's size as they did when the whole pickle was made a value.
@@ -425,6 +437,7 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
         bytes: 0,
         path,
     };
+    // Where each chunk and item is: (fqn, offsets or None for a byte item) -> storage.
     let mut places: Places<'_> = HashMap::with_capacity(storage_data.len());
     for (k, v) in storage_data {
         let index = k
@@ -778,14 +791,30 @@ impl<'m> Meta<'m> {
         (class.module == METADATA_MODULE && class.name == name).then_some(self)
     }
 
-    /// The field `name` of an object: an entry of its state, as `getattr` finds it.
+    /// The field `name` of an object: an entry of its state, as `getattr` finds it (the
+    /// last, where the state sets it twice, as `BUILD` would).
     fn attr(self, name: &str) -> Option<Self> {
         let Obj::Object(o) = self.obj() else {
             return None;
         };
         let attrs = self.file.parsed.arena.attributes(o);
-        let (_, id) = attrs.into_iter().find(|(k, _)| *k == name)?;
+        let (_, id) = attrs.into_iter().rfind(|(k, _)| *k == name)?;
         Some(self.at(id))
+    }
+
+    /// A str or int key that a dict holds twice, if any.
+    fn duplicate_key(self) -> Option<String> {
+        let Obj::Dict(d) = self.obj() else {
+            return None;
+        };
+        let arena = &self.file.parsed.arena;
+        let mut strs = std::collections::HashSet::new();
+        let mut ints = std::collections::HashSet::new();
+        d.items.iter().find_map(|&(k, _)| match arena.get(k) {
+            Obj::Str(s) => (!strs.insert(s.as_str())).then(|| s.clone()),
+            Obj::Int(i) => (!ints.insert(*i)).then(|| i.to_string()),
+            _ => None,
+        })
     }
 
     /// An object's state, as `BUILD` gave it.
