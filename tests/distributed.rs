@@ -319,24 +319,15 @@ fn rewritten(name: &str, replacements: &[(&[u8], &[u8], usize)]) -> common::Test
 
 /// Python's unpickler on `.metadata` of `dir`, running `expr` on it (`m`); what it prints.
 fn python_on_metadata(dir: &std::path::Path, expr: &str) -> String {
-    let out = std::process::Command::new(common::python())
-        .args([
-            "-c",
-            &format!(
-                "import pickle, sys, torch.distributed.checkpoint\n\
-                 m = pickle.load(open(sys.argv[1], 'rb'))\n\
-                 print({expr})"
-            ),
-        ])
-        .arg(dir.join(".metadata"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let code = format!(
+        "import pickle, sys, torch.distributed.checkpoint\n\
+         m = pickle.load(open(sys.argv[1], 'rb'))\n\
+         print({expr})"
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let path = dir.join(".metadata");
+    common::oracle_code(&code, &[path.to_str().unwrap()])
+        .trim()
+        .to_string()
 }
 
 /// A pickle may name a class by any split of its dotted path into a module and a name
