@@ -256,16 +256,16 @@ impl Layout {
     }
 
     /// Where a chunk goes when its box is one run of the tensor's memory and its bytes lie
-    /// in the file as they are (same dtype, little-endian, contiguous, stored): `(offset in
-    /// the file, bytes, byte offset in the tensor)`. A box is one run when, past its first
-    /// dimension of more than one element, it spans every dimension whole (`Shard(0)`).
-    fn run(
+    /// in the file as they are (same dtype, little-endian, contiguous, stored): the read of
+    /// its bytes into the tensor at the box's byte offset. A box is one run when, past its
+    /// first dimension of more than one element, it spans every dimension whole (`Shard(0)`).
+    fn run<'s>(
         &self,
-        file: &OpenFile<'_>,
+        file: &'s OpenFile<'s>,
         index: usize,
         offsets: &[i64],
         sizes: &[i64],
-    ) -> Option<(u64, usize, usize)> {
+    ) -> Option<DirectRead<'s>> {
         if offsets.len() != self.size.len() {
             return None;
         }
@@ -290,7 +290,12 @@ impl Layout {
         }
         let elem = self.dst.kind.elt_size_in_bytes();
         let numel: i64 = sizes.iter().product();
-        Some((at, numel as usize * elem, start as usize * elem))
+        Some(DirectRead {
+            file,
+            offset: at,
+            len: numel as usize * elem,
+            dst_at: start as usize * elem,
+        })
     }
 }
 
@@ -360,18 +365,13 @@ fn chunk_copies<'s, D: SourceDict + ?Sized>(
                 continue;
             }
             let file = &*chunk.file;
-            if let Some((offset, len, dst_at)) = dst
+            if let Some(read) = dst
                 .as_ref()
                 .and_then(|dst| dst.run(file, chunk.index, &chunk.offsets, &chunk.sizes))
             {
                 runs.push(ChunkCopy {
                     copy: i,
-                    into: ChunkInto::Run(DirectRead {
-                        file,
-                        offset,
-                        len,
-                        dst_at,
-                    }),
+                    into: ChunkInto::Run(read),
                 });
                 continue;
             }

@@ -78,7 +78,7 @@ use super::budget::{heap, heap_of, Budget, FIXED_COST};
 use super::crc::Crcs;
 use super::detect::{detect, Format};
 use super::index::{out_of_budget, OpenFile, Parsed, StorageLoc};
-use super::pickle::{self, Flavor, Id, Obj};
+use super::pickle::{self, ClassRef, Flavor, Id, Obj};
 use super::source::{map_file, open_regular, Source};
 use super::threads::on_threads;
 use super::{pickle_error, torch_zip, Materializer, ReadOptions};
@@ -399,26 +399,24 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
             format!("the pickle holds {}, not a Metadata", metadata.describe()),
         )
     })?;
-    let sdm = root
-        .attr("state_dict_metadata")
+    let sdm_meta = root.attr("state_dict_metadata");
+    let sdm = sdm_meta
         .and_then(Meta::dict)
         .ok_or_else(|| invalid("state_dict_metadata", "missing or not a dict".into()))?;
     let storage_data = root
         .attr("storage_data")
         .and_then(Meta::dict)
         .ok_or_else(|| invalid("storage_data", "missing or not a dict".into()))?;
-    let planner = root.attr("planner_data").filter(|p| !p.is_none());
-    let planner_data =
-        match planner {
-            None => None,
-            Some(p) => Some(p.dict().ok_or_else(|| {
-                invalid("planner_data", format!("a {}, not a dict", p.type_name()))
-            })?),
-        };
+    let planner = root.field("planner_data");
+    let planner_data = planner
+        .map(|p| {
+            p.dict()
+                .ok_or_else(|| invalid("planner_data", format!("a {}, not a dict", p.type_name())))
+        })
+        .transpose()?;
     // A pickle may set a key twice, which Python's dict keeps once: refused, as when the
     // whole of `.metadata` was made a value, rather than read as two entries of one key.
-    let sdm_dict = root.attr("state_dict_metadata").expect("read above");
-    for d in std::iter::once(sdm_dict).chain(planner) {
+    for d in sdm_meta.into_iter().chain(planner) {
         if let Some(key) = d.duplicate_key() {
             return Err(Error::Pickle {
                 path: path.to_path_buf(),
@@ -447,9 +445,8 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
             .attr("fqn")
             .and_then(Meta::as_str)
             .ok_or_else(|| invalid("MetadataIndex.fqn", "missing or not a str".into()))?;
-        let offset = match index.attr("offset") {
+        let offset = match index.field("offset") {
             None => None,
-            Some(o) if o.is_none() => None,
             Some(o) => Some(o.ints().ok_or_else(|| {
                 invalid("MetadataIndex.offset", format!("{fqn}: not a torch.Size"))
             })?),
@@ -684,9 +681,8 @@ fn place_cost(offsets: &Option<Vec<i64>>, place: &Place) -> u64 {
 }
 
 /// What an entry keeps: itself while pending and once made, its key (twice: the entry's
-/// and its path's), its path, and a
-/// tensor's chunks, each with its offsets and sizes, once in the pending tensor and once in
-/// the tensor it becomes.
+/// and its path's), its path, and a tensor's chunks, each with its offsets and sizes, once
+/// in the pending tensor and once in the tensor it becomes.
 fn entry_cost(key: &str, path: &[PathElem], item: &Pending) -> u64 {
     let mut cost = (std::mem::size_of::<DcpEntry>()
         + std::mem::size_of::<(String, Vec<PathElem>, Pending)>()) as u64
@@ -707,12 +703,10 @@ fn entry_cost(key: &str, path: &[PathElem], item: &Pending) -> u64 {
 /// An object of the `.metadata` pickle, read in place in the machine's arena.
 ///
 /// `.metadata` holds an object per chunk and per item (a `MetadataIndex`, a `_StorageInfo`,
-/// a `ChunkStorageMetadata`), each with its class's name and its fields. Made into
-/// [`Value`]s, a 2-rank checkpoint of 4096 chunks took 23 ms to make and 17 ms to drop, two
-/// thirds of the 58 to 108 ms that opening it took (`perf record`, the bench's 1 GiB DCP
-/// checkpoint); read in place, each field is found in the arena, and nothing is made but
-/// the numbers and names kept. Only what the reader uses is looked at: a field it ignores
-/// may hold anything, as for `dcp.load`. A value is made only to describe one in an error.
+/// a `ChunkStorageMetadata`), each with its class's name and its fields. Each field is found
+/// in the arena, and nothing is made but the numbers and names kept (why, measured: the
+/// module's design note). Only what the reader uses is looked at: a field it ignores may
+/// hold anything, as for `dcp.load`. A value is made only to describe one in an error.
 #[derive(Clone, Copy)]
 struct Meta<'m> {
     file: &'m OpenFile<'static>,
@@ -767,13 +761,18 @@ impl<'m> Meta<'m> {
         }
     }
 
+    /// The class of an object.
+    fn class_ref(self) -> Option<&'m ClassRef> {
+        match self.obj() {
+            Obj::Object(o) => self.file.parsed.arena.class_of(o),
+            _ => None,
+        }
+    }
+
     /// This, if it is an instance of the class `qualified` names (`module.name`; the split
     /// may fall at any dot, as a pickle's global may name an attribute path).
     fn class_named(self, qualified: &str) -> Option<Self> {
-        let Obj::Object(o) = self.obj() else {
-            return None;
-        };
-        let class = self.file.parsed.arena.class_of(o)?;
+        let class = self.class_ref()?;
         let (module, name) = (class.module.as_str(), class.name.as_str());
         let named = qualified.len() == module.len() + 1 + name.len()
             && qualified.starts_with(module)
@@ -784,10 +783,7 @@ impl<'m> Meta<'m> {
 
     /// This, if it is an instance of DCP's class `name`.
     fn class(self, name: &str) -> Option<Self> {
-        let Obj::Object(o) = self.obj() else {
-            return None;
-        };
-        let class = self.file.parsed.arena.class_of(o)?;
+        let class = self.class_ref()?;
         (class.module == METADATA_MODULE && class.name == name).then_some(self)
     }
 
@@ -800,6 +796,11 @@ impl<'m> Meta<'m> {
         let attrs = self.file.parsed.arena.attributes(o);
         let (_, id) = attrs.into_iter().rfind(|(k, _)| *k == name)?;
         Some(self.at(id))
+    }
+
+    /// The field `name`, unless it is missing or `None`.
+    fn field(self, name: &str) -> Option<Self> {
+        self.attr(name).filter(|v| !v.is_none())
     }
 
     /// A str or int key that a dict holds twice, if any.
@@ -908,9 +909,8 @@ impl Place {
             .and_then(|o| u64::try_from(o).ok())
             .ok_or(("length", "missing or not a non-negative int".to_string()))?;
         let mut zstd = false;
-        match info.attr("transform_descriptors") {
+        match info.field("transform_descriptors") {
             None => {}
-            Some(v) if v.is_none() => {}
             Some(v) => {
                 let list = v
                     .items()

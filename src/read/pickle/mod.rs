@@ -43,7 +43,7 @@ mod vm;
 
 pub(crate) use crate::error::PickleError;
 pub(crate) use object::{
-    graph_module_body, Arena, DictObj, Id, Obj, OpaqueObj, StorageRef, TensorRef,
+    graph_module_body, Arena, ClassRef, DictObj, Id, Obj, OpaqueObj, StorageRef, TensorRef,
 };
 pub(crate) use torch::Flavor;
 pub(crate) use vm::{run, Failure};
