@@ -49,18 +49,27 @@
 //! open): as a value, `.metadata` took 23 ms to make and 17 ms to drop, on one thread,
 //! before the items; the open took 108 ms. Read in place, the open takes 43–45 ms
 //! (`examples`-style loop of 20 opens, medians), and table 5 of `benches/README.md` went from
-//! 1.75× to 1.51× the `.pth` on the same machine. What remains, CPU time an open: the items'
+//! 1.75× to 1.51× the `.pth` on the same machine. What remained, CPU time an open: the items'
 //! zip directories 26 ms (the zip crate's search for the end record and its directory, 6 µs
 //! an item), the rest of the items' parse 30 ms (their one-tensor pickles 13 ms, record
 //! names 5 ms), all of it across the 2 threads; then on one thread the `.metadata` pickle
-//! 11 ms and the entries 15 ms; dropping the state dict, 9 ms. Reaching 1.3× the `.pth`
-//! needs the open and drop under about 40 ms. Half of the zip directories' time is page
-//! faults: the zip crate's search for each item's end record touches its last pages in the
-//! file's map. Reading the directories by `pread` instead, as a whole file's are read, was
-//! slower (59–73 ms an open against 50–51 ms, the same loop, interleaved): the zip crate's
-//! small reads and seeks cost a system call each. A zip directory reader of this crate's
-//! own, for every torch.save zip (not a second one for DCP's items), is the next step; it is
-//! not built.
+//! 11 ms and the entries 15 ms; dropping the state dict, 9 ms. Reading the directories by
+//! `pread` through the zip crate, as a whole file's are read, was slower (59–73 ms an open
+//! against 50–51 ms, the same loop, interleaved): its small reads and seeks cost a system
+//! call each.
+//!
+//! The crate now reads zip directories itself ([`super::zip_dir`], for every torch.save
+//! zip): 22 bytes for the end record, then the zip64 records and the directory, instead of
+//! the zip crate's copy of each item's last 64 KiB and its owned, parsed record of every
+//! entry. The same loop of 20 opens, the two builds interleaved three times on a quiet
+//! machine: 47.6, 51.8 and 52.2 ms an open before, 41.2, 44.9 and 45.1 ms after. In a
+//! profile after it, the directories' CPU time is mostly the two page faults each item now
+//! costs (its first and last pages in the map, each mapping the pages around it, which
+//! dropping the map then unmaps: half the drop's time); advising the map as random made no
+//! difference beyond the noise (38.6–46.2 ms). What is left on one thread is the
+//! `.metadata` pickle (12 ms of CPU) and the entries (about 15 ms, hashing and walking
+//! `storage_data`), and across the threads the items' one-tensor pickles, whose time is
+//! mostly `malloc` and `free` of a pickle machine per item.
 //!
 //! A value is made of part of `.metadata` only to describe it in an error. A field the
 //! reader does not use is never looked at, as for `dcp.load`: 10,000 lists nested in

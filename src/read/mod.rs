@@ -43,6 +43,7 @@ mod source;
 mod threads;
 mod torch_zip;
 mod torchscript;
+mod zip_dir;
 
 use std::path::{Path, PathBuf};
 

@@ -156,20 +156,6 @@ pub(crate) fn map_open_file(file: &File, len: u64) -> Option<tch::Tensor> {
     }
 }
 
-/// One positional read: the number of bytes read.
-#[cfg(unix)]
-pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    file.read_at(buf, offset)
-}
-
-/// One positional read: the number of bytes read.
-#[cfg(windows)]
-pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    use std::os::windows::fs::FileExt;
-    file.seek_read(buf, offset)
-}
-
 /// Fills `buf` from `offset`, or fails with `UnexpectedEof` where the file ends first.
 #[cfg(unix)]
 pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {

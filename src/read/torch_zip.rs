@@ -13,18 +13,16 @@
 //! `<root>/code/`; its `data.pkl` is read the same way, and its code only for the class
 //! declarations of [`super::torchscript`].
 
-use std::collections::{HashMap, HashSet};
-use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
-
-use zip::read::{ArchiveOffset, Config};
-use zip::{CompressionMethod, ZipArchive};
 
 use super::budget::{heap, Budget};
 use super::crc::{check_crc, Crcs};
 use super::index::out_of_budget;
 use super::pickle::{self, Flavor};
 use super::torchscript::{self, ScriptClasses};
+use super::zip_dir::{Bytes, Directory, Entry};
 use super::{
     check_tensors, pickle_error, Format, Parsed, ReadLimits, ReadOptions, Source, StorageLoc,
 };
@@ -69,13 +67,11 @@ pub(crate) fn parse<'a>(
     mut budget: Budget,
 ) -> Result<Parsed<'a>, Error> {
     let limits = &options.limits;
-    let records = match &source {
-        Source::Mapped(_, file) => {
-            let reader = std::io::BufReader::with_capacity(1024, PreadReader { file, pos: 0 });
-            records(path, reader, source.len(), limits)?
-        }
-        other => records(path, Cursor::new(other.bytes()), source.len(), limits)?,
+    let bytes = match &source {
+        Source::Mapped(_, file) => Bytes::File(file, source.len()),
+        other => Bytes::Memory(other.bytes()),
     };
+    let records = records(path, bytes, limits)?;
     let kept: u64 = (records.storages.keys())
         .map(|key| RECORD_COST + 2 * heap(key.len()))
         .sum();
@@ -223,140 +219,92 @@ fn script_classes(
 }
 
 /// Reads the zip's directory and locates `data.pkl`, `byteorder` and the storages.
-fn records<R: Read + Seek>(
-    path: &Path,
-    reader: R,
-    file_len: u64,
-    limits: &ReadLimits,
-) -> Result<Records, Error> {
+fn records(path: &Path, bytes: Bytes<'_>, limits: &ReadLimits) -> Result<Records, Error> {
     let zip_error = |source| Error::Zip {
         path: path.to_path_buf(),
         source,
     };
-    // The archive starts at byte 0, as torch.load reads it (miniz takes the directory's
-    // offsets from the start of the file). Left to detect the start, the zip crate guesses
-    // it from the end-of-directory record's position less the directory's size, which
-    // overlooks the zip64 records (76 bytes) that torch.save writes between the two: when the
-    // first directory header is also 76 bytes long (an archive name of 21 characters), a
-    // header sits where the guess points, and the crate reads the directory 76 bytes late
-    // and fails on a valid file.
-    let config = Config {
-        archive_offset: ArchiveOffset::Known(0),
-    };
-    let mut archive = ZipArchive::with_config(config, reader).map_err(zip_error)?;
-    if archive.has_duplicate_names() {
-        // The zip reader keeps one record of each name; torch.load's picks one or the other
-        // depending on the directory's order. Neither is safe to trust.
-        let start = archive.central_directory_start();
-        let record =
-            first_duplicate(archive.into_inner(), start).unwrap_or_else(|| "(a name)".to_string());
+    let directory = Directory::read(bytes).map_err(zip_error)?;
+    if let Some(name) = directory.first_duplicate() {
+        // torch.load's reader picks one copy or the other depending on the directory's
+        // order. Neither is safe to trust.
         return Err(Error::InvalidRecord {
             path: path.to_path_buf(),
-            record,
+            record: String::from_utf8_lossy(name).into_owned(),
             reason: "the archive holds this record twice; torch.load reads one copy or the \
                      other, depending on the order of the directory"
                 .into(),
         });
     }
-    let names: Vec<String> = archive
-        .file_names()
-        .map(|n| n.map(|n| n.into_owned()))
-        .collect::<Result<_, _>>()
-        .map_err(zip_error)?;
-    // PyTorch takes the archive's root from its first record.
-    let root = names
-        .first()
-        .and_then(|n| n.split('/').next())
-        .unwrap_or("")
-        .to_string();
-    let record = |name: &str| format!("{root}/{name}");
-    let code_prefix = record("code/");
-    let script = names.contains(&record("constants.pkl"))
-        || names.iter().any(|n| n.starts_with(&code_prefix));
-    let data_pkl = record("data.pkl");
-    let byteorder = record("byteorder");
-    let data_prefix = record("data/");
+    // PyTorch takes the archive's root from its first record. Names are bytes, as torch.load
+    // compares them; a name that is not UTF-8 can be no key of the pickle's.
+    let root = (directory.entries().next())
+        .map(|(name, _)| name.split(|&b| b == b'/').next().unwrap_or_default())
+        .unwrap_or_default();
+    let under = |name, rel| under(root, name, rel);
+    let is = |name, rel| under(name, rel) == Some(b"".as_slice());
+    let script = directory
+        .entries()
+        .any(|(name, _)| is(name, b"constants.pkl") || under(name, b"code/").is_some());
+    let root = String::from_utf8_lossy(root).into_owned();
     let mut found = Records {
-        root: root.clone(),
         storages: HashMap::new(),
         crcs: Crcs {
-            prefix: data_prefix.clone(),
+            prefix: format!("{root}/data/"),
             by_key: HashMap::new(),
         },
         pickle: None,
         byteorder: None,
         script,
         code: Vec::new(),
-        model_json: names.contains(&record("model.json")),
+        model_json: directory.entries().any(|(name, _)| is(name, b"model.json")),
+        root,
     };
-    for (index, name) in names.iter().enumerate() {
-        let is_storage = name.starts_with(&data_prefix) && name.len() > data_prefix.len();
-        let is_code = script && name.starts_with(&code_prefix) && name.ends_with(".py");
-        if !(is_storage || is_code || *name == data_pkl || *name == byteorder) {
-            continue;
-        }
-        let (loc, crc) = locate(path, &mut archive, index, file_len, limits)?;
-        if is_storage {
-            let key = &name[data_prefix.len()..];
+    for (name, entry) in directory.entries() {
+        let storage = under(name, b"data/").filter(|key| !key.is_empty());
+        let code = under(name, b"code/").filter(|rel| script && rel.ends_with(b".py"));
+        if let Some(key) = storage {
+            let Ok(key) = std::str::from_utf8(key) else {
+                continue;
+            };
+            let (loc, crc) = locate(path, bytes, name, entry, limits)?;
             if crc != 0 {
                 found.crcs.by_key.insert(key.to_string(), crc);
             }
             found.storages.insert(key.to_string(), loc);
-        } else if is_code {
-            found
-                .code
-                .push((name[code_prefix.len()..].to_string(), loc, crc));
-        } else if *name == data_pkl {
-            found.pickle = Some((loc, crc));
-        } else {
-            found.byteorder = Some((loc, crc));
+        } else if let Some(rel) = code {
+            let Ok(rel) = std::str::from_utf8(rel) else {
+                continue;
+            };
+            let (loc, crc) = locate(path, bytes, name, entry, limits)?;
+            found.code.push((rel.to_string(), loc, crc));
+        } else if is(name, b"data.pkl") {
+            found.pickle = Some(locate(path, bytes, name, entry, limits)?);
+        } else if is(name, b"byteorder") {
+            found.byteorder = Some(locate(path, bytes, name, entry, limits)?);
         }
     }
     Ok(found)
 }
 
-/// The first name that two records of the central directory share, walking it from byte
-/// `start`; `None` when the walk finds none or cannot read a header.
-fn first_duplicate<R: Read + Seek>(mut reader: R, start: u64) -> Option<String> {
-    let mut seen = HashSet::new();
-    let mut pos = start;
-    loop {
-        let mut header = [0u8; 46];
-        reader.seek(SeekFrom::Start(pos)).ok()?;
-        reader.read_exact(&mut header).ok()?;
-        if &header[..4] != b"PK\x01\x02" {
-            return None;
-        }
-        let field = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]) as u64;
-        let (name_len, extra_len, comment_len) = (field(28), field(30), field(32));
-        let mut name = vec![0u8; name_len as usize];
-        reader.read_exact(&mut name).ok()?;
-        let name = String::from_utf8_lossy(&name).into_owned();
-        if !seen.insert(name.clone()) {
-            return Some(name);
-        }
-        // Each header is at least 46 bytes: the walk ends at the end of the file.
-        pos = pos.checked_add(46 + name_len + extra_len + comment_len)?;
-    }
+/// What follows `<root>/<rel>` in `name`, if it starts so.
+fn under<'n>(root: &[u8], name: &'n [u8], rel: &[u8]) -> Option<&'n [u8]> {
+    name.strip_prefix(root)?
+        .strip_prefix(b"/")?
+        .strip_prefix(rel)
 }
 
-/// Where record `index`'s bytes are, checked against the file's length, and its CRC-32.
-fn locate<R: Read + Seek>(
+/// Where `entry`'s bytes are, checked against the file's length, and its CRC-32.
+fn locate(
     path: &Path,
-    archive: &mut ZipArchive<R>,
-    index: usize,
-    file_len: u64,
+    bytes: Bytes<'_>,
+    name: &[u8],
+    entry: &Entry,
     limits: &ReadLimits,
 ) -> Result<(StorageLoc, u32), Error> {
-    let zip_error = |source| Error::Zip {
-        path: path.to_path_buf(),
-        source,
-    };
-    let entry = archive.by_index_raw(index).map_err(zip_error)?;
-    let name = entry.name().map(|n| n.into_owned()).unwrap_or_default();
     let invalid = |reason: String| Error::InvalidRecord {
         path: path.to_path_buf(),
-        record: name.clone(),
+        record: String::from_utf8_lossy(name).into_owned(),
         reason,
     };
     if entry.encrypted() {
@@ -364,12 +312,12 @@ fn locate<R: Read + Seek>(
             "the record is encrypted (torch.load refuses it too)".into(),
         ));
     }
-    let start = entry
-        .data_start()
-        .ok_or_else(|| invalid("no data offset".into()))?;
-    let compressed = entry.compressed_size();
-    let len = entry.size();
-    let crc = entry.crc32();
+    let start = entry.data_start(bytes).map_err(|source| Error::Zip {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (compressed, len, crc) = (entry.compressed, entry.size, entry.crc);
+    let file_len = bytes.len();
     let end = start
         .checked_add(compressed)
         .ok_or_else(|| invalid("its end overflows".into()))?;
@@ -378,8 +326,8 @@ fn locate<R: Read + Seek>(
             "its data ends at byte {end}, past the end of the file ({file_len} bytes)"
         )));
     }
-    match entry.compression() {
-        CompressionMethod::Stored => {
+    match entry.method {
+        0 => {
             if len != compressed {
                 return Err(invalid(format!(
                     "stored with {compressed} bytes but declares {len}"
@@ -387,7 +335,7 @@ fn locate<R: Read + Seek>(
             }
             Ok((StorageLoc::Range { start, len }, crc))
         }
-        CompressionMethod::Deflated => {
+        8 => {
             let bound = compressed
                 .saturating_mul(limits.max_compression_ratio)
                 .saturating_add(1024);
@@ -407,7 +355,9 @@ fn locate<R: Read + Seek>(
                 crc,
             ))
         }
-        other => Err(invalid(format!("unsupported compression {other:?}"))),
+        other => Err(invalid(format!(
+            "unsupported compression method {other} (torch.save stores or deflates)"
+        ))),
     }
 }
 
@@ -468,34 +418,4 @@ pub(crate) fn inflate_into(path: &Path, compressed: &[u8], out: &mut [u8]) -> Re
         });
     }
     Ok(())
-}
-
-/// A reader of a file by positional reads: seeking is free (no `lseek`), each read is one
-/// `pread`. The zip reader seeks to every record's local header, so this halves its system
-/// calls.
-struct PreadReader<'f> {
-    file: &'f std::fs::File,
-    pos: u64,
-}
-
-impl Read for PreadReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = super::source::read_at(self.file, buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for PreadReader<'_> {
-    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
-        let target = match to {
-            std::io::SeekFrom::Start(p) => Some(p),
-            std::io::SeekFrom::End(d) => self.file.metadata()?.len().checked_add_signed(d),
-            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = target.ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
-        })?;
-        Ok(self.pos)
-    }
 }
