@@ -76,6 +76,10 @@
 //! - A zip that holds one record name twice is refused. `torch.load` would read either copy,
 //!   depending on the directory's order. Records flagged as encrypted are refused, as
 //!   `torch.load` refuses them.
+//! - A zip's directory is read by this crate as `torch.load`'s miniz reads it: offsets from
+//!   the start of the file, names compared as bytes (never decoded), every record within
+//!   the directory's declared size, each sized field marked for zip64 given by its zip64
+//!   field. A directory that breaks one of these is [`Error::Zip`](crate::Error::Zip).
 //! - safetensors shapes must fit libtorch: every dimension below 2^63, and strides that do not
 //!   overflow.
 //! - Only a legacy file's pickles count against `max_pickle_bytes`, so legacy checkpoints over
