@@ -64,13 +64,54 @@ pub(crate) fn parse<'a>(
     path: &Path,
     source: Source<'a>,
     options: &ReadOptions,
-    mut budget: Budget,
+    budget: Budget,
 ) -> Result<Parsed<'a>, Error> {
-    let limits = &options.limits;
     let bytes = match &source {
-        Source::Mapped(_, file) => Bytes::File(file, source.len()),
+        Source::Mapped(_, file) => Bytes::file(file, source.len()),
         other => Bytes::Memory(other.bytes()),
     };
+    let zip = read(path, bytes, options, budget)?;
+    Ok(zip.with_source(source))
+}
+
+/// A torch.save zip, parsed: all of a [`Parsed`] but where its bytes are.
+pub(crate) struct Zip {
+    pub format: Format,
+    pub arena: super::pickle::Arena,
+    pub storages: HashMap<String, StorageLoc>,
+    pub crcs: Crcs,
+    pub big_endian: bool,
+    pub entry: String,
+    pub script_classes: Option<ScriptClasses>,
+    pub budget: Budget,
+}
+
+impl Zip {
+    /// The parsed file, its bytes in `source`.
+    pub(crate) fn with_source(self, source: Source<'_>) -> Parsed<'_> {
+        Parsed {
+            source,
+            format: self.format,
+            arena: self.arena,
+            storages: self.storages,
+            crcs: self.crcs,
+            big_endian: self.big_endian,
+            entry: self.entry,
+            safetensors_metadata: None,
+            script_classes: self.script_classes,
+            budget: self.budget,
+        }
+    }
+}
+
+/// [`parse`], from `bytes`.
+pub(crate) fn read(
+    path: &Path,
+    bytes: Bytes<'_>,
+    options: &ReadOptions,
+    mut budget: Budget,
+) -> Result<Zip, Error> {
+    let limits = &options.limits;
     let records = records(path, bytes, limits)?;
     let kept: u64 = (records.storages.keys())
         .map(|key| RECORD_COST + 2 * heap(key.len()))
@@ -108,8 +149,8 @@ pub(crate) fn parse<'a>(
     let big_endian = match &records.byteorder {
         None => false,
         Some((loc, crc)) => {
-            let bytes = read_charged(path, &source, loc, &record("byteorder"), *crc, &budget)?;
-            match bytes.as_slice() {
+            let read = read_charged(path, bytes, loc, &record("byteorder"), *crc, &budget)?;
+            match read.as_slice() {
                 b"little" => false,
                 b"big" => true,
                 other => {
@@ -127,7 +168,7 @@ pub(crate) fn parse<'a>(
     };
     let pickle_cost = read_cost(&pickle_loc);
     budget.charge(pickle_cost).map_err(out_of_budget(path))?;
-    let pickle_bytes = read_checked(path, &source, &pickle_loc, &data_pkl, pickle_crc)?;
+    let pickle_bytes = read_checked(path, bytes, &pickle_loc, &data_pkl, pickle_crc)?;
     let flavor = if records.script {
         Flavor::Script
     } else {
@@ -139,12 +180,11 @@ pub(crate) fn parse<'a>(
     budget.release(pickle_cost);
     check_tensors(path, &arena, &records.storages, &record("data/"))?;
     let script_classes = if records.script {
-        Some(script_classes(path, &source, &records, limits, &budget)?)
+        Some(script_classes(path, bytes, &records, limits, &budget)?)
     } else {
         None
     };
-    Ok(Parsed {
-        source,
+    Ok(Zip {
         format: if records.script {
             Format::TorchScript
         } else {
@@ -155,7 +195,6 @@ pub(crate) fn parse<'a>(
         crcs: records.crcs,
         big_endian,
         entry: data_pkl,
-        safetensors_metadata: None,
         script_classes,
         budget,
     })
@@ -176,21 +215,21 @@ fn read_cost(loc: &StorageLoc) -> u64 {
 /// caller before anything else is charged.
 fn read_charged(
     path: &Path,
-    source: &Source<'_>,
+    bytes: Bytes<'_>,
     loc: &StorageLoc,
     record: &str,
     crc: u32,
     budget: &Budget,
 ) -> Result<Vec<u8>, Error> {
     budget.check(read_cost(loc)).map_err(out_of_budget(path))?;
-    read_checked(path, source, loc, record, crc)
+    read_checked(path, bytes, loc, record, crc)
 }
 
 /// The class declarations of a TorchScript archive's code, read as text. The code records
 /// together may be no larger than a pickle may.
 fn script_classes(
     path: &Path,
-    source: &Source<'_>,
+    bytes: Bytes<'_>,
     records: &Records,
     limits: &ReadLimits,
     budget: &Budget,
@@ -212,8 +251,8 @@ fn script_classes(
             continue;
         };
         let record = format!("{}/code/{rel}", records.root);
-        let bytes = read_charged(path, source, loc, &record, *crc, budget)?;
-        torchscript::read_declarations(&module, &String::from_utf8_lossy(&bytes), &mut classes);
+        let code = read_charged(path, bytes, loc, &record, *crc, budget)?;
+        torchscript::read_declarations(&module, &String::from_utf8_lossy(&code), &mut classes);
     }
     Ok(classes)
 }
@@ -364,34 +403,30 @@ fn locate(
 /// A record's bytes, inflated if needed, checked against its CRC-32.
 fn read_checked(
     path: &Path,
-    source: &Source<'_>,
+    bytes: Bytes<'_>,
     loc: &StorageLoc,
     record: &str,
     crc: u32,
 ) -> Result<Vec<u8>, Error> {
-    let bytes = read_record(path, source, loc)?;
-    check_crc(path, record, crc, &bytes)?;
-    Ok(bytes)
+    let read = read_record(path, bytes, loc)?;
+    check_crc(path, record, crc, &read)?;
+    Ok(read)
 }
 
 /// A record's bytes, inflated if needed.
-pub(crate) fn read_record(
-    path: &Path,
-    source: &Source<'_>,
-    loc: &StorageLoc,
-) -> Result<Vec<u8>, Error> {
+fn read_record(path: &Path, bytes: Bytes<'_>, loc: &StorageLoc) -> Result<Vec<u8>, Error> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
     match *loc {
-        StorageLoc::Range { start, len } => source.read_at(start, len as usize).map_err(io),
+        StorageLoc::Range { start, len } => bytes.read_vec(start, len as usize).map_err(io),
         StorageLoc::Deflated {
             start,
             compressed,
             len,
         } => {
-            let compressed = source.read_at(start, compressed as usize).map_err(io)?;
+            let compressed = bytes.read_vec(start, compressed as usize).map_err(io)?;
             let mut out = vec![0u8; len as usize];
             inflate_into(path, &compressed, &mut out)?;
             Ok(out)

@@ -40,9 +40,23 @@ use zip::result::ZipError;
 /// bytes in memory.
 #[derive(Clone, Copy)]
 pub(crate) enum Bytes<'a> {
-    /// A file and its length.
-    File(&'a File, u64),
+    /// The `len` bytes of `file` from `base` (a whole file, or a DCP item in its `.distcp`
+    /// file), with those of them already read in `held`.
+    File {
+        file: &'a File,
+        base: u64,
+        len: u64,
+        held: Held<'a>,
+    },
     Memory(&'a [u8]),
+}
+
+/// What a reader has already read of a file's window: its first `head.len()` bytes and its
+/// last `tail.len()` bytes. A read within one of them is a copy, not a system call.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Held<'a> {
+    pub(crate) head: &'a [u8],
+    pub(crate) tail: &'a [u8],
 }
 
 /// One record of the central directory.
@@ -97,34 +111,71 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-impl Bytes<'_> {
+impl<'a> Bytes<'a> {
+    /// A whole file, nothing of it read yet.
+    pub(crate) fn file(file: &'a File, len: u64) -> Self {
+        Bytes::File {
+            file,
+            base: 0,
+            len,
+            held: Held::default(),
+        }
+    }
+
     pub(crate) fn len(&self) -> u64 {
         match self {
-            Bytes::File(_, len) => *len,
+            Bytes::File { len, .. } => *len,
             Bytes::Memory(bytes) => bytes.len() as u64,
         }
     }
 
-    /// Fills `buf` from `pos`; a range past the end is a truncated archive.
-    fn read_into(&self, pos: u64, buf: &mut [u8]) -> Result<(), ZipError> {
+    /// Fills `buf` from `pos`: `UnexpectedEof` where the range runs past the end, or where
+    /// the file ends first (it was truncated since it was opened).
+    pub(crate) fn read_exact(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = pos
             .checked_add(buf.len() as u64)
             .filter(|&end| end <= self.len());
         let Some(end) = end else {
-            return Err(invalid("a record runs past the end of the file"));
+            return Err(io::ErrorKind::UnexpectedEof.into());
         };
-        match self {
-            Bytes::File(file, _) => {
-                super::source::read_exact_at(file, buf, pos).map_err(|e| match e.kind() {
-                    io::ErrorKind::UnexpectedEof => invalid("the file ended while it was read"),
-                    _ => ZipError::Io(e),
-                })
+        match *self {
+            Bytes::File {
+                file,
+                base,
+                len,
+                held,
+            } => {
+                let tail_at = len - held.tail.len() as u64;
+                if end <= held.head.len() as u64 {
+                    buf.copy_from_slice(&held.head[pos as usize..end as usize]);
+                } else if pos >= tail_at {
+                    let from = (pos - tail_at) as usize;
+                    buf.copy_from_slice(&held.tail[from..from + buf.len()]);
+                } else {
+                    super::source::read_exact_at(file, buf, base + pos)?;
+                }
+                Ok(())
             }
             Bytes::Memory(bytes) => {
                 buf.copy_from_slice(&bytes[pos as usize..end as usize]);
                 Ok(())
             }
         }
+    }
+
+    /// `len` bytes from `pos`, as [`read_exact`](Self::read_exact) reads them.
+    pub(crate) fn read_vec(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_exact(pos, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Fills `buf` from `pos`; a range past the end is a truncated archive.
+    fn read_into(&self, pos: u64, buf: &mut [u8]) -> Result<(), ZipError> {
+        self.read_exact(pos, buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => invalid("a record runs past the end of the file"),
+            _ => ZipError::Io(e),
+        })
     }
 
     fn read<const N: usize>(&self, pos: u64) -> Result<[u8; N], ZipError> {
@@ -269,7 +320,7 @@ impl Directory {
         let end = place.start + place.len;
         let mut window = match bytes {
             Bytes::Memory(m) => Window::Memory(m),
-            Bytes::File(..) => Window::File {
+            Bytes::File { .. } => Window::File {
                 bytes,
                 buf: Vec::new(),
                 at: 0,
@@ -525,13 +576,50 @@ mod tests {
         let bytes = archive(true, "");
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&bytes).unwrap();
-        let from_file = Bytes::File(&file, bytes.len() as u64);
+        let from_file = Bytes::file(&file, bytes.len() as u64);
         let dir = Directory::read(from_file).unwrap();
         let memory = Directory::read(Bytes::Memory(&bytes)).unwrap();
         assert_eq!(dir.entries, memory.entries);
         assert_eq!(dir.names, memory.names);
+        // The archive as a window of a larger file (a DCP item), some of its ends held:
+        // every read, within what is held, across its edge or past it, is the file's.
+        let mut outer = tempfile::tempfile().unwrap();
+        outer.write_all(&[0xaa; 100]).unwrap();
+        outer.write_all(&bytes).unwrap();
+        outer.write_all(&[0xbb; 100]).unwrap();
+        let len = bytes.len() as u64;
+        for (head, tail) in [(0, 0), (30, 40), (200, 300), (bytes.len(), 0)] {
+            let held = Held {
+                head: &bytes[..head],
+                tail: &bytes[bytes.len() - tail..],
+            };
+            let window = Bytes::File {
+                file: &outer,
+                base: 100,
+                len,
+                held,
+            };
+            let dir = Directory::read(window).unwrap();
+            assert_eq!(dir.entries, memory.entries);
+            for (pos, n) in [
+                (0, 10),
+                (25, 10),
+                (190, 20),
+                (len - 310, 20),
+                (len - 35, 35),
+            ] {
+                let read = window.read_vec(pos, n).unwrap();
+                assert_eq!(
+                    read,
+                    &bytes[pos as usize..pos as usize + n],
+                    "{head} {tail}"
+                );
+            }
+            let past = window.read_vec(len - 5, 10).unwrap_err();
+            assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
+        }
         // A file shorter than its length as it was opened: a truncated archive.
-        let short = Bytes::File(&file, bytes.len() as u64 + 100);
+        let short = Bytes::file(&file, bytes.len() as u64 + 100);
         assert!(matches!(
             Directory::read(short),
             Err(ZipError::InvalidArchive(_))
