@@ -63,10 +63,16 @@
 //! the zip crate's copy of each item's last 64 KiB and its owned, parsed record of every
 //! entry. The same loop of 20 opens, the two builds interleaved three times on a quiet
 //! machine: 47.6, 51.8 and 52.2 ms an open before, 41.2, 44.9 and 45.1 ms after. In a
-//! profile after it, the directories' CPU time is mostly the two page faults each item now
-//! costs (its first and last pages in the map, each mapping the pages around it, which
-//! dropping the map then unmaps: half the drop's time); advising the map as random made no
-//! difference beyond the noise (38.6–46.2 ms). What is left on one thread is the
+//! profile after it, the directories' CPU time was mostly the two page faults each item
+//! cost (its first and last pages in the map, each mapping the pages around it, which
+//! dropping the map then unmapped: half the drop's time); advising the map as random made no
+//! difference beyond the noise (38.6–46.2 ms). So each item's first and last KiB are now
+//! read by `pread` ([`HELD`]), and its zip is parsed from them, reading the file only for
+//! what lies between; the map is read only for a zstd item. Touching and dropping those
+//! pages of the bench's two files took 15.1–15.3 ms on one thread, two 4 KiB `pread`s an
+//! item 8.1–8.2 ms (a scratch loop, three runs). In the loop of opens, four interleaved runs
+//! of 30: the drop went from 9.7–11.5 ms to 4.5–7.4 ms, the open stayed within the noise
+//! (44.9–50.8 against 37.9–56.5 ms). What is left on one thread is the
 //! `.metadata` pickle (12 ms of CPU) and the entries (about 15 ms, hashing and walking
 //! `storage_data`), and across the threads the items' one-tensor pickles, whose time is
 //! mostly `malloc` and `free` of a pickle machine per item.
@@ -88,8 +94,9 @@ use super::crc::Crcs;
 use super::detect::{detect, Format};
 use super::index::{out_of_budget, OpenFile, Parsed, StorageLoc};
 use super::pickle::{self, ClassRef, Flavor, Id, Obj};
-use super::source::{map_file, open_regular, Source};
+use super::source::{map_file, open_regular, read_exact_at, Source};
 use super::threads::on_threads;
+use super::zip_dir::{Bytes, Held};
 use super::{pickle_error, torch_zip, Materializer, ReadOptions};
 use crate::dtype::{self, FileDtype};
 use crate::error::Error;
@@ -104,6 +111,9 @@ use crate::value::{Dict, Value};
 const METADATA_MODULE: &str = "torch.distributed.checkpoint.metadata";
 /// The one transform this reader applies.
 const ZSTD: &str = "stream.zstd";
+/// How much of each end of an item is read at once when it is parsed: a one-tensor item's
+/// directory (about 600 bytes) and its local headers and pickle (about 700) fit.
+const HELD: usize = 1024;
 
 /// A DCP directory, opened: its entries in `state_dict_metadata` order.
 pub(crate) struct Dcp {
@@ -1172,15 +1182,34 @@ impl<'o> Files<'o> {
             self.charge(&path, kept(&parsed.budget))?;
             return Ok(Arc::new(OpenFile::new(path, options.clone(), parsed)));
         }
-        match detect(&path, window) {
+        // The item's first and last bytes, read by `pread`: its zip's directory, the local
+        // headers and the pickle of a one-tensor item lie in them. Through the map, they
+        // cost two page faults an item, each mapping the pages around it, and unmapping
+        // them when the map is dropped (the design note above has the measurement).
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut held = vec![0u8; (2 * HELD).min(place.length as usize)];
+        let head_len = held.len().min(HELD);
+        let (head, tail) = held.split_at_mut(head_len);
+        read_exact_at(&file, head, place.offset).map_err(io)?;
+        read_exact_at(&file, tail, end - tail.len() as u64).map_err(io)?;
+        match detect(&path, head) {
             Ok(Format::TorchZip) => {}
             _ => return Err(not_a_zip("no zip signature".into())),
         }
-        let parsed = torch_zip::parse(&path, Source::Borrowed(window), options, budget)?;
-        self.charge(&path, kept(&parsed.budget))?;
+        let bytes = Bytes::File {
+            file: &file,
+            base: place.offset,
+            len: place.length,
+            held: Held { head, tail },
+        };
+        let mut zip = torch_zip::read(&path, bytes, options, budget)?;
+        drop(held);
+        self.charge(&path, kept(&zip.budget))?;
         // The storages at their places in the file, read through its shared descriptor.
-        let storages = parsed
-            .storages
+        zip.storages = std::mem::take(&mut zip.storages)
             .into_iter()
             .map(|(k, loc)| {
                 let loc = match loc {
@@ -1201,18 +1230,7 @@ impl<'o> Files<'o> {
                 (k, loc)
             })
             .collect();
-        let parsed = Parsed {
-            source: Source::Mapped(Arc::clone(map), file),
-            format: parsed.format,
-            arena: parsed.arena,
-            storages,
-            crcs: parsed.crcs,
-            big_endian: parsed.big_endian,
-            entry: parsed.entry,
-            safetensors_metadata: None,
-            script_classes: parsed.script_classes,
-            budget: parsed.budget,
-        };
+        let parsed = zip.with_source(Source::Mapped(Arc::clone(map), file));
         Ok(Arc::new(OpenFile::new(path, options.clone(), parsed)))
     }
 }
