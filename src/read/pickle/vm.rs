@@ -136,8 +136,13 @@ pub(crate) fn run(
     budget
         .charge(SHARED as u64 * OBJ_COST)
         .map_err(|e| Failure::Limit("max_memory", e.max))?;
+    // Room for what a small pickle makes (a DCP item's one tensor: about 30 objects from
+    // 160 bytes), so that 4096 of them opened at once do not grow their vectors step by
+    // step; at most 256 objects, which the charge per object made covers.
+    let room = (data.len() / 4).min(256);
     let mut arena = Arena::default();
-    arena.objs.reserve_exact(SHARED);
+    arena.objs.reserve_exact(SHARED + room);
+    arena.pool.reserve_exact(room / 2);
     arena.objs.extend([
         Obj::None,
         Obj::Bool(false),
@@ -150,8 +155,8 @@ pub(crate) fn run(
         pos: 0,
         op_pos: 0,
         arena,
-        stack: Vec::new(),
-        marks: Vec::new(),
+        stack: Vec::with_capacity(room / 4),
+        marks: Vec::with_capacity(room / 16),
         memo: Memo::default(),
         made: 0,
         budget,
