@@ -815,8 +815,7 @@ impl<'m> Meta<'m> {
         let Obj::Object(o) = self.obj() else {
             return None;
         };
-        let attrs = self.file.parsed.arena.attributes(o);
-        let (_, id) = attrs.into_iter().rfind(|(k, _)| *k == name)?;
+        let id = self.file.parsed.arena.last_attribute(o, name)?;
         Some(self.at(id))
     }
 
