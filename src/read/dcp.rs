@@ -1153,7 +1153,6 @@ impl<'o> Files<'o> {
         let (path, map, file) = &**opened;
         let (path, file) = (path.clone(), Arc::clone(file));
         let end = place.offset + place.length;
-        let window = &map[place.offset as usize..end as usize];
         let not_a_zip = |reason: String| {
             self.invalid(
                 "_StorageInfo",
@@ -1164,10 +1163,11 @@ impl<'o> Files<'o> {
             )
         };
         let options = self.options;
-        let budget = Budget::for_file(&options.limits, place.length);
         if place.zstd {
             // Inflated one at a time, each within what the checkpoint's budget leaves, and
-            // charged before the next.
+            // charged before the next. The map is read for this item only: its bytes are
+            // all needed.
+            let window = &map[place.offset as usize..end as usize];
             let mut shared = self.shared();
             let bytes = inflate_zstd(window, &shared).map_err(|e| match e {
                 Inflate::Budget => Error::LimitExceeded {
@@ -1218,6 +1218,7 @@ impl<'o> Files<'o> {
             len: place.length,
             held: Held { head, tail },
         };
+        let budget = Budget::for_file(&options.limits, place.length);
         let mut zip = torch_zip::read(&path, bytes, options, budget)?;
         drop(held);
         self.charge(&path, kept(&zip.budget))?;
