@@ -178,7 +178,7 @@ pub(crate) fn run(
     Ok((arena, used))
 }
 
-impl Machine<'_> {
+impl<'a> Machine<'a> {
     /// Runs opcodes until `STOP` and returns the root object.
     ///
     /// Each group's function is given only the opcodes listed for it here; it answers any
@@ -300,31 +300,31 @@ impl Machine<'_> {
             BININT => Obj::Int(self.u32()? as i32 as i64),
             LONG1 => {
                 let n = self.byte()? as u64;
-                long_from_le(&self.counted(n)?)
+                long_from_le(self.counted(n)?)
             }
             LONG4 => {
                 let n = self.signed_len()?;
-                long_from_le(&self.counted(n)?)
+                long_from_le(self.counted(n)?)
             }
             INT => {
-                let line = self.line()?.to_vec();
-                match line.as_slice() {
+                let line = self.line()?;
+                match line {
                     b"00" => Obj::Bool(false),
                     b"01" => Obj::Bool(true),
-                    _ => Obj::Int(self.parse_decimal(&line)?),
+                    _ => Obj::Int(self.parse_decimal(line)?),
                 }
             }
             LONG => {
-                let line = self.line()?.to_vec();
-                let line = line.strip_suffix(b"L").unwrap_or(&line);
+                let line = self.line()?;
+                let line = line.strip_suffix(b"L").unwrap_or(line);
                 Obj::Int(self.parse_decimal(line)?)
             }
             BINFLOAT => Obj::Float(f64::from_be_bytes(
                 self.take(8)?.try_into().expect("8 bytes"),
             )),
             FLOAT => {
-                let line = self.line()?.to_vec();
-                let v = std::str::from_utf8(&line)
+                let line = self.line()?;
+                let v = std::str::from_utf8(line)
                     .ok()
                     .and_then(|s| s.trim().parse::<f64>().ok())
                     .ok_or_else(|| self.err(PickleError::InvalidLiteral))?;
@@ -352,8 +352,8 @@ impl Machine<'_> {
                 self.counted_str(n)?
             }
             UNICODE => {
-                let line = self.line()?.to_vec();
-                decode_raw_unicode_escape(&line)
+                let line = self.line()?;
+                decode_raw_unicode_escape(line)
                     .ok_or_else(|| self.err(PickleError::InvalidLiteral))?
             }
             BINSTRING => {
@@ -365,8 +365,8 @@ impl Machine<'_> {
                 self.counted_str(n)?
             }
             STRING => {
-                let line = self.line()?.to_vec();
-                let s = decode_string_literal(&line)
+                let line = self.line()?;
+                let s = decode_string_literal(line)
                     .ok_or_else(|| self.err(PickleError::InvalidLiteral))?;
                 self.utf8(&s)?
             }
@@ -386,7 +386,7 @@ impl Machine<'_> {
             }
             _ => return Err(self.unknown(op)),
         };
-        let b = self.counted(n)?;
+        let b = self.counted(n)?.to_vec();
         self.push(Obj::Bytes(b))
     }
 
@@ -464,7 +464,7 @@ impl Machine<'_> {
         match op {
             GLOBAL => {
                 let (module, name) = self.global_lines()?;
-                self.push_global(&module, &name)
+                self.push_global(module, name)
             }
             STACK_GLOBAL => {
                 let name_id = self.pop()?;
@@ -525,7 +525,7 @@ impl Machine<'_> {
             INST => {
                 let (module, name) = self.global_lines()?;
                 let args = self.pop_mark()?;
-                self.push_global(&module, &name)?;
+                self.push_global(module, name)?;
                 (self.pop()?, args)
             }
             OBJ => {
@@ -620,7 +620,7 @@ impl Machine<'_> {
         })
     }
 
-    fn take(&mut self, n: usize) -> Res<&[u8]> {
+    fn take(&mut self, n: usize) -> Res<&'a [u8]> {
         let end = self
             .pos
             .checked_add(n)
@@ -628,7 +628,8 @@ impl Machine<'_> {
         if end > self.data.len() {
             return Err(self.err(PickleError::Truncated));
         }
-        let s = &self.data[self.pos..end];
+        let data = self.data;
+        let s = &data[self.pos..end];
         self.pos = end;
         Ok(s)
     }
@@ -665,8 +666,9 @@ impl Machine<'_> {
     }
 
     /// A newline-terminated line (protocol 0 arguments), without the newline.
-    fn line(&mut self) -> Res<&[u8]> {
-        let rest = &self.data[self.pos..];
+    fn line(&mut self) -> Res<&'a [u8]> {
+        let data = self.data;
+        let rest = &data[self.pos..];
         let n = rest
             .iter()
             .position(|&b| b == b'\n')
@@ -821,15 +823,15 @@ impl Machine<'_> {
     }
 
     /// `n` bytes of the pickle, `n` checked against what is left of it first.
-    fn counted(&mut self, n: u64) -> Res<Vec<u8>> {
+    fn counted(&mut self, n: u64) -> Res<&'a [u8]> {
         let n = self.len(n)?;
-        Ok(self.take(n)?.to_vec())
+        self.take(n)
     }
 
     /// `n` bytes of the pickle as UTF-8.
     fn counted_str(&mut self, n: u64) -> Res<String> {
         let b = self.counted(n)?;
-        self.utf8(&b)
+        self.utf8(b)
     }
 
     /// A 4-byte length that Python reads as signed (`LONG4`, `BINSTRING`).
@@ -843,16 +845,17 @@ impl Machine<'_> {
 
     /// A memo index as a decimal line (`PUT`, `GET`).
     fn decimal_index(&mut self) -> Res<u32> {
-        let line = self.line()?.to_vec();
-        let index = self.parse_decimal(&line)?;
+        let line = self.line()?;
+        let index = self.parse_decimal(line)?;
         u32::try_from(index).map_err(|_| self.err(PickleError::InvalidLiteral))
     }
 
     /// The module and name lines of `GLOBAL` and `INST`.
-    fn global_lines(&mut self) -> Res<(String, String)> {
-        let module = self.line()?.to_vec();
-        let name = self.line()?.to_vec();
-        Ok((self.utf8(&module)?, self.utf8(&name)?))
+    fn global_lines(&mut self) -> Res<(&'a str, &'a str)> {
+        let module = self.line()?;
+        let name = self.line()?;
+        let utf8 = |b| std::str::from_utf8(b).map_err(|_| self.err(PickleError::InvalidLiteral));
+        Ok((utf8(module)?, utf8(name)?))
     }
 
     pub(super) fn get(&self, id: Id) -> &Obj {
