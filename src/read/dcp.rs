@@ -1203,7 +1203,10 @@ impl<'o> Files<'o> {
             path: path.clone(),
             source,
         };
-        let mut held = vec![0u8; (2 * HELD).min(place.length as usize)];
+        // On the stack: a heap buffer of this size is a large request for glibc, which
+        // consolidates the thread's free small chunks first, once an item.
+        let mut held = [0u8; 2 * HELD];
+        let held = &mut held[..(2 * HELD).min(place.length as usize)];
         let head_len = held.len().min(HELD);
         let (head, tail) = held.split_at_mut(head_len);
         read_exact_at(&file, head, place.offset).map_err(io)?;
@@ -1220,30 +1223,15 @@ impl<'o> Files<'o> {
         };
         let budget = Budget::for_file(&options.limits, place.length);
         let mut zip = torch_zip::read(&path, bytes, options, budget)?;
-        drop(held);
         self.charge(&path, kept(&zip.budget))?;
         // The storages at their places in the file, read through its shared descriptor.
-        zip.storages = std::mem::take(&mut zip.storages)
-            .into_iter()
-            .map(|(k, loc)| {
-                let loc = match loc {
-                    StorageLoc::Range { start, len } => StorageLoc::Range {
-                        start: start + place.offset,
-                        len,
-                    },
-                    StorageLoc::Deflated {
-                        start,
-                        compressed,
-                        len,
-                    } => StorageLoc::Deflated {
-                        start: start + place.offset,
-                        compressed,
-                        len,
-                    },
-                };
-                (k, loc)
-            })
-            .collect();
+        for loc in zip.storages.values_mut() {
+            match loc {
+                StorageLoc::Range { start, .. } | StorageLoc::Deflated { start, .. } => {
+                    *start += place.offset
+                }
+            }
+        }
         let parsed = zip.with_source(Source::Mapped(Arc::clone(map), file));
         Ok(Arc::new(OpenFile::new(path, options.clone(), parsed)))
     }
