@@ -178,10 +178,10 @@ impl Crcs {
 }
 
 /// Fails with [`Error::CrcMismatch`] when `expected` is recorded (not zero) and is not the
-/// CRC-32 of `bytes`, the whole record `record`.
+/// CRC-32 of `bytes`, the whole record `record` (a name made only for the error).
 pub(crate) fn check_crc(
     path: &Path,
-    record: &str,
+    record: &dyn std::fmt::Display,
     expected: u32,
     bytes: &[u8],
 ) -> Result<(), Error> {

@@ -229,7 +229,7 @@ pub(crate) fn check_tensors(
     path: &Path,
     arena: &Arena,
     storages: &HashMap<String, StorageLoc>,
-    record_prefix: &str,
+    record_prefix: &dyn std::fmt::Display,
 ) -> Result<(), Error> {
     for t in &arena.tensors {
         let invalid = |reason: String| Error::InvalidTensor {

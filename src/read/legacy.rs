@@ -164,7 +164,7 @@ pub(crate) fn parse<'a>(
         }
         pos = end as usize;
     }
-    check_tensors(path, &arena, &storages, "storage ")?;
+    check_tensors(path, &arena, &storages, &"storage ")?;
     Ok(Parsed {
         source,
         format: Format::TorchLegacy,

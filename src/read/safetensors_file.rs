@@ -147,7 +147,7 @@ pub(crate) fn parse<'a>(
         arena.objs.push(Obj::Tensor(index));
         items.push((key, value));
     }
-    check_tensors(path, &arena, &storages, "")?;
+    check_tensors(path, &arena, &storages, &"")?;
     arena.objs[0] = Obj::Dict(DictObj {
         items,
         ordered: true,

@@ -149,7 +149,8 @@ pub(crate) fn read(
     let big_endian = match &records.byteorder {
         None => false,
         Some((loc, crc)) => {
-            let read = read_charged(path, bytes, loc, &record("byteorder"), *crc, &budget)?;
+            let name = format_args!("{}/byteorder", records.root);
+            let read = read_charged(path, bytes, loc, &name, *crc, &budget)?;
             match read.as_slice() {
                 b"little" => false,
                 b"big" => true,
@@ -178,7 +179,12 @@ pub(crate) fn read(
         .map_err(|f| pickle_error(path, &data_pkl, f))?;
     drop(pickle_bytes);
     budget.release(pickle_cost);
-    check_tensors(path, &arena, &records.storages, &record("data/"))?;
+    check_tensors(
+        path,
+        &arena,
+        &records.storages,
+        &format_args!("{}/data/", records.root),
+    )?;
     let script_classes = if records.script {
         Some(script_classes(path, bytes, &records, limits, &budget)?)
     } else {
@@ -217,7 +223,7 @@ fn read_charged(
     path: &Path,
     bytes: Bytes<'_>,
     loc: &StorageLoc,
-    record: &str,
+    record: &dyn std::fmt::Display,
     crc: u32,
     budget: &Budget,
 ) -> Result<Vec<u8>, Error> {
@@ -405,7 +411,7 @@ fn read_checked(
     path: &Path,
     bytes: Bytes<'_>,
     loc: &StorageLoc,
-    record: &str,
+    record: &dyn std::fmt::Display,
     crc: u32,
 ) -> Result<Vec<u8>, Error> {
     let read = read_record(path, bytes, loc)?;
