@@ -163,6 +163,26 @@ impl<'a> Bytes<'a> {
         }
     }
 
+    /// The bytes `pos..pos + n` where they are already in memory (the archive in memory, or
+    /// within a held end of a file): no copy, no read.
+    pub(crate) fn held(&self, pos: u64, n: usize) -> Option<&'a [u8]> {
+        let end = pos.checked_add(n as u64).filter(|&end| end <= self.len())?;
+        match *self {
+            Bytes::File { len, held, .. } => {
+                let tail_at = len - held.tail.len() as u64;
+                if end <= held.head.len() as u64 {
+                    Some(&held.head[pos as usize..end as usize])
+                } else if pos >= tail_at {
+                    let from = (pos - tail_at) as usize;
+                    Some(&held.tail[from..from + n])
+                } else {
+                    None
+                }
+            }
+            Bytes::Memory(bytes) => Some(&bytes[pos as usize..end as usize]),
+        }
+    }
+
     /// `len` bytes from `pos`, as [`read_exact`](Self::read_exact) reads them.
     pub(crate) fn read_vec(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
@@ -279,7 +299,8 @@ fn checked(place: Place, limit: u64) -> Result<Place, ZipError> {
 
 /// The directory's bytes: a slice of memory, or a file read a chunk at a time.
 enum Window<'a> {
-    Memory(&'a [u8]),
+    /// The directory's bytes, from `at`.
+    Memory { bytes: &'a [u8], at: u64 },
     File {
         bytes: Bytes<'a>,
         buf: Vec<u8>,
@@ -297,7 +318,10 @@ impl Window<'_> {
             ));
         }
         match self {
-            Window::Memory(bytes) => Ok(&bytes[pos as usize..pos as usize + n]),
+            Window::Memory { bytes, at } => {
+                let from = (pos - *at) as usize;
+                Ok(&bytes[from..from + n])
+            }
             Window::File { bytes, buf, at } => {
                 let held = pos >= *at && pos + n as u64 <= *at + buf.len() as u64;
                 if !held {
@@ -318,9 +342,13 @@ impl Directory {
     pub(crate) fn read(bytes: Bytes<'_>) -> Result<Directory, ZipError> {
         let place = place(bytes)?;
         let end = place.start + place.len;
-        let mut window = match bytes {
-            Bytes::Memory(m) => Window::Memory(m),
-            Bytes::File { .. } => Window::File {
+        // A directory already in memory (a DCP item's, in its held tail) is read in place.
+        let mut window = match bytes.held(place.start, place.len as usize) {
+            Some(held) => Window::Memory {
+                bytes: held,
+                at: place.start,
+            },
+            None => Window::File {
                 bytes,
                 buf: Vec::new(),
                 at: 0,
@@ -329,7 +357,9 @@ impl Directory {
         // At most one record per 46 bytes of the directory (checked above), which lies
         // within the file: the vector grows only with what the file holds.
         let mut entries = Vec::with_capacity(place.entries.min(1 << 12) as usize);
-        let mut names = Vec::new();
+        // The names lie in what the directory has beyond its records' fixed parts.
+        let names_room = place.len.saturating_sub(HEADER_LEN as u64 * place.entries);
+        let mut names = Vec::with_capacity(names_room.min(1 << 16) as usize);
         let mut pos = place.start;
         for _ in 0..place.entries {
             let header: [u8; HEADER_LEN] = window
@@ -626,6 +656,28 @@ mod tests {
             let past = window.read_vec(len - 5, 10).unwrap_err();
             assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
         }
+        // A directory that lies in the held tail is read from it, not from the file: over a
+        // file of other bytes, it still reads, and `held` gives the archive's own bytes
+        // only within what is held.
+        let mut other = tempfile::tempfile().unwrap();
+        other.write_all(&vec![0xcc; bytes.len() + 200]).unwrap();
+        let dir_at = len - memory.entries.len() as u64 * HEADER_LEN as u64 - 200;
+        let tail = (len - dir_at) as usize;
+        let window = Bytes::File {
+            file: &other,
+            base: 100,
+            len,
+            held: Held {
+                head: &bytes[..30],
+                tail: &bytes[bytes.len() - tail..],
+            },
+        };
+        let dir = Directory::read(window).unwrap();
+        assert_eq!((&dir.entries, &dir.names), (&memory.entries, &memory.names));
+        assert_eq!(window.held(2, 28), Some(&bytes[2..30]));
+        assert_eq!(window.held(len - 10, 10), Some(&bytes[bytes.len() - 10..]));
+        assert_eq!(window.held(25, 10), None);
+        assert_eq!(window.held(len - 5, 10), None);
         // A file shorter than its length as it was opened: a truncated archive.
         let short = Bytes::file(&file, bytes.len() as u64 + 100);
         assert!(matches!(
