@@ -50,15 +50,16 @@ fn is_legacy(bytes: &[u8]) -> bool {
 
 /// Tells a checkpoint's format from its first bytes.
 pub(crate) fn detect(path: &Path, bytes: &[u8]) -> Result<Format, Error> {
-    let path = path.to_path_buf();
+    // The path is copied only into an error (a DCP checkpoint detects each of its items).
+    let path = || path.to_path_buf();
     if bytes.is_empty() {
-        return Err(Error::EmptyFile { path });
+        return Err(Error::EmptyFile { path: path() });
     }
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
         return Ok(Format::TorchZip);
     }
     if bytes.starts_with(b"version https://git-lfs.github.com/spec") {
-        return Err(Error::LfsPointer { path });
+        return Err(Error::LfsPointer { path: path() });
     }
     if is_legacy(bytes) {
         return Ok(Format::TorchLegacy);
@@ -89,7 +90,10 @@ pub(crate) fn detect(path: &Path, bytes: &[u8]) -> Result<Format, Error> {
         // errors end up in logs.
         describe_unknown(bytes)
     };
-    Err(Error::UnknownFormat { path, found })
+    Err(Error::UnknownFormat {
+        path: path(),
+        found,
+    })
 }
 
 /// What a file in no known format looks like, without quoting it: text or binary, and its

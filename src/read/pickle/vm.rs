@@ -137,7 +137,7 @@ pub(crate) fn run(
         .charge(SHARED as u64 * OBJ_COST)
         .map_err(|e| Failure::Limit("max_memory", e.max))?;
     // Room for what a small pickle makes (a DCP item's one tensor: 23 objects, 15 tuple
-    // items, a stack of 8 and 2 marks from 159 bytes), so that 4096 of them opened at once
+    // items, a stack of 8, 2 marks and 12 memo entries from 159 bytes), so that 4096 of them opened at once
     // do not grow their vectors step by step; at most 256 objects, which the charge per
     // object made covers. The objects' room stays under 1 KiB for such an item: glibc
     // serves a larger request from its large bins, consolidating the thread's free small
@@ -160,7 +160,11 @@ pub(crate) fn run(
         arena,
         stack: Vec::with_capacity(room / 3),
         marks: Vec::with_capacity(room / 8),
-        memo: Memo::default(),
+        // A DCP item's 12 entries, without growing from 4 to 8 to 16.
+        memo: Memo {
+            dense: Vec::with_capacity(room / 2),
+            ..Memo::default()
+        },
         made: 0,
         budget,
         transient: 0,
