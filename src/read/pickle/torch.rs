@@ -160,7 +160,7 @@ pub(crate) enum Flavor {
 
 impl Machine<'_> {
     /// Applies an allowlisted callable to its arguments.
-    pub(super) fn call(&mut self, callable: Id, args: Vec<Id>) -> Res<Id> {
+    pub(super) fn call(&mut self, callable: Id, args: &[Id]) -> Res<Id> {
         let g = match self.get(callable) {
             Obj::Global(g) => *g,
             other => return Err(self.err(PickleError::NotCallable(other.type_name()))),
@@ -168,7 +168,7 @@ impl Machine<'_> {
         let name = g.name();
         match g {
             Global::OrderedDict => {
-                let items = match args.as_slice() {
+                let items = match args {
                     [] => Vec::new(),
                     [pairs] => self.pair_list(*pairs, name)?,
                     _ => return Err(self.bad(name, "takes at most one argument")),
@@ -181,7 +181,7 @@ impl Machine<'_> {
             Global::RebuildTensor
             | Global::RebuildTensorV2
             | Global::RebuildTensorV3
-            | Global::RebuildQTensor => self.rebuild_tensor(g, &args),
+            | Global::RebuildQTensor => self.rebuild_tensor(g, args),
             Global::RebuildParameter | Global::RebuildParameterWithState => {
                 let expected = if g == Global::RebuildParameter { 3 } else { 4 };
                 if args.len() != expected {
@@ -229,10 +229,10 @@ impl Machine<'_> {
                 let inner = self.tuple_items(args[2], name)?;
                 // The state (Python attributes set on the tensor) is data this crate has no
                 // place for; it is dropped.
-                self.call(args[0], inner)
+                self.call(args[0], &inner)
             }
             Global::TorchSize => {
-                let dims = match args.as_slice() {
+                let dims = match args {
                     [] => Vec::new(),
                     [d] => match self.arena.sequence(*d) {
                         Some(v) => {
@@ -249,7 +249,7 @@ impl Machine<'_> {
                 self.tuple_of(&dims)
             }
             Global::TorchDevice => {
-                let device = match args.as_slice() {
+                let device = match args {
                     [t] => self.string(*t, name, "the device type")?,
                     [t, i] => {
                         let t = self.string(*t, name, "the device type")?;
@@ -261,7 +261,7 @@ impl Machine<'_> {
                 self.alloc(Obj::Device(device))
             }
             Global::CodecsEncode => {
-                let (text, encoding) = match args.as_slice() {
+                let (text, encoding) = match args {
                     [t] => (*t, "utf-8".to_string()),
                     [t, e] => (*t, self.string(*e, name, "the encoding")?),
                     _ => return Err(self.bad(name, "takes one or two arguments")),
@@ -293,7 +293,7 @@ impl Machine<'_> {
                 self.alloc(Obj::Bytes(bytes))
             }
             Global::Set | Global::FrozenSet => {
-                let items = match args.as_slice() {
+                let items = match args {
                     [] => Vec::new(),
                     [items] => {
                         let v = match (self.arena.sequence(*items), self.get(*items)) {

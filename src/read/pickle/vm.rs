@@ -63,6 +63,9 @@ pub(super) struct Machine<'a> {
     /// The global each `STACK_GLOBAL` of a (module, name) pair of objects made, so that a
     /// memoized pair named again and again costs one object, not a copy of its strings.
     stack_globals: HashMap<(Id, Id), Id>,
+    /// The items of the last mark that were added to a container, kept so that its
+    /// allocation is reused ([`Machine::take_mark`]).
+    scratch: Vec<Id>,
     /// The object of each int 0 to 255, once one is made ([`UNSET`] until then).
     small_ints: [Id; 256],
 }
@@ -174,6 +177,7 @@ pub(crate) fn run(
         flavor,
         weights_only: options.weights_only,
         stack_globals: HashMap::new(),
+        scratch: Vec::new(),
         small_ints: [UNSET; 256],
     };
     let root = m.execute()?;
@@ -245,11 +249,11 @@ impl<'a> Machine<'a> {
                 if self.stack.len() > self.floor() {
                     self.stack.pop();
                 } else {
-                    self.pop_mark()?;
+                    self.drop_mark()?;
                 }
             }
             POP_MARK => {
-                self.pop_mark()?;
+                self.drop_mark()?;
             }
             DUP => {
                 let top = self.top()?;
@@ -419,9 +423,11 @@ impl<'a> Machine<'a> {
             }
             LIST => Obj::List(self.pop_mark()?),
             DICT => {
-                let items = self.pop_mark()?;
+                let items = self.take_mark()?;
+                let pairs = self.pairs(&items).map(Iterator::collect);
+                self.scratch = items;
                 Obj::Dict(DictObj {
-                    items: self.pairs(items)?,
+                    items: pairs?,
                     ordered: false,
                 })
             }
@@ -437,29 +443,38 @@ impl<'a> Machine<'a> {
             APPEND => {
                 let item = self.pop()?;
                 let list = self.top()?;
-                self.extend_list(list, vec![item])
+                self.extend_list(list, [item])
             }
             APPENDS => {
-                let items = self.pop_mark()?;
-                let list = self.top()?;
-                self.extend_list(list, items)
+                let items = self.take_mark()?;
+                let done = self
+                    .top()
+                    .and_then(|list| self.extend_list(list, items.iter().copied()));
+                self.scratch = items;
+                done
             }
             SETITEM => {
                 let value = self.pop()?;
                 let key = self.pop()?;
                 let dict = self.top()?;
-                self.extend_dict(dict, vec![(key, value)])
+                self.extend_dict(dict, [(key, value)])
             }
             SETITEMS => {
-                let items = self.pop_mark()?;
-                let pairs = self.pairs(items)?;
-                let dict = self.top()?;
-                self.extend_dict(dict, pairs)
+                let items = self.take_mark()?;
+                let done = self.pairs(&items).and_then(|pairs| {
+                    let dict = self.top()?;
+                    self.extend_dict(dict, pairs)
+                });
+                self.scratch = items;
+                done
             }
             ADDITEMS => {
-                let items = self.pop_mark()?;
-                let set = self.top()?;
-                self.extend_set(set, items)
+                let items = self.take_mark()?;
+                let done = self
+                    .top()
+                    .and_then(|set| self.extend_set(set, items.iter().copied()));
+                self.scratch = items;
+                done
             }
             _ => Err(self.unknown(op)),
         }
@@ -508,12 +523,12 @@ impl<'a> Machine<'a> {
             REDUCE => {
                 let args = self.pop()?;
                 let callable = self.pop()?;
-                (callable, self.tuple_items(args, "REDUCE")?)
+                (callable, self.tuple_items_scratch(args, "REDUCE")?)
             }
             NEWOBJ => {
                 let args = self.pop()?;
                 let cls = self.pop()?;
-                (cls, self.tuple_items(args, "NEWOBJ")?)
+                (cls, self.tuple_items_scratch(args, "NEWOBJ")?)
             }
             NEWOBJ_EX => {
                 let kw = self.pop()?;
@@ -546,11 +561,21 @@ impl<'a> Machine<'a> {
         };
         let new = matches!(op, NEWOBJ | NEWOBJ_EX);
         let obj = match self.get(callable) {
-            Obj::Class(_) => self.opaque_call(callable, args, kwargs, new)?,
+            Obj::Class(_) => {
+                // The object keeps its arguments at their size, not the scratch's capacity
+                // (which the budget would charge).
+                let kept = args.as_slice().to_vec();
+                self.scratch = args;
+                self.opaque_call(callable, kept, kwargs, new)?
+            }
             _ if !kwargs.is_empty() => {
                 return Err(self.err(PickleError::Unsupported("keyword arguments")))
             }
-            _ => self.call(callable, args)?,
+            _ => {
+                let made = self.call(callable, &args);
+                self.scratch = args;
+                made?
+            }
         };
         self.push_id(obj)
     }
@@ -796,6 +821,28 @@ impl<'a> Machine<'a> {
         Ok(*self.stack.last().expect("checked above"))
     }
 
+    /// The items since the last mark, taken off the stack into the reused scratch vector,
+    /// which the caller gives back (`self.scratch = items`) once it has added them to a
+    /// container: `APPENDS`, `SETITEMS` and `DICT` allocated a vector each before.
+    fn take_mark(&mut self) -> Res<Vec<Id>> {
+        let Some(mark) = self.marks.pop() else {
+            return Err(self.err(PickleError::NoMark));
+        };
+        let mut items = std::mem::take(&mut self.scratch);
+        items.clear();
+        items.extend(self.stack.drain(mark..));
+        Ok(items)
+    }
+
+    /// The items since the last mark, dropped (`POP_MARK`).
+    fn drop_mark(&mut self) -> Res<()> {
+        let Some(mark) = self.marks.pop() else {
+            return Err(self.err(PickleError::NoMark));
+        };
+        self.stack.truncate(mark);
+        Ok(())
+    }
+
     fn pop_mark(&mut self) -> Res<Vec<Id>> {
         let Some(mark) = self.marks.pop() else {
             return Err(self.err(PickleError::NoMark));
@@ -870,17 +917,17 @@ impl<'a> Machine<'a> {
             .ok_or_else(|| self.err(PickleError::InvalidLiteral))
     }
 
-    fn pairs(&self, items: Vec<Id>) -> Res<Vec<(Id, Id)>> {
+    fn pairs<'i>(&self, items: &'i [Id]) -> Res<impl Iterator<Item = (Id, Id)> + 'i> {
         if !items.len().is_multiple_of(2) {
             return Err(self.err(PickleError::Malformed("odd number of items for a dict")));
         }
-        Ok(items.chunks(2).map(|c| (c[0], c[1])).collect())
+        Ok(items.chunks(2).map(|c| (c[0], c[1])))
     }
 
     // Items added to a container come off the stack, where they were charged; the
     // container is charged what its allocation grows by.
 
-    fn extend_list(&mut self, list: Id, items: Vec<Id>) -> Res<()> {
+    fn extend_list(&mut self, list: Id, items: impl IntoIterator<Item = Id>) -> Res<()> {
         let grown = match &mut self.arena.objs[list as usize] {
             Obj::List(v) => grow(v, items),
             Obj::Object(o) => grow(&mut o.list_items, items),
@@ -889,7 +936,7 @@ impl<'a> Machine<'a> {
         self.charge(grown)
     }
 
-    fn extend_dict(&mut self, dict: Id, pairs: Vec<(Id, Id)>) -> Res<()> {
+    fn extend_dict(&mut self, dict: Id, pairs: impl IntoIterator<Item = (Id, Id)>) -> Res<()> {
         let grown = match &mut self.arena.objs[dict as usize] {
             Obj::Dict(d) => grow(&mut d.items, pairs),
             Obj::Object(o) => grow(&mut o.dict_items, pairs),
@@ -898,7 +945,7 @@ impl<'a> Machine<'a> {
         self.charge(grown)
     }
 
-    fn extend_set(&mut self, set: Id, items: Vec<Id>) -> Res<()> {
+    fn extend_set(&mut self, set: Id, items: impl IntoIterator<Item = Id>) -> Res<()> {
         let grown = match &mut self.arena.objs[set as usize] {
             Obj::Set(v) => grow(v, items),
             _ => return Err(self.err(PickleError::Malformed("ADDITEMS on a non-set"))),
@@ -922,6 +969,23 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// [`tuple_items`](Self::tuple_items) into the reused scratch vector, which the caller
+    /// gives back unless an object keeps it: a call's arguments (`REDUCE`, `NEWOBJ`)
+    /// allocated a vector each before.
+    fn tuple_items_scratch(&mut self, id: Id, op: &'static str) -> Res<Vec<Id>> {
+        match self.get(id) {
+            Obj::Tuple(t) => {
+                let t = *t;
+                self.afford(heap_of(t.len(), 4))?;
+                let mut items = std::mem::take(&mut self.scratch);
+                items.clear();
+                items.extend_from_slice(self.arena.tuple(t));
+                Ok(items)
+            }
+            _ => Err(self.bad(op, "arguments are not a tuple")),
+        }
+    }
+
     /// A copy of a tuple's items (a memoized tuple may be large: the copy must fit the
     /// budget).
     pub(super) fn tuple_items(&self, id: Id, op: &'static str) -> Res<Vec<Id>> {
@@ -936,7 +1000,7 @@ impl<'a> Machine<'a> {
 }
 
 /// Appends `items` to `v`; returns what its allocation grew by.
-fn grow<T>(v: &mut Vec<T>, items: Vec<T>) -> u64 {
+fn grow<T>(v: &mut Vec<T>, items: impl IntoIterator<Item = T>) -> u64 {
     let size = std::mem::size_of::<T>();
     let before = heap_of(v.capacity(), size);
     v.extend(items);
