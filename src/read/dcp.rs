@@ -499,10 +499,10 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
     // items parsed, across threads, then the tensors checked against them.
     let mut pending = Vec::with_capacity(sdm.len());
     for (k, v) in sdm {
-        let key = k
+        let key_in = k
             .as_str()
-            .ok_or_else(|| invalid("state_dict_metadata", format!("a key {}", k.describe())))?
-            .to_string();
+            .ok_or_else(|| invalid("state_dict_metadata", format!("a key {}", k.describe())))?;
+        let key = key_in.to_string();
         let elem_path = match paths.get(key.as_str()).copied() {
             None => vec![PathElem::Key(key.clone())],
             Some(p) if p.is_none() => vec![PathElem::Key(key.clone())],
@@ -520,9 +520,9 @@ pub(crate) fn open(path: &Path, options: &ReadOptions) -> Result<Dcp, Error> {
                     format!("{key}: no storage for the byte item"),
                 )
             })?;
-            Pending::Bytes(files.job(place, &key)?)
+            Pending::Bytes(files.job(place, key_in)?)
         } else if let Some(o) = v.class("TensorStorageMetadata") {
-            Pending::Tensor(tensor(o, &key, &places, &mut files, &invalid)?)
+            Pending::Tensor(tensor(o, key_in, &places, &mut files, &invalid)?)
         } else {
             return Err(invalid(
                 "state_dict_metadata",
@@ -676,7 +676,7 @@ fn read_metadata(path: &Path, options: &ReadOptions) -> Result<OpenFile<'static>
 }
 
 /// Where each chunk and item is: `(fqn, offsets)` (none for a byte item) to its storage.
-type Places<'m> = HashMap<(&'m str, Option<Vec<i64>>), Place>;
+type Places<'m> = HashMap<(&'m str, Option<Vec<i64>>), Place<'m>>;
 
 /// What the open keeps, charged to `.metadata`'s budget as it is made, and the bytes
 /// charged, for the checkpoint's budget once it starts.
@@ -698,8 +698,8 @@ impl Kept<'_> {
 
 /// What a place costs while the open runs: its slot in the map (a hash map's worst, half
 /// full), its offsets and its path.
-fn place_cost(offsets: &Option<Vec<i64>>, place: &Place) -> u64 {
-    let slot = std::mem::size_of::<((&str, Option<Vec<i64>>), Place)>() + 1;
+fn place_cost(offsets: &Option<Vec<i64>>, place: &Place<'_>) -> u64 {
+    let slot = std::mem::size_of::<((&str, Option<Vec<i64>>), Place<'_>)>() + 1;
     2 * slot as u64
         + offsets.as_ref().map_or(0, |o| heap_of(o.len(), 8))
         + heap(place.relative_path.len())
@@ -906,22 +906,21 @@ impl<'m> Meta<'m> {
 }
 
 /// Where a chunk or item is: `length` bytes at `offset` of `relative_path`, zstd-compressed
-/// when `zstd`.
-#[derive(Debug, Clone)]
-struct Place {
-    relative_path: String,
+/// when `zstd`. The path is `.metadata`'s own string, not a copy per chunk.
+#[derive(Debug, Clone, Copy)]
+struct Place<'m> {
+    relative_path: &'m str,
     offset: u64,
     length: u64,
     zstd: bool,
 }
 
-impl Place {
-    fn of(info: Meta<'_>) -> Result<Place, (&'static str, String)> {
+impl<'m> Place<'m> {
+    fn of(info: Meta<'m>) -> Result<Place<'m>, (&'static str, String)> {
         let relative_path = info
             .attr("relative_path")
             .and_then(Meta::as_str)
-            .ok_or(("relative_path", "missing or not a str".to_string()))?
-            .to_string();
+            .ok_or(("relative_path", "missing or not a str".to_string()))?;
         let offset = info
             .attr("offset")
             .and_then(Meta::as_int)
@@ -975,10 +974,10 @@ struct Files<'o> {
     root: Option<PathBuf>,
     open: HashMap<String, OpenDistcp>,
     /// The items to parse: each place, the key it is for, and its file.
-    jobs: Vec<(Place, String, OpenDistcp)>,
+    jobs: Vec<(Place<'o>, &'o str, OpenDistcp)>,
     /// Each place's job, by file and then by (offset, length, zstd): keys that name one
     /// item share it, parsed once. By file first, so that a lookup hashes no path.
-    by_place: HashMap<String, HashMap<(u64, u64, bool), usize>>,
+    by_place: HashMap<&'o str, HashMap<(u64, u64, bool), usize>>,
     /// The checkpoint's budget, once every file is known.
     budget: Option<Mutex<Budget>>,
 }
@@ -1065,13 +1064,13 @@ impl<'o> Files<'o> {
 
     /// The item at `place`, for `key`, to parse: its file opened and its range checked
     /// against the file; the number of the job.
-    fn job(&mut self, place: &Place, key: &str) -> Result<usize, Error> {
+    fn job(&mut self, place: &Place<'o>, key: &'o str) -> Result<usize, Error> {
         let id = (place.offset, place.length, place.zstd);
-        let done = (self.by_place.get(place.relative_path.as_str())).and_then(|jobs| jobs.get(&id));
+        let done = (self.by_place.get(place.relative_path)).and_then(|jobs| jobs.get(&id));
         if let Some(&job) = done {
             return Ok(job);
         }
-        let opened = self.file(&place.relative_path)?;
+        let opened = self.file(place.relative_path)?;
         let map = &opened.1;
         place
             .offset
@@ -1090,14 +1089,14 @@ impl<'o> Files<'o> {
                 )
             })?;
         let job = self.jobs.len();
-        self.jobs.push((place.clone(), key.to_string(), opened));
-        match self.by_place.get_mut(place.relative_path.as_str()) {
+        self.jobs.push((*place, key, opened));
+        match self.by_place.get_mut(place.relative_path) {
             Some(jobs) => {
                 jobs.insert(id, job);
             }
             None => {
                 let jobs = HashMap::from([(id, job)]);
-                self.by_place.insert(place.relative_path.clone(), jobs);
+                self.by_place.insert(place.relative_path, jobs);
             }
         }
         Ok(job)
@@ -1148,7 +1147,10 @@ impl<'o> Files<'o> {
 
     /// The item of a job: its `torch.save` zip parsed, its storages at their offsets in the
     /// file (or, inflated, in memory).
-    fn parse(&self, job: &(Place, String, OpenDistcp)) -> Result<Arc<OpenFile<'static>>, Error> {
+    fn parse(
+        &self,
+        job: &(Place<'o>, &'o str, OpenDistcp),
+    ) -> Result<Arc<OpenFile<'static>>, Error> {
         let (place, key, opened) = job;
         let (path, map, file) = &**opened;
         let (path, file) = (path.clone(), Arc::clone(file));
@@ -1332,11 +1334,11 @@ fn inflate_zstd(compressed: &[u8], budget: &Budget) -> Result<Vec<u8>, Inflate> 
 
 /// A `TensorStorageMetadata`: its shape, dtype and chunks, each chunk's item opened and
 /// checked against the metadata, and the chunks checked to tile the tensor.
-fn tensor(
+fn tensor<'m>(
     o: Meta<'_>,
-    key: &str,
-    places: &Places<'_>,
-    files: &mut Files<'_>,
+    key: &'m str,
+    places: &Places<'m>,
+    files: &mut Files<'m>,
     invalid: &dyn Fn(&str, String) -> Error,
 ) -> Result<PendingTensor, Error> {
     let shape = o
