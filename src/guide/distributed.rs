@@ -24,10 +24,11 @@
 //!   checkpoint into a bf16 model) converts chunk by chunk. A 256 MiB two-rank checkpoint of
 //!   `Shard(0)` and `Shard(1)` layers loads with 17 MB of peak RSS growth
 //!   (`tests/memory.rs`). It is 7× to 18× faster than PyTorch's own `dcp.load` into a model,
-//!   but not yet at the `.pth`'s pace: a 2-rank `Shard(0)` checkpoint opens, loads and drops
-//!   in about 1.3× to 2.6× the time of the same state dict as one `.pth` (benches/README.md,
-//!   with where the time goes): parsing the per-chunk `torch.save` items, and copying chunks
-//!   whose bytes DCP leaves unaligned. `.metadata` is read in place, field by field; a field
+//!   but not quite at the `.pth`'s pace: a 2-rank `Shard(0)` checkpoint opens, loads and
+//!   drops in about 1.2× to 1.3× the time of the same state dict as one `.pth` at 1 GiB, and
+//!   1.3× to 2.6× for resnet50's 100 MB (benches/README.md, with where the time goes):
+//!   parsing the per-chunk `torch.save` items, and copying chunks whose bytes DCP leaves
+//!   unaligned. `.metadata` is read in place, field by field; a field
 //!   this crate does not use is never looked at, as for `dcp.load`.
 //! - **Checked first**: every tensor's chunks must lie inside its shape, not overlap and cover
 //!   it exactly ([`Error::ChunkLayout`](crate::Error::ChunkLayout)), and each chunk's own dtype

@@ -27,7 +27,7 @@
 //! # Speed, and what bounds it
 //!
 //! A 2-rank `Shard(0)` resnet50 opens, loads and drops in about 1.3× to 2.6× the time of the
-//! same state dict as one `.pth`, the 1 GiB checkpoint in 1.4× to 1.7× (`benches/README.md`,
+//! same state dict as one `.pth`, the 1 GiB checkpoint in 1.2× to 1.3× (`benches/README.md`,
 //! its DCP sections). Two costs are the format's own:
 //!
 //! * **The chunks' bytes are not 64-byte aligned.** torch.save aligns a storage within its
@@ -82,6 +82,25 @@
 //! attributes (two vectors a lookup, ten lookups a chunk) made it 339.2M, and the walk
 //! without copying each chunk's offsets or its file's path 332.9M, on the thread that runs
 //! alone. Before the crate read zip directories itself, it was 419.1M.
+//!
+//! Timed by phase (an `Instant` at each, the loop of 30 opens, medians): the `.metadata`
+//! pickle took 7.5 ms, its places 1.7 ms, the walk of its entries 3.3 ms, the items 20.8 ms
+//! across the two threads (10 µs an item on each, 37 allocations an item), the tensors'
+//! checks 1.6 ms. `perf` put glibc's `malloc` and `free` at 30% of the samples, and
+//! `malloc_consolidate` at 4.5%: each item asked for a 2 KiB buffer and 1.4 KiB of pickle
+//! objects, requests glibc serves from its large bins after consolidating the thread's
+//! free small chunks. What was cut, each counted by callgrind as above: the pickle machine
+//! borrows its strings' and lines' bytes instead of copying them (330.9M to 315.7M), the
+//! held ends are on the stack and the small pickles' room under 1 KiB (to 298.7M), the
+//! records' names are formatted only for an error (to 286.4M), what is already in memory is
+//! read in place (an item's directory from its held tail, its pickle borrowed; to 256.2M),
+//! the pickle machine's marks and call arguments go through one reused vector (to 251.3M),
+//! and a place's path and a job's key borrow `.metadata`'s strings (245.4M). Allocations an
+//! open: 172,368 on the thread that walks `.metadata` and 176,128 on the items' threads,
+//! then 127,283 and 106,496. Table 5 of `benches/README.md` run alone
+//! (`--dcp-phases`): the open took 37.6–40.9 ms at 20df6a0 (three runs), 35.1–45.2 ms
+//! midway (3074447, four runs) and 25.5–26.4 ms after the last cut (8de7d7d, four runs);
+//! the whole load 1.36–1.42×, 1.34–1.40× and 1.20–1.25× the `.pth`.
 //!
 //! A value is made of part of `.metadata` only to describe it in an error. A field the
 //! reader does not use is never looked at, as for `dcp.load`: 10,000 lists nested in
