@@ -445,11 +445,13 @@ impl<'a> Machine<'a> {
                 let list = self.top()?;
                 self.extend_list(list, [item])
             }
-            APPENDS => {
+            APPENDS | ADDITEMS => {
                 let items = self.take_mark()?;
-                let done = self
-                    .top()
-                    .and_then(|list| self.extend_list(list, items.iter().copied()));
+                let items_in = items.iter().copied();
+                let done = self.top().and_then(|to| match op {
+                    APPENDS => self.extend_list(to, items_in),
+                    _ => self.extend_set(to, items_in),
+                });
                 self.scratch = items;
                 done
             }
@@ -465,14 +467,6 @@ impl<'a> Machine<'a> {
                     let dict = self.top()?;
                     self.extend_dict(dict, pairs)
                 });
-                self.scratch = items;
-                done
-            }
-            ADDITEMS => {
-                let items = self.take_mark()?;
-                let done = self
-                    .top()
-                    .and_then(|set| self.extend_set(set, items.iter().copied()));
                 self.scratch = items;
                 done
             }
