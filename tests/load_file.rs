@@ -222,3 +222,55 @@ fn tensors_that_share_memory_take_the_last_value_as_with_copy() {
     assert_eq!(shared.min().double_value(&[]), 2.0);
     assert_eq!(shared.max().double_value(&[]), 2.0);
 }
+
+/// Bytes this thread has read through system calls (`rchar`), where the system counts them.
+fn thread_rchar() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/thread-self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// With `ReadOptions::mmap`, a load into a model copies the tensors' bytes out of the file's
+/// map; without it, it reads them with `pread`. On one read thread (this test's), the
+/// thread's `rchar` counter tells the two apart; the values are the same either way, for
+/// the direct route (fp32 into fp32) and the converting one (fp32 into bf16).
+#[test]
+fn mmap_loads_copy_out_of_the_map_and_plain_loads_read_the_file() {
+    if thread_rchar().is_none() {
+        eprintln!("skipped: no /proc/thread-self/io");
+        return;
+    }
+    let dir = tempdir("mmap-reads");
+    let path = dir.join("big.safetensors");
+    let sd: StateDict = (0..4)
+        .map(|i| {
+            let t = Tensor::randn([512, 1024], (Kind::Float, Device::Cpu));
+            (format!("layers.{i}.weight"), t)
+        })
+        .collect();
+    sd.save(&path).unwrap();
+    let bytes: u64 = 4 * 512 * 1024 * 4;
+    for kind in [Kind::Float, Kind::BFloat16] {
+        for mmap in [false, true] {
+            let model = blank_model(&sd, Some(kind));
+            let options = ReadOptions::new().mmap(mmap).threads(Some(1));
+            let ckpt = Checkpoint::open_with(&path, &options).unwrap();
+            let before = thread_rchar().unwrap();
+            ckpt.load_into(&model, &LoadOptions::new()).unwrap();
+            let read = thread_rchar().unwrap() - before;
+            if mmap {
+                assert!(
+                    read < bytes / 8,
+                    "{kind:?}: read {read} bytes through the map"
+                );
+            } else {
+                assert!(
+                    read >= bytes,
+                    "{kind:?}: read {read} of {bytes} bytes by pread"
+                );
+            }
+            assert_loaded(&model, &sd);
+        }
+    }
+}

@@ -710,7 +710,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
     }
 
     fn from(&self) -> ReadFrom<'c> {
-        self.parsed.source.read_from()
+        self.parsed.source.read_from(self.options.mmap)
     }
 
     /// Tensor `index` of the arena: a view of its storage, placed and cast as asked, and
