@@ -241,16 +241,6 @@ fn convert_part(part: &Part<'_>, ptr: usize, cast: Cast, buffer: &Tensor) -> Res
     // load, so the memory stays allocated and nothing else touches it.
     let dst = unsafe { bytes_mut(ptr as *mut u8, numel * to) };
     let per_block = (BLOCK_BYTES / from).max(1);
-    // Bytes already in memory (a map with `ReadOptions::mmap`, a checkpoint in memory) are
-    // converted where they lie, without the copy into the buffer.
-    if let ReadFrom::Bytes(src) = part.from {
-        let start = part.offset as usize;
-        let src = &src[start..start + part.len];
-        for (src, dst) in src.chunks(per_block * from).zip(dst.chunks_mut(per_block * to)) {
-            cast.run_streaming(src, dst);
-        }
-        return Ok(());
-    }
     let mut first = 0;
     while first < numel {
         let count = per_block.min(numel - first);
