@@ -36,8 +36,8 @@ use common::{
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
 use tch_state_dict::{
-    check_state_dict, load_checkpoint, load_state_dict, Checkpoint, LazyStateDict, LoadOptions,
-    ModuleTree, ReadOptions, StateDict, StateDictModule,
+    check_state_dict, load_checkpoint, load_state_dict, LazyStateDict, LoadOptions, ModuleTree,
+    StateDict, StateDictModule,
 };
 
 /// The median of `n` runs of `f` after a warm-up, in ms.
@@ -128,7 +128,7 @@ fn resnet_in(arch: Arch, kind: Kind) -> ModuleTree {
     out
 }
 
-const LOAD_HEADER: &str = "| checkpoint | conversion | this crate (ms) | libtorch copy_ floor (ms) | / floor | open + check, no copy (ms) | (load − check) / floor | PyTorch load_file + load_state_dict (ms) | PyTorch torch.load(mmap=True) + load_state_dict (ms) | / PyTorch's fastest | this crate, `ReadOptions::mmap(true)` (ms) | / floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+const LOAD_HEADER: &str = "| checkpoint | conversion | this crate (ms) | libtorch copy_ floor (ms) | / floor | open + check, no copy (ms) | (load − check) / floor | PyTorch load_file + load_state_dict (ms) | PyTorch torch.load(mmap=True) + load_state_dict (ms) | / PyTorch's fastest |\n|---|---|---|---|---|---|---|---|---|---|";
 
 /// One row of table 1: `file` into `model`, against the copy_ floor and PyTorch.
 fn convert_row(
@@ -144,13 +144,6 @@ fn convert_row(
         load_checkpoint(model, file, true).unwrap();
     });
     let floor = median(runs, &mut || copy_floor(model, &src));
-    // The same load copying out of the file's map (`ReadOptions::mmap`), not by `pread`.
-    let mapped = median(runs, &mut || {
-        Checkpoint::open_with(file, &ReadOptions::new().mmap(true))
-            .unwrap()
-            .load_into(model, &LoadOptions::new())
-            .unwrap();
-    });
     // What a load costs before it copies: opening the file and checking it against the model.
     let check = median(runs, &mut || {
         let sd = LazyStateDict::load(file).unwrap();
@@ -162,13 +155,12 @@ fn convert_row(
         .map(|r| r.0)
         .fold(f64::INFINITY, f64::min);
     println!(
-        "| {name} | {conversion} | {load:.1} | {floor:.1} | {:.2} | {check:.1} | {:.2} | {} | {} | {:.2} | {mapped:.1} | {:.2} |",
+        "| {name} | {conversion} | {load:.1} | {floor:.1} | {:.2} | {check:.1} | {:.2} | {} | {} | {:.2} |",
         load / floor,
         (load - check) / floor,
         ms(pytorch_rows.0),
         ms(pytorch_rows.1),
-        load / fastest,
-        mapped / floor
+        load / fastest
     );
 }
 
@@ -252,21 +244,14 @@ fn llm_rows(layers: usize, dim: i64, runs: usize) -> (String, String) {
     let load = median(runs, &mut || {
         load_checkpoint(&model, &index, true).unwrap();
     });
-    let mapped_fp32 = median(runs, &mut || {
-        Checkpoint::open_with(&index, &ReadOptions::new().mmap(true))
-            .unwrap()
-            .load_into(&model, &LoadOptions::new())
-            .unwrap();
-    });
     let src = StateDict::load(&index).unwrap();
     let floor = median(runs, &mut || copy_floor(&model, &src));
     drop(model);
     let convert = format!(
-        "| {name} | bf16 → fp32 | {load:.1} | {floor:.1} | {:.2} | – | – | {} | – | {:.2} | {mapped_fp32:.1} | {:.2} |",
+        "| {name} | bf16 → fp32 | {load:.1} | {floor:.1} | {:.2} | – | – | {} | – | {:.2} |",
         load / floor,
         ms(py_fp32),
-        load / py_fp32.map_or(f64::INFINITY, |r| r.0),
-        mapped_fp32 / floor
+        load / py_fp32.map_or(f64::INFINITY, |r| r.0)
     );
     // bf16 → bf16: the direct route.
     let model = llm_model(0..layers, dim, Kind::BFloat16, Device::Cpu);
@@ -275,24 +260,14 @@ fn llm_rows(layers: usize, dim: i64, runs: usize) -> (String, String) {
     let direct = median(runs, &mut || {
         load_checkpoint(&model, &index, true).unwrap();
     });
-    // The same load copying out of the files' maps (`ReadOptions::mmap`), not by `pread`.
-    let mapped = median(runs, &mut || {
-        Checkpoint::open_with(&index, &ReadOptions::new().mmap(true))
-            .unwrap()
-            .load_into(&model, &LoadOptions::new())
-            .unwrap();
-    });
     drop(model);
     let direct_row = format!(
-        "| {name} → bf16 model | {direct:.1} | {memcpy:.1} | {:.2} | {} | {:.2} | {} | {} |\n| {name} → bf16 model, `ReadOptions::mmap(true)` | {mapped:.1} | {memcpy:.1} | {:.2} | {} | {:.2} | – | – |\n| {name} → fp32 model | {load:.1} | – | – | {} | {:.2} | {} | {} |",
+        "| {name} → bf16 model | {direct:.1} | {memcpy:.1} | {:.2} | {} | {:.2} | {} | {} |\n| {name} → fp32 model | {load:.1} | – | – | {} | {:.2} | {} | {} |",
         direct / memcpy,
         ms(py_bf16),
         direct / py_bf16.map_or(f64::INFINITY, |r| r.0),
         mb(rss_bf16),
         py_bf16.map_or("–".into(), |r| mb(r.1)),
-        mapped / memcpy,
-        ms(py_bf16),
-        mapped / py_bf16.map_or(f64::INFINITY, |r| r.0),
         ms(py_fp32),
         load / py_fp32.map_or(f64::INFINITY, |r| r.0),
         mb(rss_fp32),
