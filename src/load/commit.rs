@@ -59,7 +59,7 @@ enum Route<'s> {
 }
 
 fn from<'s>(file: &'s OpenFile<'s>) -> ReadFrom<'s> {
-    file.read_from()
+    file.parsed.source.read_from()
 }
 
 /// `len` bytes at `offset` of `file`, read into a destination from its byte `dst_at` on (0,

@@ -105,7 +105,7 @@ impl<'t> Convert<'t> {
             big_endian,
             offset,
             numel,
-            from: file.read_from(),
+            from: file.parsed.source.read_from(),
             path: &file.path,
         })
     }

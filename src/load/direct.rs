@@ -9,20 +9,7 @@
 //! in 32 MiB windows so that they do not count against the process (a 1 GiB load would
 //! otherwise add 1 GiB to its peak RSS), against 2.4 ms with `pread` (release build, 2
 //! threads). `pread` also turns a file truncated during the load into an error, where a map
-//! would raise SIGBUS.
-//!
-//! On this project's later machine (Linux 6.18, whose page cache maps a file in large
-//! folios) the balance moved at scale: over a 1 GiB page-cached shard on 2 threads (a
-//! scratch loop, five rounds), `pread` into a resident buffer took 94–110 ms, a `memcpy`
-//! of the same bytes in memory 50–70 ms, and mapping the file, copying out of the map and
-//! unmapping it 51–58 ms (1.8 ms of it to populate the whole map). So the map is offered,
-//! not imposed: with [`ReadOptions::mmap`](crate::ReadOptions::mmap), which already accepts
-//! a map's SIGBUS, a load copies out of the file's map (`OpenFile::read_from`); the floors
-//! bench has both rows (table 2, and the last columns of table 1: a converting load gains
-//! nothing from it on resnet50, since it copies each block into its buffer either way and
-//! faults in a fresh map per open).
-//!
-//! Where a tensor's bytes lie in the file as the model's tensor lays
+//! would raise SIGBUS. So where a tensor's bytes lie in the file as the model's tensor lays
 //! them out (stored, little-endian, contiguous, same dtype, CPU), they are read into the
 //! parameter directly ([`Dst::takes_as_is`](super::route::Dst::takes_as_is)); another dtype
 //! or byte order goes through the converting reads of [`convert`](super::convert), another

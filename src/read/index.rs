@@ -71,12 +71,6 @@ pub(crate) struct OpenFile<'a> {
 }
 
 impl<'a> OpenFile<'a> {
-    /// Where loads read this file's tensors from: the file by `pread`, or its map with
-    /// [`ReadOptions::mmap`] (the design note of `load/direct.rs`).
-    pub(crate) fn read_from(&self) -> super::pread::ReadFrom<'_> {
-        self.parsed.source.read_from(self.options.mmap)
-    }
-
     pub(crate) fn new(path: PathBuf, options: ReadOptions, parsed: Parsed<'a>) -> Self {
         let extent = parsed
             .storages
@@ -132,7 +126,7 @@ impl<'a> OpenFile<'a> {
             }
         }
         if self.options.verify_crc {
-            let from = self.read_from();
+            let from = self.parsed.source.read_from();
             let threads = self.options.read_threads();
             (self.parsed.crcs).check_stored(&self.path, &self.parsed.storages, from, threads)?;
         }

@@ -710,7 +710,7 @@ impl<'c, 'a> Materializer<'c, 'a> {
     }
 
     fn from(&self) -> ReadFrom<'c> {
-        self.parsed.source.read_from(self.options.mmap)
+        self.parsed.source.read_from()
     }
 
     /// Tensor `index` of the arena: a view of its storage, placed and cast as asked, and

@@ -174,15 +174,6 @@ impl ReadOptions {
     /// renamed over the path since is never read. Storages that cannot be mapped
     /// (compressed, big-endian, misaligned, or on a system without `/proc/self/fd` or
     /// `/dev/fd`, such as Windows) are copied.
-    ///
-    /// A load into a model ([`Checkpoint::load_into`](crate::Checkpoint::load_into), a
-    /// [`LazyStateDict`](crate::LazyStateDict) opened with it) then copies each tensor's
-    /// bytes out of the file's map instead of reading them with `pread`: at LLM scale, where
-    /// the kernel's copy out of the page cache is slower than a copy in memory, that load
-    /// runs at the pace of a `memcpy` (`benches/README.md`, table 2). What it gives up is
-    /// what every map gives up: a file cut short during the load raises `SIGBUS`, where the
-    /// default load returns an error, and the file's pages count in the process's resident
-    /// set while the checkpoint is open.
     pub fn mmap(mut self, mmap: bool) -> Self {
         self.mmap = mmap;
         self

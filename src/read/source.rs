@@ -16,12 +16,10 @@ pub(crate) enum Source<'a> {
 }
 
 impl Source<'_> {
-    /// Where reads of tensors' bytes come from: the open file (`pread`; the map is for
-    /// parsing), the map itself where `through_map` (`ReadOptions::mmap`), or the bytes in
-    /// memory.
-    pub(crate) fn read_from(&self, through_map: bool) -> super::pread::ReadFrom<'_> {
+    /// Where reads of tensors' bytes come from: the open file (`pread`, the map is for
+    /// parsing), or the bytes in memory.
+    pub(crate) fn read_from(&self) -> super::pread::ReadFrom<'_> {
         match self {
-            Source::Mapped(map, _) if through_map => super::pread::ReadFrom::Bytes(map),
             Source::Mapped(_, file) => super::pread::ReadFrom::File(file),
             other => super::pread::ReadFrom::Bytes(other.bytes()),
         }
