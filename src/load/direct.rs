@@ -9,7 +9,21 @@
 //! in 32 MiB windows so that they do not count against the process (a 1 GiB load would
 //! otherwise add 1 GiB to its peak RSS), against 2.4 ms with `pread` (release build, 2
 //! threads). `pread` also turns a file truncated during the load into an error, where a map
-//! would raise SIGBUS. So where a tensor's bytes lie in the file as the model's tensor lays
+//! would raise SIGBUS.
+//!
+//! Measured again on this project's later machine (Linux 6.18), since a scratch loop over a
+//! 1 GiB page-cached shard on 2 threads had `pread` into a resident buffer at 94–110 ms, a
+//! `memcpy` of the same bytes in memory at 50–70 ms, and mapping the file, copying out of
+//! the map and unmapping it at 51–58 ms. A load that copied out of the map instead (behind
+//! `ReadOptions::mmap`, in 5ae4b3f, then reverted) did not hold that up in the floors
+//! bench: at 1 GiB (`--quick`, two runs) 0.89× and 1.05× the memcpy floor against 1.09×
+//! and 1.20× by `pread`, but at 4 GiB, in the full run, 1.49× against 1.33×, and the
+//! converting load into fp32 1.27× its floor against 0.96×. Converting straight out of the
+//! map, with no copy into a buffer, left the ResNet rows where they were (resnet50: 1.23–1.73
+//! against 1.36–2.07 by `pread` in the same run, resnet152 1.20–1.63 against 1.17–1.52). A
+//! map's cost depends on how the page cache holds the file (large folios or 4 KiB pages),
+//! which the reader does not control, and it trades an error for SIGBUS; so loads read with
+//! `pread`. Where a tensor's bytes lie in the file as the model's tensor lays
 //! them out (stored, little-endian, contiguous, same dtype, CPU), they are read into the
 //! parameter directly ([`Dst::takes_as_is`](super::route::Dst::takes_as_is)); another dtype
 //! or byte order goes through the converting reads of [`convert`](super::convert), another
