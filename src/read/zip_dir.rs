@@ -357,9 +357,10 @@ impl Directory {
         // At most one record per 46 bytes of the directory (checked above), which lies
         // within the file: the vector grows only with what the file holds.
         let mut entries = Vec::with_capacity(place.entries.min(1 << 12) as usize);
-        // The names lie in what the directory has beyond its records' fixed parts.
+        // The names lie in what the directory has beyond its records' fixed parts (and so
+        // may its extra fields and comments): room for at most 4 KiB of them at first.
         let names_room = place.len.saturating_sub(HEADER_LEN as u64 * place.entries);
-        let mut names = Vec::with_capacity(names_room.min(1 << 16) as usize);
+        let mut names = Vec::with_capacity(names_room.min(4 << 10) as usize);
         let mut pos = place.start;
         for _ in 0..place.entries {
             let header: [u8; HEADER_LEN] = window

@@ -79,6 +79,9 @@ struct Memo {
     len: u64,
 }
 
+/// The most items whose scratch vector is kept between opcodes ([`Machine::give_back`]).
+const SCRATCH_KEPT: usize = 256;
+
 /// A slot of [`Memo::dense`] that holds nothing.
 const UNSET: Id = Id::MAX;
 /// How far past the end of [`Memo::dense`] an index may be and still extend it.
@@ -425,7 +428,7 @@ impl<'a> Machine<'a> {
             DICT => {
                 let items = self.take_mark()?;
                 let pairs = self.pairs(&items).map(Iterator::collect);
-                self.scratch = items;
+                self.give_back(items);
                 Obj::Dict(DictObj {
                     items: pairs?,
                     ordered: false,
@@ -452,7 +455,7 @@ impl<'a> Machine<'a> {
                     APPENDS => self.extend_list(to, items_in),
                     _ => self.extend_set(to, items_in),
                 });
-                self.scratch = items;
+                self.give_back(items);
                 done
             }
             SETITEM => {
@@ -467,7 +470,7 @@ impl<'a> Machine<'a> {
                     let dict = self.top()?;
                     self.extend_dict(dict, pairs)
                 });
-                self.scratch = items;
+                self.give_back(items);
                 done
             }
             _ => Err(self.unknown(op)),
@@ -559,7 +562,7 @@ impl<'a> Machine<'a> {
                 // The object keeps its arguments at their size, not the scratch's capacity
                 // (which the budget would charge).
                 let kept = args.as_slice().to_vec();
-                self.scratch = args;
+                self.give_back(args);
                 self.opaque_call(callable, kept, kwargs, new)?
             }
             _ if !kwargs.is_empty() => {
@@ -567,7 +570,7 @@ impl<'a> Machine<'a> {
             }
             _ => {
                 let made = self.call(callable, &args);
-                self.scratch = args;
+                self.give_back(args);
                 made?
             }
         };
@@ -816,7 +819,8 @@ impl<'a> Machine<'a> {
     }
 
     /// The items since the last mark, taken off the stack into the reused scratch vector,
-    /// which the caller gives back (`self.scratch = items`) once it has added them to a
+    /// which the caller gives back ([`give_back`](Self::give_back)) once it has added them
+    /// to a
     /// container: `APPENDS`, `SETITEMS` and `DICT` allocated a vector each before.
     fn take_mark(&mut self) -> Res<Vec<Id>> {
         let Some(mark) = self.marks.pop() else {
@@ -826,6 +830,13 @@ impl<'a> Machine<'a> {
         items.clear();
         items.extend(self.stack.drain(mark..));
         Ok(items)
+    }
+
+    /// Keeps `items`' allocation for the next mark or call, when it is small: the scratch
+    /// vector is memory the budget does not see (the items were charged on the stack), so
+    /// a large one is freed at once, as the vector each opcode allocated before was.
+    fn give_back(&mut self, items: Vec<Id>) {
+        self.scratch = scratch_to_keep(items);
     }
 
     /// The items since the last mark, dropped (`POP_MARK`).
@@ -993,6 +1004,16 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// `items`, emptied, where its allocation is small enough to keep between opcodes; else a
+/// vector with no allocation.
+fn scratch_to_keep(mut items: Vec<Id>) -> Vec<Id> {
+    if items.capacity() > SCRATCH_KEPT {
+        return Vec::new();
+    }
+    items.clear();
+    items
+}
+
 /// Appends `items` to `v`; returns what its allocation grew by.
 fn grow<T>(v: &mut Vec<T>, items: impl IntoIterator<Item = T>) -> u64 {
     let size = std::mem::size_of::<T>();
@@ -1093,6 +1114,25 @@ mod tests {
 
     fn run_err(data: &[u8]) -> Failure {
         run_with(data, ReadLimits::default()).unwrap_err()
+    }
+
+    #[test]
+    fn only_a_small_scratch_vector_is_kept_between_opcodes() {
+        let small: Vec<Id> = Vec::with_capacity(SCRATCH_KEPT);
+        assert_eq!(scratch_to_keep(small).capacity(), SCRATCH_KEPT);
+        let large: Vec<Id> = (0..10_000).collect();
+        assert_eq!(scratch_to_keep(large).capacity(), 0);
+        // A pickle that appends 10,000 items through one mark reads as before.
+        let mut data = b"\x80\x02](".to_vec();
+        for _ in 0..10_000 {
+            data.extend_from_slice(b"K\x07");
+        }
+        data.extend_from_slice(b"e.");
+        let arena = run_ok(&data);
+        match arena.get(arena.root) {
+            Obj::List(v) => assert_eq!(v.len(), 10_000),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
