@@ -26,7 +26,10 @@
 //! cache each thread waits on its read, then converts; asking the kernel to read two parts
 //! ahead (`posix_fadvise(WILLNEED)`) made the 1 GiB cold load slower (1.24–1.31× a parallel
 //! read against 1.13–1.16×), and reading a whole part per `pread` instead of a block was
-//! within the noise, so neither is done. Pairs with no kernel (fp64, integers, bf16 ↔ fp16,
+//! within the noise, so neither is done; nor is `posix_fadvise(SEQUENTIAL)` on each file,
+//! which doubles the kernel's read-ahead: 540–603 ms against 542–630 ms for the 1 GiB bf16
+//! shard into an fp32 model from a cold cache (a scratch loop, six interleaved loads each).
+//! Pairs with no kernel (fp64, integers, bf16 ↔ fp16,
 //! a big-endian file of the model's dtype) are converted by libtorch's `copy_` from the
 //! buffer, a part at a time.
 

@@ -95,7 +95,9 @@
 //! records' names are formatted only for an error (to 286.4M), what is already in memory is
 //! read in place (an item's directory from its held tail, its pickle borrowed; to 256.2M),
 //! the pickle machine's marks and call arguments go through one reused vector (to 251.3M),
-//! and a place's path and a job's key borrow `.metadata`'s strings (245.4M). Allocations an
+//! and a place's path and a job's key borrow `.metadata`'s strings (245.4M; 246.3M once the
+//! reused vector is kept only while small, 256 items, as memory the budget does not see
+//! should be). Allocations an
 //! open: 172,368 on the thread that walks `.metadata` and 176,128 on the items' threads,
 //! then 127,283 and 106,496. Table 5 of `benches/README.md` run alone
 //! (`--dcp-phases`): the open took 37.6–40.9 ms at 20df6a0 (three runs), 35.1–45.2 ms
