@@ -1111,15 +1111,7 @@ impl<'o> Files<'o> {
             })?;
         let job = self.jobs.len();
         self.jobs.push((*place, key, opened));
-        match self.by_place.get_mut(place.relative_path) {
-            Some(jobs) => {
-                jobs.insert(id, job);
-            }
-            None => {
-                let jobs = HashMap::from([(id, job)]);
-                self.by_place.insert(place.relative_path, jobs);
-            }
-        }
+        (self.by_place.entry(place.relative_path).or_default()).insert(id, job);
         Ok(job)
     }
 

@@ -132,41 +132,25 @@ impl<'a> Bytes<'a> {
     /// Fills `buf` from `pos`: `UnexpectedEof` where the range runs past the end, or where
     /// the file ends first (it was truncated since it was opened).
     pub(crate) fn read_exact(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
-        let end = pos
-            .checked_add(buf.len() as u64)
-            .filter(|&end| end <= self.len());
-        let Some(end) = end else {
+        if self.end_of(pos, buf.len()).is_none() {
             return Err(io::ErrorKind::UnexpectedEof.into());
-        };
-        match *self {
-            Bytes::File {
-                file,
-                base,
-                len,
-                held,
-            } => {
-                let tail_at = len - held.tail.len() as u64;
-                if end <= held.head.len() as u64 {
-                    buf.copy_from_slice(&held.head[pos as usize..end as usize]);
-                } else if pos >= tail_at {
-                    let from = (pos - tail_at) as usize;
-                    buf.copy_from_slice(&held.tail[from..from + buf.len()]);
-                } else {
-                    super::source::read_exact_at(file, buf, base + pos)?;
-                }
+        }
+        match (self.held(pos, buf.len()), *self) {
+            (Some(held), _) => {
+                buf.copy_from_slice(held);
                 Ok(())
             }
-            Bytes::Memory(bytes) => {
-                buf.copy_from_slice(&bytes[pos as usize..end as usize]);
-                Ok(())
+            (None, Bytes::File { file, base, .. }) => {
+                super::source::read_exact_at(file, buf, base + pos)
             }
+            (None, Bytes::Memory(_)) => unreachable!("memory holds every range within it"),
         }
     }
 
     /// The bytes `pos..pos + n` where they are already in memory (the archive in memory, or
     /// within a held end of a file): no copy, no read.
     pub(crate) fn held(&self, pos: u64, n: usize) -> Option<&'a [u8]> {
-        let end = pos.checked_add(n as u64).filter(|&end| end <= self.len())?;
+        let end = self.end_of(pos, n)?;
         match *self {
             Bytes::File { len, held, .. } => {
                 let tail_at = len - held.tail.len() as u64;
@@ -181,6 +165,11 @@ impl<'a> Bytes<'a> {
             }
             Bytes::Memory(bytes) => Some(&bytes[pos as usize..end as usize]),
         }
+    }
+
+    /// Where `n` bytes from `pos` end, when they lie within these bytes.
+    fn end_of(&self, pos: u64, n: usize) -> Option<u64> {
+        pos.checked_add(n as u64).filter(|&end| end <= self.len())
     }
 
     /// `len` bytes from `pos`, as [`read_exact`](Self::read_exact) reads them.

@@ -143,9 +143,9 @@ pub(crate) fn run(
         .charge(SHARED as u64 * OBJ_COST)
         .map_err(|e| Failure::Limit("max_memory", e.max))?;
     // Room for what a small pickle makes (a DCP item's one tensor: 23 objects, 15 tuple
-    // items, a stack of 8, 2 marks and 12 memo entries from 159 bytes), so that 4096 of them opened at once
-    // do not grow their vectors step by step; at most 256 objects, which the charge per
-    // object made covers. The objects' room stays under 1 KiB for such an item: glibc
+    // items, a stack of 8, 2 marks and 12 memo entries from 159 bytes), so that 4096 of
+    // them opened at once do not grow their vectors step by step; at most 256 objects,
+    // which the charge per object made covers. The objects' room stays under 1 KiB for such an item: glibc
     // serves a larger request from its large bins, consolidating the thread's free small
     // chunks first, which took 2.6% of the open's instructions when it was one an item.
     let room = (data.len() / 6).min(256);
@@ -820,16 +820,21 @@ impl<'a> Machine<'a> {
 
     /// The items since the last mark, taken off the stack into the reused scratch vector,
     /// which the caller gives back ([`give_back`](Self::give_back)) once it has added them
-    /// to a
-    /// container: `APPENDS`, `SETITEMS` and `DICT` allocated a vector each before.
+    /// to a container: `APPENDS`, `SETITEMS` and `DICT` allocated a vector each before.
     fn take_mark(&mut self) -> Res<Vec<Id>> {
         let Some(mark) = self.marks.pop() else {
             return Err(self.err(PickleError::NoMark));
         };
-        let mut items = std::mem::take(&mut self.scratch);
-        items.clear();
+        let mut items = self.take_scratch();
         items.extend(self.stack.drain(mark..));
         Ok(items)
+    }
+
+    /// The scratch vector, empty, with the allocation it kept.
+    fn take_scratch(&mut self) -> Vec<Id> {
+        let mut items = std::mem::take(&mut self.scratch);
+        items.clear();
+        items
     }
 
     /// Keeps `items`' allocation for the next mark or call, when it is small: the scratch
@@ -975,42 +980,40 @@ impl<'a> Machine<'a> {
     }
 
     /// [`tuple_items`](Self::tuple_items) into the reused scratch vector, which the caller
-    /// gives back unless an object keeps it: a call's arguments (`REDUCE`, `NEWOBJ`)
-    /// allocated a vector each before.
+    /// gives back ([`give_back`](Self::give_back)): a call's arguments (`REDUCE`,
+    /// `NEWOBJ`) allocated a vector each before.
     fn tuple_items_scratch(&mut self, id: Id, op: &'static str) -> Res<Vec<Id>> {
-        match self.get(id) {
-            Obj::Tuple(t) => {
-                let t = *t;
-                self.afford(heap_of(t.len(), 4))?;
-                let mut items = std::mem::take(&mut self.scratch);
-                items.clear();
-                items.extend_from_slice(self.arena.tuple(t));
-                Ok(items)
-            }
-            _ => Err(self.bad(op, "arguments are not a tuple")),
-        }
+        let span = self.tuple_to_copy(id, op)?;
+        let mut items = self.take_scratch();
+        items.extend_from_slice(self.arena.tuple(span));
+        Ok(items)
     }
 
     /// A copy of a tuple's items (a memoized tuple may be large: the copy must fit the
     /// budget).
     pub(super) fn tuple_items(&self, id: Id, op: &'static str) -> Res<Vec<Id>> {
+        let span = self.tuple_to_copy(id, op)?;
+        Ok(self.arena.tuple(span).to_vec())
+    }
+
+    /// The items of the tuple `id`, once the budget has room for a copy of them.
+    fn tuple_to_copy(&self, id: Id, op: &'static str) -> Res<Span> {
         match self.get(id) {
             Obj::Tuple(t) => {
                 self.afford(heap_of(t.len(), 4))?;
-                Ok(self.arena.tuple(*t).to_vec())
+                Ok(*t)
             }
             _ => Err(self.bad(op, "arguments are not a tuple")),
         }
     }
 }
 
-/// `items`, emptied, where its allocation is small enough to keep between opcodes; else a
-/// vector with no allocation.
-fn scratch_to_keep(mut items: Vec<Id>) -> Vec<Id> {
+/// `items`, where its allocation is small enough to keep between opcodes; else a vector
+/// with no allocation.
+fn scratch_to_keep(items: Vec<Id>) -> Vec<Id> {
     if items.capacity() > SCRATCH_KEPT {
         return Vec::new();
     }
-    items.clear();
     items
 }
 
