@@ -64,7 +64,7 @@ pub(crate) use pread::{
 pub(crate) use sharded::Shards;
 use source::open_regular;
 pub(crate) use source::{map_file, Source};
-pub(crate) use threads::{on_threads, runs, PARALLEL_BYTES};
+pub(crate) use threads::{on_threads, PARALLEL_BYTES};
 
 /// A file opened and parsed: one checkpoint file, or a sharded index with its shards.
 pub(crate) enum Opened<'a> {
