@@ -22,7 +22,22 @@
 //! where the machine has it (the portable loop, compiled for the baseline x86-64, took twice
 //! as long as bf16's). Regular stores instead of non-temporal ones lost on every checkpoint
 //! of the bench, even resnet18's 47 MB (`--bench floors`, interleaved runs: copy / floor
-//! 2.5–3.6 against 1.7–2.2 for resnet18, 1.5–1.8 against 1.2–1.6 for resnet50). From a cold
+//! 2.5–3.6 against 1.7–2.2 for resnet18, 1.5–1.8 against 1.2–1.6 for resnet50). Measured
+//! again as a user loads, once into a model just built (a scratch loop, 9 fresh models
+//! each, medians, ms): fp16 → fp32 non-temporal 8.2–8.8 against regular 10.2–10.3 for
+//! resnet18, 13.3–13.8 against 16.6–17.2 for resnet50, 19.8–23.9 against 27.9–36.5 for
+//! resnet152; fp32 → bf16 within 5% either way. Regular stores won only where the load
+//! came right after a `copy_` that had left the model's lines in the cache (1.33–1.52×
+//! the floor against 2.02–2.36× for resnet18), which a single load does not meet.
+//!
+//! What is left on the small models is the read itself. Timed per thread on resnet18's
+//! fp32 → bf16 load (scratch timers): 1.3–1.9 ms in `pread` and 1.6–2.6 ms converting, a
+//! thread, against 1.9–2.3 ms for libtorch's whole in-memory `copy_`, which reads its source
+//! from the 300 MiB L3 that holds resnet18 whole; `pread` alone of the same file, 128 KiB at
+//! a time on two threads, took 1.8–2.7 ms. So a load that reads its file with `pread` stays
+//! above 1.5× that floor on resnet18 on this machine, whatever its conversion costs. The
+//! runs are cut at each thread's exact share of the bytes (whole parts had left one thread
+//! 8% more), and the calling thread takes the first run (`on_threads`). From a cold
 //! cache each thread waits on its read, then converts; asking the kernel to read two parts
 //! ahead (`posix_fadvise(WILLNEED)`) made the 1 GiB cold load slower (1.24–1.31× a parallel
 //! read against 1.13–1.16×), and reading a whole part per `pread` instead of a block was
