@@ -30,8 +30,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{
-    data_dir, dcp_from_pth, evict, floats_as, llm_files, llm_model, load_average, median_of,
-    memcpy_all, parallel_read, peak_rss, python, run_ok,
+    blocked_read, data_dir, dcp_from_pth, evict, floats_as, llm_files, llm_model, load_average,
+    median_of, memcpy_all, parallel_read, peak_rss, python, run_ok,
 };
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
@@ -41,6 +41,10 @@ use tch_state_dict::{
 };
 
 /// The median of `n` runs of `f` after a warm-up, in ms.
+/// The block a converting load reads at a time (`load/convert.rs`'s `BLOCK_BYTES`), for the
+/// read-alone column of table 1.
+const READ_BLOCK: usize = 128 << 10;
+
 fn median(n: usize, f: &mut dyn FnMut()) -> f64 {
     f();
     median_of(
@@ -128,7 +132,7 @@ fn resnet_in(arch: Arch, kind: Kind) -> ModuleTree {
     out
 }
 
-const LOAD_HEADER: &str = "| checkpoint | conversion | this crate (ms) | libtorch copy_ floor (ms) | / floor | open + check, no copy (ms) | (load − check) / floor | PyTorch load_file + load_state_dict (ms) | PyTorch torch.load(mmap=True) + load_state_dict (ms) | / PyTorch's fastest |\n|---|---|---|---|---|---|---|---|---|---|";
+const LOAD_HEADER: &str = "| checkpoint | conversion | this crate (ms) | libtorch copy_ floor (ms) | / floor | open + check, no copy (ms) | (load − check) / floor | PyTorch load_file + load_state_dict (ms) | PyTorch torch.load(mmap=True) + load_state_dict (ms) | / PyTorch's fastest | pread of the file alone, 128 KiB blocks, load's threads (ms) | load / (pread + floor) |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// One row of table 1: `file` into `model`, against the copy_ floor and PyTorch.
 fn convert_row(
@@ -144,6 +148,7 @@ fn convert_row(
         load_checkpoint(model, file, true).unwrap();
     });
     let floor = median(runs, &mut || copy_floor(model, &src));
+    let read = median(runs, &mut || blocked_read(file, threads(), READ_BLOCK));
     // What a load costs before it copies: opening the file and checking it against the model.
     let check = median(runs, &mut || {
         let sd = LazyStateDict::load(file).unwrap();
@@ -155,12 +160,13 @@ fn convert_row(
         .map(|r| r.0)
         .fold(f64::INFINITY, f64::min);
     println!(
-        "| {name} | {conversion} | {load:.1} | {floor:.1} | {:.2} | {check:.1} | {:.2} | {} | {} | {:.2} |",
+        "| {name} | {conversion} | {load:.1} | {floor:.1} | {:.2} | {check:.1} | {:.2} | {} | {} | {:.2} | {read:.1} | {:.2} |",
         load / floor,
         (load - check) / floor,
         ms(pytorch_rows.0),
         ms(pytorch_rows.1),
-        load / fastest
+        load / fastest,
+        load / (read + floor)
     );
 }
 
@@ -247,11 +253,20 @@ fn llm_rows(layers: usize, dim: i64, runs: usize) -> (String, String) {
     let src = StateDict::load(&index).unwrap();
     let floor = median(runs, &mut || copy_floor(&model, &src));
     drop(model);
+    let shards: Vec<PathBuf> = (1..=4)
+        .map(|i| index.with_file_name(format!("model-{i:05}-of-00004.safetensors")))
+        .collect();
+    let read = median(runs, &mut || {
+        for shard in &shards {
+            blocked_read(shard, threads(), READ_BLOCK);
+        }
+    });
     let convert = format!(
-        "| {name} | bf16 → fp32 | {load:.1} | {floor:.1} | {:.2} | – | – | {} | – | {:.2} |",
+        "| {name} | bf16 → fp32 | {load:.1} | {floor:.1} | {:.2} | – | – | {} | – | {:.2} | {read:.1} | {:.2} |",
         load / floor,
         ms(py_fp32),
-        load / py_fp32.map_or(f64::INFINITY, |r| r.0)
+        load / py_fp32.map_or(f64::INFINITY, |r| r.0),
+        load / (read + floor)
     );
     // bf16 → bf16: the direct route.
     let model = llm_model(0..layers, dim, Kind::BFloat16, Device::Cpu);
