@@ -188,7 +188,7 @@ pub(crate) fn run_all(
         return run_parts(parts, done);
     }
     parts.sort_by_key(|part| part.offset);
-    let runs = even_runs(parts, total.div_ceil(threads))?;
+    let runs = even_runs(parts, threads)?;
     let path = converts.first().map(|c| c.path);
     on_threads(runs, |run| run_parts(run, done))
         .into_iter()
@@ -202,11 +202,17 @@ pub(crate) fn run_all(
         })
 }
 
-/// `parts`, in order, cut into runs of `share` bytes of the file each (the last may be
-/// shorter): a part that crosses a run's end is split there, at a whole element, so that
-/// every thread reads and converts as much as the others. (Whole parts of up to
-/// [`PART_BYTES`] left one of resnet18's two threads 1.7 MB, 8%, longer than the other.)
-fn even_runs(parts: Vec<Part<'_>>, share: usize) -> Result<Vec<Vec<Part<'_>>>, Error> {
+/// `parts`, in order, cut into at most `threads` runs of an equal share of their bytes: a
+/// part that crosses a run's end is split there, at a whole element, so that every thread
+/// reads and converts as much as the others. (Whole parts of up to [`PART_BYTES`] left one of
+/// resnet18's two threads 1.7 MB, 8%, longer than the other.) A share that is not a whole
+/// number of elements leaves a few bytes over at the end; they join the last run.
+fn even_runs(parts: Vec<Part<'_>>, threads: usize) -> Result<Vec<Vec<Part<'_>>>, Error> {
+    let share = parts
+        .iter()
+        .map(|p| p.len)
+        .sum::<usize>()
+        .div_ceil(threads.max(1));
     let mut runs = vec![Vec::new()];
     let mut filled = 0;
     for mut part in parts {
@@ -233,6 +239,10 @@ fn even_runs(parts: Vec<Part<'_>>, share: usize) -> Result<Vec<Vec<Part<'_>>>, E
         }
     }
     runs.retain(|run| !run.is_empty());
+    while runs.len() > threads.max(1) {
+        let over = runs.pop().expect("more runs than threads");
+        runs.last_mut().expect("a run before it").extend(over);
+    }
     Ok(runs)
 }
 
@@ -415,15 +425,15 @@ mod tests {
                 kernel(5000, Kind::BFloat16, Kind::Float),
             ),
         ];
-        let runs = even_runs(parts, 27).unwrap();
-        // 27 bytes hold 6 fp32 elements (24 bytes); the second run takes the other 4 (16)
-        // and 5 bf16 elements (10), 26 in all; the third the last 2.
+        let runs = even_runs(parts, 2).unwrap();
+        // A share of 27 bytes holds 6 fp32 elements (24 bytes); the second run takes the
+        // other 4 (16) and 5 bf16 elements (10), 26 in all; the last 2 bf16 elements, over
+        // the two shares, join it.
         assert_eq!(
             shape(&runs),
             vec![
                 vec![(0, 24, 1000)],
-                vec![(24, 16, 1012), (40, 10, 5000)],
-                vec![(50, 4, 5020)],
+                vec![(24, 16, 1012), (40, 10, 5000), (50, 4, 5020)],
             ]
         );
         // A share under one element still moves on: one element a run.
@@ -431,13 +441,17 @@ mod tests {
         let runs = even_runs(parts, 3).unwrap();
         assert_eq!(shape(&runs), vec![vec![(0, 4, 0)], vec![(4, 4, 2)]]);
         assert!(even_runs(Vec::new(), 8).unwrap().is_empty());
+        let parts = vec![part(0, 8, Kind::Float, kernel(0, Kind::Float, Kind::Half))];
+        assert_eq!(shape(&even_runs(parts, 1).unwrap()), vec![vec![(0, 8, 0)]]);
     }
 
     #[test]
     fn a_libtorch_target_is_split_into_its_two_slices() {
         let dst = Tensor::zeros([10], (Kind::Int64, Device::Cpu));
         let parts = vec![part(100, 40, Kind::Int, Target::Torch(dst.shallow_clone()))];
-        let runs = even_runs(parts, 12).unwrap();
+        // Shares of 14 bytes: 3 int32 elements a run, and the last one joins the third run.
+        let runs = even_runs(parts, 3).unwrap();
+        assert_eq!(runs.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 2]);
         let views: Vec<(i64, usize, u64)> = runs
             .iter()
             .flatten()
