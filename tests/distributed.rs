@@ -31,56 +31,6 @@ const DCP: [(&str, &str); 8] = [
     ("torchtitan_bytesio/step-3", "torchtitan_bytesio/step-3.pt"),
 ];
 
-/// Where `a` and `b` differ, as values: tensors by dtype, shape and every byte; containers
-/// item by item in order; anything else by Python's repr.
-fn difference(a: &Value, b: &Value, at: &str) -> Option<String> {
-    match (a, b) {
-        (Value::Tensor(x), Value::Tensor(y)) => {
-            if x.kind() != y.kind() || x.size() != y.size() {
-                return Some(format!(
-                    "{at}: {:?} {:?} against {:?} {:?}",
-                    x.kind(),
-                    x.size(),
-                    y.kind(),
-                    y.size()
-                ));
-            }
-            (common::hash_tensor(x) != common::hash_tensor(y))
-                .then(|| format!("{at}: other values"))
-        }
-        (Value::Dict(x), Value::Dict(y)) => {
-            if x.items.len() != y.items.len() {
-                let keys = |d: &tch_state_dict::Dict| {
-                    d.items
-                        .iter()
-                        .map(|(k, _)| k.to_string())
-                        .collect::<Vec<_>>()
-                };
-                return Some(format!("{at}: keys {:?} against {:?}", keys(x), keys(y)));
-            }
-            x.items
-                .iter()
-                .zip(&y.items)
-                .find_map(|((ka, va), (kb, vb))| {
-                    if ka.to_string() != kb.to_string() {
-                        return Some(format!("{at}: key {ka} against {kb}"));
-                    }
-                    difference(va, vb, &format!("{at}[{ka}]"))
-                })
-        }
-        (Value::List(x), Value::List(y)) | (Value::Tuple(x), Value::Tuple(y)) => {
-            if x.len() != y.len() {
-                return Some(format!("{at}: {} items against {}", x.len(), y.len()));
-            }
-            x.iter()
-                .zip(y)
-                .enumerate()
-                .find_map(|(i, (p, q))| difference(p, q, &format!("{at}[{i}]")))
-        }
-        _ => (a.to_string() != b.to_string()).then(|| format!("{at}: {a} against {b}")),
-    }
-}
-
 #[test]
 fn every_layout_reads_as_dcp_to_torch_save_wrote_it() {
     for (dir, oracle) in DCP {
@@ -89,13 +39,13 @@ fn every_layout_reads_as_dcp_to_torch_save_wrote_it() {
         let ckpt = Checkpoint::open(&path).unwrap_or_else(|e| panic!("{dir}: {e}"));
         assert_eq!(ckpt.format(), Format::Distributed, "{dir}");
         let got = ckpt.value().unwrap_or_else(|e| panic!("{dir}: {e}"));
-        if let Some(d) = difference(&got, &want, dir) {
+        if let Some(d) = common::value_difference(&got, &want, dir) {
             panic!("{d}");
         }
         // The directory's `.metadata` opens the same checkpoint.
         let by_file = Value::load(path.join(".metadata")).unwrap();
         assert!(
-            difference(&by_file, &want, dir).is_none(),
+            common::value_difference(&by_file, &want, dir).is_none(),
             "{dir}/.metadata"
         );
         let keys: Vec<String> = want
@@ -361,7 +311,7 @@ fn a_class_named_by_another_split_of_its_path_reads() {
     );
     let got = Checkpoint::open(&*dir).unwrap().value().unwrap();
     let want = Value::load(fixture("dtensor.pt")).unwrap();
-    if let Some(d) = difference(&got, &want, "dotted") {
+    if let Some(d) = common::value_difference(&got, &want, "dotted") {
         panic!("{d}");
     }
 }

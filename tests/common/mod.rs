@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value as Json};
 
 use tch::{Device, Kind, Tensor};
-use tch_state_dict::{ModuleTree, StateDict};
+use tch_state_dict::{ModuleTree, StateDict, Value};
 
 /// The `Small` model of tests/fixtures/make_training.py (a bias-free conv, a BatchNorm, a
 /// Linear of `classes` outputs), built the tch way in `vs`.
@@ -341,4 +341,57 @@ fn serve(request: &Json, what: &str) -> String {
         text("stderr")
     );
     text("stdout")
+}
+
+/// Where `a` and `b` differ, as values: tensors by dtype, shape and every byte; containers
+/// item by item in order; anything else by Python's repr.
+pub fn value_difference(
+    a: &tch_state_dict::Value,
+    b: &tch_state_dict::Value,
+    at: &str,
+) -> Option<String> {
+    match (a, b) {
+        (Value::Tensor(x), Value::Tensor(y)) => {
+            if x.kind() != y.kind() || x.size() != y.size() {
+                return Some(format!(
+                    "{at}: {:?} {:?} against {:?} {:?}",
+                    x.kind(),
+                    x.size(),
+                    y.kind(),
+                    y.size()
+                ));
+            }
+            (hash_tensor(x) != hash_tensor(y)).then(|| format!("{at}: other values"))
+        }
+        (Value::Dict(x), Value::Dict(y)) => {
+            if x.items.len() != y.items.len() {
+                let keys = |d: &tch_state_dict::Dict| {
+                    d.items
+                        .iter()
+                        .map(|(k, _)| k.to_string())
+                        .collect::<Vec<_>>()
+                };
+                return Some(format!("{at}: keys {:?} against {:?}", keys(x), keys(y)));
+            }
+            x.items
+                .iter()
+                .zip(&y.items)
+                .find_map(|((ka, va), (kb, vb))| {
+                    if ka.to_string() != kb.to_string() {
+                        return Some(format!("{at}: key {ka} against {kb}"));
+                    }
+                    value_difference(va, vb, &format!("{at}[{ka}]"))
+                })
+        }
+        (Value::List(x), Value::List(y)) | (Value::Tuple(x), Value::Tuple(y)) => {
+            if x.len() != y.len() {
+                return Some(format!("{at}: {} items against {}", x.len(), y.len()));
+            }
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (p, q))| value_difference(p, q, &format!("{at}[{i}]")))
+        }
+        _ => (a.to_string() != b.to_string()).then(|| format!("{at}: {a} against {b}")),
+    }
 }
