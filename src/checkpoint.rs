@@ -202,7 +202,30 @@ impl<'a> Checkpoint<'a> {
         match &self.inner {
             Inner::Single(f) => Materializer::new(f).value(f.parsed.arena.root),
             Inner::Sharded(_) => Ok(Value::from(self.state_dict()?)),
-            Inner::Distributed(d) => d.value(false),
+            Inner::Distributed(d) => d.value(false, None),
+        }
+    }
+
+    /// The value under `key` of the top-level dict, whatever it holds (a state dict, an
+    /// optimizer's state, hyperparameters): `torch.load(path, weights_only=False)[key]`.
+    /// Only that value's storages are read, not those of the rest of the checkpoint.
+    ///
+    /// For a sharded checkpoint, whose top level is one flat state dict, `key` selects the
+    /// entries under the prefix `key.`, as in
+    /// [`lazy_state_dict_at`](Self::lazy_state_dict_at).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyNotFound`] when the top level has no such key, listing the keys it has;
+    /// otherwise as [`value`](Self::value), for that value alone.
+    pub fn value_at(&self, key: &str) -> Result<Value, Error> {
+        match &self.inner {
+            // An error names its tensor's path from the root, as `value`'s does.
+            Inner::Single(f) => Materializer::new(f)
+                .value(self.object_at(f, Some(key))?)
+                .map_err(|e| e.under(|| key.to_string())),
+            Inner::Sharded(_) => Ok(Value::from(self.state_dict_at(key)?)),
+            Inner::Distributed(d) => d.value(false, Some(key)),
         }
     }
 
@@ -218,7 +241,7 @@ impl<'a> Checkpoint<'a> {
             Inner::Single(f) => Materializer::new(f)
                 .with_unreadable()
                 .value(f.parsed.arena.root),
-            Inner::Distributed(d) => d.value(true),
+            Inner::Distributed(d) => d.value(true, None),
             Inner::Sharded(_) => {
                 let lazy = self.lazy_state_dict()?;
                 let mut items = Vec::with_capacity(lazy.len());

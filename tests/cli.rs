@@ -757,6 +757,14 @@ fn convert_with_objects_writes_a_training_checkpoint_back_as_it_came() {
         v.as_object().unwrap().qualified_name(),
         "fakepkg.AttributeDict"
     );
+    // Under a key, only that value is read: the rest of this file holds dtypes this crate
+    // cannot read.
+    let nested = test_file("fixtures/pytorch/unsupported_nested.pth");
+    let epoch = dir.join("epoch.pth");
+    let args = ["--objects", "--key", "epoch"];
+    let r = run(&[&["convert", s(&nested), s(&epoch)][..], &args].concat());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(matches!(Value::load(&epoch).unwrap(), Value::Int(_)));
     // Objects have no place in safetensors; without --objects, they are refused.
     let r = run(&[
         "convert",

@@ -56,7 +56,59 @@ fn every_layout_reads_as_dcp_to_torch_save_wrote_it() {
             .map(|(k, _)| k.as_str().unwrap().to_string())
             .collect();
         assert_eq!(ckpt.keys(), keys, "{dir}");
+        // The value under each key, read alone, is the whole's.
+        for k in &keys {
+            let one = ckpt
+                .value_at(k)
+                .unwrap_or_else(|e| panic!("{dir}[{k}]: {e}"));
+            let at = format!("{dir}[{k}]");
+            if let Some(d) = common::value_difference(&one, want.get(k).unwrap(), &at) {
+                panic!("{d}");
+            }
+        }
+        let e = ckpt.value_at("no such key").unwrap_err();
+        assert!(
+            matches!(&e, Error::KeyNotFound { key, available, .. } if key == "no such key" && available == &keys),
+            "{dir}: {e:?}"
+        );
     }
+}
+
+/// Bytes this thread has read so far (`rchar` of /proc/thread-self/io).
+fn read_by_this_thread() -> u64 {
+    let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+    let line = io.lines().find(|l| l.starts_with("rchar:")).unwrap();
+    line["rchar:".len()..].trim().parse().unwrap()
+}
+
+/// `value_at("model")` reads the model's chunks, not the optimizer's: a DCP checkpoint of
+/// 64 KiB of model and 512 KiB of optimizer state, written by `dcp.save` in one process.
+#[test]
+fn the_value_under_a_key_reads_only_its_chunks() {
+    let dir = common::tempdir("dcp-value-at");
+    let out = dir.join("step");
+    common::oracle_code(
+        "import sys, torch, torch.distributed.checkpoint as dcp\n\
+         m = torch.arange(1 << 14, dtype=torch.float32)\n\
+         dcp.save({'model': {'w': m}, 'optim': {'exp_avg': torch.zeros(1 << 16),\
+         'exp_avg_sq': torch.ones(1 << 16), 'step': 3}}, checkpoint_id=sys.argv[1])",
+        &[out.to_str().unwrap()],
+    );
+    let ckpt = Checkpoint::open(&out).unwrap();
+    let read = |f: &dyn Fn() -> Value| {
+        let before = read_by_this_thread();
+        let v = f();
+        (v, read_by_this_thread() - before)
+    };
+    let (whole, all) = read(&|| ckpt.value().unwrap());
+    let (model, model_only) = read(&|| ckpt.value_at("model").unwrap());
+    assert!(common::value_difference(&model, whole.get("model").unwrap(), "model").is_none());
+    assert!(model_only >= 1 << 16, "{model_only}");
+    assert!(
+        model_only < 2 << 16,
+        "{model_only}: the optimizer's chunks were read too"
+    );
+    assert!(all >= (1 << 16) + (1 << 19), "{all}");
 }
 
 /// `load_key(dir, "model")` is `torch.load(converted)["model"]`, through the eager and the

@@ -559,6 +559,34 @@ fn an_unsupported_dtype_refuses_its_entry_not_the_file() {
     }
 }
 
+/// `value_at(key)` reads the value under a key alone: the rest of the checkpoint, here a
+/// state dict of dtypes this crate cannot hold, is not read.
+#[test]
+fn the_value_under_a_key_is_read_alone() {
+    let path = fixture("unsupported_nested.pth");
+    let ckpt = Checkpoint::open(&path).unwrap();
+    assert!(
+        ckpt.value().is_err(),
+        "the whole checkpoint holds a uint16 tensor"
+    );
+    assert!(matches!(ckpt.value_at("epoch").unwrap(), Value::Int(_)));
+    let dtype = ckpt.value_at("dtype").unwrap();
+    assert!(
+        matches!(&dtype, Value::Global { module, name } if module == "torch" && name == "uint16"),
+        "{dtype:?}"
+    );
+    let e = ckpt.value_at("model").unwrap_err();
+    assert!(
+        matches!(&e, Error::UnsupportedDtype { key: Some(k), .. } if k == "model.u16"),
+        "{e:?}"
+    );
+    let e = ckpt.value_at("optimizer").unwrap_err();
+    assert!(
+        matches!(&e, Error::KeyNotFound { key, available, .. } if key == "optimizer" && available == &["model", "dtype", "epoch"]),
+        "{e:?}"
+    );
+}
+
 /// Nested, the error names the path from the root; `value_with_unreadable` describes the
 /// tensor instead, and a dtype value tch has no kind for (`torch.uint16`) is the global that
 /// names it, written back as such.

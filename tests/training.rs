@@ -123,6 +123,44 @@ fn flatten_in(v: &Value, prefix: &str, out: &mut Flat, levels: &mut Vec<String>)
     }
 }
 
+/// The entries of `flat` at `key` or under it.
+fn under<V: Clone>(flat: &BTreeMap<String, V>, key: &str) -> BTreeMap<String, V> {
+    let inside = format!("{key}/");
+    flat.iter()
+        .filter(|(path, _)| *path == key || path.starts_with(&inside))
+        .map(|(path, v)| (path.clone(), v.clone()))
+        .collect()
+}
+
+/// `value_at(key)` is the whole value's `[key]`, for every key of every fixture: every
+/// tensor and scalar, and every reference back (an object, a config that refers to itself)
+/// to the same place.
+#[test]
+fn the_value_under_each_key_is_that_of_the_whole() {
+    let mut keys = 0;
+    for name in FIXTURES {
+        let ckpt = Checkpoint::open(fixture(name)).unwrap();
+        let whole = ckpt.value().unwrap();
+        let mut all = Flat::default();
+        flatten(&whole, "", &mut all);
+        let Value::Dict(top) = &whole else {
+            continue;
+        };
+        for (k, _) in &top.items {
+            let Value::Str(k) = k else { continue };
+            let mut one = Flat::default();
+            let v = ckpt
+                .value_at(k)
+                .unwrap_or_else(|e| panic!("{name}[{k}]: {e}"));
+            flatten_in(&v, k, &mut one, &mut vec![String::new()]);
+            assert_eq!(one.tensors, under(&all.tensors, k), "{name}[{k}]");
+            assert_eq!(one.scalars, under(&all.scalars, k), "{name}[{k}]");
+            keys += 1;
+        }
+    }
+    assert!(keys > 20, "{keys} keys");
+}
+
 fn key(k: &Value) -> String {
     match k {
         Value::Str(s) => s.clone(),

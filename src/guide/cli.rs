@@ -62,9 +62,10 @@
 //!
 //! `convert` writes `.pth` (also `.pt`, `.bin`, `.ckpt`), `.safetensors` or tch's `.ot` (what
 //! `VarStore::load` reads), from the output's extension. It writes a state dict; with
-//! `--objects`, the whole checkpoint (or the value under `--key`), with its options, configs
-//! and other objects written back as they came, for `torch.load(weights_only=False)` to resume
-//! from (torch.save's format only):
+//! `--objects`, the whole checkpoint (or the value under `--key`, read alone: not a training
+//! checkpoint's optimizer state when its `hyper_parameters` are asked for), with its options,
+//! configs and other objects written back as they came, for `torch.load(weights_only=False)`
+//! to resume from (torch.save's format only):
 //!
 //! ```text
 //! $ tch-state-dict convert ckpt_epoch_240.pth model.safetensors --key model

@@ -30,6 +30,7 @@
 //! | `sd._metadata` | `sd.metadata()` |
 //! | `sd.copy()` | `sd.shallow_clone()` |
 //! | `torch.load(p)` | `Value::load(p)?` (or `Checkpoint::open(p)?.value()?`) |
+//! | `torch.load(p, weights_only=False)['hyper_parameters']` | `Checkpoint::open(p)?.value_at("hyper_parameters")?` (only that value is read) |
 //! | `sd = torch.load(p)` | `let sd = StateDict::load(p)?;` |
 //! | `sd = torch.load(p)['model']` | `let sd = StateDict::load_key(p, "model")?;` |
 //! | `sd = torch.load(p, mmap=True)['model']`, to pop or rename keys and load | `let mut sd = LazyStateDict::load_key(p, "model")?;` (nothing read yet) |

@@ -47,7 +47,7 @@
 //! [`Value::Recursive`](crate::Value::Recursive) instead: `up` says how many levels up the
 //! value it refers to is, and `Display` prints it as Python's `repr` does (`[...]`, `{...}`,
 //! or `...` for an object). Every entry point reads such files: [`Value::load`](crate::Value::load),
-//! [`Checkpoint::value`](crate::Checkpoint::value), `value_with_unreadable`, `load_key` of
+//! [`Checkpoint::value`](crate::Checkpoint::value), `value_at`, `value_with_unreadable`, `load_key` of
 //! any key, and the tool's `inspect` (with `--key` too). A value shared without a cycle (one
 //! dict under two keys) is read twice, as two equal values that share their tensors.
 //!

@@ -291,7 +291,11 @@ impl Dcp {
     /// items as their values. With `unreadable`, a tensor of a dtype this crate cannot hold
     /// is [`Value::Unreadable`] instead of an error. Every value is charged to the
     /// checkpoint's one budget, before it is made.
-    pub(crate) fn value(&self, unreadable: bool) -> Result<Value, Error> {
+    ///
+    /// With `at`, only the keys under that top-level key are read, and the value there is
+    /// returned: `dcp_to_torch_save`'s value `[at]` ([`Error::KeyNotFound`] when no key is
+    /// under it).
+    pub(crate) fn value(&self, unreadable: bool, at: Option<&str>) -> Result<Value, Error> {
         let mut budget = self
             .budget
             .lock()
@@ -300,7 +304,12 @@ impl Dcp {
         let mut root = Node::Dict(IndexMap::new());
         // A list index past every key's count is no list DCP wrote.
         let max_index = self.entries.len() + 1024;
-        for e in &self.entries {
+        let under = |e: &&DcpEntry| match (at, e.path.first()) {
+            (None, _) => true,
+            (Some(at), Some(PathElem::Key(k))) => k == at,
+            (Some(_), _) => false,
+        };
+        for e in self.entries.iter().filter(under) {
             let v = match &e.item {
                 DcpItem::Tensor(t) if unreadable && t.dtype.kind().is_none() => Value::Unreadable {
                     dtype: t.dtype.name().to_string(),
@@ -338,7 +347,18 @@ impl Dcp {
                     reason: format!("{}: {reason}", e.key),
                 })?;
         }
-        Ok(root.into_value())
+        let Some(at) = at else {
+            return Ok(root.into_value());
+        };
+        match root {
+            Node::Dict(mut top) => top.swap_remove(at).map(Node::into_value),
+            _ => None,
+        }
+        .ok_or_else(|| Error::KeyNotFound {
+            path: self.path.clone(),
+            key: at.to_string(),
+            available: self.keys(),
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use tch::Tensor;
-use tch_state_dict::{Checkpoint, Error, Format, LazyStateDict, SaveOptions, StateDict, Value};
+use tch_state_dict::{Checkpoint, Error, Format, LazyStateDict, SaveOptions, StateDict};
 
 use crate::{open_state_dict, Failure};
 
@@ -118,21 +118,12 @@ pub fn run_with_objects(
         )));
     }
     let ckpt = Checkpoint::open(input)?;
-    let mut value = ckpt.value()?;
-    if let Some(key) = key {
-        // The value under `key`, taken out of the top-level dict.
-        let found = match &mut value {
-            Value::Dict(top) => (top.items.iter())
-                .position(|(k, _)| k.as_str() == Some(key))
-                .map(|at| top.items.swap_remove(at).1),
-            _ => None,
-        };
-        value = found.ok_or_else(|| Error::KeyNotFound {
-            path: input.to_path_buf(),
-            key: key.to_string(),
-            available: ckpt.keys(),
-        })?;
-    }
+    // Under a key, only that value is read: not a training checkpoint's optimizer state
+    // when the state dict is asked for.
+    let value = match key {
+        Some(key) => ckpt.value_at(key)?,
+        None => ckpt.value()?,
+    };
     value.save_with(output, &SaveOptions::new().objects(true))?;
     writeln!(
         out,
