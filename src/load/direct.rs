@@ -23,7 +23,20 @@
 //! against 1.36–2.07 by `pread` in the same run, resnet152 1.20–1.63 against 1.17–1.52). A
 //! map's cost depends on how the page cache holds the file (large folios or 4 KiB pages),
 //! which the reader does not control, and it trades an error for SIGBUS; so loads read with
-//! `pread`. Where a tensor's bytes lie in the file as the model's tensor lays
+//! `pread`.
+//!
+//! What a map would buy at LLM scale, measured once more (a scratch loop over each 1 GiB
+//! shard of the bench's 4 GiB checkpoint, halves on 2 threads, medians of 5): `pread` into
+//! touched memory 1.05–1.25× a `memcpy` of the same 32 MiB pieces, whose `rep movsb` reads
+//! each destination line before writing it; the whole load takes the sum of its shards'
+//! `pread`s (450.8 ms against 452). Mapping a shard with `MAP_POPULATE`, copying out of the
+//! map with non-temporal stores and unmapping took 0.74–0.92× that `memcpy` (0.85–0.86
+//! without `MAP_POPULATE`); `pread` into a 128 KiB block then streamed into place, 1.19–1.34×.
+//! So only a map copied with non-temporal stores goes below the floor, by skipping both the
+//! kernel's copy and the destination's reads. The price is the one above: `torch.save`
+//! truncates a file it overwrites, so a load racing a trainer's save of `last.ckpt` would die
+//! of SIGBUS where `pread` gives an error, and the mapped pages count against the loading
+//! process. Loads keep `pread`. Where a tensor's bytes lie in the file as the model's tensor lays
 //! them out (stored, little-endian, contiguous, same dtype, CPU), they are read into the
 //! parameter directly ([`Dst::takes_as_is`](super::route::Dst::takes_as_is)); another dtype
 //! or byte order goes through the converting reads of [`convert`](super::convert), another
