@@ -13,6 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let options = common::options();
     if let Ok(ckpt) = Checkpoint::from_bytes(data, &options) {
         let _ = ckpt.value();
+        for key in ckpt.keys().iter().take(2) {
+            let _ = ckpt.value_at(key);
+        }
         let _ = ckpt.state_dict();
     }
 });

@@ -83,8 +83,11 @@ fuzz_target!(|data: &[u8]| {
     let dir = dir();
     write_files(dir, data);
     if let Ok(ckpt) = Checkpoint::open_with(dir, &common::options()) {
-        let _ = ckpt.keys();
+        let keys = ckpt.keys();
         let _ = ckpt.value();
+        for key in keys.iter().take(2) {
+            let _ = ckpt.value_at(key);
+        }
         let _ = ckpt.state_dict();
         if let Ok(lazy) = ckpt.lazy_state_dict() {
             for tensor in lazy.values() {
