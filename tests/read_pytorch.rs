@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
-use tch_state_dict::{Checkpoint, Error, Format, ReadOptions, StateDict, Value};
+use tch_state_dict::{Checkpoint, Error, Format, ReadLimits, ReadOptions, StateDict, Value};
 
 fn fixture(name: &str) -> PathBuf {
     common::test_file(&format!("fixtures/pytorch/{name}"))
@@ -585,6 +585,36 @@ fn the_value_under_a_key_is_read_alone() {
         matches!(&e, Error::KeyNotFound { key, available, .. } if key == "optimizer" && available == &["model", "dtype", "epoch"]),
         "{e:?}"
     );
+}
+
+/// `value_at(key)` charges the memory budget for the tensors under the key only: a budget
+/// too small for the optimizer's state still reads the hyperparameters beside it.
+#[test]
+fn the_value_under_a_key_is_charged_for_its_own_tensors() {
+    let dir = common::tempdir("value-at-budget");
+    let path = dir.join("ckpt.pth");
+    common::oracle_code(
+        "import argparse, sys, torch\n\
+         torch.save({'hparams': {'lr': 0.1, 'w': torch.arange(4.0)},\
+         'optimizer': {'exp_avg': torch.zeros(1 << 22), 'shared': None},\
+         'args': argparse.Namespace(t=(torch.zeros(1 << 22),))}, sys.argv[1])",
+        &[path.to_str().unwrap()],
+    );
+    let mut limits = ReadLimits::default();
+    limits.max_memory_base = 12 << 20;
+    limits.max_memory_per_file_byte = 0;
+    let ckpt = Checkpoint::open_with(&path, &ReadOptions::new().limits(limits)).unwrap();
+    let over = |r: Result<Value, Error>| matches!(r, Err(Error::LimitExceeded { .. }));
+    assert!(
+        over(ckpt.value()),
+        "16 MiB of optimizer state in a budget of 4 MiB past the fixed 8"
+    );
+    assert!(over(ckpt.value_at("optimizer")));
+    // A tensor held in an object's state is charged too.
+    assert!(over(ckpt.value_at("args")));
+    let hparams = ckpt.value_at("hparams").unwrap();
+    let w = hparams.get("w").unwrap().as_tensor().unwrap();
+    assert_eq!(w.size(), [4]);
 }
 
 /// Nested, the error names the path from the root; `value_with_unreadable` describes the

@@ -172,11 +172,16 @@ impl<'c, 'a> Materializer<'c, 'a> {
         Ok(())
     }
 
-    /// The object `id` as a value, with its tensors read: every tensor of the file is
-    /// charged to the budget first.
+    /// The object `id` as a value, with its tensors read: every tensor it holds is charged
+    /// to the budget first (every tensor of the file, for the root).
     pub(crate) fn value(&mut self, id: Id) -> Result<Value, Error> {
-        let all: Vec<usize> = (0..self.parsed.arena.tensors.len()).collect();
-        self.charge_tensors(&all)?;
+        let arena = &self.parsed.arena;
+        let tensors: Vec<usize> = if id == arena.root {
+            (0..arena.tensors.len()).collect()
+        } else {
+            arena.tensors_reachable(id)
+        };
+        self.charge_tensors(&tensors)?;
         self.convert(id, 0)
     }
 
