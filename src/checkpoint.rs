@@ -210,9 +210,9 @@ impl<'a> Checkpoint<'a> {
     /// optimizer's state, hyperparameters): `torch.load(path, weights_only=False)[key]`.
     /// Only that value's storages are read, not those of the rest of the checkpoint.
     ///
-    /// For a sharded checkpoint, whose top level is one flat state dict, `key` selects the
-    /// entries under the prefix `key.`, as in
-    /// [`lazy_state_dict_at`](Self::lazy_state_dict_at).
+    /// A sharded checkpoint's top level is one flat state dict, so the value under a key is
+    /// one tensor, as `value()[key]` is (for the entries under a prefix, see
+    /// [`lazy_state_dict_at`](Self::lazy_state_dict_at)).
     ///
     /// # Errors
     ///
@@ -224,7 +224,10 @@ impl<'a> Checkpoint<'a> {
             Inner::Single(f) => Materializer::new(f)
                 .value(self.object_at(f, Some(key))?)
                 .map_err(|e| e.under(|| key.to_string())),
-            Inner::Sharded(_) => Ok(Value::from(self.state_dict_at(key)?)),
+            Inner::Sharded(_) => match self.lazy_state_dict()?.get(key) {
+                Some(t) => Ok(Value::Tensor(t.read()?)),
+                None => Err(self.key_not_found(key)),
+            },
             Inner::Distributed(d) => d.value(false, Some(key)),
         }
     }

@@ -281,6 +281,19 @@ fn model_directories_open_as_their_weights_file() {
         let from_dir = StateDict::load(fixture(dir)).unwrap_or_else(|e| panic!("{dir}: {e}"));
         let from_file = StateDict::load(fixture(file)).unwrap();
         assert!(!from_dir.is_empty());
+        // The value under a key is that entry's tensor, for one file or shards alike.
+        let ckpt = Checkpoint::open(fixture(dir)).unwrap();
+        let (key, want) = from_file.iter().next().unwrap();
+        let got = ckpt
+            .value_at(key)
+            .unwrap_or_else(|e| panic!("{dir}[{key}]: {e}"));
+        assert!(got.as_tensor().unwrap().equal(want), "{dir}[{key}]");
+        let prefix = key.split('.').next().unwrap();
+        let e = ckpt.value_at(prefix).unwrap_err();
+        assert!(
+            matches!(&e, Error::KeyNotFound { .. }),
+            "{dir}[{prefix}]: {e:?}"
+        );
         assert_eq!(
             common::hashes(&from_dir),
             common::hashes(&from_file),
