@@ -32,8 +32,9 @@ pub(crate) fn runs<T>(
 }
 
 /// `work` of each run, in the runs' order: the first on the calling thread, each other on a
-/// scoped thread of its own. A run that panicked gives its payload, as `JoinHandle::join`
-/// does, and the others still run to their end.
+/// scoped thread of its own. Of several runs, one that panicked gives its payload, as
+/// `JoinHandle::join` does, and the others still run to their end; a single run's panic
+/// goes on up, as any call's does.
 ///
 /// The calling thread takes a run rather than waiting for the others: on this project's 2
 /// vCPUs the second of two spawned threads started up to 0.34 ms after the call (0.06–0.08
@@ -43,10 +44,14 @@ pub(crate) fn on_threads<T: Send, R: Send>(
     runs: Vec<Vec<T>>,
     work: impl Fn(Vec<T>) -> R + Sync,
 ) -> Vec<thread::Result<R>> {
+    let single = runs.len() == 1;
     let mut runs = runs.into_iter();
     let Some(first) = runs.next() else {
         return Vec::new();
     };
+    if single {
+        return vec![Ok(work(first))];
+    }
     let work = &work;
     thread::scope(|scope| {
         let handles: Vec<_> = runs.map(|run| scope.spawn(move || work(run))).collect();
@@ -82,6 +87,8 @@ mod tests {
         let here = thread::current().id();
         let one = on_threads(vec![vec![here]], |run| run[0] == thread::current().id());
         assert!(matches!(one[..], [Ok(true)]), "one run runs here");
+        let alone = panic::catch_unwind(|| on_threads(vec![vec![0]], |_| panic!("alone")));
+        assert!(alone.is_err(), "a single run's panic goes on up");
         // The first of several runs runs here too, the others elsewhere; its panic is its
         // own, and the others still run.
         let ran = std::sync::atomic::AtomicUsize::new(0);
