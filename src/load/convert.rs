@@ -129,6 +129,25 @@ impl<'t> Convert<'t> {
     }
 }
 
+impl Target {
+    /// The target of `count` elements from element `first` of this one: the address moved
+    /// on, or the tensor narrowed (its only libtorch call, which can fail).
+    fn slice(&self, first: usize, count: usize, key: &str) -> Result<Target, Error> {
+        Ok(match self {
+            Target::Kernel { ptr, cast } => Target::Kernel {
+                ptr: ptr + first * cast.dst_size(),
+                cast: *cast,
+            },
+            Target::Torch(t) => Target::Torch(t.f_narrow(0, first as i64, count as i64).map_err(
+                |source| Error::Copy {
+                    key: key.to_string(),
+                    source,
+                },
+            )?),
+        })
+    }
+}
+
 /// A part of one conversion: `len` bytes at `offset`, converted into its slice of the
 /// model's tensor.
 struct Part<'t> {
@@ -157,21 +176,8 @@ pub(crate) fn run_all(
         let mut first = 0;
         while first < c.numel {
             let count = per_part.min(c.numel - first);
-            let dst = match &c.dst {
-                Target::Kernel { ptr, cast } => Target::Kernel {
-                    ptr: ptr + first * cast.dst_size(),
-                    cast: *cast,
-                },
-                Target::Torch(t) => Target::Torch(
-                    t.f_narrow(0, first as i64, count as i64)
-                        .map_err(|source| Error::Copy {
-                            key: c.key.to_string(),
-                            source,
-                        })?,
-                ),
-            };
             parts.push(Part {
-                dst,
+                dst: c.dst.slice(first, count, c.key)?,
                 kind: c.kind,
                 big_endian: c.big_endian,
                 offset: c.offset + (first * elem) as u64,
@@ -253,33 +259,10 @@ impl<'t> Part<'t> {
         debug_assert!(
             bytes > 0 && bytes < self.len && bytes.is_multiple_of(self.kind.elt_size_in_bytes())
         );
-        let first = bytes / self.kind.elt_size_in_bytes();
-        let (head, tail) = match &self.dst {
-            Target::Kernel { ptr, cast } => (
-                Target::Kernel {
-                    ptr: *ptr,
-                    cast: *cast,
-                },
-                Target::Kernel {
-                    ptr: ptr + first * cast.dst_size(),
-                    cast: *cast,
-                },
-            ),
-            Target::Torch(t) => {
-                let narrow = |start: usize, len: usize| {
-                    t.f_narrow(0, start as i64, len as i64)
-                        .map_err(|source| Error::Copy {
-                            key: self.key.to_string(),
-                            source,
-                        })
-                };
-                let rest = t.size()[0] as usize - first;
-                (
-                    Target::Torch(narrow(0, first)?),
-                    Target::Torch(narrow(first, rest)?),
-                )
-            }
-        };
+        let elem = self.kind.elt_size_in_bytes();
+        let (first, numel) = (bytes / elem, self.len / elem);
+        let head = self.dst.slice(0, first, self.key)?;
+        let tail = self.dst.slice(first, numel - first, self.key)?;
         let head = Part {
             dst: head,
             len: bytes,
