@@ -263,12 +263,15 @@ impl Arena {
         }
     }
 
-    /// The tensors that object `from` holds, at any depth, each once, in the order a walk
-    /// first meets them: what making `from` a value reads.
+    /// The tensors that object `from` holds, at any depth, each once: what making `from` a
+    /// value reads.
     pub(crate) fn tensors_reachable(&self, from: Id) -> Vec<usize> {
         let mut seen = vec![false; self.objs.len()];
         let mut todo = vec![from];
         let mut tensors = Vec::new();
+        fn pairs(items: &[(Id, Id)]) -> impl Iterator<Item = Id> + '_ {
+            items.iter().flat_map(|&(k, v)| [k, v])
+        }
         while let Some(id) = todo.pop() {
             let Some(slot) = seen.get_mut(id as usize) else {
                 continue;
@@ -276,25 +279,18 @@ impl Arena {
             if std::mem::replace(slot, true) {
                 continue;
             }
-            let pairs = |items: &[(Id, Id)]| items.iter().flat_map(|&(k, v)| [k, v]).collect();
-            let children: Vec<Id> = match self.get(id) {
-                Obj::Tensor(i) => {
-                    tensors.push(*i);
-                    Vec::new()
-                }
-                Obj::List(v) | Obj::Set(v) => v.clone(),
-                Obj::Tuple(span) => self.tuple(*span).to_vec(),
-                Obj::Dict(d) => pairs(&d.items),
+            match self.get(id) {
+                Obj::Tensor(i) => tensors.push(*i),
+                Obj::List(v) | Obj::Set(v) => todo.extend(v),
+                Obj::Tuple(span) => todo.extend(self.tuple(*span)),
+                Obj::Dict(d) => todo.extend(pairs(&d.items)),
                 Obj::Object(o) => {
-                    let mut c: Vec<Id> = pairs(&o.kwargs);
-                    c.extend(pairs(&o.dict_items));
-                    c.extend([o.class].iter().chain(&o.args).chain(&o.list_items));
-                    c.extend(o.state);
-                    c
+                    todo.push(o.class);
+                    todo.extend(o.args.iter().chain(&o.list_items).chain(&o.state));
+                    todo.extend(pairs(&o.kwargs).chain(pairs(&o.dict_items)));
                 }
-                _ => Vec::new(),
-            };
-            todo.extend(children.into_iter().rev());
+                _ => {}
+            }
             todo.extend(self.metadata_of(id));
         }
         tensors
