@@ -345,11 +345,7 @@ fn serve(request: &Json, what: &str) -> String {
 
 /// Where `a` and `b` differ, as values: tensors by dtype, shape and every byte; containers
 /// item by item in order; anything else by Python's repr.
-pub fn value_difference(
-    a: &tch_state_dict::Value,
-    b: &tch_state_dict::Value,
-    at: &str,
-) -> Option<String> {
+pub fn value_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
     match (a, b) {
         (Value::Tensor(x), Value::Tensor(y)) => {
             if x.kind() != y.kind() || x.size() != y.size() {
