@@ -35,7 +35,15 @@
 //! thread, against 1.9–2.3 ms for libtorch's whole in-memory `copy_`, which reads its source
 //! from the 300 MiB L3 that holds resnet18 whole; `pread` alone of the same file, 128 KiB at
 //! a time on two threads, took 1.8–2.7 ms. So a load that reads its file with `pread` stays
-//! above 1.5× that floor on resnet18 on this machine, whatever its conversion costs. The
+//! above 1.5× that floor on resnet18 on this machine, whatever its conversion costs. Measured
+//! again with 1 GiB written between runs, so that neither the floor's source nor the file's
+//! pages start in the cache (a scratch loop, 15 runs each, twice; fp32 → bf16): the load took
+//! 1.26–1.36× the floor on resnet18, resnet50 and resnet152, and the same load with its
+//! `pread`s left out (converting whatever the buffer held) 0.56–0.60×. The kernel's copy out
+//! of the page cache is all of the gap: about 7.6 GB/s a thread here, while the floor's
+//! in-memory read overlaps its writes. Converting out of a populated map of the file instead
+//! was slower (1.40–1.67×), its page-table setup and unmapping costing more than the copy it
+//! saves at these sizes. The
 //! runs are cut at each thread's exact share of the bytes (whole parts had left one thread
 //! 8% more), and the calling thread takes the first run (`on_threads`). From a cold
 //! cache each thread waits on its read, then converts; asking the kernel to read two parts
