@@ -401,6 +401,14 @@ fn bench(dir: &Path, report: &mut String) {
     }
 }
 
+/// What a caught panic says: its message where it has one.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = (panic.downcast_ref::<String>().map(String::as_str))
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message");
+    format!("panicked: {message}")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let out = PathBuf::from(args.get(1).map_or("device-report", String::as_str));
@@ -419,7 +427,7 @@ fn main() {
     let mut failed = 0;
     for (name, check) in CHECKS {
         let result =
-            std::panic::catch_unwind(|| check(&dir)).unwrap_or_else(|_| Err("panicked".into()));
+            std::panic::catch_unwind(|| check(&dir)).unwrap_or_else(|p| Err(panicked(&*p)));
         let verdict = match &result {
             Ok(()) => "ok".to_string(),
             Err(e) => {
@@ -431,7 +439,17 @@ fn main() {
         writeln!(report, "| {name} | {verdict} |").unwrap();
     }
     if !args.iter().any(|a| a == "--checks") {
-        bench(&dir, &mut report);
+        // A panic in the bench (a fixture not made, a load failed) is reported with what
+        // ran before it, rather than losing the checks' report.
+        let mut table = String::new();
+        let ran =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench(&dir, &mut table)));
+        report.push_str(&table);
+        if let Err(panic) = ran {
+            failed += 1;
+            let why = panicked(&*panic);
+            writeln!(report, "\nThe bench FAILED after the rows above: {why}").unwrap();
+        }
     }
     println!("{report}");
     std::fs::write(out.join("report.md"), &report).unwrap();
