@@ -41,9 +41,10 @@
 //! 1.26–1.36× the floor on resnet18, resnet50 and resnet152, and the same load with its
 //! `pread`s left out (converting whatever the buffer held) 0.56–0.60×. The kernel's copy out
 //! of the page cache is all of the gap: about 7.6 GB/s a thread here, while the floor's
-//! in-memory read overlaps its writes. Converting out of a populated map of the file instead
-//! was slower (1.40–1.67×), its page-table setup and unmapping costing more than the copy it
-//! saves at these sizes. The
+//! in-memory read overlaps its writes. Converting out of a map of the file instead was
+//! slower: 1.40–1.67× with each thread's span mapped with `MAP_POPULATE`, 1.34–1.74× with the
+//! whole file mapped once and faulted in or populated (`MADV_POPULATE_READ`) a block at a
+//! time; its page-table setup and unmapping cost more than the copy it saves. The
 //! runs are cut at each thread's exact share of the bytes (whole parts had left one thread
 //! 8% more), and the calling thread takes the first run (`on_threads`). From a cold
 //! cache each thread waits on its read, then converts; asking the kernel to read two parts
