@@ -810,6 +810,65 @@ mod tests {
         assert!(sources_overlap_destinations(&copies, &routes));
     }
 
+    /// A whole load through the staged route, its CPU destinations standing in for a GPU's
+    /// (`STAGE_ON_CPU`): parameters that require grad, as a `VarStore`'s do, of odd element
+    /// counts and mixed element sizes packed into shared buffers, from a file in the model's
+    /// dtypes and from one in bf16, converted by the copier.
+    #[test]
+    fn a_model_loads_through_the_staged_route() {
+        use crate::{load_checkpoint, ModuleTree, StateDict};
+        let float = |n: &[i64]| Tensor::randn(n, (Kind::Float, Device::Cpu));
+        let source: Vec<(&str, Tensor)> = vec![
+            ("conv.weight", float(&[3, 5])),
+            ("prelu.weight", float(&[2])),
+            ("bn.num_batches_tracked", Tensor::from(7i64)),
+            ("bn.running_mean", float(&[3])),
+            ("head.weight", float(&[5, 7])),
+        ];
+        let model = || {
+            let mut m = ModuleTree::new("m");
+            for (k, t) in &source {
+                let t = t.zeros_like();
+                let t = if t.is_floating_point() {
+                    t.set_requires_grad(true)
+                } else {
+                    t
+                };
+                m.add_tensor(k, t).unwrap();
+            }
+            m
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let fp32 = dir.path().join("fp32.pth");
+        let sd: StateDict = (source.iter())
+            .map(|(k, t)| (k.to_string(), t.shallow_clone()))
+            .collect();
+        sd.save(&fp32).unwrap();
+        let bf16 = dir.path().join("bf16.safetensors");
+        let rounded: StateDict = (source.iter())
+            .map(|(k, t)| {
+                let t = if t.is_floating_point() {
+                    t.to_kind(Kind::BFloat16)
+                } else {
+                    t.shallow_clone()
+                };
+                (k.to_string(), t)
+            })
+            .collect();
+        rounded.save(&bf16).unwrap();
+        super::super::route::STAGE_ON_CPU.with(|s| s.set(true));
+        for (path, want) in [(&fp32, &sd), (&bf16, &rounded)] {
+            let m = model();
+            let loaded = load_checkpoint(&m, path, true);
+            loaded.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for (k, t) in m.iter() {
+                let want = want.get(k).unwrap().to_kind(t.kind());
+                assert!(t.equal(&want), "{} {k}", path.display());
+            }
+        }
+        super::super::route::STAGE_ON_CPU.with(|s| s.set(false));
+    }
+
     #[test]
     fn plain_copies_are_memcpy_and_the_rest_copy_() {
         let dst = Tensor::zeros([4, 4], (Kind::Float, Device::Cpu));

@@ -68,17 +68,33 @@ pub(crate) enum Choice {
 /// it cannot be split, and must fit one of the smallest buffers.
 pub(crate) const STAGED_STRIDED_BYTES: usize = 1 << 20;
 
+#[cfg(test)]
+thread_local! {
+    /// In this crate's unit tests: whether a CPU destination takes the staged route, as a
+    /// GPU's would, so that whole loads through it run on a machine without a GPU. The
+    /// thread's own, so that the tests beside it load as users do.
+    pub(crate) static STAGE_ON_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a destination on `device` takes the staged route.
+fn staged(device: Device) -> bool {
+    #[cfg(test)]
+    if STAGE_ON_CPU.with(std::cell::Cell::get) {
+        return true;
+    }
+    device != Device::Cpu
+}
+
 /// The route of a copy of `src` into `dst`.
 pub(crate) fn choose(dst: &Dst, src: &FileBytes) -> Choice {
     let Some(kind) = src.kind.filter(|_| src.in_place) else {
         return Choice::Materialize;
     };
-    if dst.takes_as_is(kind, src.big_endian) && (src.piece || src.numel == dst.numel) {
+    let staged = staged(dst.device);
+    if !staged && dst.takes_as_is(kind, src.big_endian) && (src.piece || src.numel == dst.numel) {
         return Choice::Read;
     }
-    if dst.device != Device::Cpu
-        && (dst.contiguous || dst.numel * kind.elt_size_in_bytes() <= STAGED_STRIDED_BYTES)
-    {
+    if staged && (dst.contiguous || dst.numel * kind.elt_size_in_bytes() <= STAGED_STRIDED_BYTES) {
         return Choice::ToDevice;
     }
     if dst.contiguous {

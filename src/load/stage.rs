@@ -22,12 +22,22 @@
 //!   to be refilled. That synchronization is also what makes reuse safe: no copy still reads a
 //!   buffer that is being written.
 //! * **One pass over the file**, in file order, each piece to its own tensor's device: a
-//!   model split over `cuda:0`, `cuda:1` and the CPU is loaded by one pipeline.
-//! * **Everything but the copy runs on the CPU.** A destination on the CPU takes the same
-//!   path with unpinned buffers (the copier's `copy_` is then a host copy), so the buffer
-//!   handling, the order, the splitting of large tensors across buffers, big-endian files and
-//!   the error paths (a file cut short in the middle, a failing copy) are tested without a
-//!   GPU (`tests` below).
+//!   model split over `cuda:0` and `cuda:1` is loaded by one pipeline (its tensors on the
+//!   CPU by the CPU's routes, before it). A tensor that shares memory with another (tied
+//!   weights) is written on its own, after the rest, through a pipeline of its own.
+//! * **Each piece at a multiple of [`PLACE`] in its buffer**, so that its bytes can be
+//!   viewed as its dtype in place whatever the pieces before it.
+//! * **The copier copies under `no_grad`**, as the calling thread does: grad mode is a
+//!   thread's own, and a parameter that requires grad refuses an in-place `copy_` outside it.
+//! * **Everything but the copy runs on the CPU.** In this crate's tests a destination on the
+//!   CPU takes the same path (`route::STAGE_ON_CPU`) with unpinned buffers (the copier's
+//!   `copy_` is then a host copy), so the buffer handling, the order, the splitting of large
+//!   tensors across buffers, the packing of mixed dtypes, big-endian files, parameters that
+//!   require grad and the error paths (a file cut short in the middle, a failing copy) are
+//!   tested without a GPU (`tests` below, and a whole load in `commit`'s tests). What the
+//!   CPU cannot show is a copy still running when its buffer is refilled: a host copy is
+//!   synchronous, so the synchronization before a buffer goes back is checked on a GPU only
+//!   (`scripts/device-check`).
 //!
 //! Expected on one H200 from the page cache (16 threads), not yet measured: reading runs at
 //! 30–60 GB/s across 16 threads, the copy at about 55 GB/s, and the two overlap, so a 4 GiB
@@ -97,7 +107,13 @@ impl Stager {
     }
 }
 
-/// A piece placed in a buffer: its bytes are at `at` in the buffer.
+/// Where a piece may start in a buffer: a multiple of this. Its bytes are viewed as its
+/// dtype in place, which needs an offset that is a multiple of the element's size (an int64
+/// packed after three fp32 elements could not be), and a cache line each keeps the copies
+/// aligned as the file had them.
+const PLACE: usize = 64;
+
+/// A piece placed in a buffer: its bytes are at `at` in the buffer, a multiple of [`PLACE`].
 struct Placed<'t> {
     at: usize,
     piece: Piece<'t>,
@@ -154,6 +170,9 @@ pub(crate) fn run_staged(
     let (to_reader, emptied) = mpsc::channel::<(usize, Result<(), Error>)>();
     std::thread::scope(|scope| {
         scope.spawn(move || {
+            // Grad mode is a thread's own: the caller's `no_grad` does not reach this thread,
+            // and an in-place `copy_` into a parameter that requires grad fails outside it.
+            let _no_grad = tch::no_grad_guard();
             for (slot, placed) in filled {
                 let result = copy_slot(&copier_slots[slot], &placed, done);
                 if to_reader.send((slot, result)).is_err() {
@@ -180,11 +199,13 @@ pub(crate) fn run_staged(
                 }
             };
             let mut placed = Vec::new();
-            let mut used = 0;
-            while let Some(p) = pieces.next_if(|p| used + p.len() <= slot_bytes) {
-                let len = p.len();
-                placed.push(Placed { at: used, piece: p });
-                used += len;
+            let mut used = 0usize;
+            while let Some(p) =
+                pieces.next_if(|p| used.next_multiple_of(PLACE) + p.len() <= slot_bytes)
+            {
+                let at = used.next_multiple_of(PLACE);
+                used = at + p.len();
+                placed.push(Placed { at, piece: p });
             }
             if let Err(e) = fill(&slots[slot], &placed, threads) {
                 first_error = Some(e);
@@ -482,6 +503,67 @@ mod tests {
         assert!(dsts[0].equal(&src.narrow(0, 0, 8)));
         assert!(dsts[5].equal(&src.narrow(0, 40, 8)));
         assert_eq!(dsts[7].abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    /// The model's parameters require grad, and the load runs under `no_grad` on the calling
+    /// thread (as `commit` runs it): the copier, a thread of its own, copies under `no_grad`
+    /// too, into whole tensors and into the slices of a tensor split across buffers.
+    #[test]
+    fn parameters_that_require_grad_are_written_by_the_copier() {
+        let src = values(40);
+        let (path, file) = file_with(&le_bytes(&src));
+        let whole = Tensor::zeros([8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let split = Tensor::zeros([32], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let _no_grad = tch::no_grad_guard();
+        let pieces = vec![
+            piece("whole", &path, &file, 0, Kind::Float, &whole),
+            piece("split", &path, &file, 32, Kind::Float, &split),
+        ];
+        let stager = Stager {
+            slot_bytes: 48,
+            depth: 2,
+        };
+        run_staged(pieces, stager, 1, &|_| {}).unwrap();
+        assert!(whole.equal(&src.narrow(0, 0, 8)));
+        assert!(split.equal(&src.narrow(0, 8, 32)));
+    }
+
+    /// Pieces of every element size, each of an odd number of elements, share buffers: each
+    /// is placed at a multiple of its element size, so that its bytes can be viewed as its
+    /// dtype (an int64 after 3 bytes of uint8 or 3 fp32 elements could not be).
+    #[test]
+    fn pieces_of_mixed_element_sizes_share_a_buffer() {
+        let srcs = [
+            Tensor::arange(3, (Kind::Uint8, Device::Cpu)),
+            Tensor::arange(3, (Kind::Int64, Device::Cpu)) - 7,
+            values(3).to_kind(Kind::BFloat16),
+            values(5),
+            Tensor::arange(1, (Kind::Int64, Device::Cpu)) + 11,
+            values(3).to_kind(Kind::Double),
+            Tensor::zeros([0], (Kind::Int64, Device::Cpu)),
+            Tensor::arange(5, (Kind::Int16, Device::Cpu)),
+        ];
+        let mut bytes = Vec::new();
+        let mut offsets = Vec::new();
+        for t in &srcs {
+            offsets.push(bytes.len() as u64);
+            bytes.extend(le_bytes(t));
+        }
+        let (path, file) = file_with(&bytes);
+        let dsts: Vec<Tensor> = srcs.iter().map(Tensor::zeros_like).collect();
+        for slot_bytes in [24, 64, 1 << 10] {
+            let pieces = (srcs.iter().zip(&dsts).zip(&offsets))
+                .map(|((t, d), &at)| piece("w", &path, &file, at, t.kind(), d))
+                .collect();
+            let stager = Stager {
+                slot_bytes,
+                depth: 2,
+            };
+            run_staged(pieces, stager, 2, &|_| {}).unwrap();
+            for (t, d) in srcs.iter().zip(&dsts) {
+                assert!(d.equal(t), "{:?} in buffers of {slot_bytes}", t.kind());
+            }
+        }
     }
 
     /// A copy that libtorch refuses (bytes viewed as a quantized dtype) is the copier's error,
