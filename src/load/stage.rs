@@ -302,16 +302,26 @@ fn copy_slot(
     for p in placed {
         let piece = &p.piece;
         let device = piece.dst.device();
+        // Noted before its copy is issued: a copy that fails after the bytes were sent still
+        // has the device synchronized before the buffer goes back.
+        if let Device::Cuda(index) = device {
+            if !devices.contains(&(index as i64)) {
+                devices.push(index as i64);
+            }
+        }
         let copied = slot
             .f_narrow(0, p.at as i64, piece.len() as i64)
             .and_then(|bytes| bytes.f_view_dtype(piece.kind))
             .and_then(|src| src.f_view(piece.dst.size().as_slice()))
             .and_then(|src| {
                 // Raw bytes to the device first (a plain copy from pinned memory, which
-                // `non_blocking` leaves running), then the conversion on the device.
+                // `non_blocking` leaves running), then the conversion on the device. Only
+                // CUDA's copies are left running: they are the ones synchronized below
+                // (another backend's, MPS's, may read the buffer after the call returns).
                 let src = match device {
                     Device::Cpu => src,
-                    _ => src.f_to_device_(device, piece.kind, true, false)?,
+                    Device::Cuda(_) => src.f_to_device_(device, piece.kind, true, false)?,
+                    _ => src.f_to_device_(device, piece.kind, false, false)?,
                 };
                 piece.dst.shallow_clone().f_copy_(&src)
             });
@@ -321,11 +331,6 @@ fn copy_slot(
                 source,
             });
             break;
-        }
-        if let Device::Cuda(index) = device {
-            if !devices.contains(&(index as i64)) {
-                devices.push(index as i64);
-            }
         }
         done(piece.dst.numel() * piece.dst.kind().elt_size_in_bytes());
     }
