@@ -279,6 +279,28 @@ const CHECKS: &[Check] = &[
         },
     ),
     (
+        "no buffer is refilled before the copies reading it ran (copies queued behind GPU work)",
+        |dir| {
+            // Seconds of matrix products queued on the stream first: the load's
+            // `non_blocking` copies wait behind them, so a buffer refilled before its copies
+            // ran (the synchronization before a buffer goes back, left out) would be read
+            // with the next buffer's bytes, and the values would differ.
+            let (_, src) = resnet(Device::Cpu, Arch::CifarResNet18);
+            let path = dir.join("cifar18-queued.pth");
+            state_dict(&src).unwrap().save(&path).unwrap();
+            let (_, gpu) = resnet(Device::Cuda(0), Arch::CifarResNet18);
+            let a = Tensor::randn([4096, 4096], (Kind::Float, Device::Cuda(0)));
+            let mut busy = a.shallow_clone();
+            for _ in 0..200 {
+                busy = busy.matmul(&a) / 64.0;
+            }
+            load_checkpoint(&gpu, &path, true).map_err(|e| e.to_string())?;
+            tch::Cuda::synchronize(0);
+            drop(busy);
+            same_values(&src, &gpu)
+        },
+    ),
+    (
         "a file cut short after the check fails the load with an I/O error",
         |dir| {
             let (_, src) = resnet(Device::Cpu, Arch::CifarResNet18);
