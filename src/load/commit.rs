@@ -17,9 +17,11 @@
 //!   tensor is materialized, then `copy_`.
 //!
 //! Before anything is written, the tensors of the last route are materialized (a corrupt
-//! deflated storage fails here) and every file is checked to be as long as when it was
-//! parsed ([`Error::FileChanged`]). What remains is an I/O error or a change to the file
-//! during the copy itself, which can leave the model partly written.
+//! deflated storage fails here), every file is checked to be as long as when it was parsed
+//! ([`Error::FileChanged`]), and the staged route's host buffers are allocated. What remains
+//! is an I/O error or a change to the file during the copy itself, and for a model on a GPU
+//! the device running out of memory for a piece in flight, either of which can leave the
+//! model partly written.
 //!
 //! Tensors of the model that share memory (tied weights) are written one after the other in
 //! the plan's order, so that the last write wins as with `copy_`; otherwise the reads run
@@ -36,7 +38,7 @@ use super::direct::readable_in_place;
 use super::plan::PlannedCopy;
 use super::route::{choose, Choice, Dst, FileBytes};
 use super::source::{Entry, SourceDict};
-use super::stage::{run_staged, Piece, Stager};
+use super::stage::{run_staged, Buffers, Piece, Stager};
 use crate::error::Error;
 use crate::read::{
     bytes, check_before_writing, read_all_with, read_file_tensors, OpenFile, Read, ReadFrom,
@@ -478,15 +480,26 @@ impl<'s> Routed<'s> {
 
     /// Runs every copy: one after the other, in plan order, when tensors share memory or a
     /// source in memory overlaps a destination; otherwise in batches across threads.
+    ///
+    /// The staged pieces' host buffers are allocated first, before anything is written.
     fn run(self, done: &(dyn Fn(usize) + Sync)) -> Result<(), Error> {
         let threads = self.files.first().map_or(1, |f| f.options.read_threads());
+        let staged: Vec<&Piece<'_>> = (self.routes.iter())
+            .filter_map(|route| match route {
+                Route::ToDevice(piece) => Some(piece),
+                _ => None,
+            })
+            .collect();
+        let bytes = staged.iter().map(|p| p.len()).sum();
+        let buffers = Buffers::for_pieces(&staged, Stager::for_bytes(bytes))?;
         if self.shared || sources_overlap_destinations(&self.copies, &self.routes) {
             for (c, route) in self.copies.iter().zip(&self.routes) {
-                write(c, route, 1, done)?;
+                write(c, route, 1, done, &buffers)?;
             }
             return Ok(());
         }
-        Batches::of(&self.copies, self.routes, threads, done)?.run(threads, done)
+        Batches::of(&self.copies, self.routes, threads, done, &buffers)?
+            .run(threads, done, &buffers)
     }
 }
 
@@ -512,6 +525,7 @@ impl<'s> Batches<'s> {
         routes: Vec<Route<'s>>,
         threads: usize,
         done: &(dyn Fn(usize) + Sync),
+        buffers: &Buffers,
     ) -> Result<Self, Error> {
         let mut batches = Batches::default();
         for (c, route) in copies.iter().zip(routes) {
@@ -521,7 +535,7 @@ impl<'s> Batches<'s> {
                 Route::Copy(src) => match plain_copy(c, src) {
                     Some(Some(read)) => batches.memcpy.push(read),
                     Some(None) => {}
-                    None => write(c, &Route::Copy(src), threads, done)?,
+                    None => write(c, &Route::Copy(src), threads, done, buffers)?,
                 },
                 Route::Direct(direct) => {
                     let read = direct.read_into(c.dst);
@@ -531,7 +545,7 @@ impl<'s> Batches<'s> {
                         None => batches.direct.push((source, direct.file, vec![read])),
                     }
                 }
-                other => write(c, &other, threads, done)?,
+                other => write(c, &other, threads, done, buffers)?,
             }
         }
         Ok(batches)
@@ -540,7 +554,12 @@ impl<'s> Batches<'s> {
     /// Copies from memory, then direct reads file by file, each across threads; then the
     /// converting reads; then the pieces for other devices, in file order, through one
     /// pipeline.
-    fn run(mut self, threads: usize, done: &(dyn Fn(usize) + Sync)) -> Result<(), Error> {
+    fn run(
+        mut self,
+        threads: usize,
+        done: &(dyn Fn(usize) + Sync),
+        buffers: &Buffers,
+    ) -> Result<(), Error> {
         // A copy from memory reads no file: it fails only where a thread panicked, a bug,
         // and the panic goes on rather than becoming an I/O error of no file.
         if let Err(e) = read_all_with(&self.memcpy, threads, done) {
@@ -554,8 +573,7 @@ impl<'s> Batches<'s> {
         }
         convert::run_all(&self.converts, threads, done)?;
         self.staged.sort_by_key(|p| (p.from.id(), p.offset));
-        let bytes = self.staged.iter().map(Piece::len).sum();
-        run_staged(self.staged, Stager::for_bytes(bytes), threads, done)
+        run_staged(self.staged, buffers, threads, done)
     }
 }
 
@@ -577,12 +595,13 @@ fn materialize_pending(routes: &mut [Route<'_>]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Writes one planned copy by its route.
+/// Writes one planned copy by its route (a staged one through the load's `buffers`).
 fn write(
     c: &PlannedCopy<'_>,
     route: &Route<'_>,
     threads: usize,
     done: &(dyn Fn(usize) + Sync),
+    buffers: &Buffers,
 ) -> Result<(), Error> {
     let copy_error = |source| Error::Copy {
         key: c.key.to_string(),
@@ -603,11 +622,7 @@ fn write(
             })
         }
         Route::Convert(convert) => convert::run_all(std::slice::from_ref(convert), threads, done),
-        Route::ToDevice(piece) => {
-            let piece = piece.clone_piece();
-            let stager = Stager::for_bytes(piece.len());
-            run_staged(vec![piece], stager, threads, done)
-        }
+        Route::ToDevice(piece) => run_staged(vec![piece.clone_piece()], buffers, threads, done),
         Route::Block(file, offset, kind) => {
             let buffer =
                 Tensor::f_empty(c.dst.size(), (*kind, tch::Device::Cpu)).map_err(copy_error)?;
@@ -866,6 +881,44 @@ mod tests {
                 assert!(t.equal(&want), "{} {k}", path.display());
             }
         }
+        super::super::route::STAGE_ON_CPU.with(|s| s.set(false));
+    }
+
+    /// The staged route's buffers are allocated before anything is written: when they
+    /// cannot be, the load fails with the model as it was, though a tensor from memory is
+    /// copied before the staged pieces run.
+    #[test]
+    fn staged_buffers_are_allocated_before_the_first_write() {
+        use crate::{load_state_dict, LazyStateDict, ModuleTree, StateDict};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.pth");
+        let w = Tensor::randn([4], (Kind::Float, Device::Cpu));
+        let file: StateDict = [("w".to_string(), w.shallow_clone())].into_iter().collect();
+        file.save(&path).unwrap();
+        let mut sd = LazyStateDict::load(&path).unwrap();
+        sd.insert("a", Tensor::ones([3], (Kind::Float, Device::Cpu)));
+        let mut m = ModuleTree::new("m");
+        m.add_tensor("a", Tensor::zeros([3], (Kind::Float, Device::Cpu)))
+            .unwrap();
+        m.add_tensor("w", Tensor::zeros([4], (Kind::Float, Device::Cpu)))
+            .unwrap();
+        super::super::route::STAGE_ON_CPU.with(|s| s.set(true));
+        super::super::stage::REFUSE_BUFFERS.with(|s| s.set(true));
+        let refused = load_state_dict(&m, &sd, true);
+        super::super::stage::REFUSE_BUFFERS.with(|s| s.set(false));
+        assert!(
+            matches!(&refused, Err(Error::Copy { key, .. }) if key == "w"),
+            "{refused:?}"
+        );
+        let zeros = |n| Tensor::zeros([n], (Kind::Float, Device::Cpu));
+        assert!(
+            m.get("a").unwrap().equal(&zeros(3)),
+            "written before the failure"
+        );
+        // With its buffers, the same load writes both.
+        load_state_dict(&m, &sd, true).unwrap();
+        assert!(m.get("a").unwrap().equal(&zeros(3).ones_like()));
+        assert!(m.get("w").unwrap().equal(&w));
         super::super::route::STAGE_ON_CPU.with(|s| s.set(false));
     }
 

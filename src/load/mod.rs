@@ -368,7 +368,8 @@ impl Checkpoint<'_> {
     ///
     /// As [`load_state_dict`] and [`state_dict`](Self::state_dict). A file that changed
     /// since it was opened gives [`Error::FileChanged`] before anything is written; an I/O
-    /// error during the copy itself ([`Error::Io`]) can leave the model partly written.
+    /// error during the copy itself ([`Error::Io`]), or a GPU out of memory for the bytes in
+    /// flight ([`Error::Copy`]), can leave the model partly written.
     pub fn load_into<M: StateDictModule + ?Sized>(
         &self,
         module: &M,

@@ -13,8 +13,13 @@
 //!
 //! * **Pinned, reused, double-buffered.** [`Stager::depth`] host buffers of
 //!   [`Stager::slot_bytes`] each (pinned for the devices the load writes to; 2 × up to 64
-//!   MiB), allocated once per load. The reading thread fills one (its pieces read across the
-//!   read threads) while the copier thread empties the other.
+//!   MiB), allocated once per load, before it writes anything ([`Buffers`]): a load that
+//!   cannot have them fails with the model as it was. The reading thread fills one (its
+//!   pieces read across the read threads) while the copier thread empties the other. What
+//!   can still fail once the load has written: a read (a file cut short underneath it), and
+//!   the device memory each piece's bytes are copied into before their conversion (tch has
+//!   no non-blocking copy into an existing tensor, so the copy makes one, from the device's
+//!   caching allocator).
 //! * **One synchronization per buffer.** The copier issues each piece's host-to-device copy
 //!   with `non_blocking`, then the dtype conversion on the device (`copy_` on the GPU, after
 //!   the raw bytes are there: the conversion costs the device microseconds, the host
@@ -23,8 +28,8 @@
 //!   buffer that is being written.
 //! * **One pass over the file**, in file order, each piece to its own tensor's device: a
 //!   model split over `cuda:0` and `cuda:1` is loaded by one pipeline (its tensors on the
-//!   CPU by the CPU's routes, before it). A tensor that shares memory with another (tied
-//!   weights) is written on its own, after the rest, through a pipeline of its own.
+//!   CPU by the CPU's routes, before it). Where tensors share memory (tied weights), every
+//!   copy runs on its own in the plan's order, a staged one through the same buffers.
 //! * **Each piece at a multiple of [`PLACE`] in its buffer**, so that its bytes can be
 //!   viewed as its dtype in place whatever the pieces before it.
 //! * **The copier copies under `no_grad`**, as the calling thread does: grad mode is a
@@ -119,50 +124,98 @@ struct Placed<'t> {
     piece: Piece<'t>,
 }
 
-/// Loads every piece, in order, through `stager`'s buffers: reads on the calling thread
-/// (each buffer's reads split across `threads`), copies on one copier thread. `done(n)` is
-/// called after each piece with the bytes written into the model.
+/// The host buffers of a load's staged pieces, allocated before the load's first write
+/// (pinned where the pieces' device pins), and reused by every [`run_staged`] of the load.
+pub(crate) struct Buffers {
+    slots: Vec<Tensor>,
+    slot_bytes: usize,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// In this crate's unit tests: whether allocating buffers fails, as it would with no
+    /// memory left.
+    pub(crate) static REFUSE_BUFFERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Buffers {
+    /// `stager`'s buffers for `pieces`: no larger than all their bytes, and large enough for
+    /// the largest piece that cannot be split (a strided one, which `route::choose` lets
+    /// through up to `STAGED_STRIDED_BYTES`). None for no pieces.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Copy`], naming the first piece's key, when a buffer cannot be allocated.
+    pub(crate) fn for_pieces(pieces: &[&Piece<'_>], stager: Stager) -> Result<Buffers, Error> {
+        let Some(first) = pieces.first() else {
+            return Ok(Buffers {
+                slots: Vec::new(),
+                slot_bytes: 0,
+            });
+        };
+        let alloc_error = |source| Error::Copy {
+            key: first.key.to_string(),
+            source,
+        };
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        let largest = pieces
+            .iter()
+            .map(|p| match p.dst.is_contiguous() {
+                true => p.len().min(stager.slot_bytes),
+                false => p.len(),
+            })
+            .max()
+            .unwrap_or(0);
+        let slot_bytes = stager.slot_bytes.min(total).max(largest).max(1);
+        let pin = pieces
+            .iter()
+            .map(|p| p.dst.device())
+            .find(|d| *d != Device::Cpu);
+        let mut slots = Vec::with_capacity(stager.depth.max(1));
+        for _ in 0..stager.depth.max(1) {
+            #[cfg(test)]
+            if REFUSE_BUFFERS.with(std::cell::Cell::get) {
+                return Err(alloc_error(tch::TchError::Torch("refused".into())));
+            }
+            let slot = Tensor::f_empty([slot_bytes as i64], (Kind::Uint8, Device::Cpu))
+                .map_err(alloc_error)?;
+            // Pinned where the device's backend pins (CUDA); a backend that cannot (MPS)
+            // copies from pageable memory, slower but the same.
+            let slot = match pin {
+                Some(device) => slot.f_pin_memory(device).unwrap_or(slot),
+                None => slot,
+            };
+            slots.push(slot);
+        }
+        Ok(Buffers { slots, slot_bytes })
+    }
+}
+
+/// Loads every piece, in order, through `buffers` (made for these pieces, or more):
+/// reads on the calling thread (each buffer's reads split across `threads`), copies on one
+/// copier thread. `done(n)` is called after each piece with the bytes written into the
+/// model.
 ///
 /// # Errors
 ///
-/// The first error met: [`Error::Io`] for a read, [`Error::Copy`] for a copy or a buffer
-/// that could not be allocated. The pipeline drains before it returns: no copy still reads a
-/// buffer when the buffers are freed.
+/// The first error met: [`Error::Io`] for a read, [`Error::Copy`] for a copy. The pipeline
+/// drains before it returns: no copy still reads a buffer when it returns.
 pub(crate) fn run_staged(
     pieces: Vec<Piece<'_>>,
-    stager: Stager,
+    buffers: &Buffers,
     threads: usize,
     done: &(dyn Fn(usize) + Sync),
 ) -> Result<(), Error> {
-    let Some(first) = pieces.first() else {
+    let Some(key) = pieces.first().map(|p| p.key.to_string()) else {
         return Ok(());
     };
-    let alloc_error = |source| Error::Copy {
-        key: first.key.to_string(),
-        source,
-    };
-    let pieces = split(pieces, stager.slot_bytes).map_err(alloc_error)?;
-    let pin = pieces
-        .iter()
-        .map(|p| p.dst.device())
-        .find(|d| *d != Device::Cpu);
-    // No larger than the load, and large enough for its largest piece (a strided one, which
-    // `route::choose` lets through up to `STAGED_STRIDED_BYTES`, is never split).
-    let total: usize = pieces.iter().map(Piece::len).sum();
-    let largest = pieces.iter().map(Piece::len).max().unwrap_or(0);
-    let slot_bytes = stager.slot_bytes.min(total).max(largest).max(1);
-    let mut slots = Vec::with_capacity(stager.depth.max(1));
-    for _ in 0..stager.depth.max(1) {
-        let slot = Tensor::f_empty([slot_bytes as i64], (Kind::Uint8, Device::Cpu))
-            .map_err(alloc_error)?;
-        // Pinned where the device's backend pins (CUDA); a backend that cannot (MPS) copies
-        // from pageable memory, slower but the same.
-        let slot = match pin {
-            Some(device) => slot.f_pin_memory(device).unwrap_or(slot),
-            None => slot,
-        };
-        slots.push(slot);
-    }
+    let (slots, slot_bytes) = (&buffers.slots, buffers.slot_bytes);
+    let pieces = split(pieces, slot_bytes).map_err(|source| Error::Copy { key, source })?;
+    // `Buffers::for_pieces` made room for every piece that cannot be split.
+    assert!(
+        !slots.is_empty() && pieces.iter().all(|p| p.len() <= slot_bytes),
+        "staged pieces larger than their buffers"
+    );
     // The copier's own handles on the same buffers (a tensor can be sent, not shared).
     let copier_slots: Vec<Tensor> = slots.iter().map(Tensor::shallow_clone).collect();
     // Filled buffers go to the copier; emptied ones come back, with the copier's verdict.
@@ -355,6 +408,17 @@ mod tests {
         (path, file)
     }
 
+    /// `run_staged` through buffers made for `pieces`.
+    fn run(
+        pieces: Vec<Piece<'_>>,
+        stager: Stager,
+        threads: usize,
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<(), Error> {
+        let buffers = Buffers::for_pieces(&pieces.iter().collect::<Vec<_>>(), stager)?;
+        run_staged(pieces, &buffers, threads, done)
+    }
+
     fn values(n: usize) -> Tensor {
         Tensor::arange(n as i64, (Kind::Float, Device::Cpu)) * 0.5 - 3.0
     }
@@ -427,7 +491,7 @@ mod tests {
                 depth,
             };
             let pieces = pieces.iter().map(Piece::clone_piece).collect();
-            run_staged(pieces, stager, 2, &|n| {
+            run(pieces, stager, 2, &|n| {
                 written.fetch_add(n, Ordering::Relaxed);
             })
             .unwrap();
@@ -460,7 +524,7 @@ mod tests {
             slot_bytes: 128,
             depth: 3,
         };
-        run_staged(vec![piece], stager, 1, &|_| {}).unwrap();
+        run(vec![piece], stager, 1, &|_| {}).unwrap();
         assert!(dst.equal(&src.to_kind(Kind::Double)));
     }
 
@@ -472,7 +536,7 @@ mod tests {
         let model = Tensor::zeros([4, 5], (Kind::Float, Device::Cpu));
         let block = model.narrow(1, 1, 3);
         let piece = piece("w", &path, &file, 0, Kind::Float, &block);
-        run_staged(vec![piece], Stager::for_bytes(48), 1, &|_| {}).unwrap();
+        run(vec![piece], Stager::for_bytes(48), 1, &|_| {}).unwrap();
         assert!(model.narrow(1, 1, 3).equal(&src));
         assert_eq!(
             model
@@ -503,7 +567,7 @@ mod tests {
             slot_bytes: 32,
             depth: 2,
         };
-        let err = run_staged(pieces, stager, 1, &|_| {}).unwrap_err();
+        let err = run(pieces, stager, 1, &|_| {}).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err:?}");
         assert!(dsts[0].equal(&src.narrow(0, 0, 8)));
         assert!(dsts[5].equal(&src.narrow(0, 40, 8)));
@@ -528,7 +592,7 @@ mod tests {
             slot_bytes: 48,
             depth: 2,
         };
-        run_staged(pieces, stager, 1, &|_| {}).unwrap();
+        run(pieces, stager, 1, &|_| {}).unwrap();
         assert!(whole.equal(&src.narrow(0, 0, 8)));
         assert!(split.equal(&src.narrow(0, 8, 32)));
     }
@@ -564,7 +628,7 @@ mod tests {
                 slot_bytes,
                 depth: 2,
             };
-            run_staged(pieces, stager, 2, &|_| {}).unwrap();
+            run(pieces, stager, 2, &|_| {}).unwrap();
             for (t, d) in srcs.iter().zip(&dsts) {
                 assert!(d.equal(t), "{:?} in buffers of {slot_bytes}", t.kind());
             }
@@ -583,7 +647,7 @@ mod tests {
             piece("good", &path, &file, 0, Kind::Float, &good),
             piece("bad", &path, &file, 16, Kind::QInt8, &bad),
         ];
-        let err = run_staged(pieces, Stager::for_bytes(64), 1, &|_| {}).unwrap_err();
+        let err = run(pieces, Stager::for_bytes(64), 1, &|_| {}).unwrap_err();
         assert!(
             matches!(&err, Error::Copy { key, .. } if key == "bad"),
             "{err:?}"
