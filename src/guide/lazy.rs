@@ -20,10 +20,12 @@
 //!   fp16 pattern is compared with libtorch's conversion in the tests), and run faster than
 //!   libtorch's own in-memory `copy_` (below); pairs without a kernel (fp64, integers) are
 //!   converted by libtorch's `copy_`, a megabyte at a time;
-//! - a model on a GPU (or on several devices and the CPU): the staged route. The file is read
-//!   once, in file order, into two reused pinned buffers; while one is read, a copier thread
-//!   copies the other to its tensors' devices with `non_blocking`, converts there (the dtype
-//!   conversion runs on the GPU, after the raw bytes), and synchronizes once per buffer;
+//! - a tensor on a GPU (one model may span several): the staged route. The file is read
+//!   once, in file order, into two reused pinned buffers, allocated before anything is
+//!   written; while one is read, a copier thread copies the other to its tensors' devices
+//!   with `non_blocking`, converts there (the dtype conversion runs on the GPU, after the raw
+//!   bytes), and synchronizes once per buffer. A model's tensors on the CPU take the routes
+//!   above;
 //! - a deflated storage, a strided view, or a cast asked for with
 //!   [`ReadOptions::kind`](crate::ReadOptions::kind): the tensor is read, then copied;
 //! - an inserted tensor: copied (a plain `memcpy` across threads when dtype and layout
