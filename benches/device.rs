@@ -5,6 +5,7 @@
 //! ```text
 //! device OUT_DIR            # the checks, then the bench; OUT_DIR/report.md
 //! device OUT_DIR --checks   # the checks alone
+//! device OUT_DIR --dry-run  # no checks, the bench's steps on the CPU, small: the plumbing
 //! ```
 //!
 //! Its fixtures are made on that machine: the ResNets by this crate, the 4 GiB LLM-like
@@ -14,7 +15,6 @@
 
 mod common;
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -48,7 +48,9 @@ fn median(n: usize, f: &mut dyn FnMut()) -> f64 {
         .map(|_| {
             let start = Instant::now();
             f();
-            tch::Cuda::synchronize(0);
+            if tch::Cuda::is_available() {
+                tch::Cuda::synchronize(0);
+            }
             start.elapsed().as_secs_f64() * 1e3
         })
         .collect();
@@ -82,9 +84,10 @@ fn same_values(a: &dyn StateDictModule, b: &dyn StateDictModule) -> Result<(), S
                 y.size()
             ));
         }
+        // Flat first: libtorch views no 0-dim tensor (`num_batches_tracked`) as bytes.
         let (x, y) = (
-            x.contiguous().view_dtype(Kind::Uint8),
-            y.contiguous().view_dtype(Kind::Uint8),
+            x.contiguous().reshape([-1]).view_dtype(Kind::Uint8),
+            y.contiguous().reshape([-1]).view_dtype(Kind::Uint8),
         );
         if !x.equal(&y) {
             return Err(format!("{key}: values differ"));
@@ -170,8 +173,12 @@ const CHECKS: &[Check] = &[
             .map_err(|e| e.to_string())?;
         let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         let a = tch::no_grad(|| m.forward_t(&x, false));
+        // cuDNN's convolutions run in TF32 by default, which differs from the CPU's fp32
+        // by more than a load could; without cuDNN they go through cuBLAS in fp32.
+        tch::Cuda::set_user_enabled_cudnn(false);
         let b = tch::no_grad(|| g.forward_t(&x.to_device(Device::Cuda(0)), false))
             .to_device(Device::Cpu);
+        tch::Cuda::set_user_enabled_cudnn(true);
         let diff = (a - b).abs().max().double_value(&[]);
         (diff < 1e-3)
             .then_some(())
@@ -289,15 +296,38 @@ const CHECKS: &[Check] = &[
             let path = dir.join("cifar18-queued.pth");
             state_dict(&src).unwrap().save(&path).unwrap();
             let (_, gpu) = resnet(Device::Cuda(0), Arch::CifarResNet18);
-            let a = Tensor::randn([4096, 4096], (Kind::Float, Device::Cuda(0)));
-            let mut busy = a.shallow_clone();
-            for _ in 0..200 {
-                busy = busy.matmul(&a) / 64.0;
-            }
+            // A load first, so that the pinned buffers are in libtorch's cache and the load
+            // below allocates nothing that could synchronize the device.
             load_checkpoint(&gpu, &path, true).map_err(|e| e.to_string())?;
+            let (_, gpu) = resnet(Device::Cuda(0), Arch::CifarResNet18);
+            let a = Tensor::randn([4096, 4096], (Kind::Float, Device::Cuda(0)));
+            let queue = || {
+                let mut busy = a.shallow_clone();
+                for _ in 0..200 {
+                    busy = busy.matmul(&a) / 64.0;
+                }
+                busy
+            };
+            tch::Cuda::synchronize(0);
+            let start = Instant::now();
+            drop(queue());
+            tch::Cuda::synchronize(0);
+            let busy_ms = start.elapsed().as_secs_f64() * 1e3;
+            let busy = queue();
+            let start = Instant::now();
+            load_checkpoint(&gpu, &path, true).map_err(|e| e.to_string())?;
+            let load_ms = start.elapsed().as_secs_f64() * 1e3;
             tch::Cuda::synchronize(0);
             drop(busy);
-            same_values(&src, &gpu)
+            same_values(&src, &gpu)?;
+            // The load synchronizes before it returns, so it cannot end before the work
+            // queued ahead of its copies.
+            if load_ms < busy_ms / 2.0 {
+                return Err(format!(
+                    "the load returned after {load_ms:.0} ms, before the {busy_ms:.0} ms of work queued ahead of its copies"
+                ));
+            }
+            Ok(())
         },
     ),
     (
@@ -324,19 +354,37 @@ const CHECKS: &[Check] = &[
     ),
 ];
 
-/// Pinned host memory to the device, `bytes` of it, one copy: the floor.
+/// The most bytes the floor pins: the caching host allocator rounds a request up to a power
+/// of two and keeps it, so 4 GiB and a few headers would pin 8 GiB.
+const FLOOR_CHUNK: usize = 1 << 30;
+
+/// Pinned host memory to the device, `bytes` of it: the floor. Copied from one pinned buffer
+/// of at most [`FLOOR_CHUNK`], as many times as `bytes` needs, into one device buffer.
 fn pinned_floor(bytes: usize) -> f64 {
-    let host = Tensor::empty([bytes as i64], (Kind::Uint8, Device::Cpu))
-        .pin_memory(Device::Cuda(0))
+    let chunk = bytes.clamp(1, FLOOR_CHUNK);
+    let host = Tensor::empty([chunk as i64], (Kind::Uint8, Device::Cpu))
+        .internal_pin_memory(Device::Cuda(0))
         .fill_(1);
-    let dev = Tensor::empty([bytes as i64], (Kind::Uint8, Device::Cuda(0)));
-    median(7, &mut || {
-        dev.shallow_clone().copy_(&host);
+    let dev = Tensor::empty([chunk as i64], (Kind::Uint8, Device::Cuda(0)));
+    median(5, &mut || {
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk) as i64;
+            dev.narrow(0, 0, n).copy_(&host.narrow(0, 0, n));
+            left -= n as usize;
+        }
     })
 }
 
-fn pytorch(spec: &str, pth: Option<&Path>, st: &Path, kind: &str) -> String {
-    let out = Command::new(python())
+/// How long PyTorch's side may take: a hung CUDA start-up would otherwise use up the run.
+const PYTORCH_SECONDS: u64 = 240;
+
+/// PyTorch's times on `on`'s device (JSON), or why there are none.
+fn pytorch(spec: &str, pth: Option<&Path>, st: &Path, kind: &str, on: &Bench) -> String {
+    let dir = on.dir;
+    // Into files, not pipes: a child that fills a pipe nobody reads would never end.
+    let (out_path, err_path) = (dir.join("pytorch.out"), dir.join("pytorch.err"));
+    let child = Command::new(python())
         .arg(script("device_pytorch.py"))
         .args([
             spec,
@@ -344,19 +392,37 @@ fn pytorch(spec: &str, pth: Option<&Path>, st: &Path, kind: &str) -> String {
             st.to_str().unwrap(),
             kind,
             "5",
+            on.python_device,
         ])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    } else {
-        format!(
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => return format!("failed to start {}: {e}", python().display()),
+    };
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if start.elapsed().as_secs() < PYTORCH_SECONDS => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    match status {
+        Some(status) if status.success() => read(&out_path).trim().to_string(),
+        Some(_) => format!(
             "failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        )
+            read(&err_path).lines().last().unwrap_or("no message")
+        ),
+        None => format!("timed out after {PYTORCH_SECONDS} s"),
     }
 }
 
@@ -369,57 +435,116 @@ fn dir_bytes(index: &Path) -> usize {
         .sum()
 }
 
-fn bench(dir: &Path, report: &mut String) {
+/// The report: each line printed and `OUT/report.md` rewritten as it comes, so that a run
+/// cut short leaves what it found.
+struct Report {
+    path: PathBuf,
+    text: String,
+    failed: usize,
+}
+
+impl Report {
+    fn line(&mut self, line: &str) {
+        println!("{line}");
+        self.text.push_str(line);
+        self.text.push('\n');
+        let _ = std::fs::write(&self.path, &self.text);
+    }
+
+    /// A row made by `row`, or the row's name and why it failed: a panic loses that row
+    /// only.
+    fn row(&mut self, name: &str, row: impl FnOnce() -> String) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(row)) {
+            Ok(line) => self.line(&line),
+            Err(panic) => {
+                self.failed += 1;
+                self.line(&format!("| {name} | FAILED: {} |", panicked(&*panic)));
+            }
+        }
+    }
+}
+
+/// Where the bench runs: on the GPU, or (`--dry-run`, on a machine without one) the same
+/// steps on the CPU with a small LLM-like checkpoint and no floor, to try the plumbing
+/// (fixtures, PyTorch's side, the report) before a GPU's one try.
+struct Bench<'d> {
+    dir: &'d Path,
+    device: Device,
+    python_device: &'static str,
+    llm: (usize, i64),
+}
+
+impl Bench<'_> {
+    fn floor(&self, bytes: usize) -> f64 {
+        match self.device {
+            Device::Cuda(_) => pinned_floor(bytes),
+            _ => f64::NAN,
+        }
+    }
+}
+
+fn bench(on: &Bench, report: &mut Report) {
+    let (dir, device) = (on.dir, on.device);
     let gb = |bytes: usize, ms: f64| bytes as f64 / ms / 1e6;
-    writeln!(report, "\n| load | this crate (ms) | GB/s | pinned memcpy floor (ms) | PyTorch (ms, JSON) |\n|---|---|---|---|---|").unwrap();
+    report.line("\n| load | this crate (ms) | GB/s | pinned memcpy floor (ms) | PyTorch (ms, JSON) |\n|---|---|---|---|---|");
     // ResNet-50, fp32 .pth and .safetensors, into a CUDA fp32 model.
-    let vs = nn::VarStore::new(Device::Cuda(0));
+    let vs = nn::VarStore::new(device);
     let model = ResNet::new(&vs, Arch::ResNet50, 1000).unwrap();
     let sd = state_dict(&model).unwrap();
     let (pth, st) = (dir.join("resnet50.pth"), dir.join("resnet50.safetensors"));
-    let cpu = floats_as(&sd, Kind::Float);
-    let cpu: StateDict = cpu
-        .iter()
+    let cpu: StateDict = (floats_as(&sd, Kind::Float).iter())
         .map(|(k, t)| (k.to_string(), t.to_device(Device::Cpu)))
         .collect();
     cpu.save(&pth).unwrap();
     cpu.save(&st).unwrap();
     let bytes = std::fs::metadata(&pth).unwrap().len() as usize;
-    let ms = median(15, &mut || {
-        load_checkpoint(&model, &pth, true).unwrap();
-    });
-    let floor = pinned_floor(bytes);
-    let py = pytorch("resnet50", Some(&pth), &st, "float32");
-    writeln!(
-        report,
-        "| ResNet-50 .pth → CUDA fp32 | {ms:.1} | {:.1} | {floor:.1} | {py} |",
-        gb(bytes, ms)
-    )
-    .unwrap();
+    let floor = on.floor(bytes);
+    let py = pytorch("resnet50", Some(&pth), &st, "float32", on);
+    for (file, name) in [(&pth, ".pth"), (&st, ".safetensors")] {
+        let label = format!("ResNet-50 {name} → {device:?} fp32");
+        report.row(&label, || {
+            let ms = median(15, &mut || {
+                load_checkpoint(&model, file, true).unwrap();
+            });
+            format!(
+                "| {label} | {ms:.1} | {:.1} | {floor:.1} | {py} |",
+                gb(bytes, ms)
+            )
+        });
+    }
     drop((model, vs));
-    // The 4 GiB bf16 LLM-like checkpoint into CUDA bf16 and fp32 models.
-    let (layers, dim) = (32, 4096);
+    // The 4 GiB bf16 LLM-like checkpoint into CUDA bf16 and fp32 models; the floor after the
+    // loads, so that its pinned gigabyte is not held while they run.
+    let (layers, dim) = on.llm;
     let index = llm_files(dir, layers, dim, &python(), &script("make_llm.py"));
     let bytes = dir_bytes(&index);
-    let floor = pinned_floor(bytes);
+    let mut rows = Vec::new();
     for (kind, name) in [(Kind::BFloat16, "bfloat16"), (Kind::Float, "float32")] {
-        let tree = llm_model(0..layers, dim, kind, Device::Cuda(0));
-        let ms = median(5, &mut || {
-            load_checkpoint(&tree, &index, true).unwrap();
+        let label = format!("LLM {layers}×{dim} bf16 → {device:?} {name}");
+        let ms = std::panic::catch_unwind(|| {
+            let tree = llm_model(0..layers, dim, kind, device);
+            median(5, &mut || {
+                load_checkpoint(&tree, &index, true).unwrap();
+            })
         });
-        drop(tree);
         let py = pytorch(
             &format!("llm:{layers}:{dim}"),
             None,
             index.parent().unwrap(),
             name,
+            on,
         );
-        writeln!(
-            report,
-            "| LLM 4 GiB bf16 → CUDA {name} | {ms:.1} | {:.1} | {floor:.1} | {py} |",
-            gb(bytes, ms)
-        )
-        .unwrap();
+        rows.push((label, ms, py));
+    }
+    let floor = std::panic::catch_unwind(|| on.floor(bytes)).unwrap_or(f64::NAN);
+    for (label, ms, py) in rows {
+        report.row(&label, || {
+            let ms = ms.unwrap_or_else(|p| std::panic::resume_unwind(p));
+            format!(
+                "| {label} | {ms:.1} | {:.1} | {floor:.1} | {py} |",
+                gb(bytes, ms)
+            )
+        });
     }
 }
 
@@ -431,50 +556,87 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
     format!("panicked: {message}")
 }
 
+/// What the report says of the run: the commit it was built at (`scripts/device-check`
+/// writes it beside the binary), the devices, the threads, and where libraries came from.
+fn header() -> String {
+    let commit = std::env::current_exe()
+        .ok()
+        .and_then(|exe| std::fs::read_to_string(exe.with_file_name("COMMIT")).ok())
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "# device check\n\nbuilt at {}, CUDA devices: {}, threads: {}, LD_LIBRARY_PATH: {}\n",
+        commit.trim(),
+        tch::Cuda::device_count(),
+        tch::get_num_threads(),
+        std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let out = PathBuf::from(args.get(1).map_or("device-report", String::as_str));
     std::fs::create_dir_all(&out).unwrap();
-    if !tch::Cuda::is_available() {
-        eprintln!("device: no CUDA device");
+    let mut report = Report {
+        path: out.join("report.md"),
+        text: String::new(),
+        failed: 0,
+    };
+    report.line(&header());
+    let dry = args.iter().any(|a| a == "--dry-run");
+    if !tch::Cuda::is_available() && !dry {
+        // What was loaded, to tell a machine without a GPU from a libtorch without CUDA.
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let mut libs: Vec<&str> = (maps.lines())
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .filter(|p| p.contains("libtorch") || p.contains("libcuda") || p.contains("libc10"))
+            .collect();
+        libs.dedup();
+        report.line("no CUDA device. Libraries loaded:\n");
+        for lib in libs {
+            report.line(&format!("- {lib}"));
+        }
         std::process::exit(2);
     }
-    let dir = out.join("fixtures");
+    // The fixtures (4.5 GB with the LLM-like checkpoint) outside OUT, which comes back.
+    let dir = std::env::temp_dir().join(format!("tch-state-dict-device-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut report = format!(
-        "# device check\n\nCUDA devices: {}, threads: {}\n\n| check | result |\n|---|---|\n",
-        tch::Cuda::device_count(),
-        tch::get_num_threads()
-    );
-    let mut failed = 0;
-    for (name, check) in CHECKS {
+    report.line("| check | result |\n|---|---|");
+    for (name, check) in CHECKS.iter().filter(|_| !dry) {
         let result =
             std::panic::catch_unwind(|| check(&dir)).unwrap_or_else(|p| Err(panicked(&*p)));
         let verdict = match &result {
             Ok(()) => "ok".to_string(),
             Err(e) => {
-                failed += 1;
+                report.failed += 1;
                 format!("FAILED: {e}")
             }
         };
-        println!("check {name}: {verdict}");
-        writeln!(report, "| {name} | {verdict} |").unwrap();
+        report.line(&format!("| {name} | {verdict} |"));
     }
     if !args.iter().any(|a| a == "--checks") {
-        // A panic in the bench (a fixture not made, a load failed) is reported with what
-        // ran before it, rather than losing the checks' report.
-        let mut table = String::new();
+        // A panic outside a row (a fixture not made) is reported with the rows before it.
+        let on = match dry {
+            false => Bench {
+                dir: &dir,
+                device: Device::Cuda(0),
+                python_device: "cuda",
+                llm: (32, 4096),
+            },
+            true => Bench {
+                dir: &dir,
+                device: Device::Cpu,
+                python_device: "cpu",
+                llm: (2, 1024),
+            },
+        };
         let ran =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench(&dir, &mut table)));
-        report.push_str(&table);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench(&on, &mut report)));
         if let Err(panic) = ran {
-            failed += 1;
+            report.failed += 1;
             let why = panicked(&*panic);
-            writeln!(report, "\nThe bench FAILED after the rows above: {why}").unwrap();
+            report.line(&format!("\nThe bench FAILED after the rows above: {why}"));
         }
     }
-    println!("{report}");
-    std::fs::write(out.join("report.md"), &report).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    std::process::exit(if failed == 0 { 0 } else { 1 });
+    std::process::exit(if report.failed == 0 { 0 } else { 1 });
 }
