@@ -180,9 +180,11 @@ impl Buffers {
             let slot = Tensor::f_empty([slot_bytes as i64], (Kind::Uint8, Device::Cpu))
                 .map_err(alloc_error)?;
             // Pinned where the device's backend pins (CUDA); a backend that cannot (MPS)
-            // copies from pageable memory, slower but the same.
+            // copies from pageable memory, slower but the same. `_pin_memory`, not
+            // `pin_memory`: tch passes the device, which libtorch 2.11's `pin_memory` answers
+            // with a deprecation warning on stderr at every call, two a load.
             let slot = match pin {
-                Some(device) => slot.f_pin_memory(device).unwrap_or(slot),
+                Some(device) => slot.f_internal_pin_memory(device).unwrap_or(slot),
                 None => slot,
             };
             slots.push(slot);
