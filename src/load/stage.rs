@@ -50,7 +50,15 @@
 //! an fp32 model (the conversion runs on the GPU, at hundreds of GB/s). ResNet-50 (100 MB)
 //! should take 3–6 ms, against 33–44 ms for PyTorch's `load_file(device="cuda")` and
 //! `torch.load(mmap=True)` + `load_state_dict` measured on the same machine in this project's
-//! first week. `scripts/device-check` measures all of it.
+//! first week. `scripts/device-check` measures all of it. Two costs are not in those
+//! figures and could not be measured without a GPU: each load makes its buffers anew, and
+//! tch can only pin by copying a pageable tensor (`_pin_memory`), so a load pays a pageable
+//! allocation and a copy of twice [`Stager::slot_bytes`] (25 MB for ResNet-50, 128 MiB at
+//! 4 GiB) before its first read; and every piece's bytes land in a device tensor of their
+//! own before the `copy_` into the model (tch has no non-blocking copy into an existing
+//! tensor), one more device-to-device copy of the load's bytes. If the device check shows
+//! either to matter, the buffers can be kept across loads, as libtorch's caching host
+//! allocator keeps their pinned memory anyway.
 
 use std::path::Path;
 use std::sync::mpsc;
