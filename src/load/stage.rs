@@ -25,7 +25,9 @@
 //!   the raw bytes are there: the conversion costs the device microseconds, the host
 //!   nothing), and synchronizes the devices the buffer fed once, before the buffer goes back
 //!   to be refilled. That synchronization is also what makes reuse safe: no copy still reads a
-//!   buffer that is being written.
+//!   buffer that is being written. It is the whole device's (tch exposes neither CUDA
+//!   events nor a stream's synchronization), so a load also waits for work other threads
+//!   have queued on the same GPU.
 //! * **One pass over the file**, in file order, each piece to its own tensor's device: a
 //!   model split over `cuda:0` and `cuda:1` is loaded by one pipeline (its tensors on the
 //!   CPU by the CPU's routes, before it). Where tensors share memory (tied weights), every
