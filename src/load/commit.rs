@@ -36,7 +36,7 @@ use tch::{Kind, Tensor};
 use super::convert::{self, Convert, PART_BYTES};
 use super::direct::readable_in_place;
 use super::plan::PlannedCopy;
-use super::route::{choose, Choice, Dst, FileBytes};
+use super::route::{choose, staged, Choice, Dst, FileBytes};
 use super::source::{Entry, SourceDict};
 use super::stage::{run_staged, Buffers, Piece, Stager};
 use crate::error::Error;
@@ -251,7 +251,7 @@ struct Layout {
 impl Layout {
     fn of(dst: &Tensor) -> Option<Layout> {
         let layout = Dst::of(dst);
-        (layout.device == tch::Device::Cpu && layout.contiguous).then(|| Layout {
+        (!staged(layout.device) && layout.contiguous).then(|| Layout {
             size: dst.size(),
             dst: layout,
         })
@@ -882,6 +882,62 @@ mod tests {
             }
         }
         super::super::route::STAGE_ON_CPU.with(|s| s.set(false));
+    }
+
+    /// The DCP fixtures (`Shard(0)` rows, `Shard(1)` column boxes, replicated and empty
+    /// chunks, zstd items) load through the staged route as through the CPU's routes, into
+    /// a model of the file's dtypes and into a bf16 one: every box, strided or not, reaches
+    /// its place.
+    #[test]
+    fn dcp_checkpoints_load_through_the_staged_route() {
+        use crate::{load_state_dict, LazyStateDict, ModuleTree};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join("fixtures")
+            .join("distributed");
+        let model = |sd: &LazyStateDict<'_>, bf16: bool| {
+            let mut m = ModuleTree::new("m");
+            for (k, t) in sd.iter() {
+                let kind = t.kind().unwrap();
+                let kind = match bf16 && crate::dtype::is_floating(kind) {
+                    true => Kind::BFloat16,
+                    false => kind,
+                };
+                let t = Tensor::zeros(t.size(), (kind, Device::Cpu));
+                let t = match t.is_floating_point() {
+                    true => t.set_requires_grad(true),
+                    false => t,
+                };
+                m.add_tensor(k, t).unwrap();
+            }
+            m
+        };
+        for (dir, key) in [
+            ("dtensor", None),
+            ("fsdp2", Some("model")),
+            ("torchtitan/step-10", Some("model")),
+            ("zstd", Some("model")),
+            ("threads3", Some("model")),
+        ] {
+            let mut sd = match key {
+                Some(k) => LazyStateDict::load_key(root.join(dir), k),
+                None => LazyStateDict::load(root.join(dir)),
+            }
+            .unwrap();
+            sd.retain(|_, t| t.kind().is_some());
+            for bf16 in [false, true] {
+                let (want, got) = (model(&sd, bf16), model(&sd, bf16));
+                load_state_dict(&want, &sd, true).unwrap();
+                super::super::route::STAGE_ON_CPU.with(|s| s.set(true));
+                let staged = load_state_dict(&got, &sd, true);
+                super::super::route::STAGE_ON_CPU.with(|s| s.set(false));
+                staged.unwrap_or_else(|e| panic!("{dir}: {e}"));
+                for (k, t) in got.iter() {
+                    let w = want.get(k).unwrap();
+                    assert!(t.equal(w), "{dir} {k}, bf16 {bf16}");
+                }
+            }
+        }
     }
 
     /// The staged route's buffers are allocated before anything is written: when they

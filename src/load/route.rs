@@ -76,8 +76,9 @@ thread_local! {
     pub(crate) static STAGE_ON_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Whether a destination on `device` takes the staged route.
-fn staged(device: Device) -> bool {
+/// Whether a destination on `device` takes the staged route (every route that writes
+/// straight into a tensor's memory asks this first).
+pub(crate) fn staged(device: Device) -> bool {
     #[cfg(test)]
     if STAGE_ON_CPU.with(std::cell::Cell::get) {
         return true;
