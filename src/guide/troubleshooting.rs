@@ -86,12 +86,15 @@
 //! On 2026-12-06 (this project's 2-core VM, the commit that added this section): **517
 //! passed, 0 failed, 12 ignored** (the tests that need CUDA, and two measurements run by
 //! hand), as at 0.24 (517 passed, 12 ignored, `.ci/run` the same day), where
-//! `tests/read_pytorch.rs` reads float8 entries instead of refusing them. A first run had found the only difference: four
-//! tests read the float8 fixture as values, which tch 0.17 cannot hold; they now leave it out
-//! under `cfg(not(tch_float8))`, and `float8_is_an_unsupported_dtype_before_tch_0_19` checks
-//! the refusal instead. No test depends on a libtorch behaviour that changed from 2.4 to
-//! 2.11: the crate's bf16/fp16 kernels matched libtorch 2.4's conversions bit for bit, and
-//! `tch::vision`'s models computed what torchvision 2.11 computes.
+//! `tests/read_pytorch.rs` reads float8 entries instead of refusing them. A first run had
+//! found the only difference: four tests read the float8 fixture as values, which tch 0.17
+//! cannot hold; they now leave it out under `cfg(not(tch_float8))`, and
+//! `float8_is_an_unsupported_dtype_before_tch_0_19` checks the refusal instead. No test
+//! depends on a libtorch behaviour that changed from 2.4 to 2.11: the crate's bf16/fp16
+//! kernels matched libtorch 2.4's conversions bit for bit, and `tch::vision`'s models
+//! computed what torchvision 2.11 computes. Run again a session later, at 731aeb4 (the GPU
+//! route's fixes and their CPU tests in, the kernels built for AVX-512): **537 passed, 0
+//! failed, 12 ignored**, as at 0.24 the same day.
 //!
 //! The same day, a new crate as the README's "Using it in your crate" shows it (`tch =
 //! "0.17"`, `torch-sys = "0.17"`, this crate, the `build.rs` lines above) built against
