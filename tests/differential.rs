@@ -30,9 +30,10 @@
 //! Then every value that was read is written back (`Value::save`, `StateDict::save`, and as
 //! safetensors for safetensors files), and one run of `make_random.py canon` (for each 2000
 //! files) reads all the written files with `torch.load(weights_only=True)`; each must give
-//! the original's canonical form, but for what the writer documents it does not keep:
-//! strides and storage offsets (it writes contiguous copies, whose strides are checked) and
-//! shared storages (it writes one storage a tensor). `Value::save` refuses by design, with
+//! the original's canonical form, strides included, but for where the writer places each
+//! storage (offsets and storage numbering: it writes only the elements a storage's tensors
+//! span); safetensors, which holds no strides, gets contiguous copies, whose strides are
+//! checked. `Value::save` refuses by design, with
 //! `Error::Unwritable`, what `weights_only=True` would refuse: a `Value::Global` (a dtype tch
 //! has no kind for) and a set inside a dict key or a set (a frozenset in Python); only those
 //! refusals pass. A value holding objects is also written with them
@@ -507,8 +508,9 @@ fn unplaced(j: &Json) -> Json {
     j
 }
 
-/// What a written file keeps: no offsets or storages, and contiguous strides (on the
-/// original's side; the written file's must be contiguous already).
+/// What a written file keeps: no offsets or storages, and, for `contiguous` (safetensors),
+/// contiguous strides (on the original's side; the written file's must be contiguous
+/// already).
 fn as_written(j: &Json, contiguous: bool) -> Json {
     let mut j = unplaced(j);
     if contiguous {
@@ -842,7 +844,7 @@ impl Run {
                 Err(Error::Unwritable { .. }) if refused => self.values_not_written += 1,
                 Ok(()) => self.written.push(Written {
                     path: dst,
-                    want: as_written(&e.canon, true),
+                    want: as_written(&e.canon, false),
                     st_metadata: Json::Null,
                     what: format!("{} (written back): Value::save", e.file),
                     // pickle writes an int of 256 bytes or more as LONG4.
@@ -864,7 +866,7 @@ impl Run {
                         self.count("values written with their objects");
                         self.written.push(Written {
                             path: dst,
-                            want: as_written(&e.canon, true),
+                            want: as_written(&e.canon, false),
                             st_metadata: Json::Null,
                             what: format!("{} (written back): Value::save_with(objects)", e.file),
                             huge_int: false,
@@ -881,7 +883,7 @@ impl Run {
             match sd.save(&dst) {
                 Ok(()) => self.written.push(Written {
                     path: dst,
-                    want: as_written(&want, true),
+                    want: as_written(&want, false),
                     st_metadata: Json::Null,
                     what: format!("{} (written back): StateDict::save", e.file),
                     huge_int: false,

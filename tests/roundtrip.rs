@@ -227,8 +227,8 @@ fn storages_are_aligned_to_64_bytes_like_torch_save() {
             assert_eq!(entry.compression(), zip::CompressionMethod::Stored);
         }
     }
-    // "tied" shares f32's storage.
-    assert_eq!(storages, original.len() - 1);
+    // "tied", "transposed" and "slice" share f32's storage, as torch.save writes them.
+    assert_eq!(storages, original.len() - 3);
     // And the bytes read back as the state dict they were made from.
     let back = StateDict::from_bytes(&bytes).unwrap();
     assert_same(&original, &back);
@@ -300,4 +300,47 @@ fn a_frozenset_is_not_written() {
     let plain = Value::dict([("s", Value::Set(vec![Value::Int(1), Value::Int(2)]))]);
     plain.save(&path).unwrap();
     assert!(matches!(Value::load(&path).unwrap().get("s"), Some(Value::Set(v)) if v.len() == 2));
+}
+
+/// Views of one storage are written as `torch.save` writes them: one storage, each view at
+/// its offset with its strides, so that they still share it in Python; an expanded tensor
+/// (stride 0) writes its one element, and a slice of a large buffer only what it covers.
+#[test]
+fn views_keep_their_storage_offsets_and_strides() {
+    let dir = tempdir("views");
+    let base = Tensor::arange(24, (Kind::Float, Device::Cpu));
+    let big = Tensor::zeros([1 << 22], (Kind::Float, Device::Cpu));
+    let sd: StateDict = [
+        ("base", base.shallow_clone()),
+        ("slice", base.narrow(0, 2, 5)),
+        ("t", base.view([4, 6]).tr()),
+        (
+            "e",
+            Tensor::ones([1], (Kind::Float, Device::Cpu)).expand([1 << 20], false),
+        ),
+        ("window", big.narrow(0, 1 << 21, 8)),
+    ]
+    .into_iter()
+    .map(|(k, t)| (k.to_string(), t))
+    .collect();
+    let path = dir.join("views.pth");
+    sd.save(&path).unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len < 1 << 16, "{len} bytes written");
+    let code = "import sys, torch\n\
+        d = torch.load(sys.argv[1], weights_only=True)\n\
+        b = d['base']\n\
+        same = lambda k: d[k].untyped_storage().data_ptr() == b.untyped_storage().data_ptr()\n\
+        print(d['slice'].storage_offset(), same('slice'), tuple(d['t'].stride()), same('t'),\n\
+              bool((d['t'] == b.view(4, 6).t()).all()), tuple(d['e'].stride()), d['e'].shape[0],\n\
+              float(d['e'].sum()), d['window'].storage_offset(), d['window'].untyped_storage().nbytes())";
+    let out = common::oracle_code(code, &[path.to_str().unwrap()]);
+    assert_eq!(
+        out.trim(),
+        "2 True (1, 6) True True (0,) 1048576 1048576.0 0 32"
+    );
+    // And this crate reads them back as the views they were.
+    let back = StateDict::load(&path).unwrap();
+    assert!(back.get("t").unwrap().equal(&base.view([4, 6]).tr()));
+    assert_eq!(back.get("t").unwrap().stride(), [1, 6]);
 }

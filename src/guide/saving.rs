@@ -7,7 +7,10 @@
 //! [`StateDict::to_bytes`](crate::StateDict::to_bytes) gives the bytes.
 //! [`Value::save`](crate::Value::save) writes a whole checkpoint (`{'model': sd, 'epoch': 240,
 //! 'acc': 0.9}`), lists and dicts that hold themselves as the cycles they are. What they
-//! write, `torch.load(weights_only=True)` accepts.
+//! write, `torch.load(weights_only=True)` accepts. Tensors keep their strides, and those
+//! that shared a storage (tied weights, views of one flat buffer) share one in the file, each
+//! at its offset; a storage is written as far as its tensors span it, so an expanded tensor
+//! (stride 0) costs one element, not its shape's worth.
 //!
 //! # Writing a training checkpoint back, objects and all
 //!

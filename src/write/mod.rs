@@ -71,10 +71,13 @@ impl SaveOptions {
     /// constructors it names, which is why this is not the default: a faithful save of a
     /// hostile file (one that names `os.system`) writes that call back. What a faithful save
     /// cannot give back: sharing that was no cycle (the reader made each shared value
-    /// again, so it is written twice; tensors still share their storage), values the
-    /// reader turned into plain ones (a numpy array is written as a tensor, a path or a
-    /// datetime as a string, a numpy scalar as a number), and `nn.Parameter`, written as a
-    /// tensor with its `requires_grad`.
+    /// again, so it is written twice; tensors still share their storage, but two references
+    /// to one `nn.Parameter`, tied weights in a pickled module, become two tensors, so an
+    /// optimizer state saved beside the module no longer matches its parameters), values
+    /// the reader turned into plain ones (a numpy array is written as a tensor, a path or a
+    /// datetime as a string, a numpy scalar as a number, a `torch.Size` as a tuple, a
+    /// `bytearray` as bytes), `nn.Parameter` and tensor subclasses, written as tensors with
+    /// their `requires_grad`, and attributes set on a tensor object.
     pub fn objects(mut self, objects: bool) -> Self {
         self.objects = objects;
         self
@@ -86,7 +89,10 @@ impl StateDict {
     /// `.safetensors`. The torch format is the zip of PyTorch 1.6 and later, protocol 2, an
     /// `OrderedDict` with `_metadata` when known, storages aligned to 64 bytes: what
     /// `torch.load(path, weights_only=True)` accepts. Tensors on other devices are copied to
-    /// the CPU; a tensor that appears twice (tied weights) is stored once.
+    /// the CPU. Tensors that share a storage (tied weights, views of one buffer) share one
+    /// storage in the file, each at its offset with its strides, as `torch.save` writes
+    /// them; what is written of a storage is the elements its tensors span, so a slice of
+    /// a large buffer writes only itself and an expanded tensor (stride 0) its one element.
     ///
     /// safetensors keeps no order (the crate sorts tensors by dtype, then name) and no
     /// `_metadata`; it keeps [`safetensors_metadata`](Self::safetensors_metadata).

@@ -2,6 +2,9 @@
 //! `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
 //! OrderedDict())` calls whose storage is a persistent id `('storage', torch.FloatStorage,
 //! key, 'cpu', numel)`, state dicts are `collections.OrderedDict` with their `_metadata`.
+//! Tensors keep their strides and share storages as they did: each storage is written once,
+//! the elements its tensors span (measured in a first pass over the value, so that the
+//! first tensor of a storage names its whole length), and each tensor at its offset in it.
 //! Only globals that `torch.load(weights_only=True)` accepts are written, unless objects are
 //! asked for ([`SaveOptions::objects`](crate::SaveOptions::objects)): then each
 //! [`Object`] is written as the pickle that was read made it (its class or function, its
@@ -19,7 +22,6 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 use crate::dtype;
-use crate::read::contiguous_strides;
 use crate::read::pickle::opcodes::*;
 use crate::value::{Dict, Metadata, Object, Value};
 
@@ -35,14 +37,23 @@ pub(crate) struct Unwritable {
     pub reason: String,
 }
 
-/// Identifies a tensor that is written twice (tied weights), so that its storage is too.
-#[derive(Hash, PartialEq, Eq)]
-struct Identity {
-    ptr: usize,
-    size: Vec<i64>,
-    stride: Vec<i64>,
+/// A storage that tensors written share (tied weights, views of one buffer): where its
+/// first element is, its dtype and its device.
+#[derive(Hash, PartialEq, Eq, Clone, Copy)]
+struct StorageId {
+    base: usize,
     kind: Kind,
     device: Device,
+}
+
+/// The elements `lo..hi` of a storage that the tensors written of it cover: what is written
+/// of it, so that a view keeps its offset and strides and shares its storage as it did,
+/// while a small view of a large buffer (or an expanded tensor, stride 0) writes only what
+/// it covers.
+#[derive(Clone, Copy)]
+struct Span {
+    lo: i64,
+    hi: i64,
 }
 
 pub(crate) struct Pickler {
@@ -50,7 +61,13 @@ pub(crate) struct Pickler {
     globals: HashMap<(&'static str, &'static str), u32>,
     next_memo: u32,
     pub storages: Vec<StorageOut>,
-    seen: HashMap<Identity, usize>,
+    /// Each storage's span, from a first pass over the value ([`finish`](Self::finish)), so
+    /// that the first tensor written of a storage names its whole length.
+    spans: HashMap<StorageId, Span>,
+    /// Whether this is that first pass: spans are measured, no storage is kept.
+    measuring: bool,
+    /// The storages written, by their index in `storages`.
+    written: HashMap<StorageId, usize>,
     /// How many dict keys and set items the value being written is inside: a set there was
     /// a `frozenset` in Python.
     hashable: usize,
@@ -96,7 +113,9 @@ impl Pickler {
             globals: HashMap::new(),
             next_memo: 0,
             storages: Vec::new(),
-            seen: HashMap::new(),
+            spans: HashMap::new(),
+            measuring: false,
+            written: HashMap::new(),
             hashable: 0,
             objects: false,
             named_globals: HashMap::new(),
@@ -274,6 +293,11 @@ impl Pickler {
         mut self,
         value: &Value,
     ) -> Result<(Vec<u8>, Vec<StorageOut>), Unwritable> {
+        // A first pass measures what each storage's tensors span; the second writes.
+        let mut measure = Pickler::new().with_objects(self.objects);
+        measure.measuring = true;
+        measure.value(value, "the object", 0)?;
+        self.spans = measure.spans;
         self.value(value, "the object", 0)?;
         self.out.push(STOP);
         Ok((self.out, self.storages))
@@ -593,33 +617,80 @@ impl Pickler {
         let kind = t.f_kind().map_err(|e| fail(e.to_string()))?;
         let dtype_name =
             torch_name(kind).ok_or_else(|| fail(format!("the dtype {kind:?} cannot be saved")))?;
-        let identity = Identity {
-            ptr: t.data_ptr() as usize,
-            size: t.size(),
-            stride: t.stride(),
+        let numel = t.numel() as i64;
+        let elt = dtype::of_kind(kind).elt_size as i64;
+        // Where its storage starts (tch has no `storage_offset`): a view at offset 0.
+        let base = match numel {
+            0 => t.data_ptr() as usize,
+            _ => t
+                .f_as_strided([1], [1], Some(0))
+                .map_err(|e| fail(e.to_string()))?
+                .data_ptr() as usize,
+        };
+        let offset = ((t.data_ptr() as usize).wrapping_sub(base) / elt as usize) as i64;
+        let (size, stride) = (t.size(), t.stride());
+        let overflow = || {
+            fail(format!(
+                "the extent of shape {size:?}, strides {stride:?} overflows"
+            ))
+        };
+        // The elements the view covers in its storage: one past its last.
+        let extent = (size.iter().zip(&stride))
+            .try_fold(1i64, |end, (&n, &s)| {
+                end.checked_add((n - 1).checked_mul(s)?)
+            })
+            .and_then(|end| end.checked_add(offset))
+            .ok_or_else(overflow)?;
+        let id = StorageId {
+            base,
             kind,
             device: t.device(),
         };
-        let numel = t.numel() as i64;
-        let index = match self.seen.get(&identity) {
-            Some(&i) if numel > 0 => i,
-            _ => {
-                let contiguous = t
-                    .f_to_device(Device::Cpu)
-                    .and_then(|c| c.f_contiguous())
-                    .map_err(|e| fail(e.to_string()))?;
+        // An empty tensor is its own empty storage.
+        let (span, written) = if numel == 0 {
+            (Span { lo: 0, hi: 0 }, None)
+        } else if self.measuring {
+            let span = self.spans.entry(id).or_insert(Span {
+                lo: offset,
+                hi: extent,
+            });
+            span.lo = span.lo.min(offset);
+            span.hi = span.hi.max(extent);
+            (*span, None)
+        } else {
+            let span = self.spans.get(&id).copied().unwrap_or(Span {
+                lo: offset,
+                hi: extent,
+            });
+            (span, self.written.get(&id).copied())
+        };
+        let index = match written {
+            Some(index) => index,
+            None => {
+                // The span's elements, from the view's own storage; nothing is copied of a
+                // CPU tensor, and a measuring pass keeps nothing.
+                let bytes = match self.measuring {
+                    true => Tensor::empty([0], (kind, Device::Cpu)),
+                    false => t
+                        .f_as_strided([span.hi - span.lo], [1], Some(span.lo))
+                        .and_then(|s| s.f_to_device(Device::Cpu))
+                        .and_then(|c| c.f_contiguous())
+                        .map_err(|e| fail(e.to_string()))?,
+                };
                 let index = self.storages.len();
                 self.storages.push(StorageOut {
                     key: index.to_string(),
-                    tensor: contiguous,
+                    tensor: bytes,
                 });
-                self.seen.insert(identity, index);
+                if numel > 0 && !self.measuring {
+                    self.written.insert(id, index);
+                }
                 index
             }
         };
-        let size = t.size();
-        let stride = contiguous_strides(&size)
-            .ok_or_else(|| fail(format!("the strides of shape {size:?} overflow")))?;
+        // An empty tensor keeps its strides too, at the start of its empty storage.
+        let offset = if numel == 0 { 0 } else { offset - span.lo };
+        let storage_len = span.hi - span.lo;
         let typed = storage_class(kind);
         self.global(
             "torch._utils",
@@ -640,14 +711,14 @@ impl Pickler {
         self.str(&index.to_string());
         self.str("cpu");
         let storage_numel = if typed.is_some() {
-            numel
+            storage_len
         } else {
-            numel * dtype::of_kind(kind).elt_size as i64
+            storage_len * elt
         };
         self.int(storage_numel);
         self.op(TUPLE);
         self.op(BINPERSID);
-        self.int(0);
+        self.int(offset);
         self.ints_tuple(&size);
         self.ints_tuple(&stride);
         self.op(if t.requires_grad() { NEWTRUE } else { NEWFALSE });
