@@ -363,6 +363,24 @@ fn convert_refuses_an_unknown_extension_and_unreadable_input() {
         r.stderr
     );
     assert!(!out.exists());
+    // A state dict under an integer key: no hint says to pass what --key cannot name.
+    let int_keyed = dir.join("int_keyed.pth");
+    common::oracle_code(
+        "import collections, sys, torch\n\
+         torch.save({0: collections.OrderedDict(w=torch.ones(1)), '1': 2}, sys.argv[1])",
+        &[s(&int_keyed)],
+    );
+    let r = run(&["convert", s(&int_keyed), s(&out)]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.ends_with(
+            "\nhint: the state dict is under the key 0, which is no string and which --key \
+             cannot name; convert --objects writes the whole checkpoint\n"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
 
     let truncated = test_file("fixtures/hostile/truncated_zip.pth");
     let r = run(&["convert", s(&truncated), s(&out)]);

@@ -257,13 +257,21 @@ fn hint(e: &Error) -> Option<String> {
         Error::NotAStateDict {
             at: None, entries, ..
         } => {
-            // Python's repr of the key that holds a state dict: 'model'.
+            // Python's repr of the key that holds a state dict: 'model', or 0 for a key that
+            // is no string, which `--key` cannot name.
             let key = entries
                 .iter()
                 .find(|(_, what)| what.starts_with("a state dict"))
-                .map(|(k, _)| k.trim_matches('\''));
+                .map(|(k, _)| k.as_str());
+            let quoted = |k: &str, q: char| k.len() >= 2 && k.starts_with(q) && k.ends_with(q);
             Some(match key {
-                Some(key) => format!("hint: pass --key {key}"),
+                Some(key) if quoted(key, '\'') || quoted(key, '"') => {
+                    format!("hint: pass --key {}", &key[1..key.len() - 1])
+                }
+                Some(key) => format!(
+                    "hint: the state dict is under the key {key}, which is no string and which \
+                     --key cannot name; convert --objects writes the whole checkpoint"
+                ),
                 None => "hint: pass --key with the key that holds the state dict".to_string(),
             })
         }
