@@ -604,6 +604,50 @@ fn an_object_made_with_keyword_arguments() {
     assert!(!cache.made_by_new());
 }
 
+/// torch.save's default protocol (2) has no `NEWOBJ_EX`: an object that
+/// `__getnewargs_ex__` makes with keyword arguments is pickled as
+/// `functools.partial(getattr(cls, '__new__'), cls, *args, **kwargs)()`. It reads as the
+/// same object protocol 4 makes, and is written back as Python reads it.
+#[test]
+fn an_object_made_with_keyword_arguments_under_protocol_2() {
+    let dir = common::tempdir("partial-new");
+    let (path, out) = (dir.join("p2.pth"), dir.join("p2.out.pth"));
+    let class = "import sys, types, torch\n\
+        mod = types.ModuleType('fakepkg'); sys.modules['fakepkg'] = mod\n\
+        class Keyed:\n\
+        \x20   def __new__(cls, a, *, b=0):\n\
+        \x20       self = super().__new__(cls); self.a, self.b = a, b; return self\n\
+        \x20   def __getnewargs_ex__(self):\n\
+        \x20       return (self.a,), {'b': self.b}\n\
+        Keyed.__module__ = Keyed.__new__.__module__ = 'fakepkg'\n\
+        Keyed.__qualname__ = 'Keyed'; Keyed.__new__.__qualname__ = 'Keyed.__new__'\n\
+        mod.Keyed = Keyed\n";
+    let save = format!(
+        "{class}k = Keyed(1, b=2); k.c = 3\n\
+         torch.save({{'k': k, 'w': torch.ones(2)}}, sys.argv[1])"
+    );
+    common::oracle_code(&save, &[path.to_str().unwrap()]);
+    let value = Value::load(&path).unwrap();
+    let keyed = value.get("k").and_then(Value::as_object).unwrap();
+    assert_eq!(keyed.qualified_name(), "fakepkg.Keyed");
+    assert!(keyed.made_by_new());
+    assert_eq!(keyed.args().len(), 1);
+    assert_eq!(keyed.args()[0].as_int(), Some(1));
+    assert_eq!(keyed.kwargs()[0].0.as_str(), Some("b"));
+    assert_eq!(keyed.kwargs()[0].1.as_int(), Some(2));
+    let c = value.get("k").and_then(|k| k.attr("c"));
+    assert_eq!(c.and_then(Value::as_int), Some(3));
+    value
+        .save_with(&out, &SaveOptions::new().objects(true))
+        .unwrap();
+    let load = format!(
+        "{class}d = torch.load(sys.argv[1], weights_only=False)\n\
+         k = d['k']; print(type(k).__name__, k.a, k.b, k.c, d['w'].tolist())"
+    );
+    let got = common::oracle_code(&load, &[out.to_str().unwrap()]);
+    assert_eq!(got.trim(), "Keyed 1 2 3 [1.0, 1.0]");
+}
+
 #[test]
 fn an_edited_lightning_checkpoint_resumes_in_python() {
     // The weights edited in Rust (a new 3-class head), everything else as it came.

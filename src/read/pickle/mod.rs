@@ -12,7 +12,10 @@
 //! `BUILD`, `APPENDS` and `SETITEMS` on it record its state and items. That is how
 //! `argparse.Namespace`, a pickled `nn.Module` or a hostile `os.system('...')` are read: as
 //! data, never run. With `weights_only`, such a global is refused with its `module.name`, as
-//! `torch.load(weights_only=True)` refuses it.
+//! `torch.load(weights_only=True)` refuses it. Protocols 2 and 3, which have no `NEWOBJ_EX`,
+//! write `cls.__new__(cls, *args, **kwargs)` as a call of
+//! `functools.partial(getattr(cls, '__new__'), cls, *args, **kwargs)`; that call is read as
+//! the object `NEWOBJ_EX` makes ([`vm`]'s `partial_new`), and nothing else calls an object.
 //!
 //! Objects live in an arena and refer to each other by index, so that memo references share
 //! objects as Python's do (a dict memoized before its `SETITEMS` is seen filled), cycles and

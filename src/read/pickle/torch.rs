@@ -733,6 +733,41 @@ mod tests {
         ));
     }
 
+    /// Protocol 2's `functools.partial(getattr(K, '__new__'), K, 1, b=2)()` (pickled by
+    /// Python for an object with `__getnewargs_ex__`) is the object `NEWOBJ_EX` makes; a
+    /// partial of anything else, or called with arguments, is still no call the machine
+    /// makes.
+    #[test]
+    fn a_partial_of_new_is_an_object_made_by_new() {
+        let good: &[u8] = b"\x80\x02cfunctools\npartial\nq\x00c__builtin__\ngetattr\nq\x01cm\nK\nq\x02X\x07\x00\x00\x00__new__q\x03\x86q\x04Rq\x05\x85q\x06Rq\x07(h\x05h\x02K\x01\x86q\x08}q\tX\x01\x00\x00\x00bq\nK\x02sNtq\x0bb)Rq\x0c}q\r(X\x01\x00\x00\x00aq\x0eK\x01h\nK\x02ub.";
+        let arena = run_with(good, false).unwrap();
+        let Obj::Object(o) = arena.get(arena.root) else {
+            panic!("not an object");
+        };
+        assert_eq!(arena.class_name(o), "m.K");
+        assert!(o.new);
+        assert!(matches!(o.args.as_slice(), &[a] if matches!(arena.get(a), Obj::Int(1))));
+        assert_eq!(o.kwargs.len(), 1);
+        assert!(o.state.is_some());
+        let variant = |from: &[u8], to: &[u8]| {
+            let at = good.windows(from.len()).position(|w| w == from).unwrap();
+            [&good[..at], to, &good[at + from.len()..]].concat()
+        };
+        for bad in [
+            // getattr(K, '__del__'), not '__new__'.
+            variant(b"__new__", b"__del__"),
+            // The partial called with an argument.
+            variant(b")Rq\x0c", b"K\x01\x85Rq\x0c"),
+            // Its first argument not the class.
+            variant(b"h\x05h\x02K\x01", b"h\x05K\x01K\x01"),
+        ] {
+            assert!(matches!(
+                run_with(&bad, false).unwrap_err(),
+                Failure::Pickle(_, PickleError::NotCallable("object"))
+            ));
+        }
+    }
+
     #[test]
     fn copyreg_reconstructor_records_the_class() {
         let data = b"\x80\x02ccopy_reg\n_reconstructor\ncargparse\nNamespace\nc__builtin__\nobject\nN\x87R.";

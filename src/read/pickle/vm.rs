@@ -568,13 +568,87 @@ impl<'a> Machine<'a> {
             _ if !kwargs.is_empty() => {
                 return Err(self.err(PickleError::Unsupported("keyword arguments")))
             }
-            _ => {
-                let made = self.call(callable, &args);
-                self.give_back(args);
-                made?
-            }
+            _ => match self.partial_new(callable, &args)? {
+                Some(made) => {
+                    self.give_back(args);
+                    made
+                }
+                None => {
+                    let made = self.call(callable, &args);
+                    self.give_back(args);
+                    made?
+                }
+            },
         };
         self.push_id(obj)
+    }
+
+    /// `functools.partial(cls.__new__, cls, *args, **kwargs)()`, `cls.__new__` pickled as
+    /// `getattr(cls, '__new__')`: what protocols 2 and 3 write for an object that
+    /// `__getnewargs_ex__` makes with keyword arguments (torch.save's default protocol is 2),
+    /// where protocol 4 writes `NEWOBJ_EX`. Read as `NEWOBJ_EX` would make it: an object of
+    /// `cls` made by `cls.__new__(cls, *args, **kwargs)`. `None` for any other call of an
+    /// object (an error then, as before).
+    fn partial_new(&mut self, callable: Id, args: &[Id]) -> Res<Option<Id>> {
+        let Some((cls, call_args, keywords)) = self.partial_of_new(callable, args) else {
+            return Ok(None);
+        };
+        // Copies of what the arena holds: charged before they are made.
+        let kwargs_len = match self.get(keywords) {
+            Obj::Dict(d) => d.items.len(),
+            _ => 0,
+        };
+        self.afford(heap_of(call_args.len(), 4) + heap_of(kwargs_len, 8))?;
+        let rest = self.arena.tuple(call_args)[1..].to_vec();
+        let kwargs = match self.get(keywords) {
+            Obj::Dict(d) => d.items.clone(),
+            _ => Vec::new(),
+        };
+        self.opaque_call(cls, rest, kwargs, true).map(Some)
+    }
+
+    /// The class, the arguments' tuple (the class first) and the keyword arguments (a dict
+    /// or None) of a [`partial_new`](Self::partial_new) call, when `callable` is exactly
+    /// that partial and the call gives it no arguments.
+    fn partial_of_new(&self, callable: Id, args: &[Id]) -> Option<(Id, Span, Id)> {
+        let class_is = |id: Id, modules: &[&str], name: &str| {
+            matches!(self.get(id), Obj::Class(c)
+                if modules.contains(&c.module.as_str()) && c.name == name)
+        };
+        let Obj::Object(partial) = self.get(callable) else {
+            return None;
+        };
+        if !args.is_empty() || !class_is(partial.class, &["functools"], "partial") {
+            return None;
+        }
+        // partial's state: (func, args, keywords or None, __dict__ or None).
+        let Obj::Tuple(state) = self.get(partial.state?) else {
+            return None;
+        };
+        let &[func, call_args, keywords, dict] = self.arena.tuple(*state) else {
+            return None;
+        };
+        let Obj::Object(getattr) = self.get(func) else {
+            return None;
+        };
+        let &[cls, attr] = getattr.args.as_slice() else {
+            return None;
+        };
+        let is_new = class_is(getattr.class, &["builtins", "__builtin__"], "getattr")
+            && getattr.state.is_none()
+            && matches!(self.get(cls), Obj::Class(_))
+            && matches!(self.get(attr), Obj::Str(s) if s == "__new__");
+        let Obj::Tuple(call_args) = self.get(call_args) else {
+            return None;
+        };
+        let first = *self.arena.tuple(*call_args).first()?;
+        let keywords_ok = matches!(self.get(keywords), Obj::Dict(_) | Obj::None);
+        let no_dict = match self.get(dict) {
+            Obj::None => true,
+            Obj::Dict(d) => d.items.is_empty(),
+            _ => false,
+        };
+        (is_new && first == cls && keywords_ok && no_dict).then_some((cls, *call_args, keywords))
     }
 
     /// A call of a class outside the allowlist: an opaque object that records it.
