@@ -612,14 +612,16 @@ fn an_object_made_with_keyword_arguments() {
 fn an_object_made_with_keyword_arguments_under_protocol_2() {
     let dir = common::tempdir("partial-new");
     let (path, out) = (dir.join("p2.pth"), dir.join("p2.out.pth"));
+    // A module of its own: the oracle's Python process is shared by this binary's tests,
+    // and `fakepkg` there is the stubs' module, which the others load classes from.
     let class = "import sys, types, torch\n\
-        mod = types.ModuleType('fakepkg'); sys.modules['fakepkg'] = mod\n\
+        mod = types.ModuleType('partialpkg'); sys.modules['partialpkg'] = mod\n\
         class Keyed:\n\
         \x20   def __new__(cls, a, *, b=0):\n\
         \x20       self = super().__new__(cls); self.a, self.b = a, b; return self\n\
         \x20   def __getnewargs_ex__(self):\n\
         \x20       return (self.a,), {'b': self.b}\n\
-        Keyed.__module__ = Keyed.__new__.__module__ = 'fakepkg'\n\
+        Keyed.__module__ = Keyed.__new__.__module__ = 'partialpkg'\n\
         Keyed.__qualname__ = 'Keyed'; Keyed.__new__.__qualname__ = 'Keyed.__new__'\n\
         mod.Keyed = Keyed\n";
     let save = format!(
@@ -629,7 +631,7 @@ fn an_object_made_with_keyword_arguments_under_protocol_2() {
     common::oracle_code(&save, &[path.to_str().unwrap()]);
     let value = Value::load(&path).unwrap();
     let keyed = value.get("k").and_then(Value::as_object).unwrap();
-    assert_eq!(keyed.qualified_name(), "fakepkg.Keyed");
+    assert_eq!(keyed.qualified_name(), "partialpkg.Keyed");
     assert!(keyed.made_by_new());
     assert_eq!(keyed.args().len(), 1);
     assert_eq!(keyed.args()[0].as_int(), Some(1));
