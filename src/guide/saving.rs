@@ -25,7 +25,9 @@
 //! the cycle it was. `torch.load(p, weights_only=False)`, where the classes import, gives the
 //! same objects back (`tests/training.rs` checks argparse, omegaconf, whose interpolations
 //! resolve through the rebuilt parents, a Lightning checkpoint with an edited head, and an
-//! object made with keyword arguments). The tool does the same with `convert --objects`.
+//! object made with keyword arguments, from protocol 4's `NEWOBJ_EX` and from the
+//! `functools.partial` of `cls.__new__` that torch.save's default protocol 2 writes for it,
+//! which is written back as `NEWOBJ_EX`). The tool does the same with `convert --objects`.
 //!
 //! It is not the default, for the reason `weights_only=False` is not PyTorch's: loading such
 //! a file imports and calls what it names. A faithful save of a hostile file (one that names
