@@ -15,6 +15,7 @@ use super::crc::Crcs;
 use super::detect::Format;
 use super::options::ReadOptions;
 use super::pickle::{Arena, Failure, Id, Obj};
+use super::pread::view_end;
 use super::source::Source;
 use super::torchscript::ScriptClasses;
 use crate::error::Error;
@@ -298,22 +299,7 @@ pub(crate) fn check_tensors(
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(overflow)?;
         numel.checked_mul(elem).ok_or_else(overflow)?;
-        let offset = t.offset as u64;
-        // One past the furthest element the view reaches.
-        let end = if numel == 0 {
-            offset
-        } else {
-            t.size()
-                .iter()
-                .zip(t.stride())
-                .try_fold(offset, |acc, (&d, &s)| {
-                    (d as u64 - 1)
-                        .checked_mul(s as u64)
-                        .and_then(|x| acc.checked_add(x))
-                })
-                .and_then(|x| x.checked_add(1))
-                .ok_or_else(overflow)?
-        };
+        let end = view_end(t.offset as u64, t.size(), t.stride()).ok_or_else(overflow)?;
         if end > available {
             return Err(invalid(format!(
                 "a {} tensor of size {:?}, stride {:?} and offset {} needs {} elements; the \

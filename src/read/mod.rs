@@ -59,7 +59,7 @@ pub(crate) use materialize::{read_file_tensors, Materializer};
 pub use options::{ReadLimits, ReadOptions};
 pub(crate) use pickle::{graph_module_body, Id, Obj, TensorRef};
 pub(crate) use pread::{
-    bytes, bytes_mut, contiguous_strides, is_contiguous, read_all_with, Read, ReadFrom,
+    bytes, bytes_mut, contiguous_strides, is_contiguous, read_all_with, view_end, Read, ReadFrom,
 };
 pub(crate) use sharded::Shards;
 use source::open_regular;

@@ -37,6 +37,22 @@ pub(crate) fn contiguous_strides(size: &[i64]) -> Option<Vec<i64>> {
     Some(stride)
 }
 
+/// One past the furthest element that a view of `size` and `stride` (none of them negative)
+/// at element `offset` of its storage reaches: `offset` for an empty view, `None` when it
+/// overflows. What a storage must hold for the view (the reader's check) and what a writer
+/// must write of it.
+pub(crate) fn view_end(offset: u64, size: &[i64], stride: &[i64]) -> Option<u64> {
+    if size.contains(&0) {
+        return Some(offset);
+    }
+    size.iter()
+        .zip(stride)
+        .try_fold(offset, |end, (&d, &s)| {
+            (d as u64 - 1).checked_mul(s as u64)?.checked_add(end)
+        })?
+        .checked_add(1)
+}
+
 /// `len` bytes at `data`, to write: the memory of a contiguous CPU tensor.
 ///
 /// # Safety

@@ -23,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::dtype;
 use crate::read::pickle::opcodes::*;
+use crate::read::view_end;
 use crate::value::{Dict, Metadata, Object, Value};
 
 /// A storage to write as `data/<key>`: a contiguous CPU tensor.
@@ -64,7 +65,7 @@ pub(crate) struct Pickler {
     /// Each storage's span, from a first pass over the value ([`finish`](Self::finish)), so
     /// that the first tensor written of a storage names its whole length.
     spans: HashMap<StorageId, Span>,
-    /// Whether this is that first pass: spans are measured, no storage is kept.
+    /// Whether this is that first pass: spans are measured, nothing of a tensor is written.
     measuring: bool,
     /// The storages written, by their index in `storages`.
     written: HashMap<StorageId, usize>,
@@ -629,60 +630,52 @@ impl Pickler {
         };
         let offset = ((t.data_ptr() as usize).wrapping_sub(base) / elt as usize) as i64;
         let (size, stride) = (t.size(), t.stride());
-        let overflow = || {
-            fail(format!(
-                "the extent of shape {size:?}, strides {stride:?} overflows"
-            ))
-        };
         // The elements the view covers in its storage: one past its last.
-        let extent = (size.iter().zip(&stride))
-            .try_fold(1i64, |end, (&n, &s)| {
-                end.checked_add((n - 1).checked_mul(s)?)
-            })
-            .and_then(|end| end.checked_add(offset))
-            .ok_or_else(overflow)?;
+        let extent = view_end(offset as u64, &size, &stride)
+            .and_then(|end| i64::try_from(end).ok())
+            .ok_or_else(|| {
+                fail(format!(
+                    "the extent of shape {size:?}, strides {stride:?} overflows"
+                ))
+            })?;
         let id = StorageId {
             base,
             kind,
             device: t.device(),
         };
+        if self.measuring {
+            // The first pass only measures each storage's span.
+            if numel > 0 {
+                let span = self.spans.entry(id).or_insert(Span {
+                    lo: offset,
+                    hi: extent,
+                });
+                span.lo = span.lo.min(offset);
+                span.hi = span.hi.max(extent);
+            }
+            return Ok(());
+        }
         // An empty tensor is its own empty storage.
-        let (span, written) = if numel == 0 {
-            (Span { lo: 0, hi: 0 }, None)
-        } else if self.measuring {
-            let span = self.spans.entry(id).or_insert(Span {
-                lo: offset,
-                hi: extent,
-            });
-            span.lo = span.lo.min(offset);
-            span.hi = span.hi.max(extent);
-            (*span, None)
-        } else {
-            let span = self.spans.get(&id).copied().unwrap_or(Span {
-                lo: offset,
-                hi: extent,
-            });
-            (span, self.written.get(&id).copied())
+        let (span, written) = match numel {
+            0 => (Span { lo: 0, hi: 0 }, None),
+            _ => (self.spans[&id], self.written.get(&id).copied()),
         };
         let index = match written {
             Some(index) => index,
             None => {
-                // The span's elements, from the view's own storage; nothing is copied of a
-                // CPU tensor, and a measuring pass keeps nothing.
-                let bytes = match self.measuring {
-                    true => Tensor::empty([0], (kind, Device::Cpu)),
-                    false => t
-                        .f_as_strided([span.hi - span.lo], [1], Some(span.lo))
-                        .and_then(|s| s.f_to_device(Device::Cpu))
-                        .and_then(|c| c.f_contiguous())
-                        .map_err(|e| fail(e.to_string()))?,
-                };
+                // The span's elements, from the view's own storage (nothing is copied of a
+                // CPU tensor).
+                let bytes = t
+                    .f_as_strided([span.hi - span.lo], [1], Some(span.lo))
+                    .and_then(|s| s.f_to_device(Device::Cpu))
+                    .and_then(|c| c.f_contiguous())
+                    .map_err(|e| fail(e.to_string()))?;
                 let index = self.storages.len();
                 self.storages.push(StorageOut {
                     key: index.to_string(),
                     tensor: bytes,
                 });
-                if numel > 0 && !self.measuring {
+                if numel > 0 {
                     self.written.insert(id, index);
                 }
                 index
