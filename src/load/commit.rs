@@ -793,6 +793,7 @@ pub(crate) fn copy_into(dst: &Tensor, src: &Tensor, squeeze: bool) -> Result<(),
 mod tests {
     use tch::{Device, Kind};
 
+    use super::super::route::staging_cpu;
     use super::*;
 
     fn planned<'a>(key: &'a str, dst: &'a Tensor) -> PlannedCopy<'a> {
@@ -825,6 +826,14 @@ mod tests {
         assert!(sources_overlap_destinations(&copies, &routes));
     }
 
+    /// A zero-filled model tensor as a `VarStore` holds it: a floating one requires grad.
+    fn parameter(t: Tensor) -> Tensor {
+        match t.is_floating_point() {
+            true => t.set_requires_grad(true),
+            false => t,
+        }
+    }
+
     /// A whole load through the staged route, its CPU destinations standing in for a GPU's
     /// (`STAGE_ON_CPU`): parameters that require grad, as a `VarStore`'s do, of odd element
     /// counts and mixed element sizes packed into shared buffers, from a file in the model's
@@ -843,13 +852,7 @@ mod tests {
         let model = || {
             let mut m = ModuleTree::new("m");
             for (k, t) in &source {
-                let t = t.zeros_like();
-                let t = if t.is_floating_point() {
-                    t.set_requires_grad(true)
-                } else {
-                    t
-                };
-                m.add_tensor(k, t).unwrap();
+                m.add_tensor(k, parameter(t.zeros_like())).unwrap();
             }
             m
         };
@@ -871,17 +874,15 @@ mod tests {
             })
             .collect();
         rounded.save(&bf16).unwrap();
-        super::super::route::STAGE_ON_CPU.with(|s| s.set(true));
         for (path, want) in [(&fp32, &sd), (&bf16, &rounded)] {
             let m = model();
-            let loaded = load_checkpoint(&m, path, true);
+            let loaded = staging_cpu(|| load_checkpoint(&m, path, true));
             loaded.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             for (k, t) in m.iter() {
                 let want = want.get(k).unwrap().to_kind(t.kind());
                 assert!(t.equal(&want), "{} {k}", path.display());
             }
         }
-        super::super::route::STAGE_ON_CPU.with(|s| s.set(false));
     }
 
     /// The DCP fixtures (`Shard(0)` rows, `Shard(1)` column boxes, replicated and empty
@@ -904,11 +905,7 @@ mod tests {
                     false => kind,
                 };
                 let t = Tensor::zeros(t.size(), (kind, Device::Cpu));
-                let t = match t.is_floating_point() {
-                    true => t.set_requires_grad(true),
-                    false => t,
-                };
-                m.add_tensor(k, t).unwrap();
+                m.add_tensor(k, parameter(t)).unwrap();
             }
             m
         };
@@ -928,9 +925,7 @@ mod tests {
             for bf16 in [false, true] {
                 let (want, got) = (model(&sd, bf16), model(&sd, bf16));
                 load_state_dict(&want, &sd, true).unwrap();
-                super::super::route::STAGE_ON_CPU.with(|s| s.set(true));
-                let staged = load_state_dict(&got, &sd, true);
-                super::super::route::STAGE_ON_CPU.with(|s| s.set(false));
+                let staged = staging_cpu(|| load_state_dict(&got, &sd, true));
                 staged.unwrap_or_else(|e| panic!("{dir}: {e}"));
                 for (k, t) in got.iter() {
                     let w = want.get(k).unwrap();
@@ -958,9 +953,8 @@ mod tests {
             .unwrap();
         m.add_tensor("w", Tensor::zeros([4], (Kind::Float, Device::Cpu)))
             .unwrap();
-        super::super::route::STAGE_ON_CPU.with(|s| s.set(true));
         super::super::stage::REFUSE_BUFFERS.with(|s| s.set(true));
-        let refused = load_state_dict(&m, &sd, true);
+        let refused = staging_cpu(|| load_state_dict(&m, &sd, true));
         super::super::stage::REFUSE_BUFFERS.with(|s| s.set(false));
         assert!(
             matches!(&refused, Err(Error::Copy { key, .. }) if key == "w"),
@@ -972,10 +966,9 @@ mod tests {
             "written before the failure"
         );
         // With its buffers, the same load writes both.
-        load_state_dict(&m, &sd, true).unwrap();
+        staging_cpu(|| load_state_dict(&m, &sd, true)).unwrap();
         assert!(m.get("a").unwrap().equal(&zeros(3).ones_like()));
         assert!(m.get("w").unwrap().equal(&w));
-        super::super::route::STAGE_ON_CPU.with(|s| s.set(false));
     }
 
     #[test]

@@ -73,7 +73,17 @@ thread_local! {
     /// In this crate's unit tests: whether a CPU destination takes the staged route, as a
     /// GPU's would, so that whole loads through it run on a machine without a GPU. The
     /// thread's own, so that the tests beside it load as users do.
-    pub(crate) static STAGE_ON_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static STAGE_ON_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// In this crate's unit tests: `f`, run with this thread's CPU destinations taking the
+/// staged route ([`STAGE_ON_CPU`]).
+#[cfg(test)]
+pub(crate) fn staging_cpu<T>(f: impl FnOnce() -> T) -> T {
+    STAGE_ON_CPU.with(|s| s.set(true));
+    let out = f();
+    STAGE_ON_CPU.with(|s| s.set(false));
+    out
 }
 
 /// Whether a destination on `device` takes the staged route (every route that writes
