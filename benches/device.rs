@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::{floats_as, llm_files, llm_model};
+use common::{floats_as, llm_files, llm_model, median_of};
 use tch::{nn, Device, Kind, Tensor};
 use tch_state_dict::models::{Arch, ResNet};
 use tch_state_dict::{load_checkpoint, state_dict, StateDict, StateDictModule};
@@ -43,19 +43,21 @@ fn script(name: &str) -> PathBuf {
 }
 
 fn median(n: usize, f: &mut dyn FnMut()) -> f64 {
+    // Asked once, outside the timed runs (the dry run has no device to synchronize).
+    let cuda = tch::Cuda::is_available();
     f();
-    let mut v: Vec<f64> = (0..n)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            if tch::Cuda::is_available() {
-                tch::Cuda::synchronize(0);
-            }
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    median_of(
+        (0..n)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                if cuda {
+                    tch::Cuda::synchronize(0);
+                }
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    )
 }
 
 /// Every floating tensor of `model` made `kind` (`set_data`, so the model sees it).
